@@ -1,0 +1,40 @@
+# The two entry points: `make lab` (the main job) and `make test`.
+VENV := .venv
+PY := $(VENV)/bin/python
+NAVSTAR := $(VENV)/bin/navstar
+AGENTS ?= 3
+LB ?= auto
+
+.PHONY: setup lab lab-down test lint unit kernel e2e bench clean
+
+setup:
+	@scripts/setup.sh
+
+lab: setup
+	$(NAVSTAR) lab up --agents $(AGENTS) --lb $(LB)
+
+lab-down:
+	$(NAVSTAR) lab down
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+# ruff, then the whole suite; pytest prints its summary line and its exit code is ours.
+test: setup
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q tests
+
+unit: setup
+	$(PY) -m pytest -q -m unit tests
+
+kernel: setup
+	$(PY) -m pytest -q -m kernel tests
+
+e2e: setup
+	$(PY) -m pytest -q -m e2e tests
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from navstar.cli import main
+
+main()

@@ -1,0 +1,171 @@
+"""The ``navstar`` command: node processes (``master``, ``agent``) and the lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="navstar: DC/OS networking (VIPs, overlay, DNS) and a compact Mesos/Marathon.")
+lab_app = typer.Typer(no_args_is_help=True, help="A sealed multi-node lab in network namespaces.")
+app.add_typer(lab_app, name="lab")
+
+console = Console()
+err = Console(stderr=True)
+
+LabName = Annotated[str, typer.Option("--name", help="lab name")]
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        err.print("[red]root is needed[/] (network namespaces, cgroups, BPF): run with sudo")
+        raise typer.Exit(1)
+
+
+@app.command()
+def master(
+    marathon_listen: Annotated[str, typer.Option(help="Marathon API [host]:port")] = ":8080",
+    mesos_listen: Annotated[str, typer.Option(help="Mesos API [host]:port")] = ":5050",
+    state_dir: Annotated[str | None, typer.Option(help="where the master keeps its state")] = None,
+    token_file: Annotated[str | None, typer.Option(help="cluster secret; API calls must carry it")] = None,
+    agent_timeout: Annotated[float, typer.Option(help="seconds without a heartbeat before an agent is unreachable")] = 75.0,
+) -> None:
+    """Run the master (Marathon API, Mesos API, allocator)."""
+    from navstar.master_main import run_master
+
+    run_master(marathon_listen, mesos_listen, state_dir, token_file, agent_timeout)
+
+
+@app.command()
+def agent(
+    master: Annotated[str, typer.Option(help="the master's Mesos API URL")] = "http://127.0.0.1:5050",
+    ip: Annotated[str, typer.Option(help="this node's underlay IP")] = "127.0.0.1",
+    agent_id: Annotated[str | None, typer.Option(help="stable identity (default: hostname)")] = None,
+    token_file: Annotated[str | None, typer.Option(help="cluster secret file")] = None,
+    api_listen: Annotated[str, typer.Option(help="local REST API")] = "127.0.0.1:62080",
+    work_dir: Annotated[str | None, typer.Option(help="sandboxes and local state")] = None,
+    lb: Annotated[str, typer.Option(help="VIP dataplane: ebpf, nfqueue or auto")] = "auto",
+    cpus: Annotated[float | None, typer.Option(help="CPUs to offer (default: all)")] = None,
+    mem: Annotated[float | None, typer.Option(help="MiB to offer (default: all)")] = None,
+    ports: Annotated[str, typer.Option(help="host-port range to offer")] = "31000-32000",
+    heartbeat_interval: Annotated[float, typer.Option(help="seconds between heartbeats")] = 5.0,
+) -> None:
+    """Run the node agent (executor, overlay, load balancer, DNS)."""
+    from navstar.agent_main import run_agent
+
+    if lb not in ("ebpf", "nfqueue", "auto"):
+        err.print(f"--lb: expected ebpf, nfqueue or auto, got {lb!r}")
+        raise typer.Exit(2)
+    run_agent(master, ip, agent_id, token_file, api_listen, cpus, mem, ports, heartbeat_interval)
+
+
+# -- lab ----------------------------------------------------------------------------------
+@lab_app.command("up")
+def lab_up(
+    name: LabName = "lab",
+    agents: Annotated[int, typer.Option(help="number of agents")] = 2,
+    underlay: Annotated[str, typer.Option(help="underlay subnet (/24 or larger)")] = "198.18.0.0/24",
+    lb: Annotated[str, typer.Option(help="VIP dataplane: ebpf, nfqueue or auto")] = "auto",
+) -> None:
+    """Build the lab and start a master and the agents in it."""
+    _need_root()
+    from navstar.lab import Lab, LabAlreadyUp, LabError
+
+    with console.status("building the lab") as spinner:
+        lab = Lab(name, progress=lambda msg: spinner.update(msg))
+        try:
+            state = lab.up(agents=agents, underlay=underlay, lb=lb)
+        except LabAlreadyUp as exc:
+            console.print(str(exc))
+            raise typer.Exit(0) from None
+        except LabError as exc:
+            err.print(f"[red]lab up failed:[/] {exc}")
+            raise typer.Exit(1) from None
+    table = Table(title=f"lab {name!r} is up — master {state.master_url}")
+    for column in ("node", "namespace", "underlay IP", "pid", "log"):
+        table.add_column(column)
+    for node in state.nodes:
+        table.add_row(node.name, node.namespace, node.ip, str(node.pid), node.log)
+    console.print(table)
+
+
+@lab_app.command("status")
+def lab_status(name: LabName = "lab", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Show the lab's nodes and whether their processes are up."""
+    from navstar.lab import Lab
+
+    status = Lab(name).status()
+    if as_json:
+        print(json.dumps(status))
+        return
+    if not status["nodes"]:
+        console.print(f"lab {name!r} is not up")
+        return
+    table = Table(title=f"lab {name!r}")
+    for column in ("node", "namespace", "ip", "pid", "up"):
+        table.add_column(column)
+    for node in status["nodes"]:
+        table.add_row(node["name"], node["namespace"], node["ip"], str(node["pid"]),
+                      "[green]up[/]" if node["up"] else "[red]down[/]")
+    console.print(table)
+
+
+@lab_app.command("exec", context_settings={"ignore_unknown_options": True})
+def lab_exec(
+    node: Annotated[str, typer.Argument(help="master, agent-1, …")],
+    command: Annotated[list[str], typer.Argument(help="command to run in the node (after --)")],
+    name: LabName = "lab",
+) -> None:
+    """Run a command in a node's namespace and cgroup; its exit code is ours."""
+    _need_root()
+    from navstar.lab import Lab, LabError, UnknownNode
+
+    try:
+        Lab(name).exec(node, command)
+    except UnknownNode as exc:
+        err.print(str(exc))
+        raise typer.Exit(2) from None
+    except LabError as exc:
+        err.print(str(exc))
+        raise typer.Exit(1) from None
+    except FileNotFoundError as exc:
+        err.print(f"cannot run {command[0]!r}: {exc}")
+        raise typer.Exit(127) from None
+
+
+@lab_app.command("logs")
+def lab_logs(node: Annotated[str, typer.Argument()], name: LabName = "lab",
+             lines: Annotated[int, typer.Option("-n", help="last N lines (0 = all)")] = 0) -> None:
+    """Print a node's log."""
+    from navstar.lab import Lab
+
+    state = Lab(name).state()
+    found = state.node(node) if state else None
+    if found is None:
+        names = ", ".join(n.name for n in state.nodes) if state else "(lab not up)"
+        err.print(f"no node {node!r} in lab {name!r}; nodes: {names}")
+        raise typer.Exit(2)
+    text = Path(found.log).read_text(errors="replace") if found.log and Path(found.log).exists() else ""
+    out = text.splitlines()[-lines:] if lines else text.splitlines()
+    sys.stdout.write("\n".join(out) + ("\n" if out else ""))
+
+
+@lab_app.command("down")
+def lab_down(name: LabName = "lab") -> None:
+    """Remove everything the lab created (also after a partial or crashed start)."""
+    _need_root()
+    from navstar.lab import Lab
+
+    removed = Lab(name).down()
+    console.print(f"lab {name!r}: removed {len(removed)} things" if removed else f"lab {name!r}: nothing to remove")
+
+
+def main() -> None:
+    app()

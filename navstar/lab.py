@@ -1,0 +1,435 @@
+"""The network-namespace lab: one master and N agents on a sealed underlay, on one machine.
+
+Topology (DESIGN.md §5), for a lab named ``lab`` on the default underlay ``198.18.0.0/24``::
+
+    root ns: nv<hash>-op 198.18.0.1 ─┐
+    navstar-lab-underlay:   br0 ─────┼──── p-master ──► navstar-lab-master  eth0 198.18.0.2
+                                     ├──── p-agent-1 ─► navstar-lab-agent-1 eth0 198.18.0.11
+                                     └──── p-agent-2 ─► navstar-lab-agent-2 eth0 198.18.0.12
+
+Every node namespace gets ``/etc/netns/<ns>/resolv.conf`` (the node's resolver) and its own
+cgroup ``navstar/<lab>/<node>``; no namespace gets a default route. What ``up`` creates is written
+to the lab's state file *before* it is created, so ``down`` can undo a partial start; ``down`` also
+derives every name from the lab name and so works without the state file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ipaddress
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+from pyroute2 import IPRoute, netns
+
+from control.agent.cgroups import Cgroup
+from control.auth import auth_header
+
+LAB_ROOT = Path(os.environ.get("NAVSTAR_LAB_ROOT", "/var/lib/navstar/labs"))
+NETNS_ETC = Path("/etc/netns")
+BPFFS_ROOT = Path("/sys/fs/bpf/navstar")
+DEFAULT_UNDERLAY = "198.18.0.0/24"
+MARATHON_PORT = 8080
+MESOS_PORT = 5050
+DNS_ADDRESSES = ("198.51.100.1", "198.51.100.2", "198.51.100.3")
+
+
+class LabError(Exception):
+    """A lab operation that cannot go on; the message is for the user."""
+
+
+@dataclass
+class Node:
+    name: str
+    namespace: str
+    ip: str
+    pid: int | None = None
+    log: str = ""
+
+
+@dataclass
+class LabState:
+    name: str
+    underlay: str
+    agents: int
+    lb: str = "auto"
+    nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def directory(self) -> Path:
+        return LAB_ROOT / self.name
+
+    @property
+    def secret_file(self) -> Path:
+        return self.directory / "secret"
+
+    @property
+    def master(self) -> Node:
+        return self.nodes[0]
+
+    @property
+    def master_url(self) -> str:
+        return f"http://{self.master.ip}:{MARATHON_PORT}"
+
+    @property
+    def mesos_url(self) -> str:
+        return f"http://{self.master.ip}:{MESOS_PORT}"
+
+    def secret(self) -> str | None:
+        try:
+            return self.secret_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+
+    def node(self, name: str) -> Node | None:
+        return next((n for n in self.nodes if n.name == name), None)
+
+    def save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        tmp = self.directory / "state.json.tmp"
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(self.directory / "state.json")
+
+    @classmethod
+    def load(cls, name: str) -> LabState | None:
+        path = LAB_ROOT / name / "state.json"
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        raw["nodes"] = [Node(**n) for n in raw.get("nodes", [])]
+        return cls(**raw)
+
+
+# -- naming: everything derives from the lab name, so `down` needs no state ------------------
+def namespace_prefix(lab: str) -> str:
+    return f"navstar-{lab}-"
+
+
+def underlay_namespace(lab: str) -> str:
+    return f"navstar-{lab}-underlay"
+
+
+def operator_link(lab: str) -> str:
+    return "nv" + hashlib.sha1(lab.encode()).hexdigest()[:8] + "-op"
+
+
+def cgroup_for(lab: str, node: str | None = None) -> Cgroup:
+    return Cgroup(f"navstar/{lab}" + (f"/{node}" if node else ""))
+
+
+def plan_nodes(lab: str, underlay: ipaddress.IPv4Network, agents: int) -> list[Node]:
+    base = underlay.network_address
+    nodes = [Node("master", f"navstar-{lab}-master", str(base + 2))]
+    for k in range(1, agents + 1):
+        nodes.append(Node(f"agent-{k}", f"navstar-{lab}-agent-{k}", str(base + 10 + k)))
+    return nodes
+
+
+# -- process helpers ---------------------------------------------------------------------
+def process_alive(pid: int | None) -> bool:
+    """True for a live (not zombie) navstar process with this pid."""
+    if not pid:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X") and b"navstar" in cmdline
+
+
+def end_process(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds. Only for pids this lab started."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not _exists(pid):
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _exists(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    if state == "Z":
+        # Our own child: reap it so the pid goes away.
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        return False
+    return True
+
+
+def namespace_pids(namespace: str) -> list[int]:
+    result = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
+    return [int(p) for p in result.stdout.split()] if result.returncode == 0 else []
+
+
+# -- the lab -----------------------------------------------------------------------------
+class Lab:
+    def __init__(self, name: str = "lab", progress: Callable[[str], None] | None = None) -> None:
+        if not name.replace("-", "").isalnum() or len(name) > 20:
+            raise LabError(f"lab name {name!r}: use up to 20 letters, digits and '-'")
+        self.name = name
+        self.progress = progress or (lambda _msg: None)
+
+    def state(self) -> LabState | None:
+        return LabState.load(self.name)
+
+    # ---- status
+    def status(self) -> dict:
+        state = self.state()
+        if state is None:
+            return {"name": self.name, "nodes": []}
+        return {
+            "name": self.name,
+            "nodes": [
+                {"name": n.name, "namespace": n.namespace, "ip": n.ip, "pid": n.pid,
+                 "up": process_alive(n.pid) and Path(f"/run/netns/{n.namespace}").exists(),
+                 "log": n.log}
+                for n in state.nodes
+            ],
+        }
+
+    def is_up(self) -> bool:
+        return any(n["up"] for n in self.status()["nodes"])
+
+    # ---- up
+    def up(self, agents: int = 2, underlay: str = DEFAULT_UNDERLAY, lb: str = "auto",
+           timeout: float = 60.0) -> LabState:
+        if self.is_up():
+            raise LabAlreadyUp(f"lab {self.name!r} is already up; `navstar lab down --name {self.name}` first")
+        if self.state() is not None or self._leftovers():
+            self.progress("removing what an earlier start left behind")
+            self.down()
+        if agents < 1 or agents > 200:
+            raise LabError("--agents must be between 1 and 200")
+        net = ipaddress.IPv4Network(underlay)
+        if net.num_addresses < 256:
+            raise LabError("--underlay needs at least a /24")
+        state = LabState(self.name, str(net), agents, lb, plan_nodes(self.name, net, agents))
+        state.save()
+        try:
+            self._build(state, net)
+            self._start(state)
+            self._wait_registered(state, timeout)
+        except BaseException:
+            self._print_failed_logs(state)
+            self.down()
+            raise
+        return state
+
+    def _build(self, state: LabState, net: ipaddress.IPv4Network) -> None:
+        self.progress("creating the underlay")
+        state.secret_file.write_text(secrets.token_hex(24) + "\n")
+        state.secret_file.chmod(0o600)
+        (state.directory / "logs").mkdir(exist_ok=True)
+        ul = underlay_namespace(self.name)
+        netns.create(ul)
+        with IPRoute(netns=ul) as ipr:
+            _up(ipr, "lo")
+            ipr.link("add", ifname="br0", kind="bridge")
+            _up(ipr, "br0")
+        op = operator_link(self.name)
+        with IPRoute() as root:
+            root.link("add", ifname=op, kind="veth", peer={"ifname": "p-operator", "net_ns_fd": ul})
+            idx = root.link_lookup(ifname=op)[0]
+            root.addr("add", index=idx, address=str(net.network_address + 1), prefixlen=net.prefixlen)
+            root.link("set", index=idx, state="up")
+        with IPRoute(netns=ul) as ipr:
+            _enslave(ipr, "p-operator", "br0")
+        for node in state.nodes:
+            self.progress(f"creating {node.name}")
+            self._build_node(node, ul, net.prefixlen)
+
+    def _build_node(self, node: Node, ul: str, prefixlen: int) -> None:
+        netns.create(node.namespace)
+        port = f"p-{node.name}"[:15]
+        with IPRoute(netns=ul) as ipr:
+            ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": node.namespace})
+            _enslave(ipr, port, "br0")
+        with IPRoute(netns=node.namespace) as ipr:
+            _up(ipr, "lo")
+            idx = ipr.link_lookup(ifname="eth0")[0]
+            ipr.addr("add", index=idx, address=node.ip, prefixlen=prefixlen)
+            ipr.link("set", index=idx, state="up")
+        etc = NETNS_ETC / node.namespace
+        etc.mkdir(parents=True, exist_ok=True)
+        (etc / "resolv.conf").write_text(
+            "".join(f"nameserver {a}\n" for a in DNS_ADDRESSES) + "options timeout:1 attempts:2\n"
+        )
+        cgroup_for(self.name, node.name).create()
+
+    def _start(self, state: LabState) -> None:
+        secret = str(state.secret_file)
+        master = state.master
+        for node in state.nodes:
+            if node is master:
+                args = ["master", "--marathon-listen", f":{MARATHON_PORT}", "--mesos-listen", f":{MESOS_PORT}",
+                        "--state-dir", str(state.directory / "master"), "--token-file", secret,
+                        "--agent-timeout", "5"]
+            else:
+                args = ["agent", "--master", state.mesos_url, "--ip", node.ip, "--agent-id", node.name,
+                        "--token-file", secret, "--lb", state.lb, "--heartbeat-interval", "1",
+                        "--work-dir", str(state.directory / node.name)]
+            self.progress(f"starting {node.name}")
+            node.log = str(state.directory / "logs" / f"{node.name}.log")
+            node.pid = self._spawn(node, [sys.executable, "-m", "navstar", *args], node.log)
+            state.save()
+
+    def _spawn(self, node: Node, argv: list[str], log_path: str) -> int:
+        cgroup = cgroup_for(self.name, node.name)
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", node.namespace, *argv],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=lambda: cgroup.add_pid(os.getpid()),
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        return proc.pid
+
+    def _wait_registered(self, state: LabState, timeout: float) -> None:
+        want = {n.name for n in state.nodes[1:]}
+        headers = auth_header(state.secret())
+        deadline = time.monotonic() + timeout
+        self.progress(f"waiting for {len(want)} agents to register")
+        with httpx.Client(timeout=2.0, headers=headers) as client:
+            while time.monotonic() < deadline:
+                for node in state.nodes:
+                    if not process_alive(node.pid):
+                        raise LabError(f"{node.name} exited during start-up; see {node.log}")
+                try:
+                    resp = client.get(f"{state.mesos_url}/v1/agents")
+                    if resp.status_code == 200:
+                        have = {a["agent_id"] for a in resp.json()["agents"] if a["reachable"]}
+                        if want <= have:
+                            return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+        raise LabError(f"agents did not register within {timeout:.0f}s; see {state.directory / 'logs'}")
+
+    def _print_failed_logs(self, state: LabState) -> None:
+        for node in state.nodes:
+            if node.log and Path(node.log).exists() and not process_alive(node.pid):
+                tail = Path(node.log).read_text(errors="replace").splitlines()[-15:]
+                print(f"--- last lines of {node.log}", *tail, sep="\n", file=sys.stderr)
+
+    # ---- exec / logs
+    def exec_argv(self, node_name: str, command: list[str]) -> tuple[Node, list[str]]:
+        state = self.state()
+        if state is None:
+            raise LabError(f"lab {self.name!r} is not up")
+        node = state.node(node_name)
+        if node is None:
+            names = ", ".join(n.name for n in state.nodes)
+            raise UnknownNode(f"no node {node_name!r} in lab {self.name!r}; nodes: {names}")
+        return node, ["ip", "netns", "exec", node.namespace, *command]
+
+    def exec(self, node_name: str, command: list[str]) -> None:
+        """Replaces this process by ``command`` inside the node's namespace and cgroup."""
+        node, argv = self.exec_argv(node_name, command)
+        cgroup_for(self.name, node.name).add_pid(os.getpid())
+        os.execvp(argv[0], argv)
+
+    # ---- down
+    def _leftovers(self) -> list[str]:
+        prefix = namespace_prefix(self.name)
+        return [ns for ns in netns.listnetns() if ns.startswith(prefix)]
+
+    def down(self) -> list[str]:
+        """Removes everything the lab made; safe to repeat. Returns what it removed."""
+        removed: list[str] = []
+        state = self.state()
+        namespaces = set(self._leftovers())
+        if state is not None:
+            namespaces |= {n.namespace for n in state.nodes}
+            for node in state.nodes:
+                if process_alive(node.pid):
+                    end_process(node.pid)
+                    removed.append(f"process {node.pid} ({node.name})")
+        # Whatever else runs in the lab's namespaces or cgroups was started by the lab
+        # (tasks, `lab exec`): end it too.
+        lab_cgroup = cgroup_for(self.name)
+        for _ in range(3):
+            strays = set(lab_cgroup.pids())
+            for ns in namespaces:
+                strays |= set(namespace_pids(ns))
+            strays.discard(os.getpid())
+            if not strays:
+                break
+            for pid in strays:
+                end_process(pid, grace=2.0)
+                removed.append(f"process {pid}")
+        pins = BPFFS_ROOT / self.name
+        if pins.exists():
+            shutil.rmtree(pins, ignore_errors=True)
+            removed.append(f"bpf pins {pins}")
+        with IPRoute() as root:
+            idx = root.link_lookup(ifname=operator_link(self.name))
+            if idx:
+                root.link("del", index=idx[0])
+                removed.append(f"link {operator_link(self.name)}")
+        for ns in sorted(namespaces):
+            try:
+                netns.remove(ns)
+                removed.append(f"netns {ns}")
+            except FileNotFoundError:
+                pass
+            etc = NETNS_ETC / ns
+            if etc.exists():
+                shutil.rmtree(etc)
+                removed.append(f"{etc}")
+        if lab_cgroup.exists() or any(p.exists() for p in lab_cgroup.paths()):
+            lab_cgroup.remove()
+            removed.append(f"cgroup {lab_cgroup.relpath}")
+        for parent in Cgroup("navstar").paths():
+            # Shared by every lab: goes only when the last lab has gone.
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+        lab_dir = LAB_ROOT / self.name
+        if lab_dir.exists():
+            shutil.rmtree(lab_dir)
+            removed.append(str(lab_dir))
+        return removed
+
+
+class LabAlreadyUp(LabError):
+    pass
+
+
+class UnknownNode(LabError):
+    pass
+
+
+def _up(ipr: IPRoute, ifname: str) -> None:
+    ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], state="up")
+
+
+def _enslave(ipr: IPRoute, ifname: str, bridge: str) -> None:
+    idx = ipr.link_lookup(ifname=ifname)[0]
+    ipr.link("set", index=idx, master=ipr.link_lookup(ifname=bridge)[0])
+    ipr.link("set", index=idx, state="up")

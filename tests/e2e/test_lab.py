@@ -1,0 +1,103 @@
+"""The lab as a user drives it: the CLI, from the root namespace."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+NAVSTAR = [sys.executable, "-m", "navstar"]
+
+
+def navstar(*args, check=False, timeout=120):
+    return subprocess.run([*NAVSTAR, *args], capture_output=True, text=True, check=check, timeout=timeout)
+
+
+@pytest.fixture
+def lab():
+    name = f"t{uuid.uuid4().hex[:6]}"
+    subnet = f"198.18.{200 + int(name[1:3], 16) % 50}.0/24"
+    try:
+        yield name, subnet
+    finally:
+        navstar("lab", "down", "--name", name)
+
+
+def lab_leftovers(name: str) -> list[str]:
+    found = []
+    found += [ns for ns in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+              if ns.startswith(f"navstar-{name}-")]
+    for tree in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup/cpu", "/sys/fs/cgroup/memory", "/sys/fs/cgroup"):
+        if Path(tree, "navstar", name).exists():
+            found.append(f"cgroup {tree}/navstar/{name}")
+    found += [str(p) for p in Path("/etc/netns").glob(f"navstar-{name}-*")] if Path("/etc/netns").exists() else []
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    from navstar.lab import operator_link
+    if operator_link(name) in links:
+        found.append("operator link")
+    procs = subprocess.run(["pgrep", "-f", f"navstar-{name}-"], capture_output=True, text=True).stdout.split()
+    found += [f"pid {p}" for p in procs]
+    if Path("/var/lib/navstar/labs", name).exists():
+        found.append("lab directory")
+    return found
+
+
+def test_lab_up_exec_status_down(lab):
+    name, subnet = lab
+    up = navstar("lab", "up", "--name", name, "--agents", "2", "--underlay", subnet)
+    assert up.returncode == 0, up.stderr + up.stdout
+    status = json.loads(navstar("lab", "status", "--name", name, "--json").stdout)
+    assert [n["name"] for n in status["nodes"]] == ["master", "agent-1", "agent-2"]
+    assert all(n["up"] for n in status["nodes"])
+    master_ip, agent2_ip = status["nodes"][0]["ip"], status["nodes"][2]["ip"]
+
+    # The operator reaches the master's API from the root namespace.
+    assert httpx.get(f"http://{master_ip}:8080/ping", timeout=5).text == "pong"
+    # Agents reach each other over the underlay.
+    assert navstar("lab", "exec", "--name", name, "agent-1", "--", "ping", "-c1", "-W2", agent2_ip).returncode == 0
+    # Exit codes pass through; unknown nodes are named.
+    assert navstar("lab", "exec", "--name", name, "agent-1", "--", "sh", "-c", "exit 7").returncode == 7
+    unknown = navstar("lab", "exec", "--name", name, "agent-9", "--", "true")
+    assert unknown.returncode == 2 and "agent-1" in unknown.stderr
+    # The node namespace has no way out and resolves through the node resolver.
+    routes = navstar("lab", "exec", "--name", name, "agent-1", "--", "ip", "route").stdout
+    assert "default" not in routes
+    assert "198.51.100.1" in navstar("lab", "exec", "--name", name, "agent-1", "--", "cat", "/etc/resolv.conf").stdout
+    # A second `up` changes nothing.
+    again = navstar("lab", "up", "--name", name, "--underlay", subnet)
+    assert again.returncode == 0 and "already up" in again.stdout
+    assert json.loads(navstar("lab", "status", "--name", name, "--json").stdout) == status
+
+    # A dead agent shows as down.
+    os.kill(status["nodes"][1]["pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    after = json.loads(navstar("lab", "status", "--name", name, "--json").stdout)
+    assert [n["up"] for n in after["nodes"]] == [True, False, True]
+
+    assert navstar("lab", "down", "--name", name).returncode == 0
+    assert lab_leftovers(name) == []
+    assert navstar("lab", "down", "--name", name).returncode == 0
+
+
+def test_lab_down_cleans_a_partial_start(lab):
+    """A start interrupted after the namespaces exist (no processes) is still fully removed."""
+    name, subnet = lab
+    import ipaddress
+
+    from navstar.lab import Lab
+
+    partial = Lab(name)
+    from navstar.lab import LabState, plan_nodes
+    net = ipaddress.IPv4Network(subnet)
+    state = LabState(name, subnet, 1, "auto", plan_nodes(name, net, 1))
+    state.save()
+    partial._build(state, net)
+    assert lab_leftovers(name)
+    assert navstar("lab", "down", "--name", name).returncode == 0
+    assert lab_leftovers(name) == []
