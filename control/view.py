@@ -1,0 +1,90 @@
+"""The cluster view: what every agent watches (DESIGN.md §2).
+
+The master is its only writer; every change bumps ``version``. Agents fetch it with
+``GET :5050/v1/view?since=<version>&wait=<seconds>`` (long-poll: answers at once when the master's
+version is newer than ``since``, otherwise when it changes or ``wait`` runs out) and keep serving
+the last view they had while the master is unreachable.
+
+This module is the contract between the control plane and the node components (overlay,
+minuteman, spartan_dns). Fields are only ever added, never renamed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+TaskState = Literal[
+    "TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING", "TASK_KILLED",
+    "TASK_FINISHED", "TASK_FAILED", "TASK_LOST", "TASK_UNREACHABLE", "TASK_ERROR",
+]
+
+
+class OverlayConfig(BaseModel):
+    """The one overlay network, ``dcos``, as DC/OS configured it."""
+
+    name: str = "dcos"
+    subnet: str = "9.0.0.0/8"
+    agent_prefixlen: int = 24
+    vtep_subnet: str = "44.128.0.0/20"
+    vtep_name: str = "vtep1024"
+    vni: int = 1024
+    port: int = 64000
+    mtu: int = 1420
+
+
+class OverlayAllocation(BaseModel):
+    """One agent's share of the overlay, allocated once by the master."""
+
+    vtep_ip: str            # from 44.128.0.0/20
+    vtep_mac: str           # 70:b3:d5 + low 24 bits of vtep_ip
+    subnet: str             # the agent's /24 from 9.0.0.0/8
+    m_dcos: str             # first /25: Mesos containers
+    d_dcos: str             # second /25: Docker-style containers
+
+
+class AgentInfo(BaseModel):
+    agent_id: str
+    hostname: str
+    ip: str                 # underlay IP
+    reachable: bool = True
+    overlay: OverlayAllocation | None = None
+
+
+class TaskPort(BaseModel):
+    """One port of a task, with its Marathon port definition/mapping labels (``VIP_0``…)."""
+
+    host_port: int | None = None       # on the agent's IP (HOST and BRIDGE networking)
+    container_port: int | None = None  # on the container IP (container networks)
+    protocol: Literal["tcp", "udp"] = "tcp"
+    name: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class TaskInfo(BaseModel):
+    task_id: str
+    app_id: str                         # Marathon id, e.g. "/shop/web"
+    name: str                           # Mesos task name, e.g. "web.shop"
+    framework: str = "marathon"
+    agent_id: str
+    agent_ip: str
+    state: TaskState
+    healthy: bool | None = None         # None: no health checks (or not yet known)
+    network: Literal["host", "container", "bridge"] = "host"
+    ip_addresses: list[str] = Field(default_factory=list)   # container IPs, if any
+    ports: list[TaskPort] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)    # task labels (e.g. vip_port0)
+
+
+class ClusterView(BaseModel):
+    version: int = 0
+    master_ip: str = "127.0.0.1"
+    agents: list[AgentInfo] = Field(default_factory=list)
+    tasks: list[TaskInfo] = Field(default_factory=list)
+    # Named VIPs → allocated address from 11.0.0.0/8, keyed "<framework>:<label>" (e.g. "marathon:/web").
+    vip_addresses: dict[str, str] = Field(default_factory=dict)
+    overlay: OverlayConfig = Field(default_factory=OverlayConfig)
+
+    def agent(self, agent_id: str) -> AgentInfo | None:
+        return next((a for a in self.agents if a.agent_id == agent_id), None)
