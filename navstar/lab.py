@@ -294,14 +294,20 @@ class Lab:
             else:
                 args = ["agent", "--master", state.mesos_url, "--ip", node.ip, "--agent-id", node.name,
                         "--token-file", secret, "--lb", state.lb, "--heartbeat-interval", "1",
-                        "--work-dir", str(state.directory / node.name)]
+                        "--work-dir", str(state.directory / node.name),
+                        "--cgroup", cgroup_for(self.name, node.name).relpath,
+                        "--netns-prefix", f"{node.namespace}-t",
+                        "--bpf-pin-dir", str(BPFFS_ROOT / self.name / node.name)]
             self.progress(f"starting {node.name}")
             node.log = str(state.directory / "logs" / f"{node.name}.log")
             node.pid = self._spawn(node, [sys.executable, "-m", "navstar", *args], node.log)
             state.save()
 
     def _spawn(self, node: Node, argv: list[str], log_path: str) -> int:
-        cgroup = cgroup_for(self.name, node.name)
+        # A leaf of its own: on a pure v2 host a group with processes cannot also hold
+        # the task groups that carry CPU and memory limits.
+        cgroup = Cgroup(f"{cgroup_for(self.name, node.name).relpath}/agent")
+        cgroup.create()
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
                 ["ip", "netns", "exec", node.namespace, *argv],
@@ -352,7 +358,9 @@ class Lab:
     def exec(self, node_name: str, command: list[str]) -> None:
         """Replaces this process by ``command`` inside the node's namespace and cgroup."""
         node, argv = self.exec_argv(node_name, command)
-        cgroup_for(self.name, node.name).add_pid(os.getpid())
+        cgroup = Cgroup(f"{cgroup_for(self.name, node.name).relpath}/exec")
+        cgroup.create()
+        cgroup.add_pid(os.getpid())
         os.execvp(argv[0], argv)
 
     # ---- down

@@ -1,37 +1,55 @@
-"""The agent's link to the master: register, then heartbeat; re-register when forgotten."""
+"""The agent's link to the master: register, heartbeat, report task status, watch the view.
+
+```
+register (retry) ──► report every live task (reconciliation) ──► heartbeat loop
+executor status ──► outbox ──POST /v1/agents/{id}/status──► master   (kept until delivered)
+GET /v1/view?since=N&wait=S ──► on_view(ClusterView)   (last view kept while the master is away)
+```
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import httpx
 
 from control.auth import auth_header
+from control.protocol import TaskStatus
 from control.registry import AgentRegistration
+from control.view import ClusterView
 
 log = logging.getLogger("navstar.agent")
 
 
 class MasterLink:
     def __init__(self, master_url: str, registration: AgentRegistration, secret: str | None,
-                 heartbeat_interval: float = 5.0) -> None:
+                 heartbeat_interval: float = 5.0,
+                 live_statuses: Callable[[], list[TaskStatus]] = list) -> None:
         self.master_url = master_url.rstrip("/")
         self.registration = registration
         self.heartbeat_interval = heartbeat_interval
+        self.live_statuses = live_statuses
         self._client = httpx.AsyncClient(headers=auth_header(secret), timeout=5.0)
+        self._outbox: asyncio.Queue[TaskStatus] = asyncio.Queue()
         self.registered = asyncio.Event()
+
+    @property
+    def agent_id(self) -> str:
+        return self.registration.agent_id
 
     async def register(self) -> None:
         """Retries until the master accepts; backs off up to 2 s between tries."""
         delay = 0.1
         while True:
             try:
-                resp = await self._client.post(
-                    f"{self.master_url}/v1/agents", json=self.registration.model_dump()
-                )
+                resp = await self._client.post(f"{self.master_url}/v1/agents",
+                                               json=self.registration.model_dump())
                 if resp.status_code == 200:
-                    log.info("registered with %s as %s", self.master_url, self.registration.agent_id)
+                    log.info("registered with %s as %s", self.master_url, self.agent_id)
+                    for status in self.live_statuses():
+                        self.send_status(status)
                     self.registered.set()
                     return
                 log.error("master refused registration: %s %s", resp.status_code, resp.text)
@@ -40,19 +58,64 @@ class MasterLink:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-    async def run(self) -> None:
-        await self.register()
+    def send_status(self, status: TaskStatus) -> None:
+        self._outbox.put_nowait(status)
+
+    async def _deliver(self) -> None:
+        while True:
+            status = await self._outbox.get()
+            while True:
+                try:
+                    resp = await self._client.post(f"{self.master_url}/v1/agents/{self.agent_id}/status",
+                                                   json=status.model_dump())
+                    if resp.status_code < 500 and resp.status_code != 404:
+                        if resp.status_code >= 400:
+                            log.warning("master rejected status of %s: %s %s", status.task_id,
+                                        resp.status_code, resp.text[:200])
+                        break
+                except httpx.HTTPError as exc:
+                    log.info("status of %s not delivered yet: %s", status.task_id, exc)
+                await asyncio.sleep(0.5)
+
+    async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
-                resp = await self._client.post(
-                    f"{self.master_url}/v1/agents/{self.registration.agent_id}/heartbeat"
-                )
+                resp = await self._client.post(f"{self.master_url}/v1/agents/{self.agent_id}/heartbeat")
                 if resp.status_code == 404:
                     self.registered.clear()
                     await self.register()
             except httpx.HTTPError as exc:
                 log.warning("heartbeat failed: %s", exc)
+
+    async def run(self) -> None:
+        await self.register()
+        await asyncio.gather(self._heartbeats(), self._deliver())
+
+    async def watch_view(self, on_view: Callable[[ClusterView], None], wait: float = 20.0) -> None:
+        """Long-polls the cluster view; calls ``on_view`` for every new version."""
+        version = 0
+        while True:
+            try:
+                resp = await self._client.get(f"{self.master_url}/v1/view",
+                                              params={"since": version, "wait": wait}, timeout=wait + 5)
+                if resp.status_code == 200:
+                    view = ClusterView.model_validate(resp.json())
+                    if view.version != version:
+                        version = view.version
+                        on_view(view)
+                    continue
+                log.warning("view request: %s %s", resp.status_code, resp.text[:200])
+            except (httpx.HTTPError, ValueError) as exc:
+                log.info("master unreachable, keeping view %d: %s", version, exc)
+            await asyncio.sleep(1.0)
+
+    async def fetch_json(self, path: str) -> dict | None:
+        try:
+            resp = await self._client.get(f"{self.master_url}{path}")
+            return resp.json() if resp.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            return None
 
     async def close(self) -> None:
         await self._client.aclose()
