@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -50,20 +51,35 @@ def agent(
     agent_id: Annotated[str | None, typer.Option(help="stable identity (default: hostname)")] = None,
     token_file: Annotated[str | None, typer.Option(help="cluster secret file")] = None,
     api_listen: Annotated[str, typer.Option(help="local REST API")] = "127.0.0.1:62080",
-    work_dir: Annotated[str | None, typer.Option(help="sandboxes and local state")] = None,
+    agent_listen: Annotated[str, typer.Option(help="agent API the master calls")] = ":5051",
+    metrics_listen: Annotated[str | None, typer.Option(help="Prometheus metrics (default <ip>:61091)")] = None,
+    work_dir: Annotated[str, typer.Option(help="sandboxes and local state")] = "/var/lib/navstar/agent",
     lb: Annotated[str, typer.Option(help="VIP dataplane: ebpf, nfqueue or auto")] = "auto",
     cpus: Annotated[float | None, typer.Option(help="CPUs to offer (default: all)")] = None,
     mem: Annotated[float | None, typer.Option(help="MiB to offer (default: all)")] = None,
     ports: Annotated[str, typer.Option(help="host-port range to offer")] = "31000-32000",
     heartbeat_interval: Annotated[float, typer.Option(help="seconds between heartbeats")] = 5.0,
+    cgroup: Annotated[str, typer.Option(help="this node's cgroup (v2 path below the root): BPF scope, task parent")] = "navstar",
+    netns_prefix: Annotated[str, typer.Option(help="prefix of task network namespaces")] = "navstar-task-",
+    bpf_pin_dir: Annotated[str, typer.Option(help="where BPF maps are pinned")] = "/sys/fs/bpf/navstar/agent",
+    image_map: Annotated[str | None, typer.Option(help="JSON image map for apps without a command")] = None,
+    task_user: Annotated[str, typer.Option(help="user tasks run as ('' = the agent's)")] = "nobody",
 ) -> None:
     """Run the node agent (executor, overlay, load balancer, DNS)."""
-    from navstar.agent_main import run_agent
+    from navstar.agent_main import AgentOptions, run_agent
 
     if lb not in ("ebpf", "nfqueue", "auto"):
         err.print(f"--lb: expected ebpf, nfqueue or auto, got {lb!r}")
         raise typer.Exit(2)
-    run_agent(master, ip, agent_id, token_file, api_listen, cpus, mem, ports, heartbeat_interval)
+    if not re.fullmatch(r"\d+-\d+", ports):
+        err.print(f"--ports: expected BEGIN-END, got {ports!r}")
+        raise typer.Exit(2)
+    run_agent(AgentOptions(
+        master=master, ip=ip, agent_id=agent_id or "", token_file=token_file, api_listen=api_listen,
+        agent_listen=agent_listen, metrics_listen=metrics_listen, work_dir=work_dir, lb=lb, cpus=cpus,
+        mem=mem, ports=ports, heartbeat_interval=heartbeat_interval, cgroup=cgroup,
+        netns_prefix=netns_prefix, bpf_pin_dir=bpf_pin_dir, image_map=image_map, task_user=task_user or None,
+    ))
 
 
 # -- lab ----------------------------------------------------------------------------------
