@@ -8,3 +8,5 @@ def configure(level: str = "INFO") -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # One line per HTTP request (long-polls, heartbeats) would drown the log.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
