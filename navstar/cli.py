@@ -13,10 +13,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from spartan_dns.cli import dns_app
+
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="navstar: DC/OS networking (VIPs, overlay, DNS) and a compact Mesos/Marathon.")
 lab_app = typer.Typer(no_args_is_help=True, help="A sealed multi-node lab in network namespaces.")
 app.add_typer(lab_app, name="lab")
+app.add_typer(dns_app, name="dns")
 
 console = Console()
 err = Console(stderr=True)
