@@ -346,9 +346,11 @@ def _address_type(address: IPAddress) -> RecordType:
 
 
 def _wire_encodable(name: str) -> bool:
-    labels = name.rstrip(".").split(".")
-    encoded = [label.encode("utf-8", "surrogatepass") for label in labels]
-    return all(0 < len(label) <= 63 for label in encoded) and sum(len(label) + 1 for label in encoded) + 1 <= 255
+    """Fits DNS wire format: labels of 1-63 octets, at most 255 octets with the length bytes."""
+    body = name[:-1] if name.endswith(".") else name
+    encoded = body.encode("utf-8", "surrogatepass")
+    # each label costs its length + 1, the root 1 more: len(body) + 2 in all
+    return len(encoded) <= 253 and all(0 < len(label) <= 63 for label in encoded.split(b"."))
 
 
 def resolve_with_system(host: str) -> list[str]:
@@ -422,7 +424,7 @@ class _Generator:
         self.records: list[Record] = []
         self.warnings: list[str] = []
         self._seen: set[tuple[str, str, str]] = set()
-        self._unencodable: set[str] = set()
+        self._servable_names: dict[str, bool] = {}  # names repeat a lot: check each once
         # agent id → its IPs; an agent with no usable IP is still known (its tasks keep records)
         self.agent_ips: dict[str, list[str]] = {}
 
@@ -431,16 +433,19 @@ class _Generator:
         key = (name, rtype, value)
         if not value or key in self._seen:
             return False
-        target = value.rpartition(":")[0] if rtype == "SRV" else None
-        for bad in (name, target):
-            if bad is not None and not _wire_encodable(bad):
-                if bad not in self._unencodable:
-                    self._unencodable.add(bad)
-                    self.warnings.append(f"skipped records for {bad!r}: not encodable as a DNS name")
-                return False
+        if not self._servable(name) or (rtype == "SRV" and not self._servable(value.rpartition(":")[0])):
+            return False
         self._seen.add(key)
         self.records.append(Record(name, rtype, value))
         return True
+
+    def _servable(self, name: str) -> bool:
+        servable = self._servable_names.get(name)
+        if servable is None:
+            servable = self._servable_names[name] = _wire_encodable(name)
+            if not servable:
+                self.warnings.append(f"skipped records for {name!r}: not encodable as a DNS name")
+        return servable
 
     def host_ips(self, host: str, what: str) -> list[IPAddress]:
         """Mesos-DNS's hostToIPs: a literal IP, else whatever the resolver says."""
