@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from minuteman.cli import vip_app
 from spartan_dns.cli import dns_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
@@ -20,6 +21,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
 lab_app = typer.Typer(no_args_is_help=True, help="A sealed multi-node lab in network namespaces.")
 app.add_typer(lab_app, name="lab")
 app.add_typer(dns_app, name="dns")
+app.add_typer(vip_app, name="vip")
 
 console = Console()
 err = Console(stderr=True)

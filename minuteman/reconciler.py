@@ -1,0 +1,214 @@
+"""The load-balancer reconciler: cluster view (+ backend health) → desired VIP table → dataplane.
+
+``on_view`` recomputes the table and hands it whole to the dataplane, which changes only what
+differs (so a repeated view writes nothing). On start the reconciler adopts what the dataplane
+already holds and keeps serving it until the first view arrives; ``run`` repairs drift, polls
+backend health and re-applies when a backend goes in or out. Errors are kept as status per VIP,
+never raised to the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from starlette.applications import Starlette
+from starlette.routing import Route
+
+from control.view import ClusterView
+from minuteman import api
+from minuteman.dataplane import Backend, Dataplane, VipEntry, VipKey
+from minuteman.health import BackendHealth, HealthConfig
+from minuteman.maglev import DEFAULT_MIN_TABLE_SIZE, maglev_table
+from minuteman.metrics import MinutemanMetrics
+from minuteman.model import Problem, Vip, VipModel, vip_model
+
+log = logging.getLogger("navstar.minuteman")
+
+Balancing = Literal["maglev", "p2c"]
+HEALTH_POLL_INTERVAL = 0.1
+
+
+@dataclass
+class LbStatus:
+    adopted: int = 0                 # VIPs found in the dataplane at start
+    view_version: int | None = None
+    applies: int = 0
+    drift_repairs: int = 0
+    last_apply: float | None = None  # unix time
+    errors: dict[VipKey, str] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+class LoadBalancer:
+    def __init__(self, dataplane: Dataplane, *, balancing: Balancing = "maglev",
+                 health: HealthConfig | None = None, min_table_size: int = DEFAULT_MIN_TABLE_SIZE,
+                 registry: CollectorRegistry | None = REGISTRY) -> None:
+        if balancing not in ("maglev", "p2c"):
+            raise ValueError(f"balancing: expected 'maglev' or 'p2c', got {balancing!r}")
+        self.dataplane = dataplane
+        self.balancing = balancing
+        self.health = BackendHealth(health or HealthConfig())
+        self.min_table_size = min_table_size
+        self.status = LbStatus()
+        self._model = VipModel()
+        self._reported: set[Problem] = set()
+        # Adopt: keep serving what the kernel holds until the first view says otherwise.
+        self._desired: dict[VipKey, VipEntry] = dataplane.current()
+        self._programmed: set[VipKey] = set(self._desired)
+        self._out: frozenset[Backend] = frozenset()
+        self.status.adopted = len(self._desired)
+        self.metrics = MinutemanMetrics(self, registry)
+        if self._desired:
+            log.info("adopted %d VIPs from the %s dataplane", len(self._desired), dataplane.name)
+
+    # -- the reconcile loop -------------------------------------------------------------
+    def on_view(self, view: ClusterView) -> None:
+        """Recompute the desired table from ``view`` and apply it (idempotent). Never raises."""
+        self._model = vip_model(view)
+        self.status.view_version = view.version
+        self.status.problems = list(self._model.problems)
+        for problem in self._model.problems:
+            if problem not in self._reported:
+                log.warning("VIP label problem: %s", problem)
+        self._reported = set(self._model.problems)
+        self._apply()
+
+    def _apply(self) -> None:
+        self._out = self.health.out()
+        self._desired = self._table()
+        started = time.perf_counter()
+        try:
+            result = self.dataplane.apply(self._desired)
+        except Exception as exc:   # a dataplane bug must not take the agent down; it is status
+            log.exception("%s dataplane apply failed", self.dataplane.name)
+            self.status.errors = {key: f"apply failed: {exc}" for key in self._desired}
+            self._programmed = set()
+            return
+        finally:
+            self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+        self.status.applies += 1
+        self.status.last_apply = time.time()
+        for key, message in result.errors.items():
+            if self.status.errors.get(key) != message:
+                log.error("VIP %s:%d/%s not programmed: %s", key.address, key.port, key.protocol, message)
+        self.status.errors = dict(result.errors)
+        self._programmed = set(result.programmed) - set(result.errors)
+
+    def _table(self) -> dict[VipKey, VipEntry]:
+        table: dict[VipKey, VipEntry] = {}
+        for key, vip in self._model.vips.items():
+            live = vip.in_state("up")
+            usable = [b for b in live if b not in self._out] or live   # all out: fail open
+            lookup = maglev_table(usable, self.min_table_size) if self.balancing == "maglev" else ()
+            table[key] = VipEntry(key, tuple(usable), lookup, tuple(vip.in_state("draining")))
+        self.health.forget(b.backend for vip in self._model.vips.values() for b in vip.backends)
+        return table
+
+    def repair(self) -> bool:
+        """Re-apply if the dataplane drifted from the desired table; True if it had."""
+        try:
+            current = self.dataplane.current()
+        except Exception:
+            log.exception("reading the %s dataplane failed", self.dataplane.name)
+            return False
+        if current == self._desired:
+            return False
+        self.status.drift_repairs += 1
+        log.warning("%s dataplane drifted (%d VIPs differ); repairing", self.dataplane.name,
+                    len(set(current.items()) ^ set(self._desired.items())))
+        self._apply()
+        return True
+
+    def poll_health(self) -> bool:
+        """Feed the dataplane's connection outcomes to health; re-apply if a backend went in or out."""
+        self.health.poll(self.dataplane)
+        if self.status.view_version is None or self.health.out() == self._out:
+            return False
+        went_out = self.health.out() - self._out
+        if went_out:
+            log.warning("backends out of rotation for %.0fs: %s", self.health.config.quarantine,
+                        ", ".join(f"{b.ip}:{b.port}" for b in sorted(went_out)))
+        self._apply()
+        return True
+
+    async def run(self, repair_interval: float = 5.0) -> None:
+        """Serve until cancelled: start the dataplane's packet handling (if it has any), repair
+        drift every ``repair_interval`` s, poll health every 0.1 s, probe actively if configured."""
+        start = getattr(self.dataplane, "start", None)
+        if start is not None:
+            started = start()
+            if inspect.isawaitable(started):
+                await started
+        loop = asyncio.get_running_loop()
+        next_repair = next_probe = loop.time()
+        probe_every = self.health.config.probe_interval
+        while True:
+            now = loop.time()
+            if now >= next_repair:
+                self.repair()
+                next_repair = now + repair_interval
+            if probe_every is not None and now >= next_probe:
+                next_probe = now + probe_every
+                await self.health.probe({b for e in self._desired.values() for b in e.backends})
+            self.poll_health()
+            await asyncio.sleep(HEALTH_POLL_INTERVAL)
+
+    def close(self, keep_kernel_state: bool = True) -> None:
+        self.metrics.unregister()
+        self.dataplane.close(keep_kernel_state=keep_kernel_state)
+
+    # -- what others read ---------------------------------------------------------------
+    def programmed_names(self) -> dict[str, str]:
+        """DNS name → VIP address, only for named VIPs the dataplane has programmed."""
+        return {vip.dns_name: key.address for key, vip in self._model.vips.items()
+                if vip.dns_name and key in self._programmed}
+
+    def vips(self) -> list[tuple[Vip, VipEntry | None, str | None]]:
+        """Every VIP of the model with its programmed entry (None if not programmed) and error."""
+        return [(vip, self._desired.get(key) if key in self._programmed else None, self.status.errors.get(key))
+                for key, vip in sorted(self._model.vips.items())]
+
+    def backend_state(self, vip: Vip, backend: Backend) -> str:
+        states = {b.state for b in vip.backends if b.backend == backend}
+        if "up" in states and backend in self._out:
+            return "quarantined"
+        for state in ("up", "draining", "unhealthy", "unreachable"):
+            if state in states:
+                return state
+        return "unknown"
+
+    def vips_json(self) -> list[dict]:
+        """The agent's ``/v1/vips``: programmed VIPs and the backends taking new connections."""
+        return [{"vip": vip.label, "protocol": vip.key.protocol,
+                 "backend": [{"ip": b.ip, "port": b.port} for b in entry.backends]}
+                for vip, entry, _ in self.vips() if entry is not None]
+
+    def vips_detail(self) -> list[dict]:
+        """Every VIP with name, address, status and each backend's state and connection count."""
+        counts = self.dataplane.connection_counts()
+        out = []
+        for vip, entry, error in self.vips():
+            out.append({
+                "vip": vip.label, "name": vip.dns_name, "address": vip.key.address,
+                "port": vip.key.port, "protocol": vip.key.protocol, "apps": sorted(vip.apps),
+                "programmed": entry is not None, "error": error,
+                "backend": [{"ip": b.ip, "port": b.port, "state": self.backend_state(vip, b),
+                             "connections": counts.get((vip.key, b), 0),
+                             "failures": self.health.failed_total(b)}
+                            for b in sorted({i.backend for i in vip.backends})],
+            })
+        return out
+
+    def http_routes(self) -> list[Route]:
+        """``/v1/vips`` for the agent's local API (127.0.0.1:62080)."""
+        return api.vip_routes(self)
+
+    def legacy_app(self) -> Starlette:
+        """The legacy minuteman API (``:61421/vips``)."""
+        return api.legacy_app(self)
