@@ -42,8 +42,9 @@ agent's IPs). Container sources read only the newest ``TASK_RUNNING`` status (by
 Where Mesos-DNS would crash or publish something no DNS server can serve, this module skips the
 record and says so in ``RecordSet.warnings``: a leader or master address that is not an IP, a host
 name with no resolver given (Mesos-DNS resolves it with the system resolver — pass
-``resolve_hostname`` for that), ports outside 0-65535, names that cannot be encoded in DNS wire
-format (an empty label, a label over 63 octets, over 255 octets in all).
+``resolve_hostname`` for that), a discovery port outside 0-65535 (resource port ranges are clamped
+to it), names that cannot be encoded in DNS wire format (an empty label, a label over 63 octets,
+over 255 octets in all).
 """
 
 from __future__ import annotations
