@@ -307,15 +307,20 @@ class DRFSorter:
 
     def allocated(self, client: str, agent_id: str, resources: Mapping[str, float]) -> None:
         """Records an allocation: counts once more for the client and each ancestor."""
-        leaf = self._find(client)
-        quantities = _checked(resources, "resources")
-        _add_into(leaf.by_agent.setdefault(agent_id, {}), quantities)
-        self._walk_up(leaf, quantities, _add_into, 1)
+        self._allocated(client, agent_id, _checked(resources, "resources"))
 
     def unallocated(self, client: str, agent_id: str, resources: Mapping[str, float]) -> None:
         """Takes back part of an allocation. Raises ValueError if the client does not hold it."""
+        self._unallocated(client, agent_id, _checked(resources, "resources"))
+
+    # The Allocator calls these two with quantities it has already checked.
+    def _allocated(self, client: str, agent_id: str, quantities: Resources) -> None:
         leaf = self._find(client)
-        quantities = _checked(resources, "resources")
+        _add_into(leaf.by_agent.setdefault(agent_id, {}), quantities)
+        self._walk_up(leaf, quantities, _add_into, 1)
+
+    def _unallocated(self, client: str, agent_id: str, quantities: Resources) -> None:
+        leaf = self._find(client)
         _take(leaf.by_agent, agent_id, quantities, f"client {client!r}")
         self._walk_up(leaf, quantities, _subtract_into, 0)
 
@@ -475,6 +480,10 @@ class Offer:
     framework_id: str
     agent_id: str
     resources: dict[str, float] = field(hash=False)
+
+
+def _copy(offer: Offer) -> Offer:
+    return Offer(offer.offer_id, offer.framework_id, offer.agent_id, dict(offer.resources))
 
 
 @dataclass
@@ -659,7 +668,7 @@ class Allocator:
             self._offers[offer.offer_id] = offer
             self._frameworks[framework_id].offers.add(offer.offer_id)
             self._agents[agent_id].offers.add(offer.offer_id)
-            offers.append(offer)
+            offers.append(_copy(offer))       # the caller's copy: editing it cannot skew the books
         return offers
 
     def _unsatisfied(self) -> dict[str, Resources]:
@@ -744,8 +753,8 @@ class Allocator:
 
     def _grant(self, framework_id: str, role: str, agent_id: str, agent: _Agent,
                resources: Resources, grants) -> None:
-        self._roles.allocated(role, agent_id, resources)
-        self._framework_sorters[role].allocated(framework_id, agent_id, resources)
+        self._roles._allocated(role, agent_id, resources)
+        self._framework_sorters[role]._allocated(framework_id, agent_id, resources)
         _subtract_into(agent.free, resources)
         key = (framework_id, agent_id)
         if key in grants:
@@ -817,8 +826,8 @@ class Allocator:
         if not _contains(agent.free, quantities):
             raise ValueError(f"agent {agent_id!r} has not {_missing(agent.free, quantities)} free")
         if quantities:
-            self._roles.allocated(framework.role, agent_id, quantities)
-            self._framework_sorters[framework.role].allocated(framework_id, agent_id, quantities)
+            self._roles._allocated(framework.role, agent_id, quantities)
+            self._framework_sorters[framework.role]._allocated(framework_id, agent_id, quantities)
             _subtract_into(agent.free, quantities)
             _add_into(framework.in_use.setdefault(agent_id, {}), quantities)
 
@@ -844,8 +853,8 @@ class Allocator:
         return {role: self._roles.share(role) for role in self._framework_sorters}
 
     def offers(self) -> list[Offer]:
-        """The outstanding offers."""
-        return list(self._offers.values())
+        """The outstanding offers (copies)."""
+        return [_copy(offer) for offer in self._offers.values()]
 
     def free(self, agent_id: str) -> dict[str, float]:
         """What the agent has neither in use nor offered."""
@@ -869,8 +878,8 @@ class Allocator:
 
     def _unallocate(self, framework_id: str, agent_id: str, resources: Resources) -> None:
         role = self._frameworks[framework_id].role
-        self._roles.unallocated(role, agent_id, resources)
-        self._framework_sorters[role].unallocated(framework_id, agent_id, resources)
+        self._roles._unallocated(role, agent_id, resources)
+        self._framework_sorters[role]._unallocated(framework_id, agent_id, resources)
 
     def _sorters_add_agent(self, agent_id: str, total: Resources) -> None:
         for sorter in (self._roles, *self._framework_sorters.values()):

@@ -554,7 +554,9 @@ def test_allocator_rejects_bad_input_and_keeps_serving():
         allocator.decline(offer, now=0, refuse_seconds=-1)
     with pytest.raises(KeyError, match="not outstanding"):
         allocator.accept(Offer("forged", "f1", "a1", res(1, 1)), res(1, 1), now=0)
+    offer.resources["cpus"] = 100                            # the caller's copy, not the books
     allocator.accept(offer, res(1, 1024), now=0)             # the offer survived the bad calls
+    assert allocator.free("a1") == res(1, 1024)
     with pytest.raises(KeyError, match="not outstanding"):
         allocator.accept(offer, res(1, 1024), now=0)
     with pytest.raises(ValueError, match="framework 'f1' does not hold cpus 2 > 1"):
