@@ -723,33 +723,29 @@ class Allocator:
             for agent in self._agents.values():
                 if agent.active:
                     _add_into(available, agent.free)
-        roles = self._roles
-        sorters = self._framework_sorters
-        frameworks = self._frameworks
-        allocatable = self._allocatable
         for agent_id, agent in candidates:
-            offerable = agent.free
+            offerable = dict(agent.free)
             if headroom:
                 # Hold back what unsatisfied guarantees still need, cluster-wide.
                 offerable = {name: min(value, _fixed(available.get(name, 0.0) - headroom[name]))
                              if name in headroom else value for name, value in offerable.items()}
                 offerable = {name: value for name, value in offerable.items() if value > 0}
-            if not offerable or not allocatable(offerable):
+            if not offerable or not self._allocatable(offerable):
                 continue
-            granted = False
-            for role in roles.iter_sorted():
-                for framework_id in sorters[role].iter_sorted():
-                    framework = frameworks[framework_id]
-                    if framework.filters and self._filtered(framework, agent_id, offerable, now):
-                        continue
-                    offerable = dict(offerable)
-                    self._grant(framework_id, role, agent_id, agent, offerable, grants)
-                    if headroom:
-                        _subtract_into(available, offerable)
-                    granted = True
-                    break
-                if granted:
-                    break
+            chosen = self._first_eligible(agent_id, offerable, now)
+            if chosen is not None:
+                self._grant(chosen[1], chosen[0], agent_id, agent, offerable, grants)
+                if headroom:
+                    _subtract_into(available, offerable)
+
+    def _first_eligible(self, agent_id: str, resources: Resources, now: float) -> tuple[str, str] | None:
+        """(role, framework) first in DRF order that would take ``resources`` on the agent."""
+        for role in self._roles.iter_sorted():
+            for framework_id in self._framework_sorters[role].iter_sorted():
+                framework = self._frameworks[framework_id]
+                if not framework.filters or not self._filtered(framework, agent_id, resources, now):
+                    return role, framework_id
+        return None
 
     def _grant(self, framework_id: str, role: str, agent_id: str, agent: _Agent,
                resources: Resources, grants) -> None:

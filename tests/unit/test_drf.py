@@ -389,27 +389,28 @@ def test_progressive_filling_fits_and_leaves_no_task_that_fits(capacity, demands
 # ---------------------------------------------------------------------------------------- allocator
 
 def test_allocator_two_frameworks_share_fairly_over_cycles():
+    """A cpu-bound and a memory-bound framework, each launching one task per offer (declining
+    the rest without a filter): over cycles their dominant shares meet, 2 light tasks per heavy
+    one, as progressive filling would give on the pooled cluster."""
     allocator = Allocator()
     for index in range(6):
-        allocator.add_agent(f"agent-{index}", res(2, 2048))
-    allocator.add_framework("light", "*")      # runs 1 cpu / 256 MB tasks
-    allocator.add_framework("heavy", "*")      # runs 1 cpu / 1024 MB tasks
-    task = {"light": res(1, 256), "heavy": res(1, 1024)}
-    launched = {"light": 0, "heavy": 0}
-    for cycle in range(40):
+        allocator.add_agent(f"agent-{index}", res(4, 8192))
+    task = {"light": res(1, 256), "heavy": res(1, 4096)}   # dominant: cpus 1/24, mem 1/12
+    for framework_id in task:
+        allocator.add_framework(framework_id)
+    launched = dict.fromkeys(task, 0)
+    for cycle in range(60):
         for offer in allocator.allocate(now=cycle):
             need = task[offer.framework_id]
-            fits = int(min(offer.resources.get(n, 0) // v for n, v in need.items()))
-            if fits == 0:
+            if all(offer.resources.get(name, 0) >= value for name, value in need.items()):
+                allocator.accept(offer, need, now=cycle, refuse_seconds=0)
+                launched[offer.framework_id] += 1
+            else:
                 allocator.decline(offer, now=cycle, refuse_seconds=0)
-                continue
-            allocator.accept(offer, {n: v * fits for n, v in need.items()}, now=cycle, refuse_seconds=0)
-            launched[offer.framework_id] += fits
-    # 12 cpus, 12288 MB: DRF equalises dominant shares (light: cpus, heavy: mem).
+    assert launched == {"light": 14, "heavy": 7}   # heavy tasks strand cpus on full agents
     shares = allocator.shares()
-    assert launched["light"] + launched["heavy"] == 12
-    assert abs(shares["light"] - shares["heavy"]) <= 1 / 12 + 1e-9
-    assert launched == {"light": 6, "heavy": 6}
+    assert shares["light"] == shares["heavy"] == pytest.approx(14 / 24)
+    assert progressive_filling({"cpus": 24, "mem": 49152}, task) == {"light": 16, "heavy": 8}
 
 
 def test_allocator_offers_whole_agent_to_lowest_share_and_counts_offers_as_allocated():
