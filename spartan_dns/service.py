@@ -1,0 +1,248 @@
+"""DnsService: the resolver as one object the agent wires (DESIGN.md §2).
+
+The agent feeds it (``set_mesos_records``, ``set_vips``, ``set_masters``) whenever the cluster view
+changes; each call swaps in freshly built zones and forgets every stored reply, so the next query
+sees the change. Nothing here touches the kernel: the listen addresses must already be on a local
+device (the agent puts them on ``lo``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Iterable
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from starlette.routing import Route
+
+from spartan_dns.cache import ResponseCache
+from spartan_dns.handlers import Chain, Forward, Guard, LocalZones
+from spartan_dns.message import Reply
+from spartan_dns.metrics import DnsMetrics
+from spartan_dns.server import ClientFilter, QueryServer, TcpListener, UdpListener
+from spartan_dns.upstream import (
+    Forwarder,
+    SocketTransport,
+    Upstream,
+    UpstreamHealth,
+    UpstreamTransport,
+    resolv_conf_upstreams,
+)
+from spartan_dns.zones import (
+    DCOS,
+    DCOS_TTL,
+    L4LB,
+    MESOS_MIRROR,
+    MESOS_TTL,
+    SPARTAN,
+    THISDCOS,
+    THISNODE,
+    SoaNames,
+    Zone,
+    ZoneRecord,
+    ZoneTable,
+    address_rdata,
+    dcos_records,
+    mesos_records,
+    rebase,
+    vip_records,
+)
+
+log = logging.getLogger("navstar.dns")
+
+DEFAULT_LISTEN = ("198.51.100.1", "198.51.100.2", "198.51.100.3")
+DEFAULT_TASK_NETWORKS = ("9.0.0.0/8",)     # the dcos overlay: containers on m-dcos / d-dcos
+LOOPBACK = ("127.0.0.0/8", "::1/128")
+DCOS_SOA = SoaNames("ns.spartan", "support.mesosphere.com")
+
+
+class DnsService:
+    """The node's resolver: own zones, forwarding, cache, UDP+TCP listeners, metrics, HTTP routes.
+
+    ``set_*`` are idempotent and may be called before or after ``start``; they raise ValueError on
+    bad input and then change nothing."""
+
+    def __init__(self, listen: list[str] | tuple[str, ...] = DEFAULT_LISTEN, port: int = 53,
+                 upstreams: list[str] | None = None,
+                 forward_zones: dict[str, list[str]] | None = None,
+                 node_ip: str = "127.0.0.1", mesos_domain: str = "mesos", *,
+                 allowed_clients: Iterable[str] | None = None,
+                 task_networks: Iterable[str] = DEFAULT_TASK_NETWORKS,
+                 upstream_timeout: float = 1.0, overall_timeout: float = 2.5,
+                 max_inflight: int = 1000, cache_size: int = 10_000, negative_ttl: int = 5,
+                 max_stale: float = 86_400.0, tcp_idle_timeout: float = 10.0,
+                 max_tcp_connections: int = 256, mesos_ttl: int = MESOS_TTL,
+                 resolv_conf: str = "/etc/resolv.conf",
+                 transport: UpstreamTransport | None = None,
+                 registry: CollectorRegistry | None = REGISTRY):
+        self.listen = [_ip("listen", a) for a in listen]
+        if not self.listen:
+            raise ValueError("listen: at least one address is needed")
+        if not 0 <= port < 65536:
+            raise ValueError(f"port: {port} is not 0-65535")
+        self.port = port
+        self.node_ip = _ip("node_ip", node_ip)
+        self.mesos_domain = mesos_domain.strip(".").lower()
+        if not self.mesos_domain:
+            raise ValueError("mesos_domain must not be empty")
+        self.mesos_ttl = mesos_ttl
+        if upstreams is None:
+            self.upstreams = resolv_conf_upstreams(resolv_conf, skip=self.listen)
+        else:
+            self.upstreams = [Upstream.parse(u) for u in upstreams]
+        self.forward_zones = {}
+        for zone, servers in (forward_zones or {}).items():
+            name = zone.strip(".").lower()
+            if not name or not servers:
+                raise ValueError(f"forward_zones: {zone!r} needs a name and at least one upstream")
+            self.forward_zones[name] = [Upstream.parse(s) for s in servers]
+        networks = list(allowed_clients) if allowed_clients is not None else [
+            *LOOPBACK, *task_networks, *(f"{a}/{32 if '.' in a else 128}" for a in {self.node_ip, *self.listen})]
+        try:
+            self.clients = ClientFilter(networks)
+        except ValueError as exc:
+            raise ValueError(f"allowed_clients: {exc}") from None
+
+        self.metrics = DnsMetrics()
+        self.registry = registry
+        self.cache = ResponseCache(max_entries=cache_size, negative_ttl=negative_ttl, max_stale=max_stale)
+        self.health = UpstreamHealth()
+        self.forwarder = Forwarder(transport or SocketTransport(), self.health,
+                                   upstream_timeout=upstream_timeout, overall_timeout=overall_timeout,
+                                   on_failure=self.metrics.upstream_failure, on_query=self.metrics.upstream_query)
+        self.zones = ZoneTable()
+        self.forward = Forward(self.forwarder, self.cache, self.metrics, self.upstreams, self.forward_zones,
+                               max_inflight=max_inflight)
+        self.chain = Chain([Guard(), LocalZones(self.zones, self.forward_zones), self.forward])
+        self.server = QueryServer(self.chain, self.metrics, self.clients)
+        self.tcp_idle_timeout = tcp_idle_timeout
+        self.max_tcp_connections = max_tcp_connections
+        self._udp: list[UdpListener] = []
+        self._tcp: list[TcpListener] = []
+        self._serial = 0
+        self._mesos: list[ZoneRecord] = []
+        self._leader: str | None = None
+        self._masters: list[str] = []
+        self.metrics.gauges["navstar_dns_cache_entries"] = lambda: len(self.cache)
+        self.metrics.gauges["navstar_dns_inflight_queries"] = lambda: self.forward.inflight
+        self._build_static_zones()
+        self._build_mesos_zones()
+        self._put(Zone(L4LB, [], ttl=DCOS_TTL, soa=DCOS_SOA, serial=self._next_serial()))
+        if not self.upstreams:
+            log.warning("no upstream resolvers: names outside the node's zones get SERVFAIL")
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Binds UDP and TCP on every listen address. Raises OSError naming the address on failure."""
+        try:
+            for address in self.listen:
+                udp = UdpListener(self.server, address, self.port)
+                tcp = TcpListener(self.server, address, self.port, self.tcp_idle_timeout,
+                                  self.max_tcp_connections)
+                try:
+                    udp.open()
+                    self._udp.append(udp)
+                    await tcp.open()
+                    self._tcp.append(tcp)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"cannot listen on {address} port {self.port}: {exc.strerror}") from exc
+        except BaseException:
+            await self.stop()
+            raise
+        if self.registry is not None:
+            self.registry.register(self.metrics)
+        log.info("DNS on %s port %d (UDP+TCP), upstreams %s", ", ".join(self.listen), self.port,
+                 ", ".join(map(str, self.upstreams)) or "none")
+
+    async def stop(self) -> None:
+        """Closes every listener; safe to call twice."""
+        for listener in self._udp + self._tcp:
+            await listener.close()
+        self._udp, self._tcp = [], []
+        if self.registry is not None:
+            try:
+                self.registry.unregister(self.metrics)
+            except KeyError:
+                pass
+
+    # -- inputs from the cluster view ---------------------------------------------------------
+    def set_mesos_records(self, recordset) -> None:
+        """Replaces the ``mesos`` zone (and its mirror and the dcos zone) with generated records."""
+        self._mesos = mesos_records(recordset)
+        self._build_mesos_zones()
+
+    def set_vips(self, names: dict[str, str]) -> None:
+        """Replaces the VIP names (``web.marathon.l4lb.thisdcos.directory`` → ``11.0.0.1``)."""
+        self._put(Zone(L4LB, vip_records(names), ttl=DCOS_TTL, soa=DCOS_SOA, serial=self._next_serial()))
+
+    def set_masters(self, leader_ip: str, master_ips: list[str]) -> None:
+        """``leader.`` and ``master.dcos.thisdcos.directory``."""
+        leader = _ip("leader_ip", leader_ip) if leader_ip else None
+        masters = [_ip("master_ips", ip) for ip in master_ips]
+        self._leader, self._masters = leader, masters
+        self._put(Zone(DCOS, dcos_records(self._mesos, self.mesos_domain, leader, masters), ttl=DCOS_TTL,
+                       soa=DCOS_SOA, serial=self._next_serial()))
+
+    def http_routes(self) -> list[Route]:
+        """The Mesos-DNS-style API: /v1/version, /v1/hosts/{host}, /v1/services/{service}, /v1/records."""
+        from spartan_dns.api import routes
+
+        return routes(self)
+
+    # -- queries for the API and tools --------------------------------------------------------
+    def lookup(self, name: str, qtype: int) -> Reply | None:
+        """The node's own answer for ``name`` (None if no own zone holds it)."""
+        from dnslib import DNSLabel
+
+        bare = name.strip(".").lower()
+        zone = self.zones.find(bare)
+        if zone is None:
+            return None
+        return zone.lookup(DNSLabel(bare + "."), bare, qtype)
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """Where the UDP listeners are bound (useful with port 0)."""
+        return [udp.address for udp in self._udp]
+
+    # -- zone building ------------------------------------------------------------------------
+    def _next_serial(self) -> int:
+        self._serial = max(self._serial + 1, int(time.time()))
+        return self._serial
+
+    def _put(self, zone: Zone) -> None:
+        self.zones.put(zone)
+        self.metrics.zone_records[zone.origin] = zone.record_count
+        self.server.forget()
+
+    def _build_static_zones(self) -> None:
+        serial = self._next_serial()
+        self._put(Zone(THISDCOS, [], ttl=DCOS_TTL, soa=DCOS_SOA, serial=serial))
+        self._put(Zone(THISNODE, [(THISNODE, *address_rdata(self.node_ip))], ttl=DCOS_TTL, soa=DCOS_SOA,
+                       serial=serial))
+        self._put(Zone(SPARTAN, [(f"ready.{SPARTAN}", *address_rdata("127.0.0.1")),
+                                 (f"ns.{SPARTAN}", *address_rdata(self.listen[0]))],
+                       ttl=DCOS_TTL, soa=DCOS_SOA, serial=serial))
+
+    def _build_mesos_zones(self) -> None:
+        domain = self.mesos_domain
+        serial = self._next_serial()
+        soa = SoaNames(f"ns1.{domain}", f"root.ns1.{domain}")
+        records = list(self._mesos)
+        if not any(name.rstrip(".").lower() == soa.mname for name, _, _ in records):
+            records.append((soa.mname, *address_rdata(self.listen[0])))   # Mesos-DNS: ns1 → listener
+        self._put(Zone(domain, records, ttl=self.mesos_ttl, soa=soa, serial=serial, ns_in_authority=True))
+        if domain != MESOS_MIRROR and not domain.endswith("." + MESOS_MIRROR):
+            mirror_soa = SoaNames(f"ns1.{MESOS_MIRROR}", f"root.ns1.{MESOS_MIRROR}")
+            self._put(Zone(MESOS_MIRROR, rebase(records, domain, MESOS_MIRROR), ttl=self.mesos_ttl,
+                           soa=mirror_soa, serial=serial, ns_in_authority=True))
+        self._put(Zone(DCOS, dcos_records(self._mesos, domain, self._leader, self._masters), ttl=DCOS_TTL,
+                       soa=DCOS_SOA, serial=serial))
+
+
+def _ip(field: str, value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value).strip()))
+    except ValueError:
+        raise ValueError(f"{field}: {value!r} is not an IP address") from None
