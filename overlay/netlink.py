@@ -483,8 +483,8 @@ class PyRoute2Netlink:
         with self._lock:
             try:
                 self._ipr.link("del", index=self._index(name))
-            except (NetlinkError, LookupError):
-                pass
+            except (NetlinkError, OverlayKernelError):
+                pass   # already gone
 
     def _index(self, name: str) -> int:
         found = self._ipr.link_lookup(ifname=name)

@@ -1,0 +1,237 @@
+"""The overlay in the kernel: three agents on a private underlay, tasks talking across vtep1024.
+
+Every namespace here comes from ``overlay.testbed.Testbed`` (unique names, all removed after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from control.ipam import OverlayIpam
+from control.view import AgentInfo, ClusterView
+from overlay.agent import OverlayAgent
+from overlay.container import host_ifname
+from overlay.netfilter import IptablesNetfilter
+from overlay.netlink import PyRoute2Netlink
+from overlay.testbed import Testbed
+
+SERVER = """
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(16)
+while True:
+    c, a = s.accept(); c.sendall(f"hello {a[0]}\\n".encode()); c.close()
+"""
+CLIENT = """
+import socket, sys, time
+for _ in range(60):
+    try:
+        c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2)
+        print(c.recv(100).decode().strip()); break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("no answer")
+"""
+
+
+@dataclass
+class Cluster:
+    bed: Testbed
+    agents: dict[int, OverlayAgent]
+    view: ClusterView
+
+    def connect(self, ns: str, host: str, port: int) -> str:
+        return self.bed.run(ns, sys.executable, "-c", CLIENT, host, str(port), timeout=20).stdout.strip()
+
+    def serve(self, ns: str, port: int) -> None:
+        self.bed.spawn(ns, sys.executable, "-c", SERVER, str(port))
+
+    def ping(self, ns: str, address: str, *extra: str) -> bool:
+        return self.bed.run(ns, "ping", "-c1", "-W2", *extra, address, check=False).returncode == 0
+
+
+def make_view(bed: Testbed, version: int = 1) -> ClusterView:
+    ipam = OverlayIpam()
+    agents = [AgentInfo(agent_id=f"agent-{k}", hostname=f"agent-{k}", ip=bed.agent_ip(k),
+                        overlay=ipam.allocate(f"agent-{k}")) for k in range(1, bed.agents + 1)]
+    return ClusterView(version=version, agents=agents)
+
+
+def start_agent(bed: Testbed, k: int, state: Path, **kwargs) -> OverlayAgent:
+    return OverlayAgent(PyRoute2Netlink(bed.agent_ns(k)), f"agent-{k}", bed.agent_ip(k),
+                        netfilter=IptablesNetfilter(bed.agent_ns(k)), state_dir=state / f"agent-{k}",
+                        registry=CollectorRegistry(), **kwargs)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with Testbed(agents=3, underlay=f"198.18.{random.randint(100, 199)}.0/24") as bed:
+        view = make_view(bed)
+        agents = {k: start_agent(bed, k, tmp_path) for k in (1, 2, 3)}
+        try:
+            for agent in agents.values():
+                assert agent.on_view(view).ok
+            yield Cluster(bed, agents, view)
+        finally:
+            for agent in agents.values():
+                agent.netlink.close()
+
+
+def test_vtep_layout_as_ip_shows_it(cluster: Cluster) -> None:
+    ns = cluster.bed.agent_ns(1)
+    link = cluster.bed.run(ns, "ip", "-d", "link", "show", "vtep1024").stdout
+    assert "vxlan id 1024" in link and "dstport 64000" in link and "nolearning" in link
+    assert f"local {cluster.bed.agent_ip(1)}" in link and "70:b3:d5:80:00:01" in link
+    assert "44.128.0.1/20" in cluster.bed.run(ns, "ip", "-br", "addr", "show", "vtep1024").stdout
+    bridges = cluster.bed.run(ns, "ip", "-br", "addr").stdout
+    assert "9.0.0.1/25" in bridges and "9.0.0.129/25" in bridges
+    assert "9.0.2.0/24 via 44.128.0.3 dev vtep1024" in cluster.bed.run(ns, "ip", "route").stdout
+    assert (f"{cluster.bed.agent_ip(3)} via 44.128.0.3 dev vtep1024"
+            in cluster.bed.run(ns, "ip", "route", "show", "table", "42").stdout)
+    assert "from 9.0.0.0/8 lookup 42" in cluster.bed.run(ns, "ip", "rule").stdout
+    fdb = cluster.bed.run(ns, "bridge", "fdb", "show", "dev", "vtep1024").stdout
+    assert f"70:b3:d5:80:00:03 dst {cluster.bed.agent_ip(3)} self permanent" in fdb
+    assert "44.128.0.2 dev vtep1024 lladdr 70:b3:d5:80:00:02 PERMANENT" in cluster.bed.run(ns, "ip", "neigh").stdout
+
+
+def test_container_on_agent_1_reaches_container_on_agent_3(cluster: Cluster) -> None:
+    bed = cluster.bed
+    mesos = cluster.agents[1].attach_container("mesos-task", bed.add_task("c1"), "m-dcos")
+    docker = cluster.agents[3].attach_container("docker-task", bed.add_task("c3"), "d-dcos")
+    assert mesos.ip == "9.0.0.2" and docker.ip == "9.0.2.130"
+    assert cluster.ping(bed.task_ns("c1"), docker.ip)
+    cluster.serve(bed.task_ns("c3"), 8080)
+    # The server sees the container's own address: no NAT inside the overlay.
+    assert cluster.connect(bed.task_ns("c1"), docker.ip, 8080) == f"hello {mesos.ip}"
+    # Container MTU as planned, default route via the bridge.
+    inside = bed.run(bed.task_ns("c1"), "ip", "-d", "link", "show", "eth0").stdout
+    assert "mtu 1420" in inside
+    assert "default via 9.0.0.1" in bed.run(bed.task_ns("c1"), "ip", "route").stdout
+    # Table 42: another agent's own address is reached through the overlay, keeping the source.
+    cluster.serve(bed.agent_ns(3), 9090)
+    assert cluster.connect(bed.task_ns("c1"), bed.agent_ip(3), 9090) == f"hello {mesos.ip}"
+
+
+def test_bridge_port_mapping_from_another_agent_and_from_the_agent(cluster: Cluster) -> None:
+    bed = cluster.bed
+    web = cluster.agents[1].attach_container("web", bed.add_task("web"), "d-dcos", [(31080, 8080, "tcp")])
+    cluster.serve(bed.task_ns("web"), 8080)
+    assert cluster.connect(bed.agent_ns(2), bed.agent_ip(1), 31080) == f"hello {bed.agent_ip(2)}"
+    assert cluster.connect(bed.agent_ns(1), bed.agent_ip(1), 31080) == f"hello {bed.agent_ip(1)}"
+    # A container elsewhere on the overlay uses the mapping too.
+    cluster.agents[3].attach_container("client", bed.add_task("cl"), "m-dcos")
+    assert cluster.connect(bed.task_ns("cl"), bed.agent_ip(1), 31080).startswith("hello ")
+    # Detach removes the mapping: the port no longer answers.
+    cluster.agents[1].detach_container("web")
+    probe = bed.run(bed.agent_ns(2), sys.executable, "-c",
+                    f"import socket; socket.create_connection(('{bed.agent_ip(1)}', 31080), timeout=1)", check=False)
+    assert probe.returncode != 0
+    assert web.ip not in bed.run(bed.agent_ns(1), "iptables-save", "-t", "nat").stdout
+
+
+def test_overlay_traffic_leaving_the_overlay_is_masqueraded(cluster: Cluster) -> None:
+    bed = cluster.bed
+    cluster.agents[1].attach_container("out", bed.add_task("out"), "m-dcos")
+    # 198.18.X.250 is on the underlay but no agent: reached via eth0, so masqueraded.
+    prefixlen = bed.underlay.split("/")[1]
+    outsider = bed.add_task("outsider")
+    bed.run(bed.underlay_ns, "ip", "link", "add", "uo", "type", "veth", "peer", "name", "eth0", "netns", outsider)
+    bed.run(bed.underlay_ns, "ip", "link", "set", "uo", "master", "br0", "up")
+    address = bed.agent_ip(240)
+    bed.run(outsider, "ip", "addr", "add", f"{address}/{prefixlen}", "dev", "eth0")
+    bed.run(outsider, "ip", "link", "set", "eth0", "up")
+    cluster.serve(outsider, 7070)
+    assert cluster.connect(bed.task_ns("out"), address, 7070) == f"hello {bed.agent_ip(1)}"
+
+
+def test_deleted_entries_come_back_within_one_period(cluster: Cluster) -> None:
+    bed = cluster.bed
+    ns = bed.agent_ns(1)
+    c1 = cluster.agents[1].attach_container("a", bed.add_task("d1"), "m-dcos")
+    c2 = cluster.agents[2].attach_container("b", bed.add_task("d2"), "m-dcos")
+    assert cluster.ping(bed.task_ns("d1"), c2.ip)
+    bed.run(ns, "ip", "route", "del", "9.0.1.0/24")
+    bed.run(ns, "ip", "neigh", "del", "44.128.0.2", "dev", "vtep1024")
+    bed.run(ns, "bridge", "fdb", "del", "70:b3:d5:80:00:02", "dev", "vtep1024", "dst", bed.agent_ip(2))
+    bed.run(ns, "ip", "link", "del", host_ifname("a"))
+    assert not cluster.ping(bed.task_ns("d1"), c2.ip)
+
+    async def one_period() -> None:
+        agent = cluster.agents[1]
+        agent.reconcile_interval = 0.3
+        runner = asyncio.create_task(agent.run())
+        await asyncio.sleep(0.6)
+        runner.cancel()
+
+    asyncio.run(one_period())
+    repairs = {kind: cluster.agents[1].metrics.registry.get_sample_value("navstar_overlay_repairs_total",
+                                                                         {"object": kind})
+               for kind in ("route", "neighbour", "fdb", "veth")}
+    assert repairs == {"route": 1, "neighbour": 1, "fdb": 1, "veth": 1}
+    assert "9.0.1.0/24 via 44.128.0.2" in bed.run(ns, "ip", "route").stdout
+    assert cluster.ping(bed.task_ns("d1"), c2.ip)
+    assert c1.ip in bed.run(bed.task_ns("d1"), "ip", "-br", "addr").stdout
+
+
+def test_restarted_agent_adopts_kernel_state_and_keeps_task_addresses(cluster: Cluster, tmp_path: Path) -> None:
+    bed = cluster.bed
+    before = cluster.agents[1].attach_container("keep", bed.add_task("k"), "d-dcos", [(31081, 80, "tcp")])
+    cluster.agents[1].netlink.close()
+    again = start_agent(bed, 1, tmp_path)
+    cluster.agents[1] = again
+    result = again.on_view(make_view(bed, version=2))
+    assert result.ok and result.changes == 0, result
+    assert again.attachment("keep") == before
+    after = again.attach_container("new", bed.add_task("n"), "d-dcos")
+    assert after.ip != before.ip
+
+
+def test_leaving_agent_is_removed(cluster: Cluster) -> None:
+    view = cluster.view.model_copy(deep=True)
+    view.version = 2
+    view.agents = [a for a in view.agents if a.agent_id != "agent-3"]
+    result = cluster.agents[1].on_view(view)
+    assert result.ok and result.peers == 1
+    ns = cluster.bed.agent_ns(1)
+    assert "9.0.2.0/24" not in cluster.bed.run(ns, "ip", "route").stdout
+    assert cluster.bed.agent_ip(3) not in cluster.bed.run(ns, "bridge", "fdb", "show", "dev", "vtep1024").stdout
+    assert "44.128.0.3" not in cluster.bed.run(ns, "ip", "neigh").stdout
+
+
+def test_small_underlay_mtu_gives_a_safe_overlay_mtu(tmp_path: Path) -> None:
+    with Testbed(agents=2, underlay=f"198.18.{random.randint(100, 199)}.0/24", mtu=1200) as bed:
+        view = make_view(bed)
+        agents = [start_agent(bed, k, tmp_path) for k in (1, 2)]
+        try:
+            results = [agent.on_view(view) for agent in agents]
+            assert all(r.ok for r in results)
+            assert any("1150" in w for w in results[0].warnings)
+            a = agents[0].attach_container("a", bed.add_task("a"), "m-dcos")
+            b = agents[1].attach_container("b", bed.add_task("b"), "m-dcos")
+            assert a.mtu == 1150
+            ping = Cluster(bed, {}, view).ping
+            assert ping(bed.task_ns("a"), b.ip, "-M", "do", "-s", str(1150 - 28))     # fits unfragmented
+            assert not ping(bed.task_ns("a"), b.ip, "-M", "do", "-s", str(1150 - 27))
+        finally:
+            for agent in agents:
+                agent.netlink.close()
+
+
+def test_time_to_first_ping_is_short(cluster: Cluster) -> None:
+    """A task attached now is reachable at once: no learning, no waiting for ARP across the overlay."""
+    bed = cluster.bed
+    cluster.agents[2].attach_container("t", bed.add_task("q2"), "m-dcos")
+    target = cluster.agents[3].attach_container("u", bed.add_task("q3"), "m-dcos")
+    started = time.monotonic()
+    assert cluster.ping(bed.task_ns("q2"), target.ip)
+    assert time.monotonic() - started < 5
