@@ -1,38 +1,212 @@
-"""The master: agent registry behind the Mesos-port API, ``/ping`` on the Marathon port.
+"""The master: agent registry, scheduler, cluster view and persistence behind two HTTP ports.
 
-Two Starlette apps, served by the composition root (``navstar master``):
-``mesos_app`` (default :5050: agent registration and heartbeats) and ``marathon_app``
-(default :8080). Later work adds the allocator, the Marathon API and the cluster view here.
+``mesos_app()`` (default :5050): agent registration, heartbeats and task statuses, the cluster
+view agents long-poll (``/v1/view``), Mesos ``/master/state``. ``marathon_app()`` (default
+:8080): the Marathon REST API (``control/marathon_api.py``). ``background()`` gives the loops the
+composition root runs next to the servers: the scheduler cycle and the agent pinger.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from control.auth import authorized
+from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
+from control.api_auth import TokenAuth
+from control.drf import Allocator
+from control.events import EventBus
+from control.master_metrics import MasterMetrics
+from control.mesos_state import mesos_state
+from control.protocol import TaskStatus
 from control.registry import AgentRegistration, AgentRegistry
+from control.scheduler import Scheduler
+from control.store import Store
+from control.view import AgentInfo, ClusterView, TaskInfo
+from control.vips import VipAllocator, named_vip
+
+try:  # the overlay's allocator; the view carries None until it exists
+    from control.ipam import OverlayIpam
+except ImportError:  # pragma: no cover - depends on what has landed
+    OverlayIpam = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger("navstar.master")
 
+LIVE_STATES = ("TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING", "TASK_UNREACHABLE")
+MAX_VIEW_WAIT = 60.0
+
 
 class Master:
-    def __init__(self, secret: str | None = None, agent_timeout: float = 75.0) -> None:
+    def __init__(self, secret: str | None = None, agent_timeout: float = 75.0, state_dir: str | None = None,
+                 agent_client: AgentClient | None = None, ping_interval: float | None = None,
+                 clock: Callable[[], float] = time.time, advertise_ip: str | None = None,
+                 mesos_port: int = 5050, marathon_port: int = 8080) -> None:
         self.secret = secret
         self.agent_timeout = agent_timeout
-        self.registry = AgentRegistry()
+        # 5 missed pings make an agent unreachable (Mesos' default: 15 s × 5).
+        self.ping_interval = ping_interval if ping_interval is not None else max(0.2, agent_timeout / 5)
+        self.clock = clock
+        self.advertise_ip = advertise_ip or _local_ip()
+        self.mesos_port = mesos_port
+        self.marathon_port = marathon_port
+        self.store = Store(state_dir)
+        self.master_id = self.store.get("meta", "master_id") or f"navstar-{uuid.uuid4()}"
+        self.store.put("meta", "master_id", self.master_id)
+        self.started_at = clock()
+        self.registry = AgentRegistry(clock=clock)
+        self.allocator = Allocator()
+        self.events = EventBus()
+        self.agent_client = agent_client or HttpAgentClient(secret)
+        self.scheduler = Scheduler(self.registry, self.allocator, self.agent_client, self.store, self.events,
+                                   clock=clock, on_change=self.view_changed)
+        self.vips = VipAllocator(dict(self.store.items("vips")))
+        self.ipam = None
+        if OverlayIpam is not None:
+            snapshot = self.store.get("allocations", "overlay")
+            self.ipam = OverlayIpam.restore(snapshot) if snapshot else OverlayIpam()
+        # A restarted master serves a newer version, so every agent fetches the view again.
+        self.view_version = int(self.store.get("meta", "view_version", 0)) + 1
+        self._view_waiters: set[asyncio.Future] = set()
+        self._view_cache: ClusterView | None = None
+        self.rejected_statuses = 0
+        self._load()
+        self.metrics = MasterMetrics(self)
 
-    # -- Mesos port ---------------------------------------------------------------------
+    # ---- state ---------------------------------------------------------------------------
+    def _load(self) -> None:
+        for _agent_id, raw in self.store.items("agents"):
+            registration = AgentRegistration.model_validate(raw)
+            # A fresh grace period: the agent has agent_timeout to show up again.
+            self.registry.register(registration)
+            self.allocator.add_agent(registration.agent_id, _totals(registration))
+        self.scheduler.load()
+        self.sync_vips()
+        self.store.put("meta", "view_version", self.view_version)
+
+    def view_changed(self) -> None:
+        self.view_version += 1
+        self._view_cache = None
+        self.store.put("meta", "view_version", self.view_version)
+        for waiter in list(self._view_waiters):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def sync_vips(self) -> None:
+        """Named VIPs of every app get one address each; unused ones are freed."""
+        names = {name for app in self.scheduler.apps.values() for labels in app.port_labels()
+                 for key, value in labels.items() if (name := named_vip(key, value))}
+        before = dict(self.vips.allocations)
+        if self.vips.sync(names):
+            for key in set(before) - set(self.vips.allocations):
+                self.store.delete("vips", key)
+            for key, address in self.vips.allocations.items():
+                self.store.put("vips", key, address)
+            log.info("named VIPs: %s", self.vips.allocations)
+            self.view_changed()
+
+    def view(self) -> ClusterView:
+        if self._view_cache is not None and self._view_cache.version == self.view_version:
+            return self._view_cache
+        agents = [
+            AgentInfo(agent_id=r.registration.agent_id, hostname=r.registration.hostname, ip=r.registration.ip,
+                      reachable=r.reachable, overlay=self.ipam.get(r.registration.agent_id) if self.ipam else None)
+            for r in self.registry.all()]
+        tasks = [
+            TaskInfo(task_id=t.task_id, app_id=t.app_id, name=_task_name(t.app_id), agent_id=t.agent_id,
+                     agent_ip=t.agent_ip, state=t.state, healthy=t.healthy, network=t.network,  # type: ignore[arg-type]
+                     ip_addresses=t.ip_addresses, ports=t.ports, labels=t.labels)
+            for t in sorted(self.scheduler.tasks.values(), key=lambda t: t.task_id) if t.state in LIVE_STATES]
+        self._view_cache = ClusterView(version=self.view_version, master_ip=self.advertise_ip, agents=agents,
+                                       tasks=tasks, vip_addresses=dict(self.vips.allocations))
+        return self._view_cache
+
+    async def wait_view(self, since: int, wait: float) -> ClusterView:
+        if self.view_version == since and wait > 0:
+            waiter = asyncio.get_running_loop().create_future()
+            self._view_waiters.add(waiter)
+            try:
+                await asyncio.wait_for(waiter, min(wait, MAX_VIEW_WAIT))
+            except TimeoutError:
+                pass
+            finally:
+                self._view_waiters.discard(waiter)
+        return self.view()
+
+    # ---- agents --------------------------------------------------------------------------
+    def register_agent(self, registration: AgentRegistration) -> None:
+        previous = self.registry.get(registration.agent_id)
+        self.registry.register(registration)
+        self.store.put("agents", registration.agent_id, registration.model_dump())
+        self.allocator.add_agent(registration.agent_id, _totals(registration))
+        if self.ipam is not None:
+            self.ipam.allocate(registration.agent_id)
+            self.store.put("allocations", "overlay", self.ipam.snapshot())
+        if previous is None or not previous.reachable or previous.registration != registration:
+            self.view_changed()
+        self.scheduler._spawn(self.scheduler.reconcile(registration.agent_id))
+        self.scheduler.poke()
+
+    def _agent_seen(self, agent_id: str) -> bool:
+        record = self.registry.get(agent_id)
+        if record is None:
+            return False
+        was_reachable = record.reachable
+        self.registry.heartbeat(agent_id)
+        if not was_reachable:
+            log.info("agent %s is reachable again", agent_id)
+            self.allocator.add_agent(agent_id, _totals(record.registration))
+            self.scheduler._spawn(self.scheduler.reconcile(agent_id))
+            self.view_changed()
+            self.scheduler.poke()
+        return True
+
+    def check_agents(self) -> list[str]:
+        """Marks agents silent for ``agent_timeout`` unreachable; their tasks are replaced."""
+        newly = self.registry.mark_stale(self.agent_timeout)
+        for agent_id in newly:
+            log.warning("agent %s unreachable (nothing heard for %.0fs)", agent_id, self.agent_timeout)
+            try:
+                self.allocator.remove_agent(agent_id)
+            except KeyError:
+                pass
+            self.scheduler.agent_unreachable(agent_id)
+            self.view_changed()
+        return newly
+
+    async def ping_agents(self) -> None:
+        records = self.registry.all()
+
+        async def one(record) -> None:
+            reg = record.registration
+            if await self.agent_client.ping(AgentAddress(reg.agent_id, reg.ip, reg.port)):
+                self._agent_seen(reg.agent_id)
+
+        await asyncio.gather(*(one(r) for r in records))
+
+    async def watch_agents(self, interval: float | None = None) -> None:
+        while True:
+            try:
+                await self.ping_agents()
+                self.check_agents()
+            except Exception:
+                log.exception("agent check failed")
+            await asyncio.sleep(interval or self.ping_interval)
+
+    def background(self) -> list[Coroutine[Any, Any, None]]:
+        return [self.scheduler.run(), self.watch_agents()]
+
+    # ---- Mesos port ----------------------------------------------------------------------
     async def _register(self, request: Request) -> JSONResponse:
-        if not authorized(request, self.secret):
-            log.warning("rejected registration from %s: bad cluster secret", request.client)
-            return JSONResponse({"message": "invalid cluster secret"}, status_code=401)
         try:
             body = await request.json()
         except ValueError:
@@ -41,45 +215,110 @@ class Master:
             registration = AgentRegistration.model_validate(body)
         except ValidationError as exc:
             log.warning("rejected registration from %s: %s", request.client, exc.errors())
-            details = [{"path": "/" + "/".join(map(str, e["loc"])), "errors": [e["msg"]]} for e in exc.errors()]
-            return JSONResponse({"message": "Object is not valid", "details": details}, status_code=422)
-        record = self.registry.register(registration)
+            return JSONResponse({"message": "Object is not valid", "details": _details(exc)}, status_code=422)
+        self.register_agent(registration)
         log.info("agent %s registered from %s", registration.agent_id, registration.ip)
-        return JSONResponse({"agent_id": record.registration.agent_id})
+        return JSONResponse({"agent_id": registration.agent_id})
 
     async def _heartbeat(self, request: Request) -> JSONResponse:
-        if not authorized(request, self.secret):
-            return JSONResponse({"message": "invalid cluster secret"}, status_code=401)
         agent_id = request.path_params["agent_id"]
-        if not self.registry.heartbeat(agent_id):
+        if not self._agent_seen(agent_id):
             # Unknown (e.g. the master lost it): the agent re-registers on 404.
             return JSONResponse({"message": f"agent {agent_id} is not registered"}, status_code=404)
         return JSONResponse({"ok": True})
 
-    async def _agents(self, request: Request) -> JSONResponse:
-        if not authorized(request, self.secret):
-            return JSONResponse({"message": "unauthorized"}, status_code=401)
+    async def _status(self, request: Request) -> JSONResponse:
+        agent_id = request.path_params["agent_id"]
+        if self.registry.get(agent_id) is None:
+            return JSONResponse({"message": f"agent {agent_id} is not registered"}, status_code=404)
+        try:
+            body = await request.json()
+        except ValueError:
+            self.rejected_statuses += 1
+            log.warning("garbage status from %s (%s): not JSON", agent_id, request.client)
+            return JSONResponse({"message": "malformed JSON"}, status_code=400)
+        try:
+            status = TaskStatus.model_validate(body)
+        except ValidationError as exc:
+            self.rejected_statuses += 1
+            log.warning("garbage status from %s (%s): %s", agent_id, request.client, exc.errors())
+            return JSONResponse({"message": "Object is not valid", "details": _details(exc)}, status_code=422)
+        self._agent_seen(agent_id)
+        outcome = await self.scheduler.on_status(agent_id, status)
+        return JSONResponse({"task_id": status.task_id, "result": outcome})
+
+    async def _agents(self, _request: Request) -> JSONResponse:
         return JSONResponse({"agents": self.registry.as_json()})
 
+    async def _view(self, request: Request) -> JSONResponse:
+        try:
+            since = int(request.query_params.get("since", "0"))
+            wait = float(request.query_params.get("wait", "0"))
+        except ValueError:
+            return JSONResponse({"message": "since: expected an integer version, wait: expected seconds"},
+                                status_code=400)
+        view = await self.wait_view(since, wait)
+        return JSONResponse(view.model_dump())
+
+    async def _state(self, _request: Request) -> JSONResponse:
+        return JSONResponse(mesos_state(self))
+
+    async def _metrics(self, _request: Request) -> Response:
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
+
     def mesos_app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/ping", _pong),
-                Route("/v1/agents", self._register, methods=["POST"]),
-                Route("/v1/agents", self._agents, methods=["GET"]),
-                Route("/v1/agents/{agent_id}/heartbeat", self._heartbeat, methods=["POST"]),
-            ]
-        )
+        app = Starlette(routes=[
+            Route("/ping", _pong),
+            Route("/v1/agents", self._register, methods=["POST"]),
+            Route("/v1/agents", self._agents, methods=["GET"]),
+            Route("/v1/agents/{agent_id}/heartbeat", self._heartbeat, methods=["POST"]),
+            Route("/v1/agents/{agent_id}/status", self._status, methods=["POST"]),
+            Route("/v1/view", self._view),
+            Route("/master/state", self._state),
+            Route("/master/state.json", self._state),
+            Route("/state", self._state),
+            Route("/state.json", self._state),
+            Route("/metrics", self._metrics),
+        ])
+        app.add_middleware(TokenAuth, secret=self.secret, open_paths=("/ping",))
+        return app
 
-    # -- Marathon port ------------------------------------------------------------------
+    # ---- Marathon port -------------------------------------------------------------------
     def marathon_app(self) -> Starlette:
-        return Starlette(routes=[Route("/ping", _pong)])
+        from control.marathon_api import marathon_api
 
-    async def watch_agents(self, interval: float = 1.0) -> None:
-        while True:
-            for agent_id in self.registry.mark_stale(self.agent_timeout):
-                log.warning("agent %s unreachable (no heartbeat for %.0fs)", agent_id, self.agent_timeout)
-            await asyncio.sleep(interval)
+        app = marathon_api(self)
+        app.add_middleware(TokenAuth, secret=self.secret, open_paths=("/ping",))
+        return app
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def _totals(registration: AgentRegistration) -> dict[str, float]:
+    res = registration.resources
+    totals = {"cpus": res.cpus, "mem": res.mem, "disk": res.disk, "gpus": res.gpus}
+    return {k: float(v) for k, v in totals.items() if v > 0}
+
+
+def _task_name(app_id: str) -> str:
+    from control.marathon_models import marathon_task_name
+
+    return marathon_task_name(app_id)
+
+
+def _details(exc: ValidationError) -> list[dict[str, Any]]:
+    return [{"path": "/" + "/".join(map(str, e["loc"])), "errors": [e["msg"]]} for e in exc.errors()]
+
+
+def _local_ip() -> str:
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("198.18.0.1", 9))  # no packet is sent; picks the underlay-facing address
+            return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
 
 
 async def _pong(_request: Request) -> PlainTextResponse:

@@ -1,0 +1,172 @@
+"""The master's seam towards agents: launch, kill, ping and list tasks (``control/protocol.py``).
+
+``HttpAgentClient`` talks to the real agent API (``<agent-ip>:5051``); ``FakeAgents`` plays a set
+of agents in memory for tests and benchmarks: launches become ``TASK_RUNNING`` at once (or stay
+``TASK_STAGING`` when told), kills become ``TASK_KILLING`` then ``TASK_KILLED``, and statuses are
+pushed to the master through the same entry point the real agents' POSTs reach.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import httpx
+
+from control.auth import auth_header
+from control.protocol import TaskLaunch, TaskStatus
+
+
+class AgentUnavailable(Exception):
+    """The agent could not be reached (connection refused, timeout)."""
+
+
+class LaunchRejected(Exception):
+    """The agent answered but refused the launch (e.g. 422: unknown image); the message says why."""
+
+
+@dataclass(frozen=True)
+class AgentAddress:
+    agent_id: str
+    ip: str
+    port: int = 5051
+
+
+class AgentClient(Protocol):
+    async def launch(self, agent: AgentAddress, launch: TaskLaunch) -> None:
+        """Raises AgentUnavailable or LaunchRejected."""
+
+    async def kill(self, agent: AgentAddress, task_id: str, grace: float) -> bool:
+        """True when the agent is killing the task; False when it does not know it. Raises AgentUnavailable."""
+
+    async def ping(self, agent: AgentAddress) -> bool:
+        """True when the agent answered as itself."""
+
+    async def tasks(self, agent: AgentAddress) -> list[TaskStatus]:
+        """What the agent runs (reconciliation). Raises AgentUnavailable."""
+
+
+class HttpAgentClient:
+    def __init__(self, secret: str | None, timeout: float = 5.0) -> None:
+        self._client = httpx.AsyncClient(headers=auth_header(secret), timeout=timeout)
+
+    @staticmethod
+    def _url(agent: AgentAddress, path: str) -> str:
+        return f"http://{agent.ip}:{agent.port}{path}"
+
+    async def launch(self, agent: AgentAddress, launch: TaskLaunch) -> None:
+        try:
+            resp = await self._client.post(self._url(agent, "/v1/tasks"), json=launch.model_dump())
+        except httpx.HTTPError as exc:
+            raise AgentUnavailable(f"agent {agent.agent_id} ({agent.ip}): {exc}") from exc
+        if resp.status_code >= 500:
+            raise AgentUnavailable(f"agent {agent.agent_id}: HTTP {resp.status_code} {resp.text[:200]}")
+        if resp.status_code >= 400:
+            raise LaunchRejected(f"agent {agent.agent_id} refused the launch: HTTP {resp.status_code} {resp.text[:300]}")
+
+    async def kill(self, agent: AgentAddress, task_id: str, grace: float) -> bool:
+        try:
+            resp = await self._client.delete(self._url(agent, f"/v1/tasks/{task_id}"), params={"grace": grace})
+        except httpx.HTTPError as exc:
+            raise AgentUnavailable(f"agent {agent.agent_id} ({agent.ip}): {exc}") from exc
+        if resp.status_code >= 500:
+            raise AgentUnavailable(f"agent {agent.agent_id}: HTTP {resp.status_code}")
+        return resp.status_code < 300
+
+    async def ping(self, agent: AgentAddress) -> bool:
+        try:
+            resp = await self._client.get(self._url(agent, "/v1/ping"), timeout=2.0)
+            return resp.status_code == 200 and resp.json().get("agent_id") == agent.agent_id
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return False
+
+    async def tasks(self, agent: AgentAddress) -> list[TaskStatus]:
+        try:
+            resp = await self._client.get(self._url(agent, "/v1/tasks"))
+            resp.raise_for_status()
+            return [TaskStatus.model_validate(s) for s in resp.json()]
+        except (httpx.HTTPError, ValueError) as exc:
+            raise AgentUnavailable(f"agent {agent.agent_id}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self._client.aclose()
+
+
+StatusSink = Callable[[str, TaskStatus], Awaitable[object]]
+
+
+@dataclass
+class FakeAgent:
+    agent_id: str
+    up: bool = True
+    tasks: dict[str, TaskStatus] = field(default_factory=dict)
+    launches: list[TaskLaunch] = field(default_factory=list)
+    reject_images: set[str] = field(default_factory=set)
+
+
+class FakeAgents:
+    """In-memory agents. ``sink`` is the master's status entry point (set by the test)."""
+
+    def __init__(self, auto_run: bool = True, healthy: bool | None = None) -> None:
+        self.agents: dict[str, FakeAgent] = {}
+        self.auto_run = auto_run
+        self.healthy = healthy
+        self.sink: StatusSink | None = None
+        self.kills: list[str] = []
+
+    def agent(self, agent_id: str) -> FakeAgent:
+        return self.agents.setdefault(agent_id, FakeAgent(agent_id))
+
+    def _get(self, address: AgentAddress) -> FakeAgent:
+        agent = self.agent(address.agent_id)
+        if not agent.up:
+            raise AgentUnavailable(f"agent {address.agent_id} is down")
+        return agent
+
+    async def report(self, agent_id: str, task_id: str, state: str, **extra) -> None:
+        """Changes a task's state on the fake agent and tells the master, as an agent would."""
+        agent = self.agent(agent_id)
+        previous = agent.tasks.get(task_id)
+        base = previous.model_dump() if previous else {"task_id": task_id}
+        status = TaskStatus.model_validate({**base, **extra, "state": state, "timestamp": time.time()})
+        if state in ("TASK_KILLED", "TASK_FINISHED", "TASK_FAILED", "TASK_LOST", "TASK_ERROR"):
+            agent.tasks.pop(task_id, None)
+        else:
+            agent.tasks[task_id] = status
+        if self.sink is not None and agent.up:
+            await self.sink(agent_id, status)
+
+    async def launch(self, agent: AgentAddress, launch: TaskLaunch) -> None:
+        fake = self._get(agent)
+        if launch.image in fake.reject_images:
+            raise LaunchRejected(f"agent {agent.agent_id} refused the launch: HTTP 422 unknown image {launch.image}")
+        fake.launches.append(launch)
+        fake.tasks[launch.task_id] = TaskStatus(task_id=launch.task_id, state="TASK_STAGING",
+                                                timestamp=time.time(), ports=launch.ports)
+        if self.auto_run:
+            healthy = self.healthy if launch.health_checks else None
+            asyncio.get_running_loop().call_soon(
+                lambda: asyncio.ensure_future(self.report(agent.agent_id, launch.task_id, "TASK_RUNNING",
+                                                          healthy=healthy)))
+
+    async def kill(self, agent: AgentAddress, task_id: str, grace: float) -> bool:
+        fake = self._get(agent)
+        if task_id not in fake.tasks:
+            return False
+        self.kills.append(task_id)
+
+        async def die() -> None:
+            await self.report(agent.agent_id, task_id, "TASK_KILLING")
+            await self.report(agent.agent_id, task_id, "TASK_KILLED")
+
+        asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(die()))
+        return True
+
+    async def ping(self, agent: AgentAddress) -> bool:
+        return self.agent(agent.agent_id).up
+
+    async def tasks(self, agent: AgentAddress) -> list[TaskStatus]:
+        return list(self._get(agent).tasks.values())

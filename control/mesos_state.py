@@ -1,0 +1,136 @@
+"""Mesos ``/master/state``: the document Mesos-DNS (and dcos-net) read to build records.
+
+Shape follows the Mesos master (see ``/work/shared/conformance/mesos-dns/fake.json``): ``leader``
+``master@ip:port``, ``slaves[]`` with ``pid``/``hostname``/``resources`` (ports as Mesos' range
+string), and one ``marathon`` framework whose ``tasks[]`` carry ``statuses[]`` (with
+``container_status.network_infos`` for container IPs and ``labels``) and ``discovery`` (named
+ports with their labels: this is where ``VIP_0`` travels).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from control.marathon_models import marathon_task_name
+
+if TYPE_CHECKING:
+    from control.master import Master
+    from control.scheduler import TaskRecord
+
+MESOS_VERSION = "1.11.0"
+
+
+def port_ranges(ports: list[int]) -> str:
+    """``[31000, 31001, 31005]`` → ``"[31000-31001, 31005-31005]"`` (Mesos' text form)."""
+    ranges: list[list[int]] = []
+    for port in sorted(set(ports)):
+        if ranges and port == ranges[-1][1] + 1:
+            ranges[-1][1] = port
+        else:
+            ranges.append([port, port])
+    return "[" + ", ".join(f"{b}-{e}" for b, e in ranges) + "]"
+
+
+def _labels(labels: dict[str, str]) -> dict[str, list[dict[str, str]]]:
+    return {"labels": [{"key": k, "value": v} for k, v in labels.items()]}
+
+
+def task_json(task: TaskRecord, framework_id: str) -> dict[str, Any]:
+    name = marathon_task_name(task.app_id)
+    resources: dict[str, Any] = dict(task.resources)
+    for scalar in ("cpus", "mem", "disk"):
+        resources.setdefault(scalar, 0)
+    if task.host_ports:
+        resources["ports"] = port_ranges(task.host_ports)
+    statuses = []
+    for entry in task.statuses:
+        status: dict[str, Any] = {"state": entry["state"], "timestamp": entry["timestamp"]}
+        ips = entry.get("ip_addresses") or (task.ip_addresses if entry["state"] == "TASK_RUNNING" else [])
+        if ips:
+            status["container_status"] = {
+                "network_infos": [{"ip_addresses": [{"protocol": "IPv4", "ip_address": ip} for ip in ips],
+                                   "name": "dcos" if task.network == "container" else task.network}]}
+        if "healthy" in entry:
+            status["healthy"] = entry["healthy"]
+        status["labels"] = []
+        statuses.append(status)
+    discovery_ports = []
+    for index, port in enumerate(task.ports):
+        number = port.container_port if task.network == "container" and port.container_port else port.host_port
+        if number is None:
+            continue
+        entry = {"number": number, "protocol": port.protocol, "name": port.name or f"port{index}"}
+        if port.labels:
+            entry["labels"] = _labels(port.labels)
+        discovery_ports.append(entry)
+    return {
+        "id": task.task_id,
+        "name": name,
+        "framework_id": framework_id,
+        "executor_id": "",
+        "slave_id": task.agent_id,
+        "state": task.state,
+        "resources": resources,
+        "role": task.role,
+        "statuses": statuses,
+        "labels": [{"key": k, "value": v} for k, v in task.labels.items()],
+        "discovery": {"visibility": "FRAMEWORK", "name": name, "ports": {"ports": discovery_ports}},
+    }
+
+
+def mesos_state(master: Master) -> dict[str, Any]:
+    ip, port = master.advertise_ip, master.mesos_port
+    scheduler = master.scheduler
+    framework_id = f"{master.master_id}-0000"
+    slaves = []
+    for record in master.registry.all():
+        reg = record.registration
+        resources: dict[str, Any] = {"cpus": reg.resources.cpus, "mem": reg.resources.mem,
+                                     "disk": reg.resources.disk, "gpus": reg.resources.gpus}
+        if reg.resources.ports:
+            resources["ports"] = "[" + ", ".join(f"{r.begin}-{r.end}" for r in reg.resources.ports) + "]"
+        slaves.append({
+            "id": reg.agent_id, "pid": f"slave(1)@{reg.ip}:{reg.port}", "hostname": reg.hostname,
+            "registered_time": record.registered_at, "resources": resources,
+            "attributes": dict(reg.attributes), "active": record.reachable,
+        })
+    live = [task_json(t, framework_id) for t in sorted(scheduler.tasks.values(), key=lambda t: t.task_id)]
+    completed = [task_json(t, framework_id) for t in scheduler.completed[-100:]]
+    counts = {state: 0 for state in ("staged", "started", "finished", "killed", "failed", "lost")}
+    for task in scheduler.tasks.values():
+        if task.state == "TASK_STAGING":
+            counts["staged"] += 1
+        elif task.state == "TASK_RUNNING":
+            counts["started"] += 1
+    for task in scheduler.completed:
+        key = {"TASK_FINISHED": "finished", "TASK_KILLED": "killed", "TASK_FAILED": "failed",
+               "TASK_LOST": "lost"}.get(task.state)
+        if key:
+            counts[key] += 1
+    roles = sorted({t.role for t in scheduler.tasks.values()} | {a.effective_role for a in scheduler.apps.values()}
+                   | {"*"})
+    used: dict[str, float] = {}
+    for task in scheduler.tasks.values():
+        for name, value in task.resources.items():
+            used[name] = used.get(name, 0.0) + value
+    framework = {
+        "id": framework_id, "name": "marathon", "pid": f"scheduler-{master.master_id}@{ip}:{master.marathon_port}",
+        "hostname": ip, "webui_url": f"http://{ip}:{master.marathon_port}", "active": True, "user": "root",
+        "role": "*", "roles": roles, "checkpoint": True, "failover_timeout": 604800,
+        "registered_time": master.started_at, "resources": used, "used_resources": used,
+        "offers": [], "tasks": live, "completed_tasks": completed,
+    }
+    return {
+        "version": MESOS_VERSION, "id": master.master_id, "pid": f"master@{ip}:{port}", "hostname": ip,
+        "leader": f"master@{ip}:{port}", "leader_info": {"id": master.master_id, "ip": ip, "port": port,
+                                                         "hostname": ip},
+        "start_time": master.started_at, "elected_time": master.started_at,
+        "activated_slaves": sum(1 for s in slaves if s["active"]),
+        "deactivated_slaves": sum(1 for s in slaves if not s["active"]),
+        "staged_tasks": counts["staged"], "started_tasks": counts["started"],
+        "finished_tasks": counts["finished"], "killed_tasks": counts["killed"],
+        "failed_tasks": counts["failed"], "lost_tasks": counts["lost"],
+        "flags": {"port": str(port), "allocation_interval": "1secs", "framework_sorter": "drf",
+                  "authenticate_agents": str(master.secret is not None).lower()},
+        "slaves": slaves, "frameworks": [framework], "completed_frameworks": [], "unregistered_frameworks": [],
+    }

@@ -1,0 +1,791 @@
+"""The Marathon scheduler: apps → tasks through DRF offers, and tasks' lives after launch.
+
+One ``cycle(now)`` (every second, and whenever something changes) does, per app:
+
+```
+desired (instances, config version) ─┐
+tasks (state, health, version) ──────┴─► plan: kills (scale down, rolling upgrade, orphans)
+                                              + launch demand (gated by the app's backoff)
+demand ─► revive/suppress ─► Allocator.allocate ─► offers ─► match (resources, ports,
+          constraints) ─► accept/decline ─► TASK_STAGING ─► AgentClient.launch
+statuses from agents ─► on_status ─► task state, health, events; terminal → release, backoff
+deployments ─► done when every task runs the app's config and is ready (running + healthy)
+```
+
+State lives here and is written through to the ``Store`` on every change; the cluster view and
+Mesos state are read from it. No I/O but the ``AgentClient`` seam and the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from control.agent_client import AgentAddress, AgentClient, AgentUnavailable, LaunchRejected
+from control.drf import Allocator, Offer
+from control.events import EventBus, iso_now
+from control.marathon_models import AppDefinition, marathon_task_name, marathon_task_prefix
+from control.placement import (
+    AgentSlot,
+    choose_host_ports,
+    constraint_violation,
+    insufficient,
+    task_resources,
+)
+from control.protocol import HealthCheckSpec, TaskLaunch, TaskStatus
+from control.registry import AgentRecord, AgentRegistry
+from control.store import Store
+from control.view import TaskPort
+
+log = logging.getLogger("navstar.scheduler")
+
+TERMINAL = frozenset({"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_GONE",
+                      "TASK_DROPPED"})
+# A task that ran this long before failing resets its app's backoff: it was not a crash loop.
+STABLE_RUN_SECONDS = 60.0
+# Killed tasks whose agent never confirms are asked again after their grace period plus this.
+KILL_RETRY_SECONDS = 5.0
+COMPLETED_KEEP = 200
+
+
+class TaskRecord(BaseModel):
+    task_id: str
+    app_id: str
+    config_version: str                 # the app's lastConfigChangeAt when launched
+    version: str                        # the app's version when launched
+    agent_id: str
+    agent_ip: str
+    hostname: str
+    framework_id: str
+    role: str = "*"
+    state: str = "TASK_STAGING"
+    healthy: bool | None = None
+    has_health_checks: bool = False
+    staged_at: float
+    started_at: float | None = None
+    launched_at: float | None = None    # when the agent acknowledged the launch
+    resources: dict[str, float] = Field(default_factory=dict)
+    network: Literal["host", "container", "bridge"] = "host"
+    ports: list[TaskPort] = Field(default_factory=list)
+    service_ports: list[int] = Field(default_factory=list)
+    ip_addresses: list[str] = Field(default_factory=list)
+    labels: dict[str, str] = Field(default_factory=dict)
+    statuses: list[dict[str, Any]] = Field(default_factory=list)
+    message: str = ""
+    kill_requested: bool = False
+    kill_sent_at: float | None = None
+    unreachable_since: float | None = None
+    released: bool = False              # resources already returned to the allocator
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+    @property
+    def ready(self) -> bool:
+        return self.state == "TASK_RUNNING" and (not self.has_health_checks or self.healthy is True)
+
+    @property
+    def host_ports(self) -> list[int]:
+        return [p.host_port for p in self.ports if p.host_port]
+
+
+class Deployment(BaseModel):
+    id: str
+    version: str
+    app_id: str
+    action: Literal["StartApplication", "ScaleApplication", "RestartApplication", "StopApplication"]
+    started_at: float
+
+    def to_marathon(self) -> dict[str, Any]:
+        action = {"action": self.action, "app": self.app_id, "readinessCheckResults": []}
+        return {"id": self.id, "version": self.version, "affectedApps": [self.app_id], "affectedPods": [],
+                "steps": [{"actions": [{"action": self.action, "app": self.app_id}]}],
+                "currentActions": [action], "currentStep": 1, "totalSteps": 1}
+
+
+class Backoff(BaseModel):
+    delay: float = 0.0                  # the next failure waits this long (0: the app's backoffSeconds)
+    launch_after: float = 0.0
+
+
+class QueueEntry(BaseModel):
+    app_id: str
+    count: int
+    since: float
+    reasons: dict[str, int] = Field(default_factory=dict)   # Marathon's reject reason → offers
+    detail: str = ""
+
+
+def framework_for(role: str) -> str:
+    """Marathon registers once per role it serves (DRF shares are per role)."""
+    return "marathon" if role == "*" else f"marathon-{role}"
+
+
+class Scheduler:
+    def __init__(self, registry: AgentRegistry, allocator: Allocator, agents: AgentClient, store: Store,
+                 events: EventBus, clock: Callable[[], float] = time.time, rng: random.Random | None = None,
+                 on_change: Callable[[], None] = lambda: None) -> None:
+        self.registry = registry
+        self.allocator = allocator
+        self.agents = agents
+        self.store = store
+        self.events = events
+        self.clock = clock
+        self.rng = rng or random.Random()
+        self.on_change = on_change      # the cluster view's version bump
+        self.apps: dict[str, AppDefinition] = {}
+        self.tasks: dict[str, TaskRecord] = {}
+        self.completed: list[TaskRecord] = []
+        self.deployments: dict[str, Deployment] = {}
+        self.backoff: dict[str, Backoff] = {}
+        self.queue: dict[str, QueueEntry] = {}
+        self.last_failure: dict[str, dict[str, Any]] = {}
+        self.frameworks: set[str] = set()
+        self.wake = asyncio.Event()
+        self.offers_accepted = 0
+        self.offers_declined = 0
+        self.last_cycle_seconds = 0.0
+        self._pending_io: set[asyncio.Task] = set()
+        self.cycle_observer: Callable[[float], None] = lambda _seconds: None
+
+    # ---- persistence ---------------------------------------------------------------------
+    def load(self) -> None:
+        """Reads apps, tasks and deployments back after a restart, and re-accounts the running
+        tasks' resources with the allocator (agents are added by the master first)."""
+        for app_id, raw in self.store.items("apps"):
+            self.apps[app_id] = AppDefinition.model_validate(raw)
+        for _task_id, raw in self.store.items("tasks"):
+            task = TaskRecord.model_validate(raw)
+            self.tasks[task.task_id] = task
+        for _dep_id, raw in self.store.items("deployments"):
+            deployment = Deployment.model_validate(raw)
+            self.deployments[deployment.id] = deployment
+        for app_id, raw in self.store.items("meta"):
+            if app_id.startswith("backoff:"):
+                self.backoff[app_id[len("backoff:"):]] = Backoff.model_validate(raw)
+        for task in self.tasks.values():
+            self._ensure_framework(task.role)
+            if task.terminal or task.released:
+                continue
+            try:
+                self.allocator.restore(task.framework_id, task.agent_id, task.resources)
+            except (KeyError, ValueError) as exc:
+                log.warning("task %s: cannot re-account its resources on %s: %s", task.task_id, task.agent_id, exc)
+
+    def _save_task(self, task: TaskRecord) -> None:
+        self.store.put("tasks", task.task_id, task.model_dump())
+
+    def _save_app(self, app: AppDefinition) -> None:
+        self.store.put("apps", app.id, app.model_dump(by_alias=True, exclude_none=True))
+
+    def _save_backoff(self, app_id: str) -> None:
+        self.store.put("meta", f"backoff:{app_id}", self.backoff[app_id].model_dump())
+
+    # ---- app operations (the Marathon API calls these) -----------------------------------
+    def deployments_for(self, app_id: str) -> list[Deployment]:
+        return [d for d in self.deployments.values() if d.app_id == app_id]
+
+    def put_app(self, app: AppDefinition, action: str) -> Deployment:
+        """Stores the app (new or changed) and starts its deployment; supersedes older ones."""
+        for old in self.deployments_for(app.id):
+            self._finish_deployment(old, success=False)
+        previous = self.apps.get(app.id)
+        self.apps[app.id] = app
+        self._save_app(app)
+        if previous is None or previous.config_without_scaling() != app.config_without_scaling():
+            self.backoff.pop(app.id, None)
+            self.store.delete("meta", f"backoff:{app.id}")
+        return self._start_deployment(app.id, action, app.version or iso_now())
+
+    def remove_app(self, app_id: str) -> Deployment:
+        for old in self.deployments_for(app_id):
+            self._finish_deployment(old, success=False)
+        self.apps.pop(app_id, None)
+        self.store.delete("apps", app_id)
+        self.backoff.pop(app_id, None)
+        self.store.delete("meta", f"backoff:{app_id}")
+        self.queue.pop(app_id, None)
+        self.events.publish("app_terminated_event", appId=app_id)
+        return self._start_deployment(app_id, "StopApplication", iso_now())
+
+    def kill_task(self, task_id: str, scale: bool) -> TaskRecord | None:
+        """Kills one task (``DELETE /v2/apps/{id}/tasks/{task}``); with ``scale`` the app shrinks."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return None
+        app = self.apps.get(task.app_id)
+        if scale and app is not None and app.instances > 0:
+            app.instances -= 1
+            self._save_app(app)
+        self._request_kill(task)
+        self.poke()
+        return task
+
+    def _start_deployment(self, app_id: str, action: str, version: str) -> Deployment:
+        deployment = Deployment(id=str(uuid.uuid4()), version=version, app_id=app_id, action=action,
+                                started_at=self.clock())
+        self.deployments[deployment.id] = deployment
+        self.store.put("deployments", deployment.id, deployment.model_dump())
+        self.events.publish("deployment_info", plan=deployment.to_marathon(),
+                            currentStep={"actions": [{"action": action, "app": app_id}]})
+        self.poke()
+        return deployment
+
+    def _finish_deployment(self, deployment: Deployment, success: bool) -> None:
+        self.deployments.pop(deployment.id, None)
+        self.store.delete("deployments", deployment.id)
+        kind = "deployment_success" if success else "deployment_failed"
+        self.events.publish(kind, id=deployment.id, plan=deployment.to_marathon())
+        log.info("deployment %s (%s %s) %s", deployment.id, deployment.action, deployment.app_id,
+                 "succeeded" if success else "was superseded")
+
+    def poke(self) -> None:
+        self.wake.set()
+
+    # ---- queries -------------------------------------------------------------------------
+    def app_tasks(self, app_id: str) -> list[TaskRecord]:
+        return sorted((t for t in self.tasks.values() if t.app_id == app_id), key=lambda t: t.staged_at)
+
+    def active(self, app_id: str) -> list[TaskRecord]:
+        """Tasks that count as instances: not terminal, not being killed, not written off."""
+        return [t for t in self.app_tasks(app_id) if not t.terminal and not t.kill_requested
+                and not self._written_off(t)]
+
+    def _written_off(self, task: TaskRecord) -> bool:
+        if task.state != "TASK_UNREACHABLE" or task.unreachable_since is None:
+            return False
+        app = self.apps.get(task.app_id)
+        after = app.unreachable_strategy.inactive_after_seconds if app else 0
+        return self.clock() - task.unreachable_since >= after
+
+    def delay_left(self, app_id: str) -> float:
+        backoff = self.backoff.get(app_id)
+        return max(0.0, backoff.launch_after - self.clock()) if backoff else 0.0
+
+    # ---- the cycle -----------------------------------------------------------------------
+    async def run(self, interval: float = 1.0) -> None:
+        """Cycles every ``interval`` and whenever poked; never dies on a bad cycle."""
+        while True:
+            try:
+                await asyncio.wait_for(self.wake.wait(), interval)
+            except TimeoutError:
+                pass
+            self.wake.clear()
+            try:
+                await self.cycle()
+            except Exception:
+                log.exception("scheduler cycle failed")
+
+    async def cycle(self, now: float | None = None) -> None:
+        started = time.perf_counter()
+        now = self.clock() if now is None else now
+        kills: list[TaskRecord] = []
+        demand: dict[str, int] = {}
+        self._expunge_unreachable(now)
+        for task in list(self.tasks.values()):
+            if task.app_id not in self.apps and not task.terminal and not task.kill_requested:
+                kills.append(task)      # the app is gone
+        for app in list(self.apps.values()):
+            app_kills, launches = self._plan(app)
+            kills += app_kills
+            if launches > 0:
+                demand[app.id] = launches
+        for task in kills:
+            self._request_kill(task)
+        await self._resend_stuck_kills(now)
+        launches = self._match_offers(demand, now)
+        await self._dispatch(launches)
+        self._check_deployments()
+        self.last_cycle_seconds = time.perf_counter() - started
+        self.cycle_observer(self.last_cycle_seconds)
+
+    def _plan(self, app: AppDefinition) -> tuple[list[TaskRecord], int]:
+        """What to kill and how many to launch for one app (scale, rolling upgrade)."""
+        config = app.version_info.last_config_change_at if app.version_info else ""
+        active = self.active(app.id)
+        killing = [t for t in self.app_tasks(app.id) if t.kill_requested and not t.terminal]
+        new = [t for t in active if t.config_version == config]
+        old = [t for t in active if t.config_version != config]
+        target = app.instances
+        kills: list[TaskRecord] = []
+        if len(new) > target:
+            kills += self._kill_order(app, new)[: len(new) - target]
+            new = [t for t in new if t not in kills]
+        if old:
+            strategy = app.upgrade_strategy
+            max_total = target + math.floor(target * strategy.maximum_over_capacity + 1e-9)
+            min_healthy = math.ceil(target * strategy.minimum_health_capacity - 1e-9)
+            ready_new = sum(1 for t in new if t.ready)
+            old_unready = [t for t in old if not t.ready]
+            old_ready = [t for t in old if t.ready]
+            kills += old_unready    # they add no capacity
+            killable = max(0, len(old_ready) + ready_new - min_healthy)
+            if len(new) >= target and ready_new >= target:
+                killable = len(old_ready)
+            chosen = self._kill_order(app, old_ready)[:killable]
+            kills += chosen
+            remaining_old = len(old_ready) - len(chosen)
+            room = max_total - (len(new) + remaining_old + len(killing))
+            launch = max(0, min(target - len(new), room))
+            if launch == 0 and not chosen and remaining_old and len(new) < target and not killing:
+                # minimumHealthCapacity 1 with maximumOverCapacity 0 cannot move otherwise.
+                kills += self._kill_order(app, old_ready)[:1]
+            return kills, launch
+        return kills, max(0, target - len(new))
+
+    @staticmethod
+    def _kill_order(app: AppDefinition, tasks: list[TaskRecord]) -> list[TaskRecord]:
+        # Not-yet-running tasks go first; then Marathon's killSelection.
+        youngest = app.kill_selection == "YOUNGEST_FIRST"
+        return sorted(tasks, key=lambda t: (t.state == "TASK_RUNNING", -t.staged_at if youngest else t.staged_at))
+
+    def _expunge_unreachable(self, now: float) -> None:
+        for task in list(self.tasks.values()):
+            if task.state != "TASK_UNREACHABLE" or task.unreachable_since is None:
+                continue
+            app = self.apps.get(task.app_id)
+            expunge = app.unreachable_strategy.expunge_after_seconds if app else 0
+            inactive = app.unreachable_strategy.inactive_after_seconds if app else 0
+            if now - task.unreachable_since >= max(expunge, inactive):
+                self._set_state(task, "TASK_LOST", "agent unreachable; task expunged", now)
+                self._terminated(task, now)
+
+    # ---- kills ---------------------------------------------------------------------------
+    def _request_kill(self, task: TaskRecord) -> None:
+        if task.terminal or task.kill_requested:
+            return
+        task.kill_requested = True
+        if task.state == "TASK_UNREACHABLE":
+            self._set_state(task, "TASK_KILLED", "killed while its agent was unreachable", self.clock())
+            self._terminated(task, self.clock())
+            return
+        self._set_state(task, "TASK_KILLING", "kill requested", self.clock())
+        self._spawn(self._send_kill(task))
+
+    async def _send_kill(self, task: TaskRecord) -> None:
+        record = self.registry.get(task.agent_id)
+        task.kill_sent_at = self.clock()
+        if record is None:
+            self._killed_without_agent(task, "agent unknown")
+            return
+        app = self.apps.get(task.app_id)
+        grace = app.task_kill_grace_period_seconds if app and app.task_kill_grace_period_seconds is not None else 3.0
+        try:
+            known = await self.agents.kill(_address(record), task.task_id, grace)
+        except AgentUnavailable as exc:
+            log.warning("kill of %s: %s (retrying)", task.task_id, exc)
+            return
+        if not known and not task.terminal:
+            self._killed_without_agent(task, "the agent does not know the task")
+
+    def _killed_without_agent(self, task: TaskRecord, why: str) -> None:
+        if task.terminal:
+            return
+        self._set_state(task, "TASK_KILLED", why, self.clock())
+        self._terminated(task, self.clock())
+
+    async def _resend_stuck_kills(self, now: float) -> None:
+        for task in list(self.tasks.values()):
+            if task.kill_requested and not task.terminal and task.kill_sent_at is not None:
+                if now - task.kill_sent_at > KILL_RETRY_SECONDS + 3.0:
+                    self._spawn(self._send_kill(task))
+
+    # ---- offers --------------------------------------------------------------------------
+    def _ensure_framework(self, role: str) -> str:
+        framework_id = framework_for(role)
+        if framework_id not in self.frameworks:
+            self.allocator.add_framework(framework_id, role)
+            self.frameworks.add(framework_id)
+        return framework_id
+
+    def _slots(self) -> dict[str, AgentSlot]:
+        slots: dict[str, AgentSlot] = {}
+        for record in self.registry.all():
+            if not record.reachable:
+                continue
+            reg = record.registration
+            slots[reg.agent_id] = AgentSlot(
+                agent_id=reg.agent_id, hostname=reg.hostname,
+                attributes={k: str(v) for k, v in reg.attributes.items()},
+                port_ranges=[(r.begin, r.end) for r in reg.resources.ports])
+        for task in self.tasks.values():
+            if not task.terminal and task.agent_id in slots:
+                slots[task.agent_id].used_ports.update(task.host_ports)
+        return slots
+
+    def _match_offers(self, demand: dict[str, int], now: float) -> list[TaskRecord]:
+        ready = {app_id: n for app_id, n in demand.items() if self.delay_left(app_id) <= 0}
+        roles = {self.apps[a].effective_role for a in ready}
+        for role in roles | {t.role for t in self.tasks.values()}:
+            self._ensure_framework(role)
+        for framework_id in self.frameworks:
+            if any(framework_for(r) == framework_id for r in roles):
+                self.allocator.revive(framework_id)
+            else:
+                self.allocator.suppress(framework_id)
+        self._refresh_queue(demand, ready)
+        if not ready:
+            return []
+        offers = self.allocator.allocate(now)
+        slots = self._slots()
+        placed_on: dict[str, list[AgentSlot]] = {
+            app_id: [slots[t.agent_id] for t in self.active(app_id) if t.agent_id in slots] for app_id in ready}
+        launches: list[TaskRecord] = []
+        rejects: dict[str, dict[str, int]] = {app_id: {} for app_id in ready}
+        for offer in offers:
+            used, placed = self._fill_offer(offer, ready, slots, placed_on, rejects, now)
+            launches += placed
+            if placed:
+                self.allocator.accept(offer, used, now)
+                self.offers_accepted += 1
+            else:
+                self.allocator.decline(offer, now)
+                self.offers_declined += 1
+        for app_id, reasons in rejects.items():
+            entry = self.queue.get(app_id)
+            if entry is not None and ready.get(app_id, 0) > 0:
+                entry.reasons = reasons
+                entry.detail = self._explain(self.apps[app_id], slots, placed_on.get(app_id, []))
+        return launches
+
+    def _fill_offer(self, offer: Offer, ready: dict[str, int], slots: dict[str, AgentSlot],
+                    placed_on: dict[str, list[AgentSlot]], rejects: dict[str, dict[str, int]],
+                    now: float) -> tuple[dict[str, float], list[TaskRecord]]:
+        slot = slots.get(offer.agent_id)
+        remaining = dict(offer.resources)
+        used: dict[str, float] = {}
+        placed: list[TaskRecord] = []
+        if slot is None:
+            return used, placed
+        progress = True
+        while progress:
+            progress = False
+            # One task per app per pass, so apps share an agent fairly.
+            for app_id in list(ready):
+                if ready[app_id] <= 0:
+                    continue
+                app = self.apps[app_id]
+                if framework_for(app.effective_role) != offer.framework_id:
+                    continue
+                reason = self._reject_reason(app, slot, remaining, placed_on[app_id], slots)
+                if reason is not None:
+                    rejects[app_id][reason] = rejects[app_id].get(reason, 0) + 1
+                    continue
+                host_ports = choose_host_ports(app, slot, self.rng)
+                if host_ports is None:
+                    rejects[app_id]["InsufficientPorts"] = rejects[app_id].get("InsufficientPorts", 0) + 1
+                    continue
+                needed = task_resources(app)
+                for name, value in needed.items():
+                    remaining[name] = remaining.get(name, 0.0) - value
+                    used[name] = used.get(name, 0.0) + value
+                task = self._new_task(app, slot, host_ports, offer.framework_id, now)
+                slot.used_ports.update(task.host_ports)
+                placed_on[app_id].append(slot)
+                placed.append(task)
+                ready[app_id] -= 1
+                progress = True
+        return used, placed
+
+    def _reject_reason(self, app: AppDefinition, slot: AgentSlot, available: dict[str, float],
+                       placed: list[AgentSlot], slots: dict[str, AgentSlot]) -> str | None:
+        short = insufficient(task_resources(app), available)
+        if short is not None:
+            return short
+        if constraint_violation(app.constraints, slot, placed, list(slots.values())) is not None:
+            return "UnfulfilledConstraint"
+        return None
+
+    def _explain(self, app: AppDefinition, slots: dict[str, AgentSlot], placed: list[AgentSlot]) -> str:
+        """Why the app's next task fits no agent, in words, checked against every reachable agent."""
+        if not slots:
+            return "no reachable agents"
+        needed = task_resources(app)
+        why: list[str] = []
+        for slot in slots.values():
+            free = self.allocator.free(slot.agent_id) if slot.agent_id in self._allocator_agents() else {}
+            short = insufficient(needed, free)
+            if short is not None:
+                scalar = {v: k for k, v in {"cpus": "InsufficientCpus", "mem": "InsufficientMemory",
+                                            "disk": "InsufficientDisk", "gpus": "InsufficientGpus"}.items()}[short]
+                why.append(f"{slot.agent_id}: needs {scalar} {needed.get(scalar, 0):g}, "
+                           f"{free.get(scalar, 0):g} free")
+                continue
+            violation = constraint_violation(app.constraints, slot, placed, list(slots.values()))
+            if violation is not None:
+                why.append(f"{slot.agent_id}: {violation}")
+                continue
+            if choose_host_ports(app, slot, random.Random(0)) is None:
+                why.append(f"{slot.agent_id}: requested host ports are not free")
+                continue
+            why.append(f"{slot.agent_id}: fits, waiting for an offer")
+        return "; ".join(why)
+
+    def _allocator_agents(self) -> set[str]:
+        return {r.registration.agent_id for r in self.registry.all() if r.reachable}
+
+    def _refresh_queue(self, demand: dict[str, int], ready: dict[str, int]) -> None:
+        for app_id in list(self.queue):
+            if app_id not in demand:
+                del self.queue[app_id]
+        for app_id, count in demand.items():
+            entry = self.queue.get(app_id)
+            if entry is None:
+                entry = self.queue[app_id] = QueueEntry(app_id=app_id, count=count, since=self.clock())
+            entry.count = count
+            if app_id not in ready:
+                entry.detail = f"waiting {self.delay_left(app_id):.1f}s (backoff after a failed task)"
+
+    def _new_task(self, app: AppDefinition, slot: AgentSlot, host_ports: list[int | None],
+                  framework_id: str, now: float) -> TaskRecord:
+        record = self.registry.get(slot.agent_id)
+        assert record is not None
+        ports: list[TaskPort] = []
+        service_ports: list[int] = []
+        if app.uses_port_mappings:
+            for mapping, host_port in zip(app.port_mappings, host_ports, strict=True):
+                protocol = "udp" if mapping.protocol == "udp" else "tcp"
+                ports.append(TaskPort(host_port=host_port, container_port=mapping.container_port or None,
+                                      protocol=protocol, name=mapping.name, labels=mapping.labels))
+                service_ports.append(mapping.service_port)
+        else:
+            for definition, host_port in zip(app.port_definitions or [], host_ports, strict=True):
+                protocol = "udp" if definition.protocol == "udp" else "tcp"
+                ports.append(TaskPort(host_port=host_port, protocol=protocol, name=definition.name,
+                                      labels=definition.labels))
+                service_ports.append(definition.port)
+        task = TaskRecord(
+            task_id=f"{marathon_task_prefix(app.id)}.{uuid.uuid4()}",
+            app_id=app.id,
+            config_version=app.version_info.last_config_change_at if app.version_info else "",
+            version=app.version or "",
+            agent_id=slot.agent_id, agent_ip=record.registration.ip, hostname=slot.hostname,
+            framework_id=framework_id, role=app.effective_role,
+            has_health_checks=bool(app.health_checks), staged_at=now,
+            resources=task_resources(app), network=app.network_mode, ports=ports,
+            service_ports=service_ports, labels=dict(app.labels))
+        self.tasks[task.task_id] = task
+        self._set_state(task, "TASK_STAGING", "launching", now)
+        return task
+
+    # ---- launching -----------------------------------------------------------------------
+    async def _dispatch(self, launches: list[TaskRecord]) -> None:
+        if launches:
+            await asyncio.gather(*(self._launch(task) for task in launches))
+
+    def launch_message(self, task: TaskRecord) -> TaskLaunch:
+        app = self.apps[task.app_id]
+        checks = [HealthCheckSpec(
+            protocol=c.protocol, path=c.path or "/", port_index=c.port_index, port=c.port,
+            command=c.command.value if c.command else None, grace_period_seconds=c.grace_period_seconds,
+            interval_seconds=c.interval_seconds, timeout_seconds=c.timeout_seconds,
+            max_consecutive_failures=c.max_consecutive_failures, delay_seconds=c.delay_seconds)
+            for c in app.health_checks]
+        env = {k: v for k, v in app.env.items() if isinstance(v, str)}
+        env.setdefault("MARATHON_APP_VERSION", app.version or "")
+        container_type = app.container.type if app.container else "NONE"
+        return TaskLaunch(
+            task_id=task.task_id, app_id=app.id, name=marathon_task_name(app.id), cmd=app.cmd, args=app.args,
+            env=env, cpus=app.cpus, mem=app.mem, disk=app.disk, network=app.network_mode,
+            network_name=app.network_name, container_type=container_type, image=app.image,
+            ports=task.ports, health_checks=checks, labels=dict(app.labels),
+            kill_grace_seconds=app.task_kill_grace_period_seconds or 3.0, user=app.user)
+
+    async def _launch(self, task: TaskRecord) -> None:
+        record = self.registry.get(task.agent_id)
+        message = self.launch_message(task)
+        try:
+            if record is None:
+                raise AgentUnavailable(f"agent {task.agent_id} is gone")
+            await self.agents.launch(_address(record), message)
+        except LaunchRejected as exc:
+            log.warning("launch of %s rejected: %s", task.task_id, exc)
+            if not task.terminal:
+                self._set_state(task, "TASK_ERROR", str(exc), self.clock())
+                self._terminated(task, self.clock())
+            return
+        except AgentUnavailable as exc:
+            log.warning("launch of %s failed: %s", task.task_id, exc)
+            if not task.terminal:
+                self._set_state(task, "TASK_FAILED", str(exc), self.clock())
+                self._terminated(task, self.clock())
+            return
+        task.launched_at = self.clock()
+        self._save_task(task)
+
+    # ---- statuses from agents ------------------------------------------------------------
+    async def on_status(self, agent_id: str, status: TaskStatus) -> str:
+        """Applies one status from an agent. Returns what happened (for the agent's answer)."""
+        task = self.tasks.get(status.task_id)
+        record = self.registry.get(agent_id)
+        if task is None or task.agent_id != agent_id or (task.terminal and status.state not in TERMINAL):
+            if status.state not in TERMINAL and record is not None:
+                log.warning("agent %s runs unknown task %s: killing it", agent_id, status.task_id)
+                self._spawn(self._kill_unknown(record, status.task_id))
+                return "unknown task: killing it"
+            return "unknown task"
+        now = self.clock()
+        if status.ip_addresses:
+            task.ip_addresses = list(status.ip_addresses)
+        if status.ports:
+            task.ports = list(status.ports)
+        if status.healthy is not None and status.healthy != task.healthy:
+            task.healthy = status.healthy
+            self.events.publish("health_status_changed_event", appId=task.app_id, taskId=task.task_id,
+                                instanceId=task.task_id, version=task.version, alive=status.healthy)
+            self.on_change()
+        if task.state == "TASK_UNREACHABLE" and status.state not in TERMINAL:
+            task.unreachable_since = None
+            try:
+                self.allocator.restore(task.framework_id, task.agent_id, task.resources)
+                task.released = False
+            except (KeyError, ValueError) as exc:
+                log.warning("task %s back from unreachable, resources not re-accounted: %s", task.task_id, exc)
+        state = status.state
+        if task.kill_requested and state in ("TASK_RUNNING", "TASK_STAGING", "TASK_STARTING"):
+            state = "TASK_KILLING"  # the agent has not seen our kill yet; keep what we asked for
+        if state != task.state or status.message:
+            self._set_state(task, state, status.message, status.timestamp or now, status)
+        else:
+            self._save_task(task)
+        if state == "TASK_RUNNING" and task.started_at is None:
+            task.started_at = now
+            self._save_task(task)
+        if task.terminal:
+            self._terminated(task, now)
+        self.poke()
+        return "ok"
+
+    async def _kill_unknown(self, record: AgentRecord, task_id: str) -> None:
+        try:
+            await self.agents.kill(_address(record), task_id, 0.0)
+        except AgentUnavailable as exc:
+            log.warning("could not kill unknown task %s: %s", task_id, exc)
+
+    def _set_state(self, task: TaskRecord, state: str, message: str, timestamp: float,
+                   status: TaskStatus | None = None) -> None:
+        changed = state != task.state or not task.statuses
+        task.state = state
+        task.message = message
+        entry: dict[str, Any] = {"state": state, "timestamp": timestamp}
+        if status is not None:
+            if status.healthy is not None:
+                entry["healthy"] = status.healthy
+            if status.ip_addresses:
+                entry["ip_addresses"] = list(status.ip_addresses)
+        task.statuses = (task.statuses + [entry])[-10:]
+        self._save_task(task)
+        if changed:
+            self.events.publish(
+                "status_update_event", slaveId=task.agent_id, taskId=task.task_id, taskStatus=state,
+                message=message, appId=task.app_id, host=task.hostname, instanceId=task.task_id,
+                ipAddresses=[{"ipAddress": ip, "protocol": "IPv4"} for ip in task.ip_addresses or [task.agent_ip]],
+                ports=task.host_ports, version=task.version)
+            self.on_change()
+
+    def _terminated(self, task: TaskRecord, now: float) -> None:
+        """A task ended: resources back, backoff for an unasked-for end, out of the live set."""
+        if not task.released:
+            task.released = True
+            try:
+                self.allocator.release(task.framework_id, task.agent_id, task.resources)
+            except (KeyError, ValueError) as exc:
+                log.warning("release of %s on %s: %s", task.task_id, task.agent_id, exc)
+        if not task.kill_requested and task.app_id in self.apps:
+            self._failure(task, now)
+        self.tasks.pop(task.task_id, None)
+        self.store.delete("tasks", task.task_id)
+        self.completed = (self.completed + [task])[-COMPLETED_KEEP:]
+        self.on_change()
+        self.poke()
+
+    def _failure(self, task: TaskRecord, now: float) -> None:
+        app = self.apps[task.app_id]
+        backoff = self.backoff.setdefault(app.id, Backoff())
+        ran = (now - task.started_at) if task.started_at else 0.0
+        if backoff.delay <= 0 or ran >= STABLE_RUN_SECONDS:
+            backoff.delay = app.backoff_seconds
+        backoff.launch_after = now + backoff.delay
+        backoff.delay = min(backoff.delay * app.backoff_factor, app.max_launch_delay_seconds)
+        self._save_backoff(app.id)
+        self.last_failure[app.id] = {
+            "appId": app.id, "host": task.hostname, "message": task.message, "state": task.state,
+            "taskId": task.task_id, "timestamp": iso_now(now), "version": task.version, "slaveId": task.agent_id}
+
+    # ---- agents coming and going ---------------------------------------------------------
+    def agent_unreachable(self, agent_id: str) -> None:
+        now = self.clock()
+        for task in list(self.tasks.values()):
+            if task.agent_id != agent_id or task.terminal:
+                continue
+            if task.kill_requested:
+                self._killed_without_agent(task, "agent unreachable while killing")
+                continue
+            task.unreachable_since = now
+            task.released = True        # remove_agent below returns them
+            self._set_state(task, "TASK_UNREACHABLE", f"agent {agent_id} is unreachable", now)
+        self.poke()
+
+    async def reconcile(self, agent_id: str) -> None:
+        """Asks the agent what it runs: unknown tasks are killed, missing ones are lost."""
+        record = self.registry.get(agent_id)
+        if record is None:
+            return
+        asked_at = self.clock()
+        try:
+            statuses = await self.agents.tasks(_address(record))
+        except AgentUnavailable as exc:
+            log.warning("reconciliation with %s failed: %s", agent_id, exc)
+            return
+        reported = {s.task_id for s in statuses}
+        for status in statuses:
+            await self.on_status(agent_id, status)
+        for task in list(self.tasks.values()):
+            if task.agent_id == agent_id and task.task_id not in reported and not task.terminal \
+                    and task.launched_at is not None and task.launched_at < asked_at:
+                self._set_state(task, "TASK_LOST", f"agent {agent_id} does not run it anymore", self.clock())
+                self._terminated(task, self.clock())
+        log.info("reconciled %d tasks with %s", len(statuses), agent_id)
+
+    # ---- deployments ---------------------------------------------------------------------
+    def _check_deployments(self) -> None:
+        for deployment in list(self.deployments.values()):
+            if self.deployment_done(deployment):
+                self._finish_deployment(deployment, success=True)
+
+    def deployment_done(self, deployment: Deployment) -> bool:
+        app = self.apps.get(deployment.app_id)
+        remaining = [t for t in self.app_tasks(deployment.app_id) if not t.terminal]
+        if deployment.action == "StopApplication":
+            return app is None and not remaining
+        if app is None:
+            return False
+        config = app.version_info.last_config_change_at if app.version_info else ""
+        active = self.active(app.id)
+        return (len(active) == app.instances and len(remaining) == len(active)
+                and all(t.config_version == config and t.ready for t in active))
+
+    # ---- helpers -------------------------------------------------------------------------
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._pending_io.add(task)
+        task.add_done_callback(self._pending_io.discard)
+
+    async def settle(self) -> None:
+        """Waits for in-flight kills and reconciliations (tests)."""
+        while self._pending_io:
+            await asyncio.gather(*list(self._pending_io), return_exceptions=True)
+
+
+def _address(record: AgentRecord) -> AgentAddress:
+    reg = record.registration
+    return AgentAddress(reg.agent_id, reg.ip, reg.port)

@@ -1,0 +1,73 @@
+"""Named-VIP addresses: one address from ``11.0.0.0/8`` per name, allocated once by the master.
+
+A port label whose key starts with ``VIP``/``vip`` and whose value is ``/name:port`` (or
+``name:port``) names a VIP; the key ``marathon:/name`` gets an address that every agent sees the
+same (it travels in the cluster view) and that survives master restarts (the caller persists
+``allocations``). When no app uses a name anymore its address is freed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+
+NAMED_VIP_POOL = ipaddress.IPv4Network("11.0.0.0/8")
+_NAMED = re.compile(r"^/?(?P<name>[A-Za-z0-9][A-Za-z0-9._/-]*):(?P<port>\d{1,5})$")
+
+
+def named_vip(label_key: str, label_value: str) -> str | None:
+    """``("VIP_0", "/shop/web:80")`` → ``"/shop/web"``; ``None`` for other labels or IP VIPs."""
+    if not label_key.lower().startswith("vip"):
+        return None
+    match = _NAMED.match(label_value.strip())
+    if match is None:
+        return None
+    name = match.group("name").strip("/")
+    try:
+        ipaddress.ip_address(name)
+        return None  # "1.2.3.4:80" is an IP VIP: it needs no allocation
+    except ValueError:
+        return "/" + name
+
+
+class VipAllocator:
+    """Pure: ``sync(names)`` allocates what is new and frees what is gone; idempotent."""
+
+    def __init__(self, allocations: dict[str, str] | None = None, framework: str = "marathon",
+                 pool: ipaddress.IPv4Network = NAMED_VIP_POOL) -> None:
+        self.framework = framework
+        self.pool = pool
+        self.allocations: dict[str, str] = dict(allocations or {})
+        self._next = int(pool.network_address) + 1
+
+    def key(self, name: str) -> str:
+        return f"{self.framework}:{name}"
+
+    def sync(self, names: Iterable[str]) -> bool:
+        """Makes the allocations exactly ``names``; returns True when something changed."""
+        wanted = {self.key(n) for n in names}
+        changed = False
+        for key in list(self.allocations):
+            if key not in wanted:
+                del self.allocations[key]
+                changed = True
+        for key in sorted(wanted - set(self.allocations)):
+            self.allocations[key] = self._allocate()
+            changed = True
+        return changed
+
+    def _allocate(self) -> str:
+        used = {int(ipaddress.IPv4Address(a)) for a in self.allocations.values()}
+        first, last = int(self.pool.network_address) + 1, int(self.pool.broadcast_address) - 1
+        candidate = self._next
+        for _ in range(last - first + 1):
+            if candidate > last:
+                candidate = first
+            if candidate not in used:
+                # Round-robin rather than lowest-free, so a freed address is not handed to a new
+                # name while agents may still hold the old mapping.
+                self._next = candidate + 1
+                return str(ipaddress.IPv4Address(candidate))
+            candidate += 1
+        raise RuntimeError(f"named VIP pool {self.pool} is exhausted")

@@ -1,0 +1,78 @@
+"""A master with in-memory agents (``FakeAgents``) and HTTP clients on both its ports (ASGI)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from control.agent_client import FakeAgents
+from control.master import Master
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def registration(index: int, cpus: float = 2, mem: float = 1024, ports: tuple[int, int] = (31000, 31100),
+                 **attributes: Any) -> dict[str, Any]:
+    return {"agent_id": f"agent-{index}", "hostname": f"agent-{index}", "ip": f"198.18.0.{10 + index}",
+            "resources": {"cpus": cpus, "mem": mem, "disk": 1000, "ports": [{"begin": ports[0], "end": ports[1]}]},
+            "attributes": attributes}
+
+
+class Cluster:
+    def __init__(self, state_dir: Path | str | None = None, secret: str | None = None,
+                 fake: FakeAgents | None = None, clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
+        self.fake = fake or FakeAgents()
+        self.secret = secret
+        self.master = Master(secret=secret, agent_timeout=5.0, state_dir=str(state_dir) if state_dir else None,
+                             agent_client=self.fake, clock=self.clock, advertise_ip="198.18.0.2")
+        self.fake.sink = self.master.scheduler.on_status
+        headers = {"Authorization": f"token={secret}"} if secret else {}
+        self.marathon = httpx.AsyncClient(transport=httpx.ASGITransport(self.master.marathon_app()),
+                                          base_url="http://master:8080", headers=headers)
+        self.mesos = httpx.AsyncClient(transport=httpx.ASGITransport(self.master.mesos_app()),
+                                       base_url="http://master:5050", headers=headers)
+
+    @property
+    def scheduler(self):
+        return self.master.scheduler
+
+    async def register(self, index: int, **kwargs: Any) -> None:
+        resp = await self.mesos.post("/v1/agents", json=registration(index, **kwargs))
+        assert resp.status_code == 200, resp.text
+        await self.settle(1)
+
+    async def settle(self, rounds: int = 4) -> None:
+        """Cycles the scheduler and lets fake agents answer, ``rounds`` times."""
+        for _ in range(rounds):
+            await self.scheduler.cycle()
+            for _ in range(5):
+                await asyncio.sleep(0)
+            await self.scheduler.settle()
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+    async def post_app(self, app: dict[str, Any]) -> httpx.Response:
+        resp = await self.marathon.post("/v2/apps", json=app)
+        await self.settle()
+        return resp
+
+    def running(self, app_id: str) -> list:
+        return [t for t in self.scheduler.app_tasks(app_id) if t.state == "TASK_RUNNING"]
+
+    async def close(self) -> None:
+        await self.marathon.aclose()
+        await self.mesos.aclose()
+        self.master.close()
