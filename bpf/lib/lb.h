@@ -1,0 +1,139 @@
+/* Socket-LB helpers shared by the attach points: VIP lookup, backend choice, reverse NAT.
+ *
+ * Features (-D flags, set by bpf/loader.py):
+ *   NAVSTAR_RANDOM_SLOT        1: a random slot per connection; 0: a hash of the socket cookie,
+ *                              so every datagram of one UDP socket reaches the same backend
+ *   NAVSTAR_TCP_REVNAT         1: TCP connects record reverse NAT so getpeername4 shows the VIP
+ *   NAVSTAR_COUNT_CONNECTIONS  1: count new connections per backend in nv_conns
+ */
+#ifndef NAVSTAR_LB_H
+#define NAVSTAR_LB_H
+
+#include <uapi/linux/bpf.h>
+#include <uapi/linux/in.h>
+
+#include "maps.h"
+
+#ifndef NAVSTAR_RANDOM_SLOT
+#define NAVSTAR_RANDOM_SLOT 0
+#endif
+#ifndef NAVSTAR_TCP_REVNAT
+#define NAVSTAR_TCP_REVNAT 1
+#endif
+#ifndef NAVSTAR_COUNT_CONNECTIONS
+#define NAVSTAR_COUNT_CONNECTIONS 1
+#endif
+
+/* cgroup sock_addr verdicts */
+#define SOCK_ADDR_ALLOW 1
+#define SOCK_ADDR_REFUSE 0   /* the syscall fails with EPERM: a VIP without backends fails fast */
+
+static __always_inline __u32 lb4_flow_hash(struct bpf_sock_addr *ctx)
+{
+#if NAVSTAR_RANDOM_SLOT
+	return bpf_get_prandom_u32();
+#else
+	/* Cookies are sequential; murmur3's 64-bit finaliser spreads them over the slots. */
+	__u64 h = bpf_get_socket_cookie(ctx);
+
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	h *= 0xc4ceb9fe1a85ec53ULL;
+	h ^= h >> 33;
+	return (__u32)h;
+#endif
+}
+
+static __always_inline struct lb4_service *lb4_lookup_service(__be32 address, __be16 port, __u8 protocol)
+{
+	struct lb4_key key = {};
+
+	key.address = address;
+	key.port = port;
+	key.protocol = protocol;
+	return nv_services.lookup(&key);
+}
+
+static __always_inline void lb4_record_revnat(__u64 cookie, const struct lb4_backend *backend,
+					      __be32 vip_address, __be16 vip_port)
+{
+	struct lb4_revnat_key key = {};
+	struct lb4_revnat vip = {};
+	struct lb4_revnat *known;
+
+	key.cookie = cookie;
+	key.address = backend->address;
+	key.port = backend->port;
+	/* sendmsg4 runs per datagram: write only when the entry is new or stale. */
+	known = nv_revnat.lookup(&key);
+	if (known && known->address == vip_address && known->port == vip_port)
+		return;
+	vip.address = vip_address;
+	vip.port = vip_port;
+	nv_revnat.update(&key, &vip);
+}
+
+/* connect4 and sendmsg4: a VIP destination becomes one of its backends.
+ * Returns SOCK_ADDR_ALLOW (also for any non-VIP destination) or SOCK_ADDR_REFUSE. */
+static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx)
+{
+	__be32 vip_address = ctx->user_ip4;
+	__be16 vip_port = (__be16)ctx->user_port;
+	__u8 protocol = (__u8)ctx->protocol;
+	struct lb4_service *service;
+	struct lb4_maglev *table;
+	struct lb4_backend *backend;
+	__u32 service_id, slot, backend_id;
+
+	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
+		return SOCK_ADDR_ALLOW;
+	service = lb4_lookup_service(vip_address, vip_port, protocol);
+	if (!service)
+		return SOCK_ADDR_ALLOW;
+	if (service->backend_count == 0 || service->table_size == 0)
+		return SOCK_ADDR_REFUSE;
+	service_id = service->id;
+	table = nv_maglev.lookup(&service_id);
+	if (!table)
+		return SOCK_ADDR_REFUSE;
+	slot = lb4_flow_hash(ctx) % service->table_size;
+	if (slot >= NAVSTAR_LB_SLOTS)
+		return SOCK_ADDR_REFUSE;
+	backend_id = table->backend_ids[slot];
+	backend = nv_backends.lookup(&backend_id);
+	if (!backend)
+		return SOCK_ADDR_REFUSE;
+
+	if (protocol == IPPROTO_UDP || NAVSTAR_TCP_REVNAT)
+		lb4_record_revnat(bpf_get_socket_cookie(ctx), backend, vip_address, vip_port);
+#if NAVSTAR_COUNT_CONNECTIONS
+	__u64 *connections = nv_conns.lookup(&backend_id);
+	if (connections)
+		*connections += 1;
+#endif
+	ctx->user_ip4 = backend->address;
+	ctx->user_port = backend->port;
+	return SOCK_ADDR_ALLOW;
+}
+
+/* recvmsg4 and getpeername4: a backend address this socket was sent to is reported as the VIP,
+ * as long as that VIP still exists. */
+static __always_inline void lb4_xlate_rev(struct bpf_sock_addr *ctx)
+{
+	struct lb4_revnat_key key = {};
+	struct lb4_revnat *vip;
+
+	key.cookie = bpf_get_socket_cookie(ctx);
+	key.address = ctx->user_ip4;
+	key.port = (__be16)ctx->user_port;
+	vip = nv_revnat.lookup(&key);
+	if (!vip)
+		return;
+	if (!lb4_lookup_service(vip->address, vip->port, (__u8)ctx->protocol))
+		return;
+	ctx->user_ip4 = vip->address;
+	ctx->user_port = vip->port;
+}
+
+#endif /* NAVSTAR_LB_H */

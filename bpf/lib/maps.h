@@ -1,0 +1,26 @@
+/* The socket-LB maps, pinned under NAVSTAR_PIN_DIR so they outlive the agent: every attach
+ * point's translation unit includes this, and bcc opens the pin when it exists. */
+#ifndef NAVSTAR_MAPS_H
+#define NAVSTAR_MAPS_H
+
+#include "layout.h"
+
+#ifndef NAVSTAR_PIN_DIR
+#error "compile with -DNAVSTAR_PIN_DIR=\"/sys/fs/bpf/<dir>\""
+#endif
+
+BPF_TABLE_PINNED("hash", struct lb4_key, struct lb4_service, nv_services,
+		 NAVSTAR_MAX_SERVICES, NAVSTAR_PIN_DIR "/nv_services");
+BPF_TABLE_PINNED("hash", __u32, struct lb4_backend, nv_backends,
+		 NAVSTAR_MAX_BACKENDS, NAVSTAR_PIN_DIR "/nv_backends");
+/* No preallocation: a 4 KiB table per VIP is only paid for VIPs that exist. */
+BPF_TABLE_PINNED("hash", __u32, struct lb4_maglev, nv_maglev,
+		 NAVSTAR_MAX_SERVICES, NAVSTAR_PIN_DIR "/nv_maglev", BPF_F_NO_PREALLOC);
+/* New connections per backend id; per CPU so the hot path needs no atomics. */
+BPF_TABLE_PINNED("percpu_array", __u32, __u64, nv_conns,
+		 NAVSTAR_MAX_BACKENDS, NAVSTAR_PIN_DIR "/nv_conns");
+/* Sockets outlive nothing we can observe cheaply, so old entries are evicted, not deleted. */
+BPF_TABLE_PINNED("lru_hash", struct lb4_revnat_key, struct lb4_revnat, nv_revnat,
+		 NAVSTAR_MAX_REVNAT, NAVSTAR_PIN_DIR "/nv_revnat");
+
+#endif /* NAVSTAR_MAPS_H */

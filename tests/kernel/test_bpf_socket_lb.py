@@ -1,0 +1,300 @@
+"""The eBPF socket LB against the real kernel: programs attached to the test's own cgroup, real
+TCP and UDP sockets from processes in that cgroup, backends listening inside the test namespace.
+
+VIPs are never routed: the programs rewrite the destination before routing, which is itself part
+of what these tests prove. Every test removes its programs and pins (the fixture), and the netns
+fixture removes the namespace and cgroup.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bpf import loader
+from bpf.loader import Features, LoaderError
+from minuteman.dataplane import Backend, VipEntry, VipKey
+from minuteman.ebpf import EbpfDataplane, ebpf_available
+
+PIN_ROOT = Path("/sys/fs/bpf/navstar-test")
+BACKEND_IPS = ("10.77.0.1", "10.77.0.2", "10.77.0.3")
+VIP = VipKey("11.0.0.10", 80, "tcp")
+UDP_VIP = VipKey("11.0.0.10", 53, "udp")
+
+SERVER = r"""
+import socket, sys, threading
+
+def tcp(ip, port, name):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((ip, port))
+    s.listen(1024)
+    while True:
+        conn, _peer = s.accept()
+        conn.sendall(f"{name} {ip}:{port}".encode())
+        conn.close()
+
+def udp(ip, port, name):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((ip, port))
+    while True:
+        data, peer = s.recvfrom(2048)
+        s.sendto(name.encode() + b" " + data, peer)
+
+for spec in sys.argv[1:]:
+    proto, ip, port, name = spec.split(":")
+    threading.Thread(target=tcp if proto == "tcp" else udp, args=(ip, int(port), name), daemon=True).start()
+print("ready", flush=True)
+threading.Event().wait()
+"""
+
+CLIENT = r"""
+import json, socket, sys
+mode, ip, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+out = []
+for n in range(count):
+    try:
+        if mode == "tcp":
+            s = socket.create_connection((ip, port), timeout=5)
+            peer = "%s:%d" % s.getpeername()
+            out.append({"answer": s.recv(256).decode(), "peer": peer})
+        elif mode == "udp":
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(5)
+            s.sendto(b"ping%d" % n, (ip, port))
+            data, source = s.recvfrom(2048)
+            out.append({"answer": data.decode(), "source": "%s:%d" % source})
+        elif mode == "udp-connected":
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(5)
+            s.connect((ip, port))
+            s.send(b"ping%d" % n)
+            data, source = s.recvfrom(2048)
+            out.append({"answer": data.decode(), "source": "%s:%d" % source, "peer": "%s:%d" % s.getpeername()})
+        s.close()
+    except OSError as exc:
+        out.append({"error": exc.__class__.__name__, "errno": exc.errno})
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def lab(netns):
+    """Backends on three addresses inside the namespace: TCP :8080 and UDP :5353 on each."""
+    for ip in BACKEND_IPS:
+        netns.run("ip", "addr", "add", f"{ip}/32", "dev", "lo")
+    specs = [f"tcp:{ip}:8080:b{n}" for n, ip in enumerate(BACKEND_IPS)]
+    specs += [f"udp:{ip}:5353:b{n}" for n, ip in enumerate(BACKEND_IPS)]
+    server = netns.popen(sys.executable, "-c", SERVER, *specs, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        yield netns
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.fixture
+def pins(netns):
+    pin_dir = PIN_ROOT / netns.name
+    yield pin_dir
+    loader.teardown(netns.cgroup.unified_path, pin_dir)
+    try:
+        PIN_ROOT.rmdir()
+    except OSError:
+        pass
+
+
+@pytest.fixture
+def dataplane(lab, pins):
+    dp = EbpfDataplane(lab.cgroup.unified_path, pins)
+    yield dp
+    dp.close()
+
+
+def client(ns, mode: str, vip: VipKey | tuple[str, int], count: int) -> list[dict]:
+    ip, port = (vip.address, vip.port) if isinstance(vip, VipKey) else vip
+    result = ns.run(sys.executable, "-c", CLIENT, mode, ip, str(port), str(count), timeout=120)
+    return json.loads(result.stdout)
+
+
+def backends(port: int) -> tuple[Backend, ...]:
+    return tuple(Backend(ip, port) for ip in BACKEND_IPS)
+
+
+def answered_by(replies: list[dict]) -> Counter:
+    assert all("error" not in r for r in replies), [r for r in replies if "error" in r][:3]
+    return Counter(r["answer"].split()[0] for r in replies)
+
+
+def test_probe_says_available():
+    ok, reason = ebpf_available()
+    assert ok, reason
+
+
+def test_tcp_follows_the_table_and_the_peer_is_the_vip(dataplane, lab):
+    # A skewed table proves the slots decide: b0 owns 4 of 7 slots, b1 2, b2 1.
+    table = {VIP: VipEntry(VIP, backends(8080), lookup=(0, 0, 1, 0, 2, 1, 0))}
+    result = dataplane.apply(table)
+    assert result.programmed == {VIP} and not result.errors
+
+    replies = client(lab, "tcp", VIP, 700)
+    counts = answered_by(replies)
+    assert set(counts) == {"b0", "b1", "b2"}
+    assert 300 < counts["b0"] < 500 and 130 < counts["b1"] < 270 and 50 < counts["b2"] < 150, counts
+    # The application sees the VIP as its peer; the backend saw a connection to itself.
+    assert {r["peer"] for r in replies} == {"11.0.0.10:80"}
+    assert {r["answer"] for r in replies if r["answer"].startswith("b1")} == {"b1 10.77.0.2:8080"}
+    # Every connection was counted once, against the backend that took it.
+    per_backend = dataplane.connection_counts()
+    assert {b.ip: n for (vip, b), n in per_backend.items() if vip == VIP} == {
+        BACKEND_IPS[int(name[1])]: n for name, n in counts.items()}
+
+
+def test_udp_request_and_reply_come_from_the_vip(dataplane, lab):
+    dataplane.apply({UDP_VIP: VipEntry(UDP_VIP, backends(5353))})
+
+    unconnected = client(lab, "udp", UDP_VIP, 90)
+    assert set(answered_by(unconnected)) == {"b0", "b1", "b2"}
+    assert {r["source"] for r in unconnected} == {"11.0.0.10:53"}
+    assert all(r["answer"].endswith(f"ping{n}") for n, r in enumerate(unconnected))
+
+    connected = client(lab, "udp-connected", UDP_VIP, 30)
+    assert {r["source"] for r in connected} == {"11.0.0.10:53"}
+    assert {r["peer"] for r in connected} == {"11.0.0.10:53"}
+    assert len(answered_by(connected)) >= 2
+    # A TCP VIP on the same address and port number is a different service.
+    assert client(lab, "tcp", ("11.0.0.10", 53), 1)[0]["error"]
+
+
+def test_draining_takes_no_new_connections_and_empty_vips_refuse(dataplane, lab):
+    dataplane.apply({VIP: VipEntry(VIP, backends(8080))})
+    answered_by(client(lab, "tcp", VIP, 60))
+    before = dataplane.connection_counts()[(VIP, Backend(BACKEND_IPS[2], 8080))]
+    assert before > 0
+
+    active, draining = backends(8080)[:2], backends(8080)[2:]
+    dataplane.apply({VIP: VipEntry(VIP, active, lookup=(0, 1, 1, 0, 1), draining=draining)})
+    assert set(answered_by(client(lab, "tcp", VIP, 100))) == {"b0", "b1"}
+    assert dataplane.current()[VIP].draining == draining
+    # The draining backend keeps its identity: its counter did not restart or move.
+    assert dataplane.connection_counts()[(VIP, draining[0])] == before
+
+    dataplane.apply({VIP: VipEntry(VIP, (), draining=backends(8080))})
+    refused = client(lab, "tcp", VIP, 3)
+    assert {r.get("errno") for r in refused} == {1}   # EPERM at connect(), no timeout
+    # Traffic to anything but a VIP is untouched.
+    assert answered_by(client(lab, "tcp", (BACKEND_IPS[1], 8080), 5)) == Counter({"b1": 5})
+
+
+def test_apply_is_idempotent_minimal_and_reports_bad_vips(dataplane, lab):
+    good = {VIP: VipEntry(VIP, backends(8080)), UDP_VIP: VipEntry(UDP_VIP, backends(5353))}
+    bad_lookup = VipKey("11.0.0.11", 80, "tcp")
+    bad_address = VipKey("11.0.0.300", 80, "tcp")
+    bad_backend = VipKey("11.0.0.12", 80, "tcp")
+    table = dict(good)
+    table[bad_lookup] = VipEntry(bad_lookup, backends(8080), lookup=(0, 7))
+    table[bad_address] = VipEntry(bad_address, backends(8080))
+    table[bad_backend] = VipEntry(bad_backend, (Backend("10.77.0.1", 0),))
+
+    result = dataplane.apply(table)
+    assert result.programmed == set(good)
+    assert "lookup index 7" in result.errors[bad_lookup]
+    assert "11.0.0.300" in result.errors[bad_address]
+    assert "port 0" in result.errors[bad_backend]
+    assert dataplane.current() == {k: VipEntry(k, e.backends, lookup=(0, 1, 2)) for k, e in good.items()}
+
+    dataplane.apply(good)
+    assert dataplane.last_writes == 0
+
+    # One backend swapped: its backend entry, the slot table, and the old backend's removal.
+    swapped = backends(8080)[:2] + (Backend("10.77.0.1", 8081),)
+    dataplane.apply({**good, VIP: VipEntry(VIP, swapped)})
+    assert dataplane.last_writes == 4   # counter reset, new backend, table, deleted backend
+    assert dataplane.current()[VIP].backends == swapped
+
+    result = dataplane.apply({UDP_VIP: good[UDP_VIP]})
+    assert result.removed == {VIP}
+    assert set(dataplane.current()) == {UDP_VIP}
+    assert client(lab, "tcp", VIP, 1)[0]["error"]   # no VIP any more: nothing rewrites it
+
+
+def test_restart_keeps_serving_then_adopts(lab, pins):
+    table = {VIP: VipEntry(VIP, backends(8080)), UDP_VIP: VipEntry(UDP_VIP, backends(5353))}
+    first = EbpfDataplane(lab.cgroup.unified_path, pins)
+    first.apply(table)
+    answered_by(client(lab, "tcp", VIP, 30))
+    counted = first.connection_counts()
+    first.close()   # the agent goes away; programs and maps stay
+
+    assert len(answered_by(client(lab, "tcp", VIP, 30))) == 3
+    assert {r["source"] for r in client(lab, "udp", UDP_VIP, 5)} == {"11.0.0.10:53"}
+
+    second = EbpfDataplane(lab.cgroup.unified_path, pins)
+    try:
+        assert second.current() == {k: VipEntry(k, e.backends, lookup=(0, 1, 2)) for k, e in table.items()}
+        second.apply(table)
+        assert second.last_writes == 0
+        now = second.connection_counts()
+        assert sum(now.values()) == sum(counted.values()) + 30 + 5
+        # The new programs replaced the old ones: one of ours per attach point.
+        attached = loader.attached_programs(lab.cgroup.unified_path)
+        assert sorted(p.attach_point for p in attached) == ["connect4", "getpeername4", "recvmsg4", "sendmsg4"]
+        assert len(answered_by(client(lab, "tcp", VIP, 30))) == 3
+    finally:
+        second.close()
+
+
+def test_detach_all_leaves_nothing(lab, pins):
+    dp = EbpfDataplane(lab.cgroup.unified_path, pins)
+    dp.apply({VIP: VipEntry(VIP, backends(8080))})
+    assert dp.attached() == ["connect4", "getpeername4", "recvmsg4", "sendmsg4"]
+    dp.detach_all()
+    assert loader.attached_programs(lab.cgroup.unified_path) == []
+    assert not pins.exists()
+    assert client(lab, "tcp", VIP, 1)[0]["error"]
+    assert answered_by(client(lab, "tcp", (BACKEND_IPS[0], 8080), 3)) == Counter({"b0": 3})
+
+
+def test_features_switch_attach_points_and_a_layout_change_is_refused(netns, pins):
+    tcp_only = Features(udp=False, peername=False)
+    dp = EbpfDataplane(netns.cgroup.unified_path, pins, features=tcp_only)
+    dp.close()
+    assert [p.attach_point for p in loader.attached_programs(netns.cgroup.unified_path)] == ["connect4"]
+    with pytest.raises(LoaderError, match="nv_maglev"):
+        EbpfDataplane(netns.cgroup.unified_path, pins, features=Features(slots=251))
+
+
+def test_refuses_the_root_cgroup_and_a_pin_dir_off_bpffs(netns):
+    with pytest.raises(LoaderError, match="root cgroup"):
+        EbpfDataplane(netns.cgroup.layout.unified, PIN_ROOT / f"x-{uuid.uuid4().hex[:6]}")
+    with pytest.raises(LoaderError, match="bpffs"):
+        EbpfDataplane(netns.cgroup.unified_path, Path("/tmp") / f"nv-{uuid.uuid4().hex[:6]}")
+
+
+def test_many_vips_round_trip_through_batched_maps(netns, pins):
+    # More entries than one batch chunk in every map, with tables longer than the slot limit.
+    dp = EbpfDataplane(netns.cgroup.unified_path, pins, features=Features(udp=False, peername=False, slots=251))
+    try:
+        table = {}
+        for n in range(1500):
+            key = VipKey(f"11.1.{n // 250}.{n % 250 + 1}", 80, "tcp")
+            members = tuple(Backend(f"10.{n // 250}.{n % 250}.{i}", 8000 + i) for i in range(3))
+            table[key] = VipEntry(key, members, lookup=tuple(i % 3 for i in range(251)))
+        big = VipKey("11.2.0.1", 443, "tcp")
+        table[big] = VipEntry(big, backends(443), lookup=tuple((i * 7) % 3 for i in range(1009)))
+        result = dp.apply(table)
+        assert not result.errors and len(result.programmed) == 1501
+        current = dp.current()
+        assert {k: v for k, v in current.items() if k != big} == {k: v for k, v in table.items() if k != big}
+        sampled = current[big].lookup
+        assert len(sampled) == 251 and Counter(sampled).keys() == {0, 1, 2}
+        assert dp.apply(table).programmed == set(table) and dp.last_writes == 0
+    finally:
+        dp.close()

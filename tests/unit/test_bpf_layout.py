@@ -1,0 +1,87 @@
+"""The ctypes mirror in bpf/maps.py agrees with bpf/lib/layout.h, field by field.
+
+Every size and offset the mirror claims becomes a ``_Static_assert`` compiled against the
+header with clang for the BPF target (the ABI the programs use), so a drifted field fails the
+build with the struct and field named.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from bpf import maps
+
+LIB = Path(maps.__file__).resolve().parent / "lib"
+CLANG = shutil.which("clang")
+
+
+def static_asserts(structs, slots: int) -> str:
+    lines = ["#include <stddef.h>", f"#define NAVSTAR_LB_SLOTS {slots}", '#include "layout.h"']
+    for struct in structs:
+        c_type = f"struct {struct.C_NAME}"
+        lines.append(f'_Static_assert(sizeof({c_type}) == {ctypes.sizeof(struct)}, '
+                     f'"sizeof({c_type}) != {ctypes.sizeof(struct)}");')
+        for name, _ctype in struct._fields_:
+            offset = getattr(struct, name).offset
+            size = getattr(struct, name).size
+            lines.append(f'_Static_assert(offsetof({c_type}, {name}) == {offset}, '
+                         f'"offsetof({c_type}, {name}) != {offset}");')
+            lines.append(f'_Static_assert(sizeof((({c_type} *)0)->{name}) == {size}, '
+                         f'"sizeof({c_type}.{name}) != {size}");')
+    return "\n".join(lines) + "\n"
+
+
+def compile_against_header(source: str) -> subprocess.CompletedProcess:
+    multiarch = sysconfig.get_config_var("MULTIARCH") or "x86_64-linux-gnu"
+    return subprocess.run(
+        [CLANG, "-target", "bpf", "-fsyntax-only", "-I", str(LIB), "-I", f"/usr/include/{multiarch}",
+         "-x", "c", "-"],
+        input=source, capture_output=True, text=True, timeout=60)
+
+
+needs_clang = pytest.mark.skipif(CLANG is None, reason="clang is installed by scripts/setup.sh")
+
+
+@needs_clang
+@pytest.mark.parametrize("slots", [maps.DEFAULT_LB_SLOTS, 251])
+def test_mirror_matches_header(slots):
+    structs = [s for s in maps.STRUCTS if s.C_NAME != "lb4_maglev"] + [maps.maglev_type(slots)]
+    result = compile_against_header(static_asserts(structs, slots))
+    assert result.returncode == 0, result.stderr
+
+
+@needs_clang
+def test_a_drifted_mirror_is_caught():
+    class Drifted(ctypes.Structure):
+        C_NAME = "lb4_backend"
+        _fields_ = [("address", ctypes.c_uint32), ("port", ctypes.c_uint32), ("flags", ctypes.c_uint8)]
+
+    result = compile_against_header(static_asserts([Drifted], maps.DEFAULT_LB_SLOTS))
+    assert result.returncode != 0
+    assert "offsetof(struct lb4_backend, flags) != 8" in result.stderr
+
+
+def test_maglev_table_fits_one_page_with_the_hash_element_header():
+    # layout.h promises this; a bigger default would double the kernel memory per VIP.
+    assert ctypes.sizeof(maps.Lb4Maglev) + 56 <= 4096
+
+
+def test_map_specs_use_the_mirror():
+    specs = maps.map_specs(slots=251, max_services=10)
+    assert set(specs) == {"nv_services", "nv_backends", "nv_maglev", "nv_conns", "nv_revnat"}
+    assert ctypes.sizeof(specs["nv_maglev"].value) == 251 * 4
+    assert specs["nv_maglev"].max_entries == 10
+    assert specs["nv_conns"].percpu and not specs["nv_services"].percpu
+
+
+def test_byte_order_helpers_round_trip():
+    assert maps.from_be32(maps.be32("11.0.0.3")) == "11.0.0.3"
+    assert bytes(ctypes.c_uint32(maps.be32("11.0.0.3"))) == bytes([11, 0, 0, 3])
+    assert bytes(ctypes.c_uint16(maps.be16(8080))) == (8080).to_bytes(2, "big")
+    assert maps.from_be16(maps.be16(53)) == 53
