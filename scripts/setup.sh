@@ -14,7 +14,7 @@ DEBIAN_PACKAGES=(
   iptables nftables ipset conntrack libnetfilter-queue-dev
   bpfcc-tools python3-bpfcc clang llvm bpftool
   iproute2 iputils-ping procps psmisc curl dnsutils
-  nginx-light dnsmasq-base dnsperf
+  nginx-light dnsmasq-base dnsperf iperf3
   python3-venv python3-dev build-essential
 )
 
