@@ -1,0 +1,276 @@
+"""The handler chain end to end on raw packets, through DnsService with a fake upstream transport."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import namedtuple
+
+import httpx
+import pytest
+from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSRecord
+from prometheus_client import CollectorRegistry, generate_latest
+from starlette.applications import Starlette
+
+from spartan_dns.service import DnsService
+from spartan_dns.upstream import Upstream
+
+Record = namedtuple("Record", "name rtype value")
+LOCAL = ("127.0.0.1", 40000)
+VIP = "web.marathon.l4lb.thisdcos.directory"
+RECORDS = [
+    Record("web.marathon.mesos.", "A", "9.0.1.5"),
+    Record("web.marathon.slave.mesos.", "A", "198.18.0.11"),
+    Record("web-abcde-s1.marathon.mesos.", "A", "9.0.1.5"),
+    Record("_web._tcp.marathon.mesos.", "SRV", "web-abcde-s1.marathon.mesos.:80"),
+    Record("leader.mesos.", "A", "198.18.0.2"),
+]
+
+
+class FakeUpstream:
+    """Answers every A question with 10.9.9.9 (TTL 60) unless told to be silent or to fail."""
+
+    def __init__(self) -> None:
+        self.mode = "answer"
+        self.asked: list[str] = []
+
+    async def exchange(self, upstream: Upstream, query: bytes) -> bytes:
+        request = DNSRecord.parse(query)
+        self.asked.append(str(request.q.qname))
+        if self.mode == "silent":
+            await asyncio.sleep(3600)
+        if self.mode == "down":
+            raise ConnectionRefusedError("port unreachable")
+        reply = request.reply()
+        if str(request.q.qname).startswith("missing."):
+            reply.header.rcode = RCODE.NXDOMAIN
+        else:
+            reply.add_answer(RR(request.q.qname, QTYPE.A, ttl=60, rdata=A("10.9.9.9")))
+        return bytes(reply.pack())
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def upstream() -> FakeUpstream:
+    return FakeUpstream()
+
+
+@pytest.fixture
+def service(upstream) -> DnsService:
+    svc = DnsService(listen=["127.0.0.1"], port=0, upstreams=["10.0.0.53"],
+                     forward_zones={"corp.example": ["10.0.0.54"]}, node_ip="198.18.0.11",
+                     upstream_timeout=0.1, overall_timeout=0.3, max_inflight=3, transport=upstream,
+                     registry=None)
+    svc.set_vips({VIP: "11.0.0.1"})
+    return svc
+
+
+def packet(name: str, qtype: str = "A", qid: int = 4242, edns: int | None = None, qclass: str = "IN") -> bytes:
+    q = DNSRecord.question(name, qtype, qclass)
+    q.header.id = qid
+    if edns is not None:
+        q.add_ar(EDNS0(udp_len=edns))
+    return bytes(q.pack())
+
+
+async def ask(service: DnsService, data: bytes, client=LOCAL, tcp: bool = False) -> DNSRecord | None:
+    result = service.server.process(data, client, tcp, time.monotonic())
+    if result is not None and not isinstance(result, bytes):
+        result = await result
+    return None if result is None else DNSRecord.parse(result)
+
+
+def addresses(reply: DNSRecord) -> list[str]:
+    return [str(rr.rdata) for rr in reply.rr]
+
+
+async def test_own_zones_answer_locally(service):
+    assert addresses(await ask(service, packet(VIP))) == ["11.0.0.1"]
+    assert addresses(await ask(service, packet("ready.spartan"))) == ["127.0.0.1"]
+    assert addresses(await ask(service, packet("thisnode.thisdcos.directory"))) == ["198.18.0.11"]
+    missing = await ask(service, packet("nope.marathon.l4lb.thisdcos.directory"))
+    assert missing.header.rcode == RCODE.NXDOMAIN and QTYPE[missing.auth[0].rtype] == "SOA"
+
+
+async def test_vip_changes_are_seen_by_the_next_query(service):
+    assert addresses(await ask(service, packet(VIP))) == ["11.0.0.1"]
+    assert service.server.replay                          # the answer is stored for replay
+    service.set_vips({VIP: "11.0.0.2"})
+    assert not service.server.replay                      # …and forgotten on change
+    assert addresses(await ask(service, packet(VIP))) == ["11.0.0.2"]
+    service.set_vips({})
+    assert (await ask(service, packet(VIP))).header.rcode == RCODE.NXDOMAIN
+
+
+async def test_bad_vip_input_raises_and_changes_nothing(service):
+    with pytest.raises(ValueError, match="not an IP"):
+        service.set_vips({VIP: "11.0.0.3", "x.marathon.l4lb.thisdcos.directory": "nope"})
+    assert addresses(await ask(service, packet(VIP))) == ["11.0.0.1"]
+
+
+async def test_mesos_records_mirror_and_dcos_zone(service):
+    service.set_mesos_records(RECORDS)
+    service.set_masters("198.18.0.2", ["198.18.0.2"])
+    assert addresses(await ask(service, packet("web.marathon.mesos"))) == ["9.0.1.5"]
+    assert addresses(await ask(service, packet("web.marathon.mesos.thisdcos.directory"))) == ["9.0.1.5"]
+    assert addresses(await ask(service, packet("web.marathon.agentip.dcos.thisdcos.directory"))) == ["198.18.0.11"]
+    assert addresses(await ask(service, packet("web.marathon.autoip.dcos.thisdcos.directory"))) == ["9.0.1.5"]
+    assert addresses(await ask(service, packet("leader.dcos.thisdcos.directory"))) == ["198.18.0.2"]
+    srv = await ask(service, packet("_web._tcp.marathon.mesos", "SRV"))
+    assert [rr.rdata.port for rr in srv.rr] == [80] and addresses(srv)[0].startswith("0 0 80")
+    assert [str(rr.rdata) for rr in srv.ar if rr.rtype == QTYPE.A] == ["9.0.1.5"]
+
+
+async def test_multi_record_answers_rotate_on_replay(service):
+    names = {f"a{i}.marathon.l4lb.thisdcos.directory": f"11.0.0.{i}" for i in range(1, 4)}
+    service.set_mesos_records([Record("multi.marathon.mesos.", "A", f"9.0.0.{i}") for i in range(1, 4)])
+    service.set_vips(names)
+    first = addresses(await ask(service, packet("multi.marathon.mesos")))
+    entry = service.server.replay[packet("multi.marathon.mesos")[2:]]
+    orders = [addresses(DNSRecord.parse(b"\x10\x92" + tail)) for tail in entry.tails]
+    assert orders[0] == first and len({tuple(o) for o in orders}) == 3
+
+
+async def test_non_local_clients_get_no_answer(service):
+    assert await ask(service, packet(VIP), client=("203.0.113.5", 53)) is None
+    assert service.metrics.dropped == {"client": 1}
+    assert addresses(await ask(service, packet(VIP), client=("9.0.1.5", 53))) == ["11.0.0.1"]   # task network
+
+
+async def test_forwarded_answers_are_cached(service, upstream):
+    first = await ask(service, packet("www.example.com"))
+    second = await ask(service, packet("www.example.com", qid=7))
+    assert addresses(first) == addresses(second) == ["10.9.9.9"]
+    assert second.header.id == 7 and second.header.aa == 0
+    assert upstream.asked == ["www.example.com."]
+    sources = {key[3] for key in service.metrics.requests}
+    assert {"upstream", "cache"} <= sources
+
+
+async def test_upstream_nxdomain_passes_through(service):
+    assert (await ask(service, packet("missing.example.com"))).header.rcode == RCODE.NXDOMAIN
+
+
+async def test_upstream_failure_is_servfail_never_nxdomain(service, upstream):
+    upstream.mode = "down"
+    reply = await ask(service, packet("www.example.org"))
+    assert reply.header.rcode == RCODE.SERVFAIL
+
+
+async def test_stale_answer_is_served_when_upstreams_fail(service, upstream):
+    clock = Clock()
+    service.forward.clock = clock
+    await ask(service, packet("www.example.net"))
+    clock.now += 120                                       # TTL 60 has run out
+    upstream.mode = "silent"
+    stale = await ask(service, packet("www.example.net"))
+    assert addresses(stale) == ["10.9.9.9"] and stale.rr[0].ttl == 30
+    asked = len(upstream.asked)
+    again = service.server.process(packet("www.example.net"), LOCAL, False, time.monotonic())
+    assert isinstance(again, bytes)                        # within the recheck window: stale at once
+    assert len(upstream.asked) == asked
+
+
+async def test_identical_questions_in_flight_share_one_upstream_query(service, upstream):
+    replies = await asyncio.gather(*(ask(service, packet("same.example.com", qid=i)) for i in range(5)))
+    assert [r.header.id for r in replies] == list(range(5))
+    assert upstream.asked == ["same.example.com."]
+
+
+async def test_inflight_cap_answers_servfail_at_once(service, upstream):
+    upstream.mode = "silent"
+    waiting = [service.server.process(packet(f"n{i}.example.com"), LOCAL, False, time.monotonic()) for i in range(3)]
+    over = service.server.process(packet("n4.example.com"), LOCAL, False, time.monotonic())
+    assert isinstance(over, bytes) and DNSRecord.parse(over).header.rcode == RCODE.SERVFAIL
+    assert service.metrics.dropped["inflight"] == 1
+    for reply in await asyncio.gather(*waiting):
+        assert DNSRecord.parse(reply).header.rcode == RCODE.SERVFAIL
+
+
+async def test_forward_zone_uses_its_own_upstreams(service, upstream):
+    route = service.forward.route("host.corp.example")
+    assert route == ("corp.example", [Upstream("10.0.0.54")])
+    assert service.forward.route("www.example.com")[0] == "."
+
+
+async def test_guard_rejects_classes_transfers_and_edns_versions(service):
+    assert (await ask(service, packet("ready.spartan", qclass="CH"))).header.rcode == RCODE.NOTIMP
+    assert (await ask(service, packet("mesos", "AXFR"))).header.rcode == RCODE.REFUSED
+    q = DNSRecord.question("ready.spartan")
+    q.add_ar(EDNS0(udp_len=1232, version=1))
+    reply = await ask(service, bytes(q.pack()))
+    assert reply.ar[0].rtype == QTYPE.OPT and (reply.ar[0].ttl >> 24) == 1      # BADVERS = 16
+
+
+async def test_malformed_packets_get_formerr_and_the_server_goes_on(service):
+    reply = await ask(service, packet(VIP)[:15])
+    assert reply.header.rcode == RCODE.FORMERR
+    assert addresses(await ask(service, packet(VIP))) == ["11.0.0.1"]
+
+
+async def test_udp_listener_replays_stored_answers_with_the_id_patched(service):
+    await service.start()
+    try:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            sock.connect(service.addresses[0])
+            for qid in (1, 2, 3):
+                await loop.sock_sendall(sock, packet(VIP.upper(), qid=qid))
+                reply = DNSRecord.parse(await asyncio.wait_for(loop.sock_recv(sock, 4096), 2))
+                assert reply.header.id == qid and str(reply.q.qname) == VIP.upper() + "."
+                assert addresses(reply) == ["11.0.0.1"]
+        finally:
+            sock.close()
+        counted = sum(n for key, n in service.metrics.requests.items() if key[0] == "l4lb.thisdcos.directory")
+        assert counted == 3
+    finally:
+        await service.stop()
+
+
+def test_metrics_are_exported_with_navstar_dns_names(service):
+    registry = CollectorRegistry()
+    registry.register(service.metrics)
+    text = generate_latest(registry).decode()
+    for name in ("navstar_dns_requests_total", "navstar_dns_request_duration_seconds_bucket",
+                 "navstar_dns_cache_hits_total", "navstar_dns_cache_misses_total",
+                 "navstar_dns_upstream_failures_total", 'navstar_dns_zone_records{zone="l4lb.thisdcos.directory"} 1.0'):
+        assert name in text
+
+
+async def test_http_api_in_mesos_dns_shapes(service):
+    service.set_mesos_records(RECORDS)
+    app = Starlette(routes=service.http_routes())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://agent") as client:
+        assert (await client.get("/v1/version")).json()["Service"] == "Mesos-DNS"
+        assert (await client.get(f"/v1/hosts/{VIP}")).json() == [{"host": VIP + ".", "ip": "11.0.0.1"}]
+        assert (await client.get("/v1/hosts/nope.mesos")).json() == [{"host": "", "ip": ""}]
+        assert (await client.get("/v1/services/_web._tcp.marathon.mesos.")).json() == [
+            {"service": "_web._tcp.marathon.mesos.", "host": "web-abcde-s1.marathon.mesos.", "ip": "9.0.1.5",
+             "port": "80"}]
+        bad = await client.get("/v1/hosts/" + "x" * 70 + ".mesos")
+        assert bad.status_code == 400 and "label" in bad.json()["error"]
+        records = (await client.get("/v1/records")).json()
+    assert {"name": "leader.mesos.", "rtype": "A", "value": "198.18.0.2"} in records
+    assert {"name": VIP + ".", "rtype": "A", "value": "11.0.0.1"} in records
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"listen": ["not-an-ip"]}, "listen"),
+    ({"node_ip": "x"}, "node_ip"),
+    ({"upstreams": ["dns.example"]}, "upstream"),
+    ({"forward_zones": {"corp": []}}, "forward_zones"),
+    ({"allowed_clients": ["10.0.0.0/33"]}, "allowed_clients"),
+])
+def test_bad_configuration_is_a_clear_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DnsService(**{"upstreams": [], "registry": None, **kwargs})
