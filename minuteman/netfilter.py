@@ -1,0 +1,511 @@
+"""The netfilter seam of the NFQUEUE dataplane: ipsets, rules, VIP routes and conntrack entries.
+
+``Netfilter`` is the protocol; ``KernelNetfilter`` the real one (pyroute2's netlink message
+classes for conntrack and ipset, pyroute2 IPRoute for routes, iptables-nft for the few rules);
+``FakeNetfilter`` keeps it all in memory for tests.
+
+Kernel state it owns, all in the node's network namespace:
+
+* ipset ``navstar-mm-vips`` (``hash:ip,port``, members ``11.0.0.1,tcp:80``): the VIPs;
+* ipset ``navstar-mm-udp`` (``hash:ip,port,ip`` with timeout): UDP flows already balanced
+  (client ip, client port, VIP) — raw sees every datagram, not just a flow's first;
+* raw chain ``NAVSTAR-MM`` (from PREROUTING and OUTPUT): the first SYN, and UDP datagrams of
+  flows not yet in ``navstar-mm-udp``, to a VIP go to the queue (``--queue-bypass``: if no agent
+  listens the packet goes on un-NATed …);
+* filter chain ``NAVSTAR-MM-REJECT`` (from INPUT, FORWARD, OUTPUT): … and a new VIP flow that was
+  not DNATed is rejected at once (TCP reset / ICMP port unreachable) instead of hanging;
+* nat chain ``NAVSTAR-MM-NAT`` (empty, from PREROUTING, OUTPUT, POSTROUTING): its presence
+  registers the NAT hooks, which apply the NAT of the conntrack entries the agent creates;
+* ``local <vip>/32 dev lo`` routes (protocol 211) so VIP packets reach the hooks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+import subprocess
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
+
+from pyroute2 import IPRoute
+from pyroute2.netlink import NETLINK_NETFILTER, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK, NFNL_SUBSYS_IPSET
+from pyroute2.netlink.nfnetlink.ipset import IPSET_CMD_ADD, IPSET_CMD_DEL, ipset_msg
+from pyroute2.netlink.nfnetlink.nfctsocket import (
+    IPCTNL_MSG_CT_GET,
+    IPCTNL_MSG_CT_NEW,
+    NFCTAttrTuple,
+    nfct_msg,
+)
+
+from minuteman.dataplane import Backend, Protocol_, VipKey
+
+VIP_SET = "navstar-mm-vips"
+UDP_FLOW_SET = "navstar-mm-udp"
+RAW_CHAIN = "NAVSTAR-MM"
+REJECT_CHAIN = "NAVSTAR-MM-REJECT"
+NAT_CHAIN = "NAVSTAR-MM-NAT"
+ROUTE_PROTO = 211          # marks the VIP routes as ours (rtm_protocol)
+UDP_FLOW_TIMEOUT = 20      # s; below conntrack's 30 s for unreplied UDP, so the entry outlives it
+FLOW_TIMEOUT = 120         # s; the created entry's life until its first packet sets the real one
+
+IPPROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
+IPS_SEEN_REPLY = 1 << 1
+IPS_ASSURED = 1 << 2
+TCP_CONNTRACK_CLOSE = 7
+IPSET_PROTOCOL = 6
+NFNLGRP_CONNTRACK_DESTROY = 3
+_EEXIST = 17
+IPSET_ERR_EXIST = 4103
+
+
+class NetfilterError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Flow:
+    protocol: Protocol_
+    src: str
+    sport: int
+    dst: str
+    dport: int
+
+
+@dataclass(frozen=True)
+class FlowState:
+    seen_reply: bool
+    assured: bool
+    tcp_state: int | None = None
+
+    @property
+    def answered(self) -> bool:
+        """The backend answered with something other than a refusal (a reset to the SYN)."""
+        refused = self.tcp_state == TCP_CONNTRACK_CLOSE and not self.assured
+        return self.seen_reply and not refused
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    oif: int          # interface towards the backend
+    src: str          # this node's address on that route (for hairpin SNAT)
+
+
+class Netfilter(Protocol):
+    def ensure_base(self, queue: int) -> None:
+        """ipsets, chains and rules in place (idempotent: no writes when they already are)."""
+
+    def remove_base(self) -> None:
+        """Remove every rule, chain, ipset and route created here (idempotent)."""
+
+    def vip_members(self) -> set[VipKey]:
+        """The VIPs in the ipset."""
+
+    def update_vips(self, add: Iterable[VipKey], remove: Iterable[VipKey]) -> dict[VipKey, str]:
+        """Add and remove ipset members; returns errors by VIP."""
+
+    def set_routes(self, addresses: set[str]) -> dict[str, str]:
+        """Exactly these VIP addresses have our local routes; returns errors by address."""
+
+    def create_flow(self, flow: Flow, backend: Backend, snat: str | None = None) -> bool:
+        """A conntrack entry that DNATs ``flow`` to ``backend`` (and SNATs to ``snat``).
+        False if the flow already has one; raises NetfilterError otherwise."""
+
+    def flow_state(self, flow: Flow) -> FlowState | None:
+        """The conntrack entry of ``flow`` (None: there is none)."""
+
+    def remember_udp_flow(self, flow: Flow) -> None:
+        """Let the rest of this UDP flow skip the queue."""
+
+    def route_to(self, ip: str) -> RouteInfo | None:
+        """How this node reaches ``ip`` (None: unreachable)."""
+
+    def closed_flows(self) -> list[Flow]:
+        """Flows whose conntrack entry ended since the last call (subscribes on the first call)."""
+
+
+T = TypeVar("T")
+
+
+class _Netlink:
+    """Request/ack over one NETLINK_NETFILTER socket, messages encoded by pyroute2's classes.
+
+    Synchronous on purpose: ctnetlink and ipset answer within the send call, and pyroute2's own
+    sync API cannot run inside the agent's asyncio loop."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((0, 0))
+        self.seq = 0
+        self.lock = threading.Lock()
+
+    def _encode(self, msg, subsys: int, kind: int, flags: int) -> bytes:
+        self.seq += 1
+        msg["nfgen_family"] = socket.AF_INET
+        msg["header"]["type"] = (subsys << 8) | kind
+        msg["header"]["flags"] = flags
+        msg["header"]["sequence_number"] = self.seq
+        msg.encode()
+        return msg.data
+
+    def batch(self, msgs: list, subsys: int, kind: int, flags: int) -> list[int]:
+        """Send every message with an ack request; the errno of each (0 = ok), in order."""
+        results: list[int] = []
+        with self.lock:
+            for start in range(0, len(msgs), 256):      # bounded so acks never overflow the socket
+                chunk = msgs[start:start + 256]
+                first = self.seq + 1
+                self.sock.send(b"".join(self._encode(m, subsys, kind, flags | NLM_F_ACK) for m in chunk))
+                acks: dict[int, int] = {}
+                while len(acks) < len(chunk):
+                    data = self.sock.recv(1 << 20)
+                    offset = 0
+                    while offset < len(data):
+                        length, mtype, _, seq = struct.unpack_from("=IHHI", data, offset)
+                        if mtype == 2:     # NLMSG_ERROR: errno (negative) or 0 for the ack
+                            acks[seq] = -struct.unpack_from("=i", data, offset + 16)[0]
+                        offset += (length + 3) & ~3
+                results.extend(acks.get(first + i, 0) for i in range(len(chunk)))
+        return results
+
+    def get(self, msg, subsys: int, kind: int):
+        """One GET: the decoded answer, or None if the kernel said ENOENT."""
+        with self.lock:
+            self.sock.send(self._encode(msg, subsys, kind, NLM_F_REQUEST | NLM_F_ACK))
+            answer = None
+            while True:
+                data = self.sock.recv(1 << 16)
+                offset = 0
+                while offset < len(data):
+                    length, mtype, _, _ = struct.unpack_from("=IHHI", data, offset)
+                    if mtype == 2:
+                        errno = -struct.unpack_from("=i", data, offset + 16)[0]
+                        if errno and errno != 2:
+                            raise NetfilterError(f"netlink error {errno}")
+                        return answer
+                    reply = nfct_msg(data[offset:offset + length])
+                    reply.decode()
+                    answer = reply
+                    offset += (length + 3) & ~3
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _tuple(flow: Flow, reverse: bool = False) -> NFCTAttrTuple:
+    if reverse:
+        return NFCTAttrTuple(saddr=flow.dst, daddr=flow.src, proto=IPPROTO[flow.protocol],
+                             sport=flow.dport, dport=flow.sport)
+    return NFCTAttrTuple(saddr=flow.src, daddr=flow.dst, proto=IPPROTO[flow.protocol],
+                         sport=flow.sport, dport=flow.dport)
+
+
+def _nat(ip: str, port: int | None = None) -> dict:
+    attrs: list = [["CTA_NAT_V4_MINIP", ip], ["CTA_NAT_V4_MAXIP", ip]]
+    if port is not None:
+        attrs.append(["CTA_NAT_PROTO", {"attrs": [["CTA_PROTONAT_PORT_MIN", port],
+                                                  ["CTA_PROTONAT_PORT_MAX", port]]}])
+    return {"attrs": attrs}
+
+
+def _ipset_member(set_name: str, key: VipKey) -> ipset_msg:
+    msg = ipset_msg()
+    msg["attrs"] = [
+        ["IPSET_ATTR_PROTOCOL", IPSET_PROTOCOL],
+        ["IPSET_ATTR_SETNAME", set_name],
+        ["IPSET_ATTR_DATA", {"attrs": [
+            ["IPSET_ATTR_IP", {"attrs": [["IPSET_ATTR_IPADDR_IPV4", key.address]]}],
+            ["IPSET_ATTR_PORT", key.port],
+            ["IPSET_ATTR_PROTO", IPPROTO[key.protocol]],
+        ]}],
+    ]
+    return msg
+
+
+def _run(*argv: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(argv, input=stdin, capture_output=True, text=True)
+    if check and done.returncode != 0:
+        raise NetfilterError(f"{' '.join(argv[:3])}…: {done.stderr.strip() or done.stdout.strip()}")
+    return done
+
+
+class KernelNetfilter:
+    """The real seam; must be created in (and used from) the node's network namespace."""
+
+    def __init__(self, node_ip: str | None = None) -> None:
+        self.node_ip = node_ip
+        self._netlink = _Netlink()
+        # pyroute2's sync API runs its own event loop: keep it on a thread of its own.
+        self._pyroute2 = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pyroute2")
+        self._ipr: IPRoute | None = None
+        self._events: socket.socket | None = None
+
+    def _route_call(self, fn: Callable[[IPRoute], T]) -> T:
+        def call() -> T:
+            if self._ipr is None:
+                self._ipr = IPRoute()
+            return fn(self._ipr)
+        return self._pyroute2.submit(call).result()
+
+    # -- rules and sets -------------------------------------------------------------------
+    def _rules(self, queue: int) -> dict[str, dict[str, list[str]]]:
+        q = f"-j NFQUEUE --queue-num {queue} --queue-bypass"
+        vip, udp = f"-m set --match-set {VIP_SET} dst,dst", f"-m set --match-set {UDP_FLOW_SET} src,src,dst"
+        return {
+            "raw": {RAW_CHAIN: [
+                f"-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN {vip} {q}",
+                f"-p udp {udp} -j SET --add-set {UDP_FLOW_SET} src,src,dst --exist",
+                f"-p udp {udp} -j RETURN",
+                f"-p udp {vip} {q}",
+            ], "from": ["PREROUTING", "OUTPUT"]},
+            "filter": {REJECT_CHAIN: [
+                f"-p tcp {vip} -m conntrack --ctstate NEW -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset",
+                f"{vip} -m conntrack --ctstate NEW -m conntrack ! --ctstate DNAT -j REJECT --reject-with icmp-port-unreachable",
+            ], "from": ["INPUT", "FORWARD", "OUTPUT"]},
+            "nat": {NAT_CHAIN: [], "from": ["PREROUTING", "OUTPUT", "POSTROUTING"]},
+        }
+
+    def ensure_base(self, queue: int) -> None:
+        _run("ipset", "create", VIP_SET, "hash:ip,port", "maxelem", "1048576", "-exist")
+        _run("ipset", "create", UDP_FLOW_SET, "hash:ip,port,ip", "timeout", str(UDP_FLOW_TIMEOUT),
+             "maxelem", "1048576", "-exist")
+        for table, spec in self._rules(queue).items():
+            parents = spec.pop("from")
+            (chain, rules), = spec.items()
+            want = [f"-A {chain} {rule}" for rule in rules]
+            have = _run("iptables", "-w", "-t", table, "-S", chain, check=False)
+            if have.returncode != 0 or _normalised(have.stdout, chain) != [_squash(r) for r in want]:
+                text = f"*{table}\n:{chain} - [0:0]\n" + "".join(f"{r}\n" for r in want) + "COMMIT\n"
+                _run("iptables-restore", "-w", "--noflush", stdin=text)
+            for parent in parents:
+                if _run("iptables", "-w", "-t", table, "-C", parent, "-j", chain, check=False).returncode != 0:
+                    _run("iptables", "-w", "-t", table, "-I", parent, "1", "-j", chain)
+
+    def remove_base(self) -> None:
+        for table, spec in self._rules(0).items():
+            parents = spec.pop("from")
+            (chain, _), = spec.items()
+            for parent in parents:
+                while _run("iptables", "-w", "-t", table, "-D", parent, "-j", chain, check=False).returncode == 0:
+                    pass
+            _run("iptables", "-w", "-t", table, "-F", chain, check=False)
+            _run("iptables", "-w", "-t", table, "-X", chain, check=False)
+        self.set_routes(set())
+        for name in (VIP_SET, UDP_FLOW_SET):
+            _run("ipset", "destroy", name, check=False)
+
+    def vip_members(self) -> set[VipKey]:
+        done = _run("ipset", "save", VIP_SET, check=False)
+        members = set()
+        for line in done.stdout.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "add":
+                address, proto_port = parts[2].split(",", 1)
+                proto, port = proto_port.split(":")
+                if proto in IPPROTO:
+                    members.add(VipKey(address, int(port), proto))
+        return members
+
+    def update_vips(self, add: Iterable[VipKey], remove: Iterable[VipKey]) -> dict[VipKey, str]:
+        errors: dict[VipKey, str] = {}
+        for keys, cmd, flags in ((list(remove), IPSET_CMD_DEL, NLM_F_REQUEST),
+                                 (list(add), IPSET_CMD_ADD, NLM_F_REQUEST | NLM_F_CREATE)):
+            codes = self._netlink.batch([_ipset_member(VIP_SET, k) for k in keys], NFNL_SUBSYS_IPSET, cmd, flags)
+            for key, code in zip(keys, codes, strict=True):
+                if code and code not in (_EEXIST, IPSET_ERR_EXIST):   # already there / already gone
+                    errors[key] = f"ipset {'add' if cmd == IPSET_CMD_ADD else 'del'} failed: errno {code}"
+        return errors
+
+    def set_routes(self, addresses: set[str]) -> dict[str, str]:
+        def sync(ipr: IPRoute) -> dict[str, str]:
+            lo = ipr.link_lookup(ifname="lo")[0]
+            have = {r.get_attr("RTA_DST") for r in ipr.get_routes(table=255, proto=ROUTE_PROTO)}
+            errors = {}
+            for address in have - addresses:
+                ipr.route("del", dst=f"{address}/32", table=255, type="local", proto=ROUTE_PROTO, oif=lo)
+            for address in sorted(addresses - have):
+                extra = {"prefsrc": self.node_ip} if self.node_ip else {}
+                try:
+                    ipr.route("add", dst=f"{address}/32", table=255, type="local", proto=ROUTE_PROTO,
+                              oif=lo, scope=254, **extra)
+                except Exception as exc:   # pyroute2 raises NetlinkError; one bad route is one error
+                    errors[address] = f"route {address}: {exc}"
+            return errors
+        return self._route_call(sync)
+
+    # -- flows ----------------------------------------------------------------------------
+    def create_flow(self, flow: Flow, backend: Backend, snat: str | None = None) -> bool:
+        attrs = {"tuple_orig": _tuple(flow), "tuple_reply": _tuple(flow, reverse=True),
+                 "timeout": FLOW_TIMEOUT, "nat_dst": _nat(backend.ip, backend.port)}
+        if snat:
+            attrs["nat_src"] = _nat(snat)
+        msg = nfct_msg.create_from(**attrs)
+        code, = self._netlink.batch([msg], NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW,
+                                    NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL)
+        if code == _EEXIST:
+            return False
+        if code:
+            raise NetfilterError(f"conntrack create {flow} → {backend}: errno {code}")
+        return True
+
+    def flow_state(self, flow: Flow) -> FlowState | None:
+        answer = self._netlink.get(nfct_msg.create_from(tuple_orig=_tuple(flow)),
+                                   NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_GET)
+        if answer is None:
+            return None
+        status = answer.get_attr("CTA_STATUS") or 0
+        info = answer.get_attr("CTA_PROTOINFO")
+        tcp = info.get_attr("CTA_PROTOINFO_TCP") if info is not None else None
+        return FlowState(bool(status & IPS_SEEN_REPLY), bool(status & IPS_ASSURED),
+                         tcp.get_attr("CTA_PROTOINFO_TCP_STATE") if tcp is not None else None)
+
+    def remember_udp_flow(self, flow: Flow) -> None:
+        msg = ipset_msg()
+        msg["attrs"] = [
+            ["IPSET_ATTR_PROTOCOL", IPSET_PROTOCOL],
+            ["IPSET_ATTR_SETNAME", UDP_FLOW_SET],
+            ["IPSET_ATTR_DATA", {"attrs": [
+                ["IPSET_ATTR_IP", {"attrs": [["IPSET_ATTR_IPADDR_IPV4", flow.src]]}],
+                ["IPSET_ATTR_PORT", flow.sport],
+                ["IPSET_ATTR_PROTO", socket.IPPROTO_UDP],
+                ["IPSET_ATTR_IP2", {"attrs": [["IPSET_ATTR_IPADDR_IPV4", flow.dst]]}],
+            ]}],
+        ]
+        self._netlink.batch([msg], NFNL_SUBSYS_IPSET, IPSET_CMD_ADD, NLM_F_REQUEST | NLM_F_CREATE)
+
+    def route_to(self, ip: str) -> RouteInfo | None:
+        def lookup(ipr: IPRoute) -> RouteInfo | None:
+            try:
+                route, = ipr.route("get", dst=ip)
+            except Exception:     # unreachable: no route
+                return None
+            return RouteInfo(route.get_attr("RTA_OIF"), route.get_attr("RTA_PREFSRC") or self.node_ip or "")
+        return self._route_call(lookup)
+
+    def closed_flows(self) -> list[Flow]:
+        if self._events is None:
+            self._events = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+            self._events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            self._events.bind((0, 1 << (NFNLGRP_CONNTRACK_DESTROY - 1)))
+            self._events.setblocking(False)
+        flows = []
+        while True:
+            try:
+                data = self._events.recv(1 << 20)
+            except BlockingIOError:
+                return flows
+            except OSError:      # ENOBUFS: events were lost; the counts heal as flows end
+                continue
+            offset = 0
+            while offset < len(data):
+                length = struct.unpack_from("=I", data, offset)[0]
+                msg = nfct_msg(data[offset:offset + length])
+                msg.decode()
+                offset += (length + 3) & ~3
+                flow = _flow_of(msg)
+                if flow is not None:
+                    flows.append(flow)
+
+    def close(self) -> None:
+        self._netlink.close()
+        if self._events is not None:
+            self._events.close()
+
+        def shut() -> None:
+            if self._ipr is not None:
+                self._ipr.close()
+        self._pyroute2.submit(shut).result()
+        self._pyroute2.shutdown()
+
+
+def _flow_of(msg) -> Flow | None:
+    orig = msg.get_attr("CTA_TUPLE_ORIG")
+    if orig is None:
+        return None
+    ip, proto = orig.get_attr("CTA_TUPLE_IP"), orig.get_attr("CTA_TUPLE_PROTO")
+    protocol = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}.get(proto.get_attr("CTA_PROTO_NUM"))
+    if protocol is None:
+        return None
+    return Flow(protocol, ip.get_attr("CTA_IP_V4_SRC"), proto.get_attr("CTA_PROTO_SRC_PORT"),
+                ip.get_attr("CTA_IP_V4_DST"), proto.get_attr("CTA_PROTO_DST_PORT"))
+
+
+def _squash(rule: str) -> str:
+    return " ".join(rule.split())
+
+
+def _normalised(listing: str, chain: str) -> list[str]:
+    return [_squash(line) for line in listing.splitlines() if line.startswith(f"-A {chain} ")]
+
+
+@dataclass
+class FakeNetfilter:
+    """In memory: what ``KernelNetfilter`` would hold, with routes given by ``routes``."""
+
+    base: bool = False
+    queue: int | None = None
+    members: set[VipKey] = field(default_factory=set)
+    routes: set[str] = field(default_factory=set)
+    flows: dict[Flow, tuple[Backend, str | None]] = field(default_factory=dict)
+    states: dict[Flow, FlowState] = field(default_factory=dict)
+    udp_flows: set[Flow] = field(default_factory=set)
+    neighbours: dict[str, RouteInfo] = field(default_factory=dict)
+    closed: list[Flow] = field(default_factory=list)
+    writes: int = 0
+
+    def ensure_base(self, queue: int) -> None:
+        if not self.base or self.queue != queue:
+            self.base, self.queue = True, queue
+            self.writes += 1
+
+    def remove_base(self) -> None:
+        self.base, self.members, self.routes = False, set(), set()
+
+    def vip_members(self) -> set[VipKey]:
+        return set(self.members)
+
+    def update_vips(self, add: Iterable[VipKey], remove: Iterable[VipKey]) -> dict[VipKey, str]:
+        for key in remove:
+            self.members.discard(key)
+            self.writes += 1
+        for key in add:
+            self.members.add(key)
+            self.writes += 1
+        return {}
+
+    def set_routes(self, addresses: set[str]) -> dict[str, str]:
+        if addresses != self.routes:
+            self.routes = set(addresses)
+            self.writes += 1
+        return {}
+
+    def create_flow(self, flow: Flow, backend: Backend, snat: str | None = None) -> bool:
+        if flow in self.flows:
+            return False
+        self.flows[flow] = (backend, snat)
+        return True
+
+    def flow_state(self, flow: Flow) -> FlowState | None:
+        return self.states.get(flow)
+
+    def remember_udp_flow(self, flow: Flow) -> None:
+        self.udp_flows.add(flow)
+
+    def route_to(self, ip: str) -> RouteInfo | None:
+        if ip in self.neighbours:
+            return self.neighbours[ip]
+        return RouteInfo(1, "10.0.0.1") if ipaddress.ip_address(ip) else None
+
+    def closed_flows(self) -> list[Flow]:
+        done, self.closed = self.closed, []
+        for flow in done:
+            self.flows.pop(flow, None)
+        return done
+
+    def close(self) -> None:
+        pass

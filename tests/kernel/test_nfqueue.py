@@ -1,0 +1,284 @@
+"""The NFQUEUE dataplane against the real kernel.
+
+Topology (all namespaces made here, removed after): the node (the ``netns`` fixture) routes
+between three backend namespaces and a client namespace over veth pairs; the agent
+(``python -m minuteman.nfqueue``) runs in the node and serves VIP 11.0.0.1:80 (TCP) and :53 (UDP)
+for backends b1..b3, which answer with their own name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from control.view import AgentInfo, ClusterView, TaskInfo, TaskPort
+
+NODE_IP = "10.77.0.1"
+VIP = "11.0.0.1"
+BACKENDS = {"b1": "10.77.1.2", "b2": "10.77.2.2", "b3": "10.77.3.2"}
+CLIENT_IP = "10.77.9.2"
+API = "127.0.0.1:62999"
+
+# A backend: TCP port 8080 says its name then echoes lines; UDP port 5353 answers its name.
+SERVER = r"""
+import asyncio, socket, sys
+name = sys.argv[1]
+class Udp(asyncio.DatagramProtocol):
+    def connection_made(self, t): self.t = t
+    def datagram_received(self, data, addr): self.t.sendto(name.encode(), addr)
+async def echo(reader, writer):
+    writer.write(f"{name}\n".encode())
+    while line := await reader.readline():
+        writer.write(line)
+        await writer.drain()
+    writer.close()
+async def main():
+    server = await asyncio.start_server(echo, "0.0.0.0", 8080)
+    await asyncio.get_running_loop().create_datagram_endpoint(Udp, local_addr=("0.0.0.0", 5353))
+    print("listening", flush=True)
+    async with server:
+        await server.serve_forever()
+asyncio.run(main())
+"""
+
+# A client: "tcp N" → N new connections, counts of who answered (and failures);
+# "udp N" → N UDP sockets, one datagram each (plus a second on the first, which must stick).
+CLIENT = r"""
+import collections, json, socket, sys, time
+mode, n, vip = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+counts, failures, sticky = collections.Counter(), [], None
+for i in range(n):
+    try:
+        if mode == "tcp":
+            with socket.create_connection((vip, 80), timeout=2) as s:
+                counts[s.makefile().readline().strip()] += 1
+        else:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(2)
+                s.connect((vip, 53))
+                s.send(b"?")
+                first = s.recv(100).decode()
+                counts[first] += 1
+                if i == 0:
+                    s.send(b"?")
+                    sticky = s.recv(100).decode() == first
+    except OSError as exc:
+        failures.append(type(exc).__name__)
+print(json.dumps({"counts": counts, "failures": failures, "sticky": sticky}))
+"""
+
+# A long-lived connection driven over stdin: prints the backend's name, then echoes each line.
+HOLDER = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], 80), timeout=5)
+f = s.makefile("rw")
+print(f.readline().strip(), flush=True)
+for line in sys.stdin:
+    f.write(line); f.flush()
+    print(f.readline().strip(), flush=True)
+"""
+
+
+class Topology:
+    def __init__(self, node, tmp: Path) -> None:
+        self.node = node
+        self.tmp = tmp
+        self.suffix = uuid.uuid4().hex[:6]
+        self.namespaces: list[str] = []
+        self.procs: list[subprocess.Popen] = []
+        self.agent: subprocess.Popen | None = None
+        for name, script in (("server.py", SERVER), ("client.py", CLIENT), ("holder.py", HOLDER)):
+            (tmp / name).write_text(script)
+        self.view_path = tmp / "view.json"
+        self.state_path = tmp / "state.json"
+
+    def ns(self, role: str) -> str:
+        return f"{self.node.name}-{role}"
+
+    def build(self) -> None:
+        node = self.node.name
+        sh(f"ip -n {node} addr add {NODE_IP}/32 dev lo")
+        sh(f"ip netns exec {node} sysctl -qw net.ipv4.ip_forward=1")
+        for i, (role, ip) in enumerate([*BACKENDS.items(), ("client", CLIENT_IP)]):
+            ns, subnet = self.ns(role), ip.rsplit(".", 1)[0]
+            sh(f"ip netns add {ns}")
+            self.namespaces.append(ns)
+            sh(f"ip -n {ns} link set lo up")
+            sh(f"ip link add v{i}{self.suffix} netns {node} type veth peer name eth0 netns {ns}")
+            sh(f"ip -n {node} addr add {subnet}.1/24 dev v{i}{self.suffix}")
+            sh(f"ip -n {node} link set v{i}{self.suffix} up")
+            sh(f"ip -n {ns} addr add {ip}/24 dev eth0")
+            sh(f"ip -n {ns} link set eth0 up")
+            for net in ("10.77.0.0/16", "11.0.0.0/8"):       # no default route: the lab stays sealed
+                sh(f"ip -n {ns} route add {net} via {subnet}.1")
+
+    def start_backends(self) -> None:
+        for role in BACKENDS:
+            self.start_backend(role)
+
+    def start_backend(self, role: str) -> subprocess.Popen:
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(role), sys.executable, str(self.tmp / "server.py"),
+                                 role], stdout=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        assert proc.stdout.readline().strip() == "listening"
+        return proc
+
+    def write_view(self, roles=tuple(BACKENDS)) -> None:
+        tasks = [TaskInfo(task_id=f"web.{role}", app_id="/web", name="web", agent_id="a1", agent_ip=NODE_IP,
+                          state="TASK_RUNNING", network="container", ip_addresses=[BACKENDS[role]],
+                          ports=[TaskPort(container_port=8080, labels={"VIP_0": "/web:80"}),
+                                 TaskPort(container_port=5353, protocol="udp", labels={"VIP_1": "/web:53"})])
+                 for role in roles]
+        view = ClusterView(version=int(time.time() * 1000), agents=[AgentInfo(agent_id="a1", hostname="n", ip=NODE_IP)],
+                           tasks=tasks, vip_addresses={"marathon:/web": VIP})
+        self.view_path.write_text(view.model_dump_json())
+
+    def start_agent(self) -> subprocess.Popen:
+        self.agent = self.node.popen(
+            sys.executable, "-m", "minuteman.nfqueue", "--view", str(self.view_path), "--node-ip", NODE_IP,
+            "--state-file", str(self.state_path), "--api", API,
+            stdout=subprocess.PIPE, stderr=open(self.tmp / "agent.log", "a"), text=True,
+            cwd=str(Path(__file__).resolve().parents[2]))
+        line = self.agent.stdout.readline()
+        assert line.startswith("ready"), (line, (self.tmp / "agent.log").read_text())
+        self._wait_api()
+        return self.agent
+
+    def _wait_api(self) -> None:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.node.run("curl", "-sf", f"http://{API}/v1/vips", check=False).returncode == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError("agent API did not come up")
+
+    def vips(self) -> list[dict]:
+        return json.loads(self.node.run("curl", "-sf", f"http://{API}/v1/vips?detail=true").stdout)
+
+    def kill_agent(self) -> None:
+        self.agent.kill()
+        self.agent.wait()
+
+    def client(self, where: str, mode: str = "tcp", n: int = 150) -> dict:
+        argv = [sys.executable, str(self.tmp / "client.py"), mode, str(n), VIP]
+        if where == "node":
+            out = self.node.run(*argv, timeout=120).stdout
+        else:
+            out = sh(f"ip netns exec {self.ns(where)} {' '.join(argv)}").stdout
+        return json.loads(out)
+
+    def holder(self, where: str) -> subprocess.Popen:
+        proc = subprocess.Popen(["ip", "netns", "exec", self.ns(where), sys.executable, str(self.tmp / "holder.py"), VIP],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def teardown(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        for ns in self.namespaces:
+            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
+                try:
+                    os.kill(int(pid), 9)
+                except ProcessLookupError:
+                    pass
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        # the node namespace, its agent and all its kernel state go with the netns fixture
+
+
+def sh(command: str) -> subprocess.CompletedProcess:
+    return subprocess.run(command.split(), check=True, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def topo(netns, tmp_path):
+    topology = Topology(netns, tmp_path)
+    try:
+        topology.build()
+        topology.start_backends()
+        topology.write_view()
+        topology.start_agent()
+        yield topology
+    finally:
+        topology.teardown()
+
+
+def test_balances_local_forwarded_and_hairpin_connections(topo):
+    for where in ("node", "client", "b1"):       # OUTPUT, PREROUTING, and a backend calling its own VIP
+        result = topo.client(where, "tcp", 150)
+        assert result["failures"] == [], (where, result)
+        assert set(result["counts"]) == set(BACKENDS), (where, result)
+        assert all(n >= 30 for n in result["counts"].values()), (where, result)
+    vips = {v["vip"]: v for v in topo.vips()}
+    web = vips["web.marathon.l4lb.thisdcos.directory:80"]
+    assert web["address"] == VIP and web["programmed"]
+    assert sum(b["connections"] for b in web["backend"]) == 450
+
+
+def test_udp_flows_are_balanced_and_stick(topo):
+    result = topo.client("client", "udp", 60)
+    assert result["failures"] == [] and result["sticky"] is True, result
+    assert set(result["counts"]) == set(BACKENDS), result
+    udp = next(v for v in topo.vips() if v["protocol"] == "udp")
+    # one queued datagram per flow: the second datagram of the first flow skipped userspace
+    assert sum(b["connections"] for b in udp["backend"]) == 60
+
+
+def test_agent_down_keeps_flows_rejects_new_ones_fast_and_restart_resumes(topo):
+    holder = topo.holder("client")
+    backend = holder.stdout.readline().strip()
+    assert backend in BACKENDS
+    topo.kill_agent()
+    holder.stdin.write("still here\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "still here", "established flow must survive the agent"
+    started = time.monotonic()
+    down = topo.client("client", "tcp", 3)
+    assert down["failures"] == ["ConnectionRefusedError"] * 3, down
+    assert time.monotonic() - started < 1.5, "new VIP connections must fail fast while the agent is down"
+    topo.start_agent()
+    log = (topo.tmp / "agent.log").read_text()
+    assert "adopted 2 VIPs" in log
+    after = topo.client("client", "tcp", 30)
+    assert after["failures"] == [] and len(after["counts"]) == 3, after
+    holder.stdin.write("and after\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "and after"
+
+
+def test_killed_backend_is_taken_out_within_two_seconds(topo):
+    victim = next(p for p in topo.procs if p.args[-1] == "b2")
+    victim.kill()
+    victim.wait()
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        topo.client("client", "tcp", 5)           # real traffic: refused attempts feed passive health
+    result = topo.client("client", "tcp", 100)
+    assert result["failures"] == [] and set(result["counts"]) == {"b1", "b3"}, result
+    web = next(v for v in topo.vips() if v["protocol"] == "tcp")
+    states = {b["ip"]: b["state"] for b in web["backend"]}
+    assert states[BACKENDS["b2"]] == "quarantined"
+
+
+def test_view_change_reprograms_and_kernel_state_is_ipset_not_rules(topo):
+    topo.write_view(roles=("b1", "b3"))
+    deadline = time.monotonic() + 5
+    while {b["ip"] for v in topo.vips() for b in v["backend"]} != {BACKENDS["b1"], BACKENDS["b3"]}:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert set(topo.client("node", "tcp", 40)["counts"]) == {"b1", "b3"}
+    members = topo.node.run("ipset", "list", "navstar-mm-vips").stdout
+    assert "11.0.0.1,tcp:80" in members and "11.0.0.1,udp:53" in members
+    raw = topo.node.run("iptables", "-t", "raw", "-S", "NAVSTAR-MM").stdout
+    assert raw.count("NFQUEUE") == 2, "one queue rule per protocol, none per VIP"
+    routes = topo.node.run("ip", "route", "show", "table", "local", "proto", "211").stdout
+    assert "local 11.0.0.1 dev lo" in routes and f"src {NODE_IP}" in routes
