@@ -213,18 +213,20 @@ def _nat(ip: str, port: int | None = None) -> dict:
     return {"attrs": attrs}
 
 
-def _ipset_member(set_name: str, key: VipKey) -> ipset_msg:
+def _ipset_entry(set_name: str, data: list) -> ipset_msg:
     msg = ipset_msg()
-    msg["attrs"] = [
-        ["IPSET_ATTR_PROTOCOL", IPSET_PROTOCOL],
-        ["IPSET_ATTR_SETNAME", set_name],
-        ["IPSET_ATTR_DATA", {"attrs": [
-            ["IPSET_ATTR_IP", {"attrs": [["IPSET_ATTR_IPADDR_IPV4", key.address]]}],
-            ["IPSET_ATTR_PORT", key.port],
-            ["IPSET_ATTR_PROTO", IPPROTO[key.protocol]],
-        ]}],
-    ]
+    msg["attrs"] = [["IPSET_ATTR_PROTOCOL", IPSET_PROTOCOL], ["IPSET_ATTR_SETNAME", set_name],
+                    ["IPSET_ATTR_DATA", {"attrs": data}]]
     return msg
+
+
+def _ipv4(address: str) -> dict:
+    return {"attrs": [["IPSET_ATTR_IPADDR_IPV4", address]]}
+
+
+def _ipset_member(set_name: str, key: VipKey) -> ipset_msg:
+    return _ipset_entry(set_name, [["IPSET_ATTR_IP", _ipv4(key.address)], ["IPSET_ATTR_PORT", key.port],
+                                   ["IPSET_ATTR_PROTO", IPPROTO[key.protocol]]])
 
 
 def _run(*argv: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -365,17 +367,9 @@ class KernelNetfilter:
                          tcp.get_attr("CTA_PROTOINFO_TCP_STATE") if tcp is not None else None)
 
     def remember_udp_flow(self, flow: Flow) -> None:
-        msg = ipset_msg()
-        msg["attrs"] = [
-            ["IPSET_ATTR_PROTOCOL", IPSET_PROTOCOL],
-            ["IPSET_ATTR_SETNAME", UDP_FLOW_SET],
-            ["IPSET_ATTR_DATA", {"attrs": [
-                ["IPSET_ATTR_IP", {"attrs": [["IPSET_ATTR_IPADDR_IPV4", flow.src]]}],
-                ["IPSET_ATTR_PORT", flow.sport],
-                ["IPSET_ATTR_PROTO", socket.IPPROTO_UDP],
-                ["IPSET_ATTR_IP2", {"attrs": [["IPSET_ATTR_IPADDR_IPV4", flow.dst]]}],
-            ]}],
-        ]
+        msg = _ipset_entry(UDP_FLOW_SET, [
+            ["IPSET_ATTR_IP", _ipv4(flow.src)], ["IPSET_ATTR_PORT", flow.sport],
+            ["IPSET_ATTR_PROTO", socket.IPPROTO_UDP], ["IPSET_ATTR_IP2", _ipv4(flow.dst)]])
         self._netlink.batch([msg], NFNL_SUBSYS_IPSET, IPSET_CMD_ADD, NLM_F_REQUEST | NLM_F_CREATE)
 
     def route_to(self, ip: str) -> RouteInfo | None:
