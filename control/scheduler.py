@@ -700,7 +700,8 @@ class Scheduler:
                 self.allocator.release(task.framework_id, task.agent_id, task.resources)
             except (KeyError, ValueError) as exc:
                 log.warning("release of %s on %s: %s", task.task_id, task.agent_id, exc)
-        if not task.kill_requested and task.app_id in self.apps:
+        # A task lost with its agent is replaced at once: the app did nothing wrong.
+        if not task.kill_requested and task.app_id in self.apps and task.unreachable_since is None:
             self._failure(task, now)
         self.tasks.pop(task.task_id, None)
         self.store.delete("tasks", task.task_id)

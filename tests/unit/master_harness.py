@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -76,3 +78,15 @@ class Cluster:
         await self.marathon.aclose()
         await self.mesos.aclose()
         self.master.close()
+
+
+@contextlib.asynccontextmanager
+async def running_cluster(agents: int = 2, **kwargs: Any) -> AsyncIterator[Cluster]:
+    """A master with ``agents`` registered fake agents; closed afterwards."""
+    cluster = Cluster(**kwargs)
+    try:
+        for index in range(1, agents + 1):
+            await cluster.register(index)
+        yield cluster
+    finally:
+        await cluster.close()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.master_harness import Cluster
+from tests.unit.master_harness import Cluster, running_cluster
 
 EXAMPLES = Path("/work/shared/examples")
 WEB = {"id": "/shop/web", "cmd": "python3 -m http.server $PORT0", "instances": 2,
@@ -15,11 +15,8 @@ WEB = {"id": "/shop/web", "cmd": "python3 -m http.server $PORT0", "instances": 2
 
 @pytest.fixture
 async def cluster():
-    c = Cluster()
-    await c.register(1)
-    await c.register(2)
-    yield c
-    await c.close()
+    async with running_cluster(2) as c:
+        yield c
 
 
 async def test_create_fills_marathon_defaults_and_runs(cluster):

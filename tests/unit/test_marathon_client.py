@@ -1,0 +1,129 @@
+"""The PyPI ``marathon`` client (0.13.0) against the master served by uvicorn on 127.0.0.1."""
+
+import asyncio
+import collections
+import collections.abc
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+import uvicorn
+
+from control.agent_client import FakeAgents
+from control.master import Master
+from control.registry import AgentRegistration
+from tests.unit.master_harness import registration
+
+collections.Iterable = collections.abc.Iterable  # marathon 0.13 predates Python 3.10
+from marathon import MarathonApp, MarathonClient  # noqa: E402
+from marathon.exceptions import MarathonHttpError, NotFoundError  # noqa: E402
+
+SECRET = "client-secret"
+
+
+class ServedMaster:
+    """A master on 127.0.0.1 (ephemeral port) with its scheduler loop, in a background thread."""
+
+    def __init__(self) -> None:
+        self.fake = FakeAgents()
+        self.master = Master(secret=SECRET, agent_timeout=30, agent_client=self.fake, advertise_ip="127.0.0.1")
+        self.fake.sink = self.master.scheduler.on_status
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.loop = asyncio.new_event_loop()
+        self.server = uvicorn.Server(uvicorn.Config(self.master.marathon_app(), log_level="warning",
+                                                    lifespan="off", access_log=False))
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def main() -> None:
+            for index in (1, 2):
+                self.master.register_agent(AgentRegistration.model_validate(registration(index)))
+            loop_task = asyncio.ensure_future(self.master.scheduler.run(interval=0.05))
+            await self.server.serve(sockets=[self.sock])
+            loop_task.cancel()
+            await asyncio.gather(loop_task, return_exceptions=True)
+            await self.master.scheduler.settle()
+
+        self.loop.run_until_complete(main())
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.master.close()
+
+
+@pytest.fixture(scope="module")
+def served():
+    served = ServedMaster()
+    yield served
+    served.stop()
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    raise AssertionError("condition not reached in time")
+
+
+def test_marathon_python_round_trip(served):
+    client = MarathonClient(served.url, auth_token=SECRET)
+    assert client.ping().strip() in (b"pong", "pong")
+    created = client.create_app("/shop/web", MarathonApp(cmd="python3 -m http.server $PORT0", instances=2,
+                                                         cpus=0.1, mem=32, constraints=[["hostname", "UNIQUE"]]))
+    assert created.id == "/shop/web" and created.instances == 2
+    assert [a.id for a in client.list_apps()] == ["/shop/web"]
+    wait_for(lambda: len(client.list_tasks("/shop/web")) == 2
+             and all(t.state == "TASK_RUNNING" for t in client.list_tasks("/shop/web")))
+    tasks = client.list_tasks("/shop/web")
+    assert {t.slave_id for t in tasks} == {"agent-1", "agent-2"}
+    assert all(t.started_at is not None and t.ports for t in tasks)
+    wait_for(lambda: client.list_deployments() == [])
+    app = client.get_app("/shop/web")
+    assert app.tasks_running == 2 and app.constraints[0].operator == "UNIQUE"
+    client.scale_app("/shop/web", instances=1)
+    wait_for(lambda: len(client.list_tasks("/shop/web")) == 1)
+    assert client.get_app("/shop/web").instances == 1
+    assert client.get_info().name == "marathon"
+    assert len(client.list_tasks()) == 1
+    client.delete_app("/shop/web")
+    wait_for(lambda: client.list_apps() == [])
+    with pytest.raises(NotFoundError):
+        client.get_app("/shop/web")
+
+
+def test_client_sees_422_details_and_events_stream(served):
+    client = MarathonClient(served.url, auth_token=SECRET)
+    with pytest.raises(MarathonHttpError) as error:
+        client.create_app("/bad", MarathonApp(cmd="true", health_checks=[{"protocol": "HTTP", "portIndex": 5}]))
+    assert error.value.status_code == 422
+    assert error.value.error_message == "Object is not valid"
+    assert error.value.error_details[0]["path"] == "/healthChecks(0)/portIndex"
+    # Server-sent events over real HTTP.
+    seen: list[str] = []
+    with httpx.Client(base_url=served.url, headers={"Authorization": f"Bearer {SECRET}"}, timeout=5) as http:
+        with http.stream("GET", "/v2/events", headers={"Accept": "text/event-stream"}) as stream:
+            lines = stream.iter_lines()
+            assert next(lines).startswith("event: event_stream_attached")
+            threading.Thread(target=lambda: client.create_app("/ev", MarathonApp(cmd="true", cpus=0.1, mem=16)),
+                             daemon=True).start()
+            for line in lines:
+                if line.startswith("event: "):
+                    seen.append(line.removeprefix("event: "))
+                if "deployment_success" in seen:
+                    break
+    assert {"api_post_event", "deployment_info", "status_update_event", "deployment_success"} <= set(seen)
+    client.delete_app("/ev", force=True)

@@ -1,0 +1,198 @@
+"""The scheduler: placement (resources, ports, constraints), backoff, rolling upgrades, kills,
+unreachable agents and reconciliation — over the real DRF allocator and fake agents."""
+
+from collections import Counter
+
+import pytest
+
+from control.placement import AgentSlot, constraint_violation
+from tests.unit.master_harness import Cluster
+
+
+@pytest.fixture
+async def cluster():
+    c = Cluster()
+    await c.register(1, rack="r1")
+    await c.register(2, rack="r1")
+    await c.register(3, rack="r2")
+    yield c
+    await c.close()
+
+
+def hosts(cluster, app_id):
+    return Counter(t.agent_id for t in cluster.running(app_id))
+
+
+async def test_unique_hostname_spreads_and_the_rest_waits(cluster):
+    await cluster.post_app({"id": "/u", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 4,
+                            "constraints": [["hostname", "UNIQUE"]]})
+    assert sorted(hosts(cluster, "/u").values()) == [1, 1, 1]
+    entry = cluster.scheduler.queue["/u"]
+    assert entry.count == 1 and "UNIQUE" in entry.detail
+
+
+@pytest.mark.parametrize("constraint, expect", [
+    (["rack", "CLUSTER", "r2"], {"agent-3": 3}),
+    (["hostname", "LIKE", "agent-[12]"], None),
+    (["hostname", "UNLIKE", "agent-[12]"], {"agent-3": 3}),
+    (["rack", "GROUP_BY"], None),
+    (["hostname", "MAX_PER", "1"], {"agent-1": 1, "agent-2": 1, "agent-3": 1}),
+])
+async def test_constraints(cluster, constraint, expect):
+    await cluster.post_app({"id": "/c", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 3,
+                            "constraints": [constraint]})
+    placed = hosts(cluster, "/c")
+    if constraint[1] == "LIKE":
+        assert set(placed) <= {"agent-1", "agent-2"} and sum(placed.values()) == 3
+    elif constraint[1] == "GROUP_BY":
+        racks = Counter("r2" if a == "agent-3" else "r1" for a in cluster.running("/c") for a in [a.agent_id])
+        assert sorted(racks.values()) == [1, 2]
+    else:
+        assert dict(placed) == expect
+
+
+def test_group_by_balances_values():
+    slots = [AgentSlot(f"a{i}", f"a{i}", {"zone": z}, []) for i, z in enumerate("xxy")]
+    placed = [slots[0]]           # one task in zone x
+    assert constraint_violation([["zone", "GROUP_BY"]], slots[1], placed, slots) is not None
+    assert constraint_violation([["zone", "GROUP_BY"]], slots[2], placed, slots) is None
+
+
+async def test_resources_bound_placement_and_free_on_kill(cluster):
+    # 2 cpus per agent, 3 agents: 6 tasks of 1 cpu fit, the 7th waits.
+    await cluster.post_app({"id": "/r", "cmd": "true", "cpus": 1, "mem": 16, "instances": 7})
+    assert len(cluster.running("/r")) == 6
+    entry = cluster.scheduler.queue["/r"]
+    assert entry.count == 1 and "needs cpus 1, 0 free" in entry.detail
+    await cluster.marathon.put("/v2/apps/r", params={"force": "true"}, json={"instances": 5})
+    await cluster.settle()
+    assert len(cluster.running("/r")) == 5 and "/r" not in cluster.scheduler.queue
+    assert cluster.master.allocator.allocation("marathon")["cpus"] == pytest.approx(5)
+
+
+async def test_host_ports_dynamic_fixed_and_require_ports(cluster):
+    await cluster.post_app({"id": "/p", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 3,
+                            "portDefinitions": [{"port": 0}, {"port": 0, "name": "admin"}]})
+    for task in cluster.running("/p"):
+        assert len(set(task.host_ports)) == 2 and all(31000 <= p <= 31100 for p in task.host_ports)
+    await cluster.post_app({"id": "/fixed", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 4,
+                            "requirePorts": True, "portDefinitions": [{"port": 31050}]})
+    assert [t.host_ports for t in cluster.running("/fixed")] == [[31050]] * 3
+    assert cluster.scheduler.queue["/fixed"].reasons.get("InsufficientPorts")
+    # BRIDGE hostPort N is a fixed port too; outside every agent's range it cannot be placed.
+    await cluster.post_app({"id": "/out", "instances": 1, "cpus": 0.1, "mem": 16, "container": {
+        "type": "DOCKER", "docker": {"image": "nginx", "network": "BRIDGE",
+                                     "portMappings": [{"containerPort": 80, "hostPort": 8080}]}}})
+    assert cluster.running("/out") == [] and "host ports" in cluster.scheduler.queue["/out"].detail
+
+
+async def test_failed_tasks_restart_with_backoff(cluster):
+    await cluster.post_app({"id": "/crash", "cmd": "false", "cpus": 0.1, "mem": 16,
+                            "backoffSeconds": 10, "backoffFactor": 2, "maxLaunchDelaySeconds": 25})
+    delays = []
+    for _ in range(3):
+        task = cluster.running("/crash")[0]
+        await cluster.fake.report(task.agent_id, task.task_id, "TASK_FAILED", message="exit 1")
+        await cluster.settle()
+        assert cluster.running("/crash") == []
+        delays.append(round(cluster.scheduler.delay_left("/crash")))
+        queue = (await cluster.marathon.get("/v2/queue")).json()["queue"]
+        assert queue[0]["delay"]["timeLeftSeconds"] == delays[-1]
+        cluster.clock.advance(delays[-1] + 0.1)
+        await cluster.settle()
+        assert len(cluster.running("/crash")) == 1
+    assert delays == [10, 20, 25]
+    app = (await cluster.marathon.get("/v2/apps/crash")).json()["app"]
+    assert app["lastTaskFailure"]["state"] == "TASK_FAILED"
+
+
+async def test_rolling_upgrade_keeps_health_capacity(cluster):
+    cluster.fake.healthy = True
+    await cluster.post_app({"id": "/roll", "cmd": "v1", "cpus": 0.1, "mem": 16, "instances": 4,
+                            "healthChecks": [{"protocol": "TCP"}],
+                            "upgradeStrategy": {"minimumHealthCapacity": 0.5, "maximumOverCapacity": 0}})
+    old = {t.task_id for t in cluster.running("/roll")}
+    cluster.fake.auto_run = False   # new tasks stay staging until we say so
+    await cluster.marathon.put("/v2/apps/roll", json={"cmd": "v2"})
+    await cluster.settle(1)
+    live = [t for t in cluster.scheduler.app_tasks("/roll") if not t.kill_requested]
+    ready_old = [t for t in live if t.task_id in old and t.ready]
+    assert len(ready_old) == 2            # 50 % kept serving
+    assert len(live) <= 4                 # never over capacity
+    for _ in range(6):
+        for agent in cluster.fake.agents.values():
+            for task_id, status in list(agent.tasks.items()):
+                if status.state == "TASK_STAGING":
+                    await cluster.fake.report(agent.agent_id, task_id, "TASK_RUNNING", healthy=True)
+        await cluster.settle(1)
+    final = {t.task_id for t in cluster.running("/roll")}
+    assert len(final) == 4 and not (final & old)
+    assert cluster.scheduler.deployments == {}
+
+
+async def test_unreachable_agent_tasks_are_replaced_and_returning_tasks_killed(cluster):
+    await cluster.post_app({"id": "/ha", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 2,
+                            "constraints": [["hostname", "UNIQUE"]]})
+    victim = cluster.running("/ha")[0]
+    cluster.fake.agent(victim.agent_id).up = False
+    cluster.clock.advance(10)
+    await cluster.master.ping_agents()
+    assert victim.agent_id in cluster.master.check_agents()
+    await cluster.settle()
+    running = cluster.running("/ha")
+    assert len(running) == 2 and victim.agent_id not in {t.agent_id for t in running}
+    view = (await cluster.mesos.get("/v1/view")).json()
+    assert not next(a for a in view["agents"] if a["agent_id"] == victim.agent_id)["reachable"]
+    # The agent comes back still running the old task: the master kills it (it was replaced).
+    cluster.fake.agent(victim.agent_id).up = True
+    await cluster.master.ping_agents()
+    await cluster.settle()
+    assert victim.task_id in cluster.fake.kills
+    assert len(cluster.running("/ha")) == 2
+
+
+async def test_agent_reporting_unknown_task_gets_it_killed_and_garbage_is_rejected(cluster):
+    await cluster.fake.report("agent-1", "ghost.123", "TASK_RUNNING")
+    cluster.fake.agent("agent-1").tasks["ghost.123"]    # the fake runs it
+    await cluster.settle()
+    assert "ghost.123" in cluster.fake.kills
+    before = dict(cluster.scheduler.tasks)
+    garbage = await cluster.mesos.post("/v1/agents/agent-1/status", json={"task_id": 5, "state": "TASK_EXPLODED"})
+    assert garbage.status_code == 422
+    not_json = await cluster.mesos.post("/v1/agents/agent-1/status", content=b"\x00\xff")
+    assert not_json.status_code == 400
+    stranger = await cluster.mesos.post("/v1/agents/nobody/status",
+                                        json={"task_id": "x", "state": "TASK_RUNNING", "timestamp": 1})
+    assert stranger.status_code == 404
+    assert cluster.scheduler.tasks == before
+    assert "navstar_master_rejected_agent_messages_total 2.0" in (await cluster.marathon.get("/metrics")).text
+
+
+async def test_rejected_launch_is_task_error_with_backoff(cluster):
+    for agent in ("agent-1", "agent-2", "agent-3"):
+        cluster.fake.agent(agent).reject_images.add("nginx")
+    await cluster.post_app({"id": "/img", "cpus": 0.1, "mem": 16,
+                            "container": {"type": "DOCKER", "docker": {"image": "nginx", "network": "HOST"}}})
+    assert cluster.running("/img") == []
+    failure = cluster.scheduler.last_failure["/img"]
+    assert failure["state"] == "TASK_ERROR" and "nginx" in failure["message"]
+    assert cluster.scheduler.delay_left("/img") > 0
+
+
+async def test_roles_share_the_cluster_by_drf(cluster):
+    await cluster.post_app({"id": "/a", "cmd": "true", "cpus": 1, "mem": 16, "instances": 2, "role": "dev"})
+    await cluster.post_app({"id": "/b", "cmd": "true", "cpus": 1, "mem": 16, "instances": 2})
+    assert len(cluster.running("/a")) == 2 and len(cluster.running("/b")) == 2
+    assert {t.role for t in cluster.running("/a")} == {"dev"}
+    assert cluster.master.allocator.allocation("marathon-dev")["cpus"] == pytest.approx(2)
+    state = (await cluster.mesos.get("/master/state")).json()
+    assert set(state["frameworks"][0]["roles"]) >= {"*", "dev"}
+
+
+async def test_kill_task_with_scale(cluster):
+    await cluster.post_app({"id": "/k", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 2})
+    task = cluster.running("/k")[0]
+    resp = await cluster.marathon.delete(f"/v2/apps/k/tasks/{task.task_id}", params={"scale": "true"})
+    assert resp.status_code == 200
+    await cluster.settle()
+    assert len(cluster.running("/k")) == 1 and cluster.scheduler.apps["/k"].instances == 1
