@@ -116,7 +116,7 @@ class HealthCheck(_Model):
     timeout_seconds: int = Field(default=20, ge=1)
     max_consecutive_failures: int = Field(default=3, ge=0)
     delay_seconds: int = Field(default=15, ge=0)
-    ignore_http1xx: bool = False
+    ignore_http1xx: bool = Field(default=False, alias="ignoreHttp1xx")
 
     @field_validator("command", mode="before")
     @classmethod

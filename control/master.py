@@ -9,8 +9,8 @@ composition root runs next to the servers: the scheduler cycle and the agent pin
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
-import socket
 import time
 import uuid
 from collections.abc import Callable, Coroutine
@@ -21,6 +21,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
 from control.api_auth import TokenAuth
@@ -56,7 +57,10 @@ class Master:
         # 5 missed pings make an agent unreachable (Mesos' default: 15 s × 5).
         self.ping_interval = ping_interval if ping_interval is not None else max(0.2, agent_timeout / 5)
         self.clock = clock
-        self.advertise_ip = advertise_ip or _local_ip()
+        # Without --mesos-listen host the address is learnt from the first request that reaches
+        # us over a real interface (what agents and operators connect to).
+        self.advertise_ip = advertise_ip or "127.0.0.1"
+        self._learn_address = advertise_ip is None
         self.mesos_port = mesos_port
         self.marathon_port = marathon_port
         self.store = Store(state_dir)
@@ -282,6 +286,7 @@ class Master:
             Route("/metrics", self._metrics),
         ])
         app.add_middleware(TokenAuth, secret=self.secret, open_paths=("/ping",))
+        app.add_middleware(_LearnAddress, master=self)
         return app
 
     # ---- Marathon port -------------------------------------------------------------------
@@ -290,6 +295,7 @@ class Master:
 
         app = marathon_api(self)
         app.add_middleware(TokenAuth, secret=self.secret, open_paths=("/ping",))
+        app.add_middleware(_LearnAddress, master=self)
         return app
 
     def close(self) -> None:
@@ -312,13 +318,26 @@ def _details(exc: ValidationError) -> list[dict[str, Any]]:
     return [{"path": "/" + "/".join(map(str, e["loc"])), "errors": [e["msg"]]} for e in exc.errors()]
 
 
-def _local_ip() -> str:
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.connect(("198.18.0.1", 9))  # no packet is sent; picks the underlay-facing address
-            return probe.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
+class _LearnAddress:
+    """ASGI wrapper: tells the master which local address its clients reach it on."""
+
+    def __init__(self, app: ASGIApp, master: Master) -> None:
+        self.app = app
+        self.master = master
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.master._learn_address and scope["type"] == "http" and scope.get("server"):
+            host = scope["server"][0]
+            if host and not host.startswith("127.") and host not in ("::1", "0.0.0.0", "localhost"):
+                try:
+                    ipaddress.IPv4Address(host)
+                except ValueError:
+                    pass
+                else:
+                    self.master.advertise_ip = host
+                    self.master._learn_address = False
+                    self.master.view_changed()
+        await self.app(scope, receive, send)
 
 
 async def _pong(_request: Request) -> PlainTextResponse:
