@@ -73,9 +73,10 @@ class Features:
     peername: bool = True            # getpeername4, and TCP connects record reverse NAT for it
     random_slot: bool = False        # random slot per connection instead of the socket-cookie hash
     count_connections: bool = True   # per-backend new-connection counters
-    slots: int = maps.DEFAULT_LB_SLOTS
+    chunk_slots: int = maps.DEFAULT_CHUNK_SLOTS   # slots per nv_maglev element
     max_services: int = maps.DEFAULT_MAX_SERVICES
     max_backends: int = maps.DEFAULT_MAX_BACKENDS
+    max_chunks: int = maps.DEFAULT_MAX_CHUNKS
     max_revnat: int = maps.DEFAULT_MAX_REVNAT
 
     def attach_points(self) -> list[AttachPoint]:
@@ -86,9 +87,10 @@ class Features:
     def cflags(self, pin_dir: Path) -> list[str]:
         return [
             f'-DNAVSTAR_PIN_DIR="{pin_dir}"',
-            f"-DNAVSTAR_LB_SLOTS={self.slots}",
+            f"-DNAVSTAR_LB_CHUNK_SLOTS={self.chunk_slots}",
             f"-DNAVSTAR_MAX_SERVICES={self.max_services}",
             f"-DNAVSTAR_MAX_BACKENDS={self.max_backends}",
+            f"-DNAVSTAR_MAX_CHUNKS={self.max_chunks}",
             f"-DNAVSTAR_MAX_REVNAT={self.max_revnat}",
             f"-DNAVSTAR_RANDOM_SLOT={int(self.random_slot)}",
             f"-DNAVSTAR_TCP_REVNAT={int(self.peername)}",
@@ -96,7 +98,8 @@ class Features:
         ]
 
     def map_specs(self) -> dict[str, maps.MapSpec]:
-        return maps.map_specs(self.slots, self.max_services, self.max_backends, self.max_revnat)
+        return maps.map_specs(self.chunk_slots, self.max_services, self.max_backends, self.max_chunks,
+                              self.max_revnat)
 
 
 # -- libbpf, by file descriptor ---------------------------------------------------------------

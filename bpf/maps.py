@@ -16,12 +16,14 @@ import struct
 from dataclasses import dataclass
 
 # Defaults of the -D constants in layout.h; the loader passes the values it uses.
-DEFAULT_LB_SLOTS = 1009
+DEFAULT_CHUNK_SLOTS = 1008
+DEFAULT_MAX_CHUNKS = 131072
 DEFAULT_MAX_SERVICES = 65536
 DEFAULT_MAX_BACKENDS = 262144
 DEFAULT_MAX_REVNAT = 262144
 
 BACKEND_DRAINING = 0x1
+SERVICE_IMPLICIT_TABLE = 0x1
 
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 PROTOCOL_NAMES = {number: name for name, number in PROTOCOLS.items()}
@@ -41,8 +43,9 @@ class Lb4Service(ctypes.Structure):
     C_NAME = "lb4_service"
     _fields_ = [
         ("id", ctypes.c_uint32),
-        ("table_size", ctypes.c_uint16),
+        ("table_size", ctypes.c_uint32),
         ("backend_count", ctypes.c_uint16),
+        ("flags", ctypes.c_uint16),
     ]
 
 
@@ -56,6 +59,14 @@ class Lb4Backend(ctypes.Structure):
         ("service_id", ctypes.c_uint32),
         ("position", ctypes.c_uint16),
         ("pad2", ctypes.c_uint16),
+    ]
+
+
+class Lb4MaglevKey(ctypes.Structure):
+    C_NAME = "lb4_maglev_key"
+    _fields_ = [
+        ("service_id", ctypes.c_uint32),
+        ("chunk", ctypes.c_uint32),
     ]
 
 
@@ -79,8 +90,8 @@ class Lb4Revnat(ctypes.Structure):
 
 
 @functools.cache
-def maglev_type(slots: int = DEFAULT_LB_SLOTS) -> type[ctypes.Structure]:
-    """``struct lb4_maglev`` as compiled with ``-DNAVSTAR_LB_SLOTS=slots``."""
+def maglev_type(slots: int = DEFAULT_CHUNK_SLOTS) -> type[ctypes.Structure]:
+    """``struct lb4_maglev`` as compiled with ``-DNAVSTAR_LB_CHUNK_SLOTS=slots``."""
     return type(f"Lb4Maglev{slots}", (ctypes.Structure,), {
         "C_NAME": "lb4_maglev",
         "_fields_": [("backend_ids", ctypes.c_uint32 * slots)],
@@ -89,11 +100,11 @@ def maglev_type(slots: int = DEFAULT_LB_SLOTS) -> type[ctypes.Structure]:
 
 Lb4Maglev = maglev_type()
 BackendId = ctypes.c_uint32
-ServiceId = ctypes.c_uint32
 ConnectionCount = ctypes.c_uint64
 
 # Every struct the header defines, for the layout test.
-STRUCTS: tuple[type[ctypes.Structure], ...] = (Lb4Key, Lb4Service, Lb4Backend, Lb4RevnatKey, Lb4Revnat, Lb4Maglev)
+STRUCTS: tuple[type[ctypes.Structure], ...] = (
+    Lb4Key, Lb4Service, Lb4Backend, Lb4MaglevKey, Lb4Maglev, Lb4RevnatKey, Lb4Revnat)
 
 
 @dataclass(frozen=True)
@@ -120,13 +131,15 @@ BPF_MAP_TYPE_LRU_HASH = 9
 BPF_F_NO_PREALLOC = 1
 
 
-def map_specs(slots: int = DEFAULT_LB_SLOTS, max_services: int = DEFAULT_MAX_SERVICES,
-              max_backends: int = DEFAULT_MAX_BACKENDS, max_revnat: int = DEFAULT_MAX_REVNAT) -> dict[str, MapSpec]:
+def map_specs(chunk_slots: int = DEFAULT_CHUNK_SLOTS, max_services: int = DEFAULT_MAX_SERVICES,
+              max_backends: int = DEFAULT_MAX_BACKENDS, max_chunks: int = DEFAULT_MAX_CHUNKS,
+              max_revnat: int = DEFAULT_MAX_REVNAT) -> dict[str, MapSpec]:
     """The maps of ``bpf/lib/maps.h`` for one set of -D sizes, by C name."""
     specs = (
         MapSpec("nv_services", BPF_MAP_TYPE_HASH, Lb4Key, Lb4Service, max_services),
         MapSpec("nv_backends", BPF_MAP_TYPE_HASH, BackendId, Lb4Backend, max_backends),
-        MapSpec("nv_maglev", BPF_MAP_TYPE_HASH, ServiceId, maglev_type(slots), max_services, BPF_F_NO_PREALLOC),
+        MapSpec("nv_maglev", BPF_MAP_TYPE_HASH, Lb4MaglevKey, maglev_type(chunk_slots), max_chunks,
+                BPF_F_NO_PREALLOC),
         MapSpec("nv_conns", BPF_MAP_TYPE_PERCPU_ARRAY, BackendId, ConnectionCount, max_backends),
         MapSpec("nv_revnat", BPF_MAP_TYPE_LRU_HASH, Lb4RevnatKey, Lb4Revnat, max_revnat),
     )

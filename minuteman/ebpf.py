@@ -9,11 +9,11 @@ what differs, batched, in make-before-break order: counters and backends first, 
 tables, then services; deletions last. A VIP whose writes fail keeps whatever it had and is
 reported in ``ApplyResult.errors``; the others go ahead.
 
-Sizing: each VIP gets a slot table of ``Features.slots`` (default 1009, prime) backend ids. A
-Maglev ``lookup`` no longer than that is used as is; a longer one is sampled evenly down to
-``slots`` entries (each backend keeps its share to within sampling noise, and a change in the
-big table changes only the sampled slots it touched). ``current()`` reports the table the
-kernel holds, so for such VIPs its ``lookup`` is the sampled one.
+Tables: a VIP's Maglev ``lookup`` is stored exactly, whatever its length, as backend ids in
+chunks of ``Features.chunk_slots`` (1008: one 4 KiB kernel allocation each), so ``current()``
+returns what was applied and the reconciler's drift check compares equal. Without a lookup
+(P2C balancing) each active backend gets one slot; socket LB has no connection counts to balance
+on in the kernel, so it spreads new connections evenly instead.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import socket
 import struct
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bpf import loader, maps
@@ -32,6 +32,8 @@ from bpf.loader import Features, LoaderError, MapError, MapHandle, SocketLB
 from minuteman.dataplane import ApplyResult, Backend, VipEntry, VipKey
 
 __all__ = ["EbpfDataplane", "Features", "LoaderError", "ebpf_available"]
+
+MAX_TABLE_SIZE = 1 << 20   # slots per VIP; Maglev tables are ~100 per backend
 
 
 def ebpf_available() -> tuple[bool, str]:
@@ -72,11 +74,21 @@ class _Ids:
 
 @dataclass
 class _Snapshot:
-    """The maps as raw bytes: services by key, backends by id, slot tables by service id."""
+    """The maps as raw bytes: services by key, backends by id, table chunks by (service, chunk)."""
 
     services: dict[bytes, bytes]
     backends: dict[int, bytes]
-    tables: dict[int, bytes]
+    tables: dict[tuple[int, int], bytes]
+
+
+@dataclass
+class _Plan:
+    """One VIP in map form: its values as bytes, ready to compare with a snapshot."""
+
+    new_backends: list[int] = field(default_factory=list)
+    backends: dict[int, bytes] = field(default_factory=dict)
+    chunks: list[bytes] = field(default_factory=list)
+    service: bytes = b""
 
 
 @dataclass
@@ -135,6 +147,9 @@ class EbpfDataplane:
         for backend_id, value in snap.backends.items():
             address, port, _flags, service_id, _position = self._backend(value)
             known[service_id][(address, port)] = backend_id
+        chunks_of: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for chunk_key in snap.tables:
+            chunks_of[chunk_key[0]].append(chunk_key)
 
         counters = _Writes(self._maps["nv_conns"], [], [], [])
         backends = _Writes(self._maps["nv_backends"], [], [], [])
@@ -142,7 +157,7 @@ class EbpfDataplane:
         services = _Writes(self._maps["nv_services"], [], [], [])
         keep_services: set[bytes] = set()
         keep_backends: set[int] = set()
-        keep_tables: set[int] = set()
+        keep_tables: set[tuple[int, int]] = set()
         old_service_id: dict[VipKey, int] = {}
 
         for key, entry in table.items():
@@ -155,26 +170,25 @@ class EbpfDataplane:
             if existing:
                 old_service_id[key] = self._service(existing)[0]
             try:
-                service_id = self._service(existing)[0] if existing else service_ids.take()
-                plan = self._plan(key, entry, service_id, known.get(service_id, {}) if existing else {},
+                service_id = old_service_id[key] if existing else service_ids.take()
+                plan = self._plan(entry, service_id, known.get(service_id, {}) if existing else {},
                                   backend_ids)
             except ValueError as exc:
                 result.errors[key] = str(exc)
                 continue
-            new_backends, backend_values, table_bytes, service_value = plan
             keep_services.add(key_bytes)
-            for backend_id in new_backends:
+            for backend_id in plan.new_backends:
                 counters.add(key, ctypes.c_uint32(backend_id), self._zero_count)
-            for backend_id, value in backend_values.items():
+            for backend_id, value in plan.backends.items():
                 keep_backends.add(backend_id)
                 if snap.backends.get(backend_id) != value:
                     backends.add(key, ctypes.c_uint32(backend_id), value)
-            if table_bytes is not None:
-                keep_tables.add(service_id)
-                if snap.tables.get(service_id) != table_bytes:
-                    tables.add(key, ctypes.c_uint32(service_id), table_bytes)
-            if existing != service_value:
-                services.add(key, maps.Lb4Key.from_buffer_copy(key_bytes), service_value)
+            for chunk, value in enumerate(plan.chunks):
+                keep_tables.add((service_id, chunk))
+                if snap.tables.get((service_id, chunk)) != value:
+                    tables.add(key, maps.Lb4MaglevKey(service_id, chunk), value)
+            if existing != plan.service:
+                services.add(key, maps.Lb4Key.from_buffer_copy(key_bytes), plan.service)
 
         writes = 0
         for batch in (counters, backends, tables, services):
@@ -185,47 +199,50 @@ class EbpfDataplane:
                 # A VIP that failed keeps what the kernel had for it rather than being torn down.
                 sid = old_service_id[key]
                 keep_services.add(bytes(self._key(key)))
-                keep_tables.add(sid)
+                keep_tables.update(chunks_of.get(sid, ()))
                 keep_backends.update(known.get(sid, {}).values())
 
         removed = [k for k in snap.services if k not in keep_services]
         writes += self._delete(self._maps["nv_services"], [maps.Lb4Key.from_buffer_copy(k) for k in removed])
         result.removed = {self._vip_key(maps.Lb4Key.from_buffer_copy(k)) for k in removed}
         writes += self._delete(self._maps["nv_maglev"],
-                               [ctypes.c_uint32(i) for i in snap.tables if i not in keep_tables])
+                               [maps.Lb4MaglevKey(*k) for k in snap.tables if k not in keep_tables])
         writes += self._delete(self._maps["nv_backends"],
                                [ctypes.c_uint32(i) for i in snap.backends if i not in keep_backends])
         self.last_writes = writes
         return result
 
     def current(self) -> dict[VipKey, VipEntry]:
-        """The VIP table the maps hold (adopted as is after a restart)."""
+        """The VIP table the maps hold (adopted as is after a restart): equal to what was applied."""
         snap = self._snapshot()
         by_service: dict[int, list[tuple[int, tuple]]] = defaultdict(list)
         for backend_id, value in snap.backends.items():
             decoded = self._backend(value)
             by_service[decoded[3]].append((backend_id, decoded))
+        chunk_slots = self.features.chunk_slots
         out: dict[VipKey, VipEntry] = {}
         for key_bytes, value in snap.services.items():
             key = self._vip_key(maps.Lb4Key.from_buffer_copy(key_bytes))
-            service_id, table_size, _count = self._service(value)
+            service_id, table_size, _count, flags = self._service(value)
             members = sorted(by_service.get(service_id, []), key=lambda m: m[1][4])
             active = [(bid, d) for bid, d in members if not d[2] & maps.BACKEND_DRAINING]
             draining = [(bid, d) for bid, d in members if d[2] & maps.BACKEND_DRAINING]
             index = {bid: n for n, (bid, _d) in enumerate(active)}
-            raw = snap.tables.get(service_id, b"")
-            slots = array.array("I", raw[:table_size * 4]) if table_size else array.array("I")
+            chunks = -(-table_size // chunk_slots)
+            raw = b"".join(snap.tables.get((service_id, c), b"") for c in range(chunks))
+            slots = array.array("I", raw[:table_size * 4])
+            lookup = () if flags & maps.SERVICE_IMPLICIT_TABLE else tuple(index.get(s, -1) for s in slots)
             out[key] = VipEntry(
                 key=key,
                 backends=tuple(self._public_backend(d) for _bid, d in active),
-                lookup=tuple(index[s] for s in slots if s in index),
+                lookup=lookup,
                 draining=tuple(self._public_backend(d) for _bid, d in draining),
             )
         return out
 
     def connection_counts(self) -> dict[tuple[VipKey, Backend], int]:
         """New connections per (VIP, backend), summed over CPUs, since the backend joined the VIP."""
-        snap = self._snapshot()
+        snap = self._snapshot(tables=False)
         vip_by_service = {self._service(v)[0]: self._vip_key(maps.Lb4Key.from_buffer_copy(k))
                           for k, v in snap.services.items()}
         conns = self._maps["nv_conns"]
@@ -236,8 +253,7 @@ class EbpfDataplane:
             raw = conns.lookup(ctypes.c_uint32(backend_id))
             if vip is None or raw is None:
                 continue
-            per_cpu = array.array("Q", raw)
-            counts[(vip, self._public_backend(decoded))] = sum(per_cpu)
+            counts[(vip, self._public_backend(decoded))] = sum(array.array("Q", raw))
         return counts
 
     def close(self, keep_kernel_state: bool = True) -> None:
@@ -256,24 +272,26 @@ class EbpfDataplane:
         return sorted({p.attach_point for p in loader.attached_programs(self.cgroup_path)})
 
     # -- map form ---------------------------------------------------------------------------------
-    def _plan(self, key: VipKey, entry: VipEntry, service_id: int, known: dict[tuple[int, int], int],
-              backend_ids: _Ids) -> tuple[list[int], dict[int, bytes], bytes | None, bytes]:
-        """The map form of one VIP: new backend ids, backend values by id, slot table, service."""
+    def _plan(self, entry: VipEntry, service_id: int, known: dict[tuple[int, int], int],
+              backend_ids: _Ids) -> _Plan:
+        """One VIP in map form. Raises ValueError naming what is wrong with the entry."""
         if len(entry.backends) > 0xFFFF:
             raise ValueError(f"{len(entry.backends)} backends: at most 65535 per VIP")
-        lookup = entry.lookup or tuple(range(len(entry.backends)))
+        implicit = not entry.lookup
+        lookup = tuple(range(len(entry.backends))) if implicit else entry.lookup
         if lookup and not entry.backends:
             raise ValueError("lookup given but no backends")
+        if len(lookup) > MAX_TABLE_SIZE:
+            raise ValueError(f"lookup of {len(lookup)} slots: at most {MAX_TABLE_SIZE}")
         if lookup and (min(lookup) < 0 or max(lookup) >= len(entry.backends)):
             bad = next(i for i in lookup if not 0 <= i < len(entry.backends))
             raise ValueError(f"lookup index {bad} is outside the {len(entry.backends)} backends")
-        members: list[tuple[Backend, int]] = [(b, 0) for b in entry.backends]
-        members += [(b, maps.BACKEND_DRAINING) for b in entry.draining]
+        plan = _Plan()
+        members = [(b, 0, n) for n, b in enumerate(entry.backends)]
+        members += [(b, maps.BACKEND_DRAINING, n) for n, b in enumerate(entry.draining)]
         seen: set[tuple[int, int]] = set()
-        new_ids: list[int] = []
-        values: dict[int, bytes] = {}
         active_ids: list[int] = []
-        for position, (backend, flags) in enumerate(members):
+        for backend, flags, position in members:
             what = f"backend {backend.ip}:{backend.port}"
             ident = (_address(backend.ip, what), _port(backend.port, what))
             if ident in seen:
@@ -282,23 +300,23 @@ class EbpfDataplane:
             backend_id = known.get(ident)
             if backend_id is None:
                 backend_id = backend_ids.take()
-                new_ids.append(backend_id)
+                plan.new_backends.append(backend_id)
             if not flags:
                 active_ids.append(backend_id)
-            else:
-                position -= len(entry.backends)
-            values[backend_id] = bytes(maps.Lb4Backend(ident[0], ident[1], flags, 0, service_id, position, 0))
-        slots_max = self.features.slots
-        if len(lookup) > slots_max:
-            length = len(lookup)
-            lookup = [lookup[i * length // slots_max] for i in range(slots_max)]
-        table_bytes = None
+            plan.backends[backend_id] = bytes(maps.Lb4Backend(*ident, flags, 0, service_id, position, 0))
         if lookup:
-            ids = [active_ids[i] for i in lookup]
-            # Repeat past table_size so a reader with the previous size still finds a live id.
-            table_bytes = array.array("I", (ids * (slots_max // len(ids) + 1))[:slots_max]).tobytes()
-        service = bytes(maps.Lb4Service(service_id, len(lookup), len(active_ids)))
-        return new_ids, values, table_bytes, service
+            plan.chunks = self._chunks([active_ids[i] for i in lookup])
+        plan.service = bytes(maps.Lb4Service(service_id, len(lookup), len(active_ids),
+                                             maps.SERVICE_IMPLICIT_TABLE if implicit and lookup else 0))
+        return plan
+
+    def _chunks(self, ids: list[int]) -> list[bytes]:
+        """Backend ids by slot, cut into nv_maglev values; the tail repeats the table from its start."""
+        size = self.features.chunk_slots
+        count = -(-len(ids) // size)
+        padded = (ids * (count * size // len(ids) + 1))[:count * size]
+        blob = array.array("I", padded).tobytes()
+        return [blob[n * size * 4:(n + 1) * size * 4] for n in range(count)]
 
     def _key(self, key: VipKey) -> maps.Lb4Key:
         protocol = maps.PROTOCOLS.get(key.protocol)
@@ -312,8 +330,9 @@ class EbpfDataplane:
                       maps.PROTOCOL_NAMES.get(key.protocol, str(key.protocol)))  # type: ignore[arg-type]
 
     @staticmethod
-    def _service(value: bytes) -> tuple[int, int, int]:
-        return struct.unpack_from("=IHH", value)
+    def _service(value: bytes) -> tuple[int, int, int, int]:
+        """(id, table_size, backend_count, flags) of an lb4_service."""
+        return struct.unpack_from("=IIHH", value)
 
     @staticmethod
     def _backend(value: bytes) -> tuple[int, int, int, int, int]:
@@ -326,14 +345,11 @@ class EbpfDataplane:
         return Backend(maps.from_be32(decoded[0]), maps.from_be16(decoded[1]))
 
     # -- kernel I/O -------------------------------------------------------------------------------
-    def _snapshot(self) -> _Snapshot:
-        def by_id(items: Iterable[tuple[bytes, bytes]]) -> dict[int, bytes]:
-            return {struct.unpack("=I", k)[0]: v for k, v in items}
-
+    def _snapshot(self, tables: bool = True) -> _Snapshot:
         return _Snapshot(
             services=dict(self._maps["nv_services"].items()),
-            backends=by_id(self._maps["nv_backends"].items()),
-            tables=by_id(self._maps["nv_maglev"].items()),
+            backends={struct.unpack("=I", k)[0]: v for k, v in self._maps["nv_backends"].items()},
+            tables={struct.unpack("=II", k): v for k, v in self._maps["nv_maglev"].items()} if tables else {},
         )
 
     @staticmethod

@@ -9,10 +9,15 @@
 
 #include <linux/types.h>
 
-/* Slots in one VIP's socket-LB table. A prime, and 1009 * 4 bytes plus the kernel's hash
- * element header still fits one 4 KiB allocation. Larger Maglev tables are down-sampled. */
-#ifndef NAVSTAR_LB_SLOTS
-#define NAVSTAR_LB_SLOTS 1009
+/* A VIP's slot table (its Maglev lookup, any length) is stored in chunks of this many slots:
+ * with the 8-byte key and the kernel's 48-byte hash element header, one chunk is a 4 KiB
+ * allocation. A 10-backend Maglev table (1021 slots) takes two. */
+#ifndef NAVSTAR_LB_CHUNK_SLOTS
+#define NAVSTAR_LB_CHUNK_SLOTS 1008
+#endif
+
+#ifndef NAVSTAR_MAX_CHUNKS
+#define NAVSTAR_MAX_CHUNKS 131072
 #endif
 
 #ifndef NAVSTAR_MAX_SERVICES
@@ -29,6 +34,9 @@
 
 /* lb4_backend.flags */
 #define NAVSTAR_BACKEND_DRAINING 0x1
+/* lb4_service.flags: the table was made from the backend list because minuteman gave none
+ * (P2C balancing); read back, such a VIP reports an empty lookup again. */
+#define NAVSTAR_SERVICE_IMPLICIT_TABLE 0x1
 
 /* nv_services key: a VIP as the application addresses it (network byte order). */
 struct lb4_key {
@@ -40,9 +48,10 @@ struct lb4_key {
 
 /* nv_services value. */
 struct lb4_service {
-	__u32 id;            /* key of this VIP's nv_maglev table */
-	__u16 table_size;    /* slots in use, 1..NAVSTAR_LB_SLOTS */
+	__u32 id;            /* service_id of this VIP's nv_maglev chunks */
+	__u32 table_size;    /* slots in the table (the Maglev table size) */
 	__u16 backend_count; /* backends taking new connections; 0 refuses connects */
+	__u16 flags;         /* NAVSTAR_SERVICE_* */
 };
 
 /* nv_backends value, keyed by a __u32 backend id that is unique per (VIP, backend) pair so the
@@ -57,11 +66,17 @@ struct lb4_backend {
 	__u16 pad2;
 };
 
-/* nv_maglev value, keyed by service id: backend ids by slot. Every slot is filled, the table
- * repeated cyclically past table_size, so a reader holding an older table_size still picks a
- * live backend while the two entries are being replaced. */
+/* nv_maglev key: slot s of a VIP's table is backend_ids[s % CHUNK] of chunk s / CHUNK. */
+struct lb4_maglev_key {
+	__u32 service_id;
+	__u32 chunk;
+};
+
+/* nv_maglev value: backend ids by slot. The last chunk is filled by repeating the table from
+ * its start, so a reader that still holds a previous table_size finds a live backend while a
+ * table is being replaced. */
 struct lb4_maglev {
-	__u32 backend_ids[NAVSTAR_LB_SLOTS];
+	__u32 backend_ids[NAVSTAR_LB_CHUNK_SLOTS];
 };
 
 /* nv_revnat key: which backend a socket was sent to ... */

@@ -82,9 +82,10 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx)
 	__be16 vip_port = (__be16)ctx->user_port;
 	__u8 protocol = (__u8)ctx->protocol;
 	struct lb4_service *service;
+	struct lb4_maglev_key chunk = {};
 	struct lb4_maglev *table;
 	struct lb4_backend *backend;
-	__u32 service_id, slot, backend_id;
+	__u32 slot, index, backend_id;
 
 	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
 		return SOCK_ADDR_ALLOW;
@@ -93,14 +94,19 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx)
 		return SOCK_ADDR_ALLOW;
 	if (service->backend_count == 0 || service->table_size == 0)
 		return SOCK_ADDR_REFUSE;
-	service_id = service->id;
-	table = nv_maglev.lookup(&service_id);
+	slot = lb4_flow_hash(ctx) % service->table_size;
+	chunk.service_id = service->id;
+	chunk.chunk = slot / NAVSTAR_LB_CHUNK_SLOTS;
+	table = nv_maglev.lookup(&chunk);
 	if (!table)
 		return SOCK_ADDR_REFUSE;
-	slot = lb4_flow_hash(ctx) % service->table_size;
-	if (slot >= NAVSTAR_LB_SLOTS)
+	index = slot % NAVSTAR_LB_CHUNK_SLOTS;
+	/* The verifier does not bound a modulo and clang drops a check it can prove, so hide the
+	 * value from clang (libbpf's barrier_var) and bound it for the verifier. */
+	asm volatile("" : "+r"(index));
+	if (index >= NAVSTAR_LB_CHUNK_SLOTS)
 		return SOCK_ADDR_REFUSE;
-	backend_id = table->backend_ids[slot];
+	backend_id = table->backend_ids[index];
 	backend = nv_backends.lookup(&backend_id);
 	if (!backend)
 		return SOCK_ADDR_REFUSE;

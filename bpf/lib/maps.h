@@ -13,9 +13,9 @@ BPF_TABLE_PINNED("hash", struct lb4_key, struct lb4_service, nv_services,
 		 NAVSTAR_MAX_SERVICES, NAVSTAR_PIN_DIR "/nv_services");
 BPF_TABLE_PINNED("hash", __u32, struct lb4_backend, nv_backends,
 		 NAVSTAR_MAX_BACKENDS, NAVSTAR_PIN_DIR "/nv_backends");
-/* No preallocation: a 4 KiB table per VIP is only paid for VIPs that exist. */
-BPF_TABLE_PINNED("hash", __u32, struct lb4_maglev, nv_maglev,
-		 NAVSTAR_MAX_SERVICES, NAVSTAR_PIN_DIR "/nv_maglev", BPF_F_NO_PREALLOC);
+/* No preallocation: table chunks are only paid for VIPs that exist. */
+BPF_TABLE_PINNED("hash", struct lb4_maglev_key, struct lb4_maglev, nv_maglev,
+		 NAVSTAR_MAX_CHUNKS, NAVSTAR_PIN_DIR "/nv_maglev", BPF_F_NO_PREALLOC);
 /* New connections per backend id; per CPU so the hot path needs no atomics. */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, nv_conns,
 		 NAVSTAR_MAX_BACKENDS, NAVSTAR_PIN_DIR "/nv_conns");

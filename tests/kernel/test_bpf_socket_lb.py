@@ -208,7 +208,7 @@ def test_apply_is_idempotent_minimal_and_reports_bad_vips(dataplane, lab):
     assert "lookup index 7" in result.errors[bad_lookup]
     assert "11.0.0.300" in result.errors[bad_address]
     assert "port 0" in result.errors[bad_backend]
-    assert dataplane.current() == {k: VipEntry(k, e.backends, lookup=(0, 1, 2)) for k, e in good.items()}
+    assert dataplane.current() == good   # read back exactly as applied
 
     dataplane.apply(good)
     assert dataplane.last_writes == 0
@@ -238,7 +238,7 @@ def test_restart_keeps_serving_then_adopts(lab, pins):
 
     second = EbpfDataplane(lab.cgroup.unified_path, pins)
     try:
-        assert second.current() == {k: VipEntry(k, e.backends, lookup=(0, 1, 2)) for k, e in table.items()}
+        assert second.current() == table
         second.apply(table)
         assert second.last_writes == 0
         now = second.connection_counts()
@@ -268,7 +268,7 @@ def test_features_switch_attach_points_and_a_layout_change_is_refused(netns, pin
     dp.close()
     assert [p.attach_point for p in loader.attached_programs(netns.cgroup.unified_path)] == ["connect4"]
     with pytest.raises(LoaderError, match="nv_maglev"):
-        EbpfDataplane(netns.cgroup.unified_path, pins, features=Features(slots=251))
+        EbpfDataplane(netns.cgroup.unified_path, pins, features=Features(chunk_slots=251))
 
 
 def test_refuses_the_root_cgroup_and_a_pin_dir_off_bpffs(netns):
@@ -279,22 +279,26 @@ def test_refuses_the_root_cgroup_and_a_pin_dir_off_bpffs(netns):
 
 
 def test_many_vips_round_trip_through_batched_maps(netns, pins):
-    # More entries than one batch chunk in every map, with tables longer than the slot limit.
-    dp = EbpfDataplane(netns.cgroup.unified_path, pins, features=Features(udp=False, peername=False, slots=251))
+    # More entries than one batch chunk in every map; tables of one, two and many chunks.
+    features = Features(udp=False, peername=False, chunk_slots=100)
+    dp = EbpfDataplane(netns.cgroup.unified_path, pins, features=features)
     try:
         table = {}
         for n in range(1500):
             key = VipKey(f"11.1.{n // 250}.{n % 250 + 1}", 80, "tcp")
             members = tuple(Backend(f"10.{n // 250}.{n % 250}.{i}", 8000 + i) for i in range(3))
-            table[key] = VipEntry(key, members, lookup=tuple(i % 3 for i in range(251)))
-        big = VipKey("11.2.0.1", 443, "tcp")
-        table[big] = VipEntry(big, backends(443), lookup=tuple((i * 7) % 3 for i in range(1009)))
+            size = (97, 100, 101, 211, 1021)[n % 5]
+            table[key] = VipEntry(key, members, lookup=tuple((i * 7 + n) % 3 for i in range(size)))
         result = dp.apply(table)
-        assert not result.errors and len(result.programmed) == 1501
-        current = dp.current()
-        assert {k: v for k, v in current.items() if k != big} == {k: v for k, v in table.items() if k != big}
-        sampled = current[big].lookup
-        assert len(sampled) == 251 and Counter(sampled).keys() == {0, 1, 2}
+        assert not result.errors and len(result.programmed) == 1500
+        assert dp.current() == table
         assert dp.apply(table).programmed == set(table) and dp.last_writes == 0
+
+        # Shrink every table and drop a backend: extra chunks and backends go, nothing else stays.
+        smaller = {k: VipEntry(k, e.backends[:2], lookup=tuple(i % 2 for i in range(53)))
+                   for k, e in table.items()}
+        dp.apply(smaller)
+        assert dp.current() == smaller
+        assert dp.apply(smaller).programmed == set(smaller) and dp.last_writes == 0
     finally:
         dp.close()

@@ -22,7 +22,7 @@ CLANG = shutil.which("clang")
 
 
 def static_asserts(structs, slots: int) -> str:
-    lines = ["#include <stddef.h>", f"#define NAVSTAR_LB_SLOTS {slots}", '#include "layout.h"']
+    lines = ["#include <stddef.h>", f"#define NAVSTAR_LB_CHUNK_SLOTS {slots}", '#include "layout.h"']
     for struct in structs:
         c_type = f"struct {struct.C_NAME}"
         lines.append(f'_Static_assert(sizeof({c_type}) == {ctypes.sizeof(struct)}, '
@@ -49,7 +49,7 @@ needs_clang = pytest.mark.skipif(CLANG is None, reason="clang is installed by sc
 
 
 @needs_clang
-@pytest.mark.parametrize("slots", [maps.DEFAULT_LB_SLOTS, 251])
+@pytest.mark.parametrize("slots", [maps.DEFAULT_CHUNK_SLOTS, 251])
 def test_mirror_matches_header(slots):
     structs = [s for s in maps.STRUCTS if s.C_NAME != "lb4_maglev"] + [maps.maglev_type(slots)]
     result = compile_against_header(static_asserts(structs, slots))
@@ -62,21 +62,21 @@ def test_a_drifted_mirror_is_caught():
         C_NAME = "lb4_backend"
         _fields_ = [("address", ctypes.c_uint32), ("port", ctypes.c_uint32), ("flags", ctypes.c_uint8)]
 
-    result = compile_against_header(static_asserts([Drifted], maps.DEFAULT_LB_SLOTS))
+    result = compile_against_header(static_asserts([Drifted], maps.DEFAULT_CHUNK_SLOTS))
     assert result.returncode != 0
     assert "offsetof(struct lb4_backend, flags) != 8" in result.stderr
 
 
-def test_maglev_table_fits_one_page_with_the_hash_element_header():
-    # layout.h promises this; a bigger default would double the kernel memory per VIP.
-    assert ctypes.sizeof(maps.Lb4Maglev) + 56 <= 4096
+def test_a_table_chunk_fits_one_page_with_the_hash_element_header():
+    # layout.h promises this: the kernel's htab element header is 48 bytes, then the 8-byte key.
+    assert 48 + ctypes.sizeof(maps.Lb4MaglevKey) + ctypes.sizeof(maps.Lb4Maglev) <= 4096
 
 
 def test_map_specs_use_the_mirror():
-    specs = maps.map_specs(slots=251, max_services=10)
+    specs = maps.map_specs(chunk_slots=251, max_chunks=10)
     assert set(specs) == {"nv_services", "nv_backends", "nv_maglev", "nv_conns", "nv_revnat"}
     assert ctypes.sizeof(specs["nv_maglev"].value) == 251 * 4
-    assert specs["nv_maglev"].max_entries == 10
+    assert specs["nv_maglev"].key is maps.Lb4MaglevKey and specs["nv_maglev"].max_entries == 10
     assert specs["nv_conns"].percpu and not specs["nv_services"].percpu
 
 
