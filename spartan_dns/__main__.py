@@ -35,10 +35,15 @@ def serve(
     node_ip: Annotated[str, typer.Option(help="this node's IP (thisnode.thisdcos.directory)")] = "127.0.0.1",
     vips: Annotated[Path | None, typer.Option(help="JSON file: VIP name → address")] = None,
     mesos_state: Annotated[Path | None, typer.Option(help="Mesos state JSON for the mesos zone")] = None,
+    domain: Annotated[str, typer.Option(help="the Mesos-DNS domain")] = "mesos",
+    ip_sources: Annotated[str, typer.Option(help="task IP sources, first that yields wins")] = "netinfo,mesos,host",
+    label_spec: Annotated[str, typer.Option(help="rfc1123 or rfc952")] = "rfc1123",
+    mesos_master: Annotated[list[str] | None, typer.Option(help="a master's ip:port (repeat; masterN)")] = None,
     allow: Annotated[list[str] | None, typer.Option(help="client network allowed to query (repeat)")] = None,
     upstream_timeout: Annotated[float, typer.Option(help="seconds per upstream")] = 1.0,
     overall_timeout: Annotated[float, typer.Option(help="seconds before SERVFAIL")] = 2.5,
     max_inflight: Annotated[int, typer.Option(help="forwarded queries in flight at most")] = 1000,
+    tcp_idle_timeout: Annotated[float, typer.Option(help="seconds an idle TCP connection stays open")] = 10.0,
     metrics_listen: Annotated[str | None, typer.Option(help="host:port for /metrics and the /v1 API")] = None,
 ) -> None:
     """Serve DNS until SIGTERM/SIGINT."""
@@ -47,15 +52,17 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         service = DnsService(listen, port, upstream or None,
-                             dict(parse_forward_zone(z) for z in forward_zone or []), node_ip,
+                             dict(parse_forward_zone(z) for z in forward_zone or []), node_ip, domain,
                              allowed_clients=allow or None, upstream_timeout=upstream_timeout,
-                             overall_timeout=overall_timeout, max_inflight=max_inflight)
+                             overall_timeout=overall_timeout, max_inflight=max_inflight,
+                             tcp_idle_timeout=tcp_idle_timeout)
         if vips is not None:
             service.set_vips(json.loads(vips.read_text()))
         if mesos_state is not None:
             from spartan_dns.records import generate
 
-            service.set_mesos_records(generate(json.loads(mesos_state.read_text())))
+            service.set_mesos_records(generate(json.loads(mesos_state.read_text()), domain, ip_sources, label_spec,
+                                               masters=mesos_master or [], listener=listen[0]))
     except (ValueError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

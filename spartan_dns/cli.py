@@ -98,3 +98,40 @@ def records(
     for record in recordset:
         table.add_row(record.name, record.rtype, record.value)
     Console().print(table)
+
+
+@dns_app.command("query")
+def query(
+    name: Annotated[str, typer.Argument(help="the name to look up")],
+    qtype: Annotated[str, typer.Argument(metavar="[TYPE]", help="A, AAAA, SRV, SOA, NS, TXT, …")] = "A",
+    server: Annotated[str, typer.Option(help="resolver to ask")] = "198.51.100.1",
+    port: Annotated[int, typer.Option(help="its port")] = 53,
+    tcp: Annotated[bool, typer.Option("--tcp", help="ask over TCP")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the answer")] = 3.0,
+) -> None:
+    """Ask a resolver and print the answer like `dig +short` (the rcode on failure, exit 1)."""
+    from dnslib import QTYPE, RCODE, DNSError, DNSRecord
+
+    kind = qtype.upper()
+    if kind not in QTYPE.reverse:
+        raise _fail(f"TYPE: unknown record type {qtype!r}")
+    try:
+        request = DNSRecord.question(name, kind)
+    except DNSError as exc:
+        raise _fail(f"NAME: {name!r} is not a DNS name ({exc})") from None
+    try:
+        wire = request.send(server, port, tcp=tcp, timeout=timeout, ipv6=":" in server)
+        reply = DNSRecord.parse(wire)
+        if reply.header.tc and not tcp:
+            reply = DNSRecord.parse(request.send(server, port, tcp=True, timeout=timeout, ipv6=":" in server))
+    except TimeoutError:
+        _err.print(f"no answer from {server} port {port} within {timeout:g}s")
+        raise typer.Exit(1) from None
+    except (OSError, DNSError) as exc:
+        _err.print(f"cannot query {server} port {port}: {exc}")
+        raise typer.Exit(1) from None
+    if reply.header.rcode != RCODE.NOERROR:
+        _err.print(RCODE.get(reply.header.rcode, str(reply.header.rcode)))
+        raise typer.Exit(1)
+    for rr in reply.rr:
+        print(rr.rdata.toZone())

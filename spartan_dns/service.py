@@ -124,6 +124,7 @@ class DnsService:
         self._mesos: list[ZoneRecord] = []
         self._leader: str | None = None
         self._masters: list[str] = []
+        self._recordset = None
         self.metrics.gauges["navstar_dns_cache_entries"] = lambda: len(self.cache)
         self.metrics.gauges["navstar_dns_inflight_queries"] = lambda: self.forward.inflight
         self._build_static_zones()
@@ -191,6 +192,21 @@ class DnsService:
         return routes(self)
 
     # -- queries for the API and tools --------------------------------------------------------
+    def recordset(self):
+        """Every record of the node's zones as a ``spartan_dns.records.RecordSet`` (for the HTTP API)."""
+        if self._recordset is None:
+            from dnslib import QTYPE
+
+            from spartan_dns.records import Record, RecordSet
+
+            records = []
+            for zone in sorted(self.zones.zones(), key=lambda z: z.origin):
+                for name, rtype, rdata in zone.names():
+                    value = f"{rdata.target}:{rdata.port}" if rtype == QTYPE.SRV else str(rdata)
+                    records.append(Record(name + ".", QTYPE[rtype], value))
+            self._recordset = RecordSet(tuple(records), domain=self.mesos_domain)
+        return self._recordset
+
     def lookup(self, name: str, qtype: int) -> Reply | None:
         """The node's own answer for ``name`` (None if no own zone holds it)."""
         from dnslib import DNSLabel
@@ -213,6 +229,7 @@ class DnsService:
 
     def _put(self, zone: Zone) -> None:
         self.zones.put(zone)
+        self._recordset = None
         self.metrics.zone_records[zone.origin] = zone.record_count
         self.server.forget()
 

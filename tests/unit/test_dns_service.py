@@ -260,8 +260,9 @@ async def test_http_api_in_mesos_dns_shapes(service):
         bad = await client.get("/v1/hosts/" + "x" * 70 + ".mesos")
         assert bad.status_code == 400 and "label" in bad.json()["error"]
         records = (await client.get("/v1/records")).json()
-    assert {"name": "leader.mesos.", "rtype": "A", "value": "198.18.0.2"} in records
-    assert {"name": VIP + ".", "rtype": "A", "value": "11.0.0.1"} in records
+    assert {"name": "leader.mesos.", "host": "198.18.0.2", "rtype": "A"} in records
+    assert {"name": VIP + ".", "host": "11.0.0.1", "rtype": "A"} in records
+    assert {"name": "_web._tcp.marathon.mesos.", "host": "web-abcde-s1.marathon.mesos.:80", "rtype": "SRV"} in records
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

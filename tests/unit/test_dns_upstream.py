@@ -64,11 +64,13 @@ async def test_first_answer_wins_the_race():
 
 async def test_at_most_two_upstreams_race_and_the_third_is_a_fallback():
     plan = {U1: (0.0, "servfail"), U2: (0.0, "servfail"), U3: (0.0, "answer")}
-    fwd, transport, failures = forwarder(plan)
+    health = UpstreamHealth()
+    health.failed(U3)                                   # so U3 ranks last and is not in the race
+    fwd, transport, failures = forwarder(plan, health)
     answer = await fwd.resolve([U1, U2, U3], "example.com", QTYPE.A, 1)
     assert str(answer.rr[0].rdata) == U3.host
     assert {u for u, reason in failures} == {U1, U2} and {r for _, r in failures} == {"rcode"}
-    assert len(transport.asked) == 3
+    assert sorted(transport.asked[:2]) == [U1, U2] and transport.asked[2] == U3
 
 
 async def test_servfail_and_wrong_question_count_as_failures_not_answers():

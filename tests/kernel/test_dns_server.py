@@ -1,0 +1,212 @@
+"""The resolver serving real clients (dig) in a test namespace: UDP, TCP, EDNS0 sizes, TC,
+forwarding to a dnsmasq upstream and what happens when it stops, the Mesos-DNS vectors over DNS."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from dnslib import DNSRecord
+from pyroute2 import netns as pyroute2_netns
+
+REPO = Path(__file__).resolve().parents[2]
+CONFORMANCE = REPO.parent / "shared" / "conformance" / "mesos-dns"
+DNS_IP = "198.51.100.1"
+UPSTREAM_IP = "127.0.0.2"
+VIPS = {f"app{i}.marathon.l4lb.thisdcos.directory": f"11.0.0.{i}" for i in range(1, 6)}
+
+
+@dataclass
+class Process:
+    popen: subprocess.Popen
+    log: Path
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+@pytest.fixture
+def dns_ns(netns):
+    netns.run("ip", "addr", "add", f"{DNS_IP}/32", "dev", "lo")
+    netns.run("ip", "addr", "add", f"{UPSTREAM_IP}/8", "dev", "lo", check=False)   # inside 127/8 already
+    return netns
+
+
+@pytest.fixture
+def start_dns(dns_ns, tmp_path) -> Iterator[Callable[..., Process]]:
+    """Starts ``python -m spartan_dns`` in the test namespace; waits until it listens."""
+    started: list[Process] = []
+
+    def start(*args: str, vips: dict[str, str] = VIPS) -> Process:
+        vips_file = tmp_path / f"vips-{len(started)}.json"
+        vips_file.write_text(json.dumps(vips))
+        log = tmp_path / f"dns-{len(started)}.log"
+        command = [sys.executable, "-m", "spartan_dns", "--listen", DNS_IP, "--port", "53",
+                   "--vips", str(vips_file), "--node-ip", "198.18.0.11", *args]
+        popen = dns_ns.popen(*command, cwd=REPO, stdout=subprocess.PIPE, stderr=log.open("w"), text=True)
+        process = Process(popen, log)
+        started.append(process)
+        if popen.stdout.readline().strip() != "ready":
+            popen.wait(5)
+            pytest.fail(f"resolver did not start: {log.read_text()}")
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def upstream(dns_ns, tmp_path) -> Iterator[Process]:
+    """dnsmasq on 127.0.0.2:53 serving upstream1..upstream50.example.test and a 60-address name."""
+    hosts = tmp_path / "upstream.hosts"
+    lines = [f"10.20.0.{i} upstream{i}.example.test" for i in range(1, 51)]
+    lines += [f"10.30.0.{i} big.example.test" for i in range(1, 61)]
+    hosts.write_text("\n".join(lines) + "\n")
+    log = tmp_path / "dnsmasq.log"
+    popen = dns_ns.popen("dnsmasq", "-k", "--conf-file=/dev/null", "--no-hosts", f"--addn-hosts={hosts}",
+                         "--local-ttl=2", "--no-resolv", "--bind-interfaces", f"--listen-address={UPSTREAM_IP}",
+                         "--port=53", "--user=root", f"--log-facility={log}",
+                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    process = Process(popen, log)
+    for _ in range(50):
+        if "udp" in dns_ns.run("ss", "-lun", check=False).stdout and UPSTREAM_IP in dns_ns.run("ss", "-lun").stdout:
+            break
+        time.sleep(0.1)
+    yield process
+    process.stop()
+
+
+def dig(ns, *args: str) -> str:
+    return ns.run("dig", f"@{DNS_IP}", "+time=3", "+tries=1", *args, check=False).stdout
+
+
+def short(ns, *args: str) -> list[str]:
+    return sorted(line for line in dig(ns, "+short", *args).splitlines() if line and not line.startswith(";"))
+
+
+def status(output: str) -> str:
+    found = re.search(r"status: (\w+)", output)
+    return found.group(1) if found else "no answer"
+
+
+def test_own_zones_over_udp_and_tcp_with_dig(dns_ns, start_dns):
+    start_dns("--upstream", UPSTREAM_IP)
+    assert short(dns_ns, "app1.marathon.l4lb.thisdcos.directory") == ["11.0.0.1"]
+    assert short(dns_ns, "+tcp", "APP2.Marathon.L4LB.thisdcos.directory") == ["11.0.0.2"]
+    assert short(dns_ns, "ready.spartan") == ["127.0.0.1"]
+    assert short(dns_ns, "thisnode.thisdcos.directory") == ["198.18.0.11"]
+    missing = dig(dns_ns, "nope.marathon.l4lb.thisdcos.directory")
+    assert status(missing) == "NXDOMAIN" and "SOA" in missing
+    nodata = dig(dns_ns, "app1.marathon.l4lb.thisdcos.directory", "AAAA")
+    assert status(nodata) == "NOERROR" and "ANSWER: 0" in nodata and "SOA" in nodata
+    with_edns = dig(dns_ns, "+bufsize=4096", "ready.spartan")
+    assert "udp: 1232" in with_edns                      # our advertised payload size
+    assert "OPT PSEUDOSECTION" not in dig(dns_ns, "+noedns", "ready.spartan")
+    assert status(dig(dns_ns, "+opcode=2", "ready.spartan")) == "NOTIMP"
+
+
+def test_forwarding_tc_and_upstream_failure(dns_ns, start_dns, upstream):
+    start_dns("--upstream", UPSTREAM_IP, "--upstream-timeout", "0.3", "--overall-timeout", "0.8")
+    assert short(dns_ns, "upstream1.example.test") == ["10.20.0.1"]
+    truncated = dig(dns_ns, "+noedns", "+ignore", "big.example.test")
+    assert " tc " in truncated.split("flags:")[1].split(";")[0] + " " and "ANSWER: 0" in truncated
+    assert len(short(dns_ns, "+bufsize=1232", "+ignore", "big.example.test")) == 60
+    assert len(short(dns_ns, "+tcp", "big.example.test")) == 60
+    assert len(short(dns_ns, "+noedns", "big.example.test")) == 60          # dig retried over TCP
+
+    upstream.stop()
+    time.sleep(2.2)                                     # upstream1's TTL (2 s) runs out
+    started = time.monotonic()
+    failed = dig(dns_ns, "upstream7.example.test")      # never asked before: nothing to serve stale
+    assert status(failed) == "SERVFAIL"
+    assert time.monotonic() - started < 2.0
+    stale = dig(dns_ns, "+noall", "+answer", "upstream1.example.test")
+    assert re.search(r"upstream1\.example\.test\.\s+30\s+IN\s+A\s+10\.20\.0\.1", stale), stale
+
+
+def test_tcp_serves_several_queries_per_connection_then_closes_when_idle(dns_ns, start_dns):
+    start_dns("--upstream", UPSTREAM_IP, "--tcp-idle-timeout", "1")
+    pyroute2_netns.pushns(dns_ns.name)
+    try:
+        conn = socket.create_connection((DNS_IP, 53), timeout=5)
+    finally:
+        pyroute2_netns.popns()
+    with conn:
+        names = list(VIPS)[:3]
+        for i, name in enumerate(names):           # pipelined: all three before reading any answer
+            query = DNSRecord.question(name)
+            query.header.id = 100 + i
+            wire = query.pack()
+            conn.sendall(struct.pack("!H", len(wire)) + wire)
+        answers = {}
+        for _ in names:
+            length = struct.unpack("!H", _read(conn, 2))[0]
+            reply = DNSRecord.parse(_read(conn, length))
+            answers[reply.header.id] = str(reply.rr[0].rdata)
+        assert answers == {100: "11.0.0.1", 101: "11.0.0.2", 102: "11.0.0.3"}
+        started = time.monotonic()
+        assert conn.recv(1) == b""                  # the server closed the idle connection
+        assert 0.5 < time.monotonic() - started < 4
+
+
+def _read(conn: socket.socket, count: int) -> bytes:
+    data = b""
+    while len(data) < count:
+        chunk = conn.recv(count - len(data))
+        if not chunk:
+            raise ConnectionError("closed early")
+        data += chunk
+    return data
+
+
+def test_clients_outside_the_node_get_no_answer(dns_ns, start_dns):
+    start_dns("--upstream", UPSTREAM_IP, "--allow", "127.0.0.0/8", "--allow", f"{DNS_IP}/32")
+    dns_ns.run("ip", "addr", "add", "203.0.113.9/32", "dev", "lo")
+    assert short(dns_ns, "-b", "127.0.0.1", "ready.spartan") == ["127.0.0.1"]
+    assert status(dig(dns_ns, "-b", "203.0.113.9", "+time=1", "ready.spartan")) == "no answer"
+
+
+needs_conformance = pytest.mark.skipif(not (CONFORMANCE / "vectors.json").exists(),
+                                       reason=f"no conformance data at {CONFORMANCE}")
+
+
+@needs_conformance
+def test_mesos_dns_conformance_vectors_hold_over_real_queries(dns_ns, start_dns, tmp_path):
+    conformance = json.loads((CONFORMANCE / "vectors.json").read_text())
+    params = conformance["params"]
+    state = json.loads((CONFORMANCE / "fake.json").read_text())
+    state["leader"] = "master@144.76.157.37:5050"
+    state_file = tmp_path / "state.json"
+    state_file.write_text(json.dumps(state))
+    groups: dict[str, list[dict]] = {}
+    for vector in conformance["vectors"]:
+        groups.setdefault(vector["ip_sources"], []).append(vector)
+    checked = 0
+    for ip_sources, vectors in groups.items():
+        server = start_dns("--upstream", UPSTREAM_IP, "--mesos-state", str(state_file), "--domain", params["domain"],
+                           "--ip-sources", ip_sources, "--label-spec", params["label_spec"].lower(),
+                           *[arg for master in params["masters"] for arg in ("--mesos-master", master)])
+        for vector in vectors:
+            got = short(dns_ns, vector["name"], vector["rtype"])
+            if vector["rtype"] == "SRV":
+                got = sorted(f"{target}:{port}" for _prio, _weight, port, target in (g.split() for g in got))
+            assert got == sorted(vector["want"]), (vector, server.log.read_text()[-2000:])
+            checked += 1
+        server.stop()
+    assert checked == 41
