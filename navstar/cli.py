@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from control.cli import app_cli, node_cli, task_cli
 from minuteman.cli import vip_app
 from spartan_dns.cli import dns_app
 
@@ -22,6 +23,9 @@ lab_app = typer.Typer(no_args_is_help=True, help="A sealed multi-node lab in net
 app.add_typer(lab_app, name="lab")
 app.add_typer(dns_app, name="dns")
 app.add_typer(vip_app, name="vip")
+app.add_typer(app_cli, name="app")
+app.add_typer(task_cli, name="task")
+app.add_typer(node_cli, name="node")
 
 console = Console()
 err = Console(stderr=True)

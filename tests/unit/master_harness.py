@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
 
 from control.agent_client import FakeAgents
 from control.master import Master
+from control.registry import AgentRegistration
 
 
 class FakeClock:
@@ -90,3 +95,48 @@ async def running_cluster(agents: int = 2, **kwargs: Any) -> AsyncIterator[Clust
         yield cluster
     finally:
         await cluster.close()
+
+
+class ServedMaster:
+    """A master on 127.0.0.1 (ephemeral port) with its scheduler loop, in a background thread."""
+
+    SECRET = "client-secret"
+
+    def __init__(self) -> None:
+        self.fake = FakeAgents()
+        self.master = Master(secret=self.SECRET, agent_timeout=30, agent_client=self.fake, advertise_ip="127.0.0.1")
+        self.fake.sink = self.master.scheduler.on_status
+        self.socks = [socket.socket(), socket.socket()]
+        for sock in self.socks:
+            sock.bind(("127.0.0.1", 0))
+        self.url, self.mesos_url = (f"http://127.0.0.1:{s.getsockname()[1]}" for s in self.socks)
+        self.loop = asyncio.new_event_loop()
+        self.servers = [uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+                        for app in (self.master.marathon_app(), self.master.mesos_app())]
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not all(server.started for server in self.servers):
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def main() -> None:
+            for index in (1, 2):
+                self.master.register_agent(AgentRegistration.model_validate(registration(index)))
+            loop_task = asyncio.ensure_future(self.master.scheduler.run(interval=0.05))
+            await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in zip(self.servers, self.socks,
+                                                                                       strict=True)))
+            loop_task.cancel()
+            await asyncio.gather(loop_task, return_exceptions=True)
+            await self.master.scheduler.settle()
+
+        self.loop.run_until_complete(main())
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.should_exit = True
+        self.thread.join(10)
+        self.master.close()

@@ -1,66 +1,20 @@
 """The PyPI ``marathon`` client (0.13.0) against the master served by uvicorn on 127.0.0.1."""
 
-import asyncio
 import collections
 import collections.abc
-import socket
 import threading
 import time
 
 import httpx
 import pytest
-import uvicorn
 
-from control.agent_client import FakeAgents
-from control.master import Master
-from control.registry import AgentRegistration
-from tests.unit.master_harness import registration
+from tests.unit.master_harness import ServedMaster
 
 collections.Iterable = collections.abc.Iterable  # marathon 0.13 predates Python 3.10
 from marathon import MarathonApp, MarathonClient  # noqa: E402
 from marathon.exceptions import MarathonHttpError, NotFoundError  # noqa: E402
 
-SECRET = "client-secret"
-
-
-class ServedMaster:
-    """A master on 127.0.0.1 (ephemeral port) with its scheduler loop, in a background thread."""
-
-    def __init__(self) -> None:
-        self.fake = FakeAgents()
-        self.master = Master(secret=SECRET, agent_timeout=30, agent_client=self.fake, advertise_ip="127.0.0.1")
-        self.fake.sink = self.master.scheduler.on_status
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.loop = asyncio.new_event_loop()
-        self.server = uvicorn.Server(uvicorn.Config(self.master.marathon_app(), log_level="warning",
-                                                    lifespan="off", access_log=False))
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-
-        async def main() -> None:
-            for index in (1, 2):
-                self.master.register_agent(AgentRegistration.model_validate(registration(index)))
-            loop_task = asyncio.ensure_future(self.master.scheduler.run(interval=0.05))
-            await self.server.serve(sockets=[self.sock])
-            loop_task.cancel()
-            await asyncio.gather(loop_task, return_exceptions=True)
-            await self.master.scheduler.settle()
-
-        self.loop.run_until_complete(main())
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.master.close()
+SECRET = ServedMaster.SECRET
 
 
 @pytest.fixture(scope="module")

@@ -71,14 +71,14 @@ async def test_resources_bound_placement_and_free_on_kill(cluster):
 
 
 async def test_host_ports_dynamic_fixed_and_require_ports(cluster):
-    await cluster.post_app({"id": "/p", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 3,
-                            "portDefinitions": [{"port": 0}, {"port": 0, "name": "admin"}]})
-    for task in cluster.running("/p"):
-        assert len(set(task.host_ports)) == 2 and all(31000 <= p <= 31100 for p in task.host_ports)
     await cluster.post_app({"id": "/fixed", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 4,
                             "requirePorts": True, "portDefinitions": [{"port": 31050}]})
     assert [t.host_ports for t in cluster.running("/fixed")] == [[31050]] * 3
     assert cluster.scheduler.queue["/fixed"].reasons.get("InsufficientPorts")
+    await cluster.post_app({"id": "/p", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 3,
+                            "portDefinitions": [{"port": 0}, {"port": 0, "name": "admin"}]})
+    for task in cluster.running("/p"):
+        assert len(set(task.host_ports)) == 2 and all(31000 <= p <= 31100 and p != 31050 for p in task.host_ports)
     # BRIDGE hostPort N is a fixed port too; outside every agent's range it cannot be placed.
     await cluster.post_app({"id": "/out", "instances": 1, "cpus": 0.1, "mem": 16, "container": {
         "type": "DOCKER", "docker": {"image": "nginx", "network": "BRIDGE",

@@ -1,0 +1,230 @@
+"""``navstar app|task|node …``: the master's Marathon and Mesos APIs from a terminal.
+
+Every command takes ``--master URL`` (the Marathon API; default: the running lab's master, read
+from ``navstar.lab.LabState``), ``--token`` (default: ``$NAVSTAR_TOKEN``, then the lab's secret)
+and ``--json`` (the API's answer as it came).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app_cli = typer.Typer(no_args_is_help=True, help="Marathon apps: add, list, show, scale, remove.")
+task_cli = typer.Typer(no_args_is_help=True, help="Tasks the master knows.")
+node_cli = typer.Typer(no_args_is_help=True, help="Agents registered with the master.")
+
+MasterOpt = Annotated[str | None, typer.Option("--master", help="Marathon API URL (default: the lab's master)")]
+LabOpt = Annotated[str, typer.Option("--lab", help="lab whose master to use when --master is not given")]
+TokenOpt = Annotated[str | None, typer.Option("--token", help="API token (default: $NAVSTAR_TOKEN or the lab's)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print the API's JSON answer")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="override a deployment in progress")]
+
+_STATE_STYLE = {"TASK_RUNNING": "green", "TASK_STAGING": "yellow", "TASK_STARTING": "yellow",
+                "TASK_KILLING": "yellow", "TASK_UNREACHABLE": "red"}
+err = Console(stderr=True)
+
+
+class Api:
+    """Where the master is and how to call it; failures become a message and exit code 1."""
+
+    def __init__(self, master: str | None, lab: str, token: str | None, mesos: str | None = None) -> None:
+        secret = token or os.environ.get("NAVSTAR_TOKEN")
+        if master is None:
+            from navstar.lab import LabState
+
+            state = LabState.load(lab)
+            if state is None:
+                err.print(f"[red]no --master given and lab {lab!r} is not up[/] (start it with `navstar lab up`)")
+                raise typer.Exit(2)
+            master = state.master_url
+            secret = secret or state.secret()
+        self.marathon = master.rstrip("/")
+        parts = urlsplit(self.marathon)
+        self.mesos = (mesos or urlunsplit((parts.scheme, f"{parts.hostname}:5050", "", "", ""))).rstrip("/")
+        self.headers = {"Authorization": f"token={secret}"} if secret else {}
+
+    def call(self, method: str, path: str, *, mesos: bool = False, **kwargs: Any) -> Any:
+        url = (self.mesos if mesos else self.marathon) + path
+        try:
+            headers = {**self.headers, **kwargs.pop("headers", {})}
+            response = httpx.request(method, url, headers=headers, timeout=10, **kwargs)
+        except httpx.HTTPError as exc:
+            err.print(f"[red]cannot reach {url}:[/] {exc}")
+            raise typer.Exit(1) from None
+        if response.status_code >= 400:
+            _print_error(response)
+            raise typer.Exit(1)
+        return response.json()
+
+
+def _print_error(response: httpx.Response) -> None:
+    try:
+        body = response.json()
+    except ValueError:
+        err.print(f"[red]HTTP {response.status_code}:[/] {response.text[:300]}")
+        return
+    err.print(f"[red]HTTP {response.status_code}: {body.get('message', '')}[/]")
+    for detail in body.get("details") or []:
+        err.print(f"  {detail.get('path')}: {'; '.join(detail.get('errors', []))}")
+
+
+def _emit_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2) + "\n")
+
+
+def _app_path(app_id: str) -> str:
+    return "/v2/apps/" + app_id.strip("/")
+
+
+# -- apps ------------------------------------------------------------------------------------
+@app_cli.command("add")
+def app_add(file: Annotated[str, typer.Argument(help="app definition JSON ('-' for stdin)")],
+            master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Create an app from a Marathon app definition."""
+    try:
+        text = sys.stdin.read() if file == "-" else Path(file).read_text()
+    except OSError as exc:
+        err.print(f"[red]cannot read {file}:[/] {exc}")
+        raise typer.Exit(2) from None
+    api = Api(master, lab, token)
+    created = api.call("POST", "/v2/apps", content=text.encode(), headers={"Content-Type": "application/json"})
+    if as_json:
+        _emit_json(created)
+        return
+    deployment = created.get("deployments", [{}])[0].get("id", "-") if created.get("deployments") else "-"
+    Console().print(f"created [bold]{created['id']}[/] ({created['instances']} instances), deployment {deployment}")
+
+
+@app_cli.command("list")
+def app_list(master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Apps with their instances, running and healthy tasks."""
+    apps = Api(master, lab, token).call("GET", "/v2/apps")["apps"]
+    if as_json:
+        _emit_json(apps)
+        return
+    table = Table(title="apps")
+    for column in ("id", "instances", "running", "healthy", "cpus", "mem", "deploying"):
+        table.add_column(column)
+    for app in apps:
+        table.add_row(app["id"], str(app["instances"]), str(app["tasksRunning"]),
+                      str(app["tasksHealthy"]) if app["healthChecks"] else "-", f"{app['cpus']:g}",
+                      f"{app['mem']:g}", "yes" if app["deployments"] else "")
+    Console().print(table)
+
+
+@app_cli.command("show")
+def app_show(app_id: Annotated[str, typer.Argument(help="app id, e.g. /shop/web")], master: MasterOpt = None,
+             lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """One app: its definition and its tasks."""
+    app = Api(master, lab, token).call("GET", _app_path(app_id))["app"]
+    if as_json:
+        _emit_json(app)
+        return
+    console = Console()
+    console.print(f"[bold]{app['id']}[/]  version {app['version']}")
+    console.print(f"  cmd: {app.get('cmd') or app.get('args') or '-'}")
+    image = (app.get("container") or {}).get("docker", {}) or {}
+    if image.get("image"):
+        console.print(f"  image: {image['image']} ({image.get('network') or 'HOST'})")
+    console.print(f"  instances {app['instances']}, cpus {app['cpus']:g}, mem {app['mem']:g}, "
+                  f"running {app['tasksRunning']}, staged {app['tasksStaged']}")
+    if app.get("constraints"):
+        console.print(f"  constraints: {app['constraints']}")
+    if app.get("lastTaskFailure"):
+        failure = app["lastTaskFailure"]
+        console.print(f"  [red]last failure[/] {failure['timestamp']} {failure['state']}: {failure['message']}")
+    _task_table(app.get("tasks", []), f"tasks of {app['id']}")
+
+
+@app_cli.command("scale")
+def app_scale(app_id: Annotated[str, typer.Argument(help="app id")],
+              instances: Annotated[int, typer.Argument(min=0, help="number of instances")],
+              force: ForceOpt = False, master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None,
+              as_json: JsonOpt = False) -> None:
+    """Set an app's number of instances."""
+    answer = Api(master, lab, token).call("PUT", _app_path(app_id), json={"instances": instances},
+                                          params={"force": str(force).lower()})
+    if as_json:
+        _emit_json(answer)
+        return
+    Console().print(f"scaling {app_id} to {instances}, deployment {answer['deploymentId']}")
+
+
+@app_cli.command("remove")
+def app_remove(app_id: Annotated[str, typer.Argument(help="app id")], force: ForceOpt = False,
+               master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Remove an app and kill its tasks."""
+    answer = Api(master, lab, token).call("DELETE", _app_path(app_id), params={"force": str(force).lower()})
+    if as_json:
+        _emit_json(answer)
+        return
+    Console().print(f"removing {app_id}, deployment {answer['deploymentId']}")
+
+
+# -- tasks -----------------------------------------------------------------------------------
+def _task_table(tasks: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    for column in ("task", "app", "agent", "address", "state", "healthy"):
+        table.add_column(column)
+    for task in tasks:
+        ips = ",".join(a["ipAddress"] for a in task.get("ipAddresses", []))
+        ports = ",".join(map(str, task.get("ports", [])))
+        results = task.get("healthCheckResults") or []
+        healthy = "-" if not results else ("[green]yes[/]" if all(r["alive"] for r in results) else "[red]no[/]")
+        style = _STATE_STYLE.get(task["state"], "white")
+        table.add_row(task["id"], task["appId"], task["slaveId"], f"{ips}:{ports}" if ports else ips,
+                      f"[{style}]{task['state']}[/]", healthy)
+    Console().print(table)
+
+
+@task_cli.command("list")
+def task_list(app_id: Annotated[str | None, typer.Option("--app", help="only this app's tasks")] = None,
+              master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Live tasks: where they run, on which ports, their state and health."""
+    path = _app_path(app_id) + "/tasks" if app_id else "/v2/tasks"
+    tasks = Api(master, lab, token).call("GET", path)["tasks"]
+    if as_json:
+        _emit_json(tasks)
+        return
+    _task_table(tasks, "tasks")
+
+
+# -- nodes -----------------------------------------------------------------------------------
+@node_cli.command("list")
+def node_list(master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False,
+              mesos: Annotated[str | None, typer.Option("--mesos", help="Mesos API URL (default: master:5050)")]
+              = None) -> None:
+    """Agents: address, reachability, resources, tasks and overlay subnet."""
+    api = Api(master, lab, token, mesos)
+    state = api.call("GET", "/master/state", mesos=True)
+    view = api.call("GET", "/v1/view", mesos=True)
+    overlay = {a["agent_id"]: a.get("overlay") for a in view["agents"]}
+    tasks: dict[str, int] = {}
+    for framework in state["frameworks"]:
+        for task in framework["tasks"]:
+            tasks[task["slave_id"]] = tasks.get(task["slave_id"], 0) + 1
+    nodes = [{**slave, "tasks": tasks.get(slave["id"], 0), "overlay": overlay.get(slave["id"])}
+             for slave in state["slaves"]]
+    if as_json:
+        _emit_json(nodes)
+        return
+    table = Table(title=f"agents of {state['leader']}")
+    for column in ("agent", "address", "state", "cpus", "mem", "ports", "tasks", "overlay"):
+        table.add_column(column)
+    for node in nodes:
+        res = node["resources"]
+        address = node["pid"].rsplit("@", 1)[-1]
+        status = "[green]reachable[/]" if node["active"] else "[red]unreachable[/]"
+        table.add_row(node["id"], address, status, f"{res['cpus']:g}", f"{res['mem']:g}", res.get("ports", ""),
+                      str(node["tasks"]), (node["overlay"] or {}).get("subnet", "-"))
+    Console().print(table)
