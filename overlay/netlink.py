@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import ipaddress
 import os
 import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol, TypeVar
 
@@ -364,28 +366,60 @@ def in_netns(netns: str | None, work: Callable[[], T]) -> T:
     return result[0]
 
 
+def _on_worker(method: Callable[..., T]) -> Callable[..., T]:
+    """Run the method on the instance's own thread: pyroute2's synchronous ``IPRoute`` drives an
+    asyncio loop of its own and refuses to run in a thread whose loop is already running (the
+    agent's). One thread also serialises every call, so no lock is needed."""
+
+    @functools.wraps(method)
+    def on_worker(self: PyRoute2Netlink, *args, **kwargs) -> T:
+        if threading.get_ident() == self._worker_ident:
+            return method(self, *args, **kwargs)
+        return self._worker.submit(method, self, *args, **kwargs).result()
+
+    return on_worker
+
+
 class PyRoute2Netlink:
     """The overlay's kernel state through pyroute2, in network namespace ``netns`` (None: ours).
 
     Reads use ``IPRoute`` dumps (one per object type, never one per entry). ``apply`` encodes
     every change with pyroute2's message classes and sends them in batches on a raw rtnetlink
     socket opened in the namespace, then matches the kernel's ACKs to changes by sequence number.
+    Safe to call from any thread, including one running an asyncio loop.
     """
 
     def __init__(self, netns: str | None = None) -> None:
-        from pyroute2 import IPRoute
-
         self.netns = netns
-        self._iproute_cls = IPRoute
-        self._ipr = IPRoute(netns=netns) if netns else IPRoute()
-        self._sock = in_netns(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
-                                                           socket.NETLINK_ROUTE))
-        self._sock.bind((0, 0))
+        self._worker_ident = 0
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="overlay-netlink",
+                                          initializer=self._remember_worker)
         self._seq = 0
         self._encoder = TemplateEncoder()
-        self._lock = threading.Lock()
+        self._open()
+
+    def _remember_worker(self) -> None:
+        self._worker_ident = threading.get_ident()
+
+    @_on_worker
+    def _open(self) -> None:
+        from pyroute2 import IPRoute
+
+        self._iproute_cls = IPRoute
+        self._ipr = IPRoute(netns=self.netns) if self.netns else IPRoute()
+        self._sock = in_netns(self.netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+                                                                socket.NETLINK_ROUTE))
+        self._sock.bind((0, 0))
 
     def close(self) -> None:
+        """Idempotent."""
+        if self._worker_ident:
+            self._close()
+            self._worker.shutdown(wait=True)
+            self._worker_ident = 0
+
+    @_on_worker
+    def _close(self) -> None:
         self._ipr.close()
         self._sock.close()
 
@@ -396,45 +430,45 @@ class PyRoute2Netlink:
         self.close()
 
     # -- reads
+    @_on_worker
     def read(self, vtep: str, bridges: Sequence[str]) -> KernelState:
         from pyroute2.netlink.exceptions import NetlinkError
 
-        with self._lock:
-            state = KernelState()
-            names = {vtep, *bridges}
-            links = {m.get_attr("IFLA_IFNAME"): m for m in self._ipr.get_links()}
-            addresses = self._addresses()
-            for name in names & links.keys():
-                state.links[name] = _link_from_msg(links[name], addresses)
-            state.ip_forwarding = self._read_forwarding()
-            state.rules = {
-                Rule(_prefix(r.get_attr("FRA_SRC") or "0.0.0.0", r["src_len"]), _table(r),
-                     r.get_attr("FRA_PRIORITY") or 0)
-                for r in self._ipr.get_rules(family=socket.AF_INET) if _table(r) == OVERLAY_TABLE
-            }
-            if vtep not in links:
-                return state
-            index = links[vtep]["index"]
-            for msg in self._ipr.neigh("dump", ifindex=index, family=socket.AF_INET):
-                if msg["ifindex"] == index and msg["state"] & NUD_PERMANENT and msg.get_attr("NDA_LLADDR"):
-                    state.neighbours.add(Neighbour(msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")))
-            for msg in self._ipr.fdb("dump", ifindex=index):
-                dst, mac = msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")
-                if msg["ifindex"] == index and dst and mac and mac != "00:00:00:00:00:00":
-                    state.fdb.add(FdbEntry(mac, dst))
-            for table in (MAIN_TABLE, OVERLAY_TABLE):
-                try:
-                    routes = self._ipr.route("dump", table=table, family=socket.AF_INET)
-                except NetlinkError as exc:
-                    if exc.code in GONE:
-                        continue
-                    raise
-                for msg in routes:
-                    if (msg.get_attr("RTA_OIF") == index and msg["proto"] != RTPROT_KERNEL
-                            and msg.get_attr("RTA_GATEWAY") and _table(msg) == table):
-                        dst = _prefix(msg.get_attr("RTA_DST") or "0.0.0.0", msg["dst_len"])
-                        state.routes.add(Route(dst, msg.get_attr("RTA_GATEWAY"), table))
+        state = KernelState()
+        names = {vtep, *bridges}
+        links = {m.get_attr("IFLA_IFNAME"): m for m in self._ipr.get_links()}
+        addresses = self._addresses()
+        for name in names & links.keys():
+            state.links[name] = _link_from_msg(links[name], addresses)
+        state.ip_forwarding = self._read_forwarding()
+        state.rules = {
+            Rule(_prefix(r.get_attr("FRA_SRC") or "0.0.0.0", r["src_len"]), _table(r),
+                 r.get_attr("FRA_PRIORITY") or 0)
+            for r in self._ipr.get_rules(family=socket.AF_INET) if _table(r) == OVERLAY_TABLE
+        }
+        if vtep not in links:
             return state
+        index = links[vtep]["index"]
+        for msg in self._ipr.neigh("dump", ifindex=index, family=socket.AF_INET):
+            if msg["ifindex"] == index and msg["state"] & NUD_PERMANENT and msg.get_attr("NDA_LLADDR"):
+                state.neighbours.add(Neighbour(msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")))
+        for msg in self._ipr.fdb("dump", ifindex=index):
+            dst, mac = msg.get_attr("NDA_DST"), msg.get_attr("NDA_LLADDR")
+            if msg["ifindex"] == index and dst and mac and mac != "00:00:00:00:00:00":
+                state.fdb.add(FdbEntry(mac, dst))
+        for table in (MAIN_TABLE, OVERLAY_TABLE):
+            try:
+                routes = self._ipr.route("dump", table=table, family=socket.AF_INET)
+            except NetlinkError as exc:
+                if exc.code in GONE:
+                    continue
+                raise
+            for msg in routes:
+                if (msg.get_attr("RTA_OIF") == index and msg["proto"] != RTPROT_KERNEL
+                        and msg.get_attr("RTA_GATEWAY") and _table(msg) == table):
+                    dst = _prefix(msg.get_attr("RTA_DST") or "0.0.0.0", msg["dst_len"])
+                    state.routes.add(Route(dst, msg.get_attr("RTA_GATEWAY"), table))
+        return state
 
     def _addresses(self) -> dict[int, set[str]]:
         by_index: dict[int, set[str]] = {}
@@ -448,25 +482,27 @@ class PyRoute2Netlink:
                 return f.read().strip() == "1"
         return in_netns(self.netns, read)
 
+    @_on_worker
     def link_mtu_of(self, address: str) -> int | None:
-        with self._lock:
-            for msg in self._ipr.get_addr(family=socket.AF_INET):
-                if msg.get_attr("IFA_ADDRESS") == address:
-                    return self._ipr.link("get", index=msg["index"])[0].get_attr("IFLA_MTU")
+        for msg in self._ipr.get_addr(family=socket.AF_INET):
+            if msg.get_attr("IFA_ADDRESS") == address:
+                return self._ipr.link("get", index=msg["index"])[0].get_attr("IFLA_MTU")
         return None
 
     # -- links
+    @_on_worker
     def create_link(self, link: Link) -> None:
         kwargs: dict = {"ifname": link.name, "kind": link.kind}
         if link.kind == "vxlan":
             kwargs |= {"vxlan_id": link.vni, "vxlan_port": link.port, "vxlan_local": link.local,
                        "vxlan_learning": int(bool(link.learning))}
-        with self._lock, _kernel_errors(f"create {link.kind} {link.name}"):
+        with _kernel_errors(f"create {link.kind} {link.name}"):
             self._ipr.link("add", **kwargs)
         self.update_link(link)
 
+    @_on_worker
     def update_link(self, link: Link) -> None:
-        with self._lock, _kernel_errors(f"configure {link.name}"):
+        with _kernel_errors(f"configure {link.name}"):
             index = self._index(link.name)
             settings: dict = {"index": index, "mtu": link.mtu, "state": "up" if link.up else "down"}
             if link.mac:
@@ -480,14 +516,14 @@ class PyRoute2Netlink:
                 address, prefixlen = cidr.split("/")
                 self._ipr.addr("add", index=index, address=address, prefixlen=int(prefixlen))
 
+    @_on_worker
     def delete_link(self, name: str) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
 
-        with self._lock:
-            try:
-                self._ipr.link("del", index=self._index(name))
-            except (NetlinkError, OverlayKernelError):
-                pass   # already gone
+        try:
+            self._ipr.link("del", index=self._index(name))
+        except (NetlinkError, OverlayKernelError):
+            pass   # already gone
 
     def _index(self, name: str) -> int:
         found = self._ipr.link_lookup(ifname=name)
@@ -496,16 +532,16 @@ class PyRoute2Netlink:
         return found[0]
 
     # -- bulk entries
+    @_on_worker
     def apply(self, vtep: str, changes: Sequence[Change]) -> list[ChangeError]:
         if not changes:
             return []
-        with self._lock:
-            found = self._ipr.link_lookup(ifname=vtep)
-            if found:
-                return self._send(list(changes), found[0])
-            # Without the device only the rules can go in.
-            missing = [ChangeError(c, f"{vtep}: No such device") for c in changes if not isinstance(c.entry, Rule)]
-            return missing + self._send([c for c in changes if isinstance(c.entry, Rule)], 0)
+        found = self._ipr.link_lookup(ifname=vtep)
+        if found:
+            return self._send(list(changes), found[0])
+        # Without the device only the rules can go in.
+        missing = [ChangeError(c, f"{vtep}: No such device") for c in changes if not isinstance(c.entry, Rule)]
+        return missing + self._send([c for c in changes if isinstance(c.entry, Rule)], 0)
 
     def _send(self, changes: list[Change], index: int) -> list[ChangeError]:
         errors: list[ChangeError] = []
@@ -541,6 +577,7 @@ class PyRoute2Netlink:
                 if length == 0:
                     break
 
+    @_on_worker
     def set_ip_forwarding(self, enabled: bool) -> None:
         def write() -> None:
             with open("/proc/sys/net/ipv4/ip_forward", "w") as f:
@@ -549,6 +586,7 @@ class PyRoute2Netlink:
             in_netns(self.netns, write)
 
     # -- containers
+    @_on_worker
     def add_veth(self, veth: ContainerVeth) -> None:
         from pyroute2.netlink.exceptions import NetlinkError
 
@@ -559,7 +597,7 @@ class PyRoute2Netlink:
             # A half-made earlier attempt may have left the task end behind.
             with contextlib.suppress(NetlinkError, IndexError):
                 task.link("del", index=task.link_lookup(ifname=veth.ifname)[0])
-            with self._lock, _kernel_errors(f"create veth {veth.host_ifname} into {veth.netns}"):
+            with _kernel_errors(f"create veth {veth.host_ifname} into {veth.netns}"):
                 bridge = self._index(veth.bridge)
                 self._ipr.link("add", ifname=veth.host_ifname, kind="veth",
                                peer={"ifname": veth.ifname, "net_ns_fd": veth.netns})
@@ -576,11 +614,11 @@ class PyRoute2Netlink:
     def delete_veth(self, host_ifname: str) -> None:
         self.delete_link(host_ifname)
 
+    @_on_worker
     def veths(self, bridges: Sequence[str]) -> set[str]:
-        with self._lock:
-            masters = {self._ipr.link_lookup(ifname=b)[0] for b in bridges if self._ipr.link_lookup(ifname=b)}
-            return {m.get_attr("IFLA_IFNAME") for m in self._ipr.get_links()
-                    if m.get_attr("IFLA_MASTER") in masters and _kind(m) == "veth"}
+        masters = {self._ipr.link_lookup(ifname=b)[0] for b in bridges if self._ipr.link_lookup(ifname=b)}
+        return {m.get_attr("IFLA_IFNAME") for m in self._ipr.get_links()
+                if m.get_attr("IFLA_MASTER") in masters and _kind(m) == "veth"}
 
     def netns_exists(self, netns: str) -> bool:
         return os.path.exists(f"/run/netns/{netns}")

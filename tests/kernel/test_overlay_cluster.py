@@ -235,3 +235,16 @@ def test_time_to_first_ping_is_short(cluster: Cluster) -> None:
     started = time.monotonic()
     assert cluster.ping(bed.task_ns("q2"), target.ip)
     assert time.monotonic() - started < 5
+
+
+def test_on_view_and_attach_from_inside_the_agents_event_loop(cluster: Cluster) -> None:
+    """The agent calls these from its asyncio loop; pyroute2's own loop must not collide with it."""
+    bed = cluster.bed
+
+    async def as_the_agent_does() -> None:
+        result = cluster.agents[2].on_view(make_view(bed, version=5))
+        assert result.ok and result.changes == 0
+        attached = cluster.agents[2].attach_container("loop", bed.add_task("lp"), "m-dcos")
+        assert cluster.ping(bed.task_ns("lp"), attached.gateway)
+
+    asyncio.run(as_the_agent_does())
