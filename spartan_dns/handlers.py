@@ -17,7 +17,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
-from dnslib import QTYPE
+from dnslib import QTYPE, DNSLabel
 
 from spartan_dns.cache import CachedAnswer, CacheKey, ResponseCache
 from spartan_dns.message import (
@@ -153,14 +153,15 @@ class Forward:
             if len(self._pending) >= self.max_inflight:
                 self.metrics.drop("inflight")
                 return Reply(SERVFAIL, source="error", zone=zone)
-            pending = asyncio.ensure_future(self._fetch(key, upstreams))
+            qname = DNSLabel(tuple(label.lower() for label in request.question.qname.label))
+            pending = asyncio.ensure_future(self._fetch(key, qname, upstreams))
             self._pending[key] = pending
             pending.add_done_callback(lambda _f, key=key: self._pending.pop(key, None))
         return self._await(pending, key, zone)
 
-    async def _fetch(self, key: CacheKey, upstreams: list[Upstream]) -> CachedAnswer | None:
+    async def _fetch(self, key: CacheKey, qname: DNSLabel, upstreams: list[Upstream]) -> CachedAnswer | None:
         try:
-            answer = await self.forwarder.resolve(upstreams, *key)
+            answer = await self.forwarder.resolve(upstreams, qname, key[1], key[2])
         except UpstreamFailure as exc:
             log.debug("forwarding %s failed: %s", key, exc)
             return None

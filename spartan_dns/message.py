@@ -140,11 +140,20 @@ def decode_query(data: bytes, client: tuple, tcp: bool) -> Request:
         edns_payload = opts[0].rclass
         edns_version = (opts[0].ttl >> 16) & 0xFF
     question = message.q
+    labels = question.qname.label
+    if any(not 0 < len(label) <= 63 for label in labels) or sum(len(label) + 1 for label in labels) + 1 > 255:
+        raise Malformed("name", header_reply(data, FORMERR))    # RFC 1035 §2.3.4 limits
     return Request(
         raw=data, client=client, tcp=tcp, message=message,
-        qname=str(question.qname).rstrip(".").lower(), qtype=question.qtype, qclass=question.qclass,
+        qname=name_key(labels), qtype=question.qtype, qclass=question.qclass,
         edns_payload=edns_payload, edns_version=edns_version,
     )
+
+
+def name_key(labels: tuple[bytes, ...]) -> str:
+    """The lowercase presentation of a name, unambiguous even for labels holding dots or backslashes
+    (``str(DNSLabel)`` is not: it would make the one label ``a.b`` equal to the name ``a.b``)."""
+    return b".".join(label.replace(b"\\", b"\\\\").replace(b".", b"\\.") for label in labels).lower().decode("latin-1")
 
 
 def encode_reply(request: Request, reply: Reply, rotation: int = 0) -> bytes:

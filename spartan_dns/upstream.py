@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from dnslib import EDNS0, DNSRecord
+from dnslib import EDNS0, DNSLabel, DNSQuestion, DNSRecord
 
 from spartan_dns.message import FLAG_QR, FLAG_TC, MAX_UDP_PAYLOAD, NOERROR, NXDOMAIN
 
@@ -178,10 +178,11 @@ class Forwarder:
         self.on_failure = on_failure
         self.on_query = on_query
 
-    async def resolve(self, upstreams: list[Upstream], qname: str, qtype: int, qclass: int) -> DNSRecord:
+    async def resolve(self, upstreams: list[Upstream], qname: DNSLabel | str, qtype: int, qclass: int) -> DNSRecord:
         """The first usable answer. Raises UpstreamFailure (never returns a made-up NXDOMAIN)."""
         if not upstreams:
             raise UpstreamFailure("no upstreams configured")
+        qname = DNSLabel(tuple(label.lower() for label in DNSLabel(qname).label))
         ranked = self.health.ranked(upstreams)
         rounds = [ranked[: self.race]] + [[u] for u in ranked[self.race:]]
         try:
@@ -194,7 +195,7 @@ class Forwarder:
             raise UpstreamFailure(f"no answer within {self.overall_timeout}s") from None
         raise UpstreamFailure("every upstream failed")
 
-    async def _race(self, group: list[Upstream], qname: str, qtype: int, qclass: int) -> DNSRecord | None:
+    async def _race(self, group: list[Upstream], qname: DNSLabel, qtype: int, qclass: int) -> DNSRecord | None:
         tasks = [asyncio.create_task(self._ask(u, qname, qtype, qclass)) for u in group]
         try:
             for next_done in asyncio.as_completed(tasks):
@@ -207,9 +208,8 @@ class Forwarder:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _ask(self, upstream: Upstream, qname: str, qtype: int, qclass: int) -> DNSRecord | None:
-        query = DNSRecord.question(qname or ".", "A")
-        query.q.qtype, query.q.qclass = qtype, qclass
+    async def _ask(self, upstream: Upstream, qname: DNSLabel, qtype: int, qclass: int) -> DNSRecord | None:
+        query = DNSRecord(q=DNSQuestion(qname, qtype, qclass))
         query.add_ar(EDNS0(udp_len=MAX_UDP_PAYLOAD))
         self.on_query(upstream)
         reason = "error"
@@ -220,7 +220,7 @@ class Forwarder:
             if not struct.unpack_from("!H", wire, 2)[0] & FLAG_QR or answer.header.id != query.header.id:
                 reason = "mismatch"
             elif len(answer.questions) != 1 or answer.q.qtype != qtype or \
-                    str(answer.q.qname).rstrip(".").lower() != qname:
+                    tuple(label.lower() for label in answer.q.qname.label) != qname.label:
                 reason = "mismatch"
             elif answer.header.rcode not in (NOERROR, NXDOMAIN):
                 reason = "rcode"

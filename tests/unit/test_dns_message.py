@@ -160,3 +160,18 @@ def test_rotation_shifts_the_answer_order():
     first = [str(rr.rdata) for rr in DNSRecord.parse(encode_reply(request, many_addresses(3))).rr]
     second = [str(rr.rdata) for rr in DNSRecord.parse(encode_reply(request, many_addresses(3), rotation=1)).rr]
     assert second == first[1:] + first[:1]
+
+
+@pytest.mark.parametrize("name", [b"\x7f" + b"a" * 127 + b"\x00", (b"\x3f" + b"b" * 63) * 5 + b"\x00"])
+def test_labels_over_63_and_names_over_255_octets_are_formerr(name):
+    packet = struct.pack("!HHHHHH", 3, 0x0100, 1, 0, 0, 0) + name + b"\x00\x01\x00\x01"
+    with pytest.raises(Malformed) as caught:
+        decode_query(packet, CLIENT, tcp=False)
+    assert header(caught.value.reply)[:2] == (3, FORMERR)
+
+
+def test_a_label_holding_a_dot_does_not_pass_for_two_labels():
+    one_label = struct.pack("!HHHHHH", 5, 0x0100, 1, 0, 0, 0) + b"\x0dready.spartan\x00\x00\x01\x00\x01"
+    request = decode_query(one_label, CLIENT, tcp=False)
+    assert request.qname == "ready\\.spartan"
+    assert decode_query(query("READY.spartan"), CLIENT, tcp=False).qname == "ready.spartan"
