@@ -24,16 +24,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from control.agent.api import agent_api
-from control.agent.executor import Executor
+from control.agent.executor import Executor, bridge_for
 from control.agent.health import CheckTarget, TaskHealth
 from control.agent.images import ImageMap
 from control.agent.runtime import MasterLink
 from control.auth import read_secret
 from control.protocol import HealthCheckSpec, TaskLaunch
 from control.registry import AgentRegistration, AgentResources, PortRange
-from control.view import ClusterView
+from control.view import ClusterView, TaskPort
 from navstar import __version__, logs
 from navstar.servers import Listen, serve
+from overlay.agent import OverlayAgent
+from overlay.netlink import PyRoute2Netlink
 
 log = logging.getLogger("navstar.agent")
 
@@ -60,7 +62,27 @@ class AgentOptions:
     bpf_pin_dir: str = "/sys/fs/bpf/navstar/agent"
     image_map: str | None = None
     task_user: str | None = "nobody"
+    overlay_interval: float = 30.0
     attributes: dict[str, str] = field(default_factory=dict)
+
+
+class OverlayNetworks:
+    """The executor's container networks, served by the overlay."""
+
+    def __init__(self, overlay: OverlayAgent) -> None:
+        self.overlay = overlay
+
+    def attach(self, task_id: str, netns: str, launch: TaskLaunch) -> tuple[list[str], list[TaskPort]]:
+        mappings = [(p.host_port or 0, p.container_port or 0, p.protocol) for p in launch.ports
+                    if launch.network == "bridge" and p.container_port]
+        attachment = self.overlay.attach_container(task_id, netns, bridge_for(launch), mappings)
+        bound = {(m.container_port, m.protocol): m.host_port for m in attachment.port_mappings}
+        ports = [p.model_copy(update={"host_port": bound.get((p.container_port, p.protocol), p.host_port)})
+                 if launch.network == "bridge" else p for p in launch.ports]
+        return [attachment.ip], ports
+
+    def detach(self, task_id: str) -> None:
+        self.overlay.detach_container(task_id)
 
 
 class NodeAgent:
@@ -77,14 +99,20 @@ class NodeAgent:
                 ports=[PortRange(begin=int(begin), end=int(end or begin))]),
             attributes=opts.attributes,
         )
+        self.overlay = OverlayAgent(PyRoute2Netlink(), opts.agent_id, opts.ip,
+                                    state_dir=Path(opts.work_dir) / "overlay",
+                                    host_ports=(int(begin), int(end or begin)),
+                                    reconcile_interval=opts.overlay_interval)
         self.executor = Executor(
             Path(opts.work_dir), opts.ip, self._on_status, cgroup_scope=opts.cgroup,
             netns_prefix=opts.netns_prefix, user=opts.task_user, image_map=ImageMap.load(opts.image_map),
+            networks=OverlayNetworks(self.overlay),
             resolv_conf="".join(f"nameserver {a}\n" for a in RESOLVERS) + "options timeout:1 attempts:2\n",
         )
         self.link = MasterLink(opts.master, registration, self.secret, opts.heartbeat_interval,
                                live_statuses=self.executor.statuses)
         self._health: dict[str, asyncio.Task] = {}
+        self._background: set[asyncio.Task] = set()
 
     # -- events ---------------------------------------------------------------------------
     def _on_status(self, status) -> None:
@@ -119,6 +147,18 @@ class NodeAgent:
     def on_view(self, view: ClusterView) -> None:
         self.view = view
         log.debug("cluster view %d: %d agents, %d tasks", view.version, len(view.agents), len(view.tasks))
+        self._spawn(self._overlay_view(view))
+
+    async def _overlay_view(self, view: ClusterView) -> None:
+        # pyroute2 is synchronous: keep it off the loop.
+        result = await asyncio.to_thread(self.overlay.on_view, view)
+        if result.errors:
+            log.warning("overlay: %s", "; ".join(map(str, result.errors)))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- HTTP -------------------------------------------------------------------------------
     def local_api(self) -> Starlette:
@@ -143,7 +183,8 @@ class NodeAgent:
              (agent_api(self.opts.agent_id, self.executor, self.secret, self._on_launch),
               Listen.parse(self.opts.agent_listen)),
              (self.metrics_app(), metrics)],
-            background=[self.link.run(), self.link.watch_view(self.on_view), self.executor.run()],
+            background=[self.link.run(), self.link.watch_view(self.on_view), self.executor.run(),
+                        self.overlay.run()],
         )
 
 

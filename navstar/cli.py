@@ -73,6 +73,7 @@ def agent(
     bpf_pin_dir: Annotated[str, typer.Option(help="where BPF maps are pinned")] = "/sys/fs/bpf/navstar/agent",
     image_map: Annotated[str | None, typer.Option(help="JSON image map for apps without a command")] = None,
     task_user: Annotated[str, typer.Option(help="user tasks run as ('' = the agent's)")] = "nobody",
+    overlay_interval: Annotated[float, typer.Option(help="seconds between overlay drift-repair passes")] = 30.0,
 ) -> None:
     """Run the node agent (executor, overlay, load balancer, DNS)."""
     from navstar.agent_main import AgentOptions, run_agent
@@ -88,6 +89,7 @@ def agent(
         agent_listen=agent_listen, metrics_listen=metrics_listen, work_dir=work_dir, lb=lb, cpus=cpus,
         mem=mem, ports=ports, heartbeat_interval=heartbeat_interval, cgroup=cgroup,
         netns_prefix=netns_prefix, bpf_pin_dir=bpf_pin_dir, image_map=image_map, task_user=task_user or None,
+        overlay_interval=overlay_interval,
     ))
 
 

@@ -39,8 +39,9 @@ TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ER
 class ContainerNetworks(Protocol):
     """Attaches a task namespace to a container network (the overlay implements it)."""
 
-    def attach(self, task_id: str, netns: str, launch: TaskLaunch) -> list[str]:
-        """Plumbs ``netns`` for ``launch``; returns the task's container IPs. Raises on failure."""
+    def attach(self, task_id: str, netns: str, launch: TaskLaunch) -> tuple[list[str], list[TaskPort]]:
+        """Plumbs ``netns`` for ``launch``; returns the container IPs and the ports with the host
+        ports actually bound. Raises on failure (nothing kept)."""
 
     def detach(self, task_id: str) -> None:
         """Idempotent."""
@@ -119,7 +120,8 @@ class Executor:
         sandbox.mkdir(parents=True, exist_ok=True)
         try:
             command = self._command(launch, sandbox)
-            netns, ips = self._network(launch)
+            netns, ips, ports = self._network(launch)
+            launch = launch.model_copy(update={"ports": ports})
         except Exception as exc:  # noqa: BLE001 — any failure becomes the task's status
             log.warning("task %s failed to start: %s", launch.task_id, exc)
             self.on_status(TaskStatus(task_id=launch.task_id, state="TASK_FAILED", timestamp=time.time(),
@@ -172,9 +174,9 @@ class Executor:
                 return port.host_port
         return 80
 
-    def _network(self, launch: TaskLaunch) -> tuple[str | None, list[str]]:
+    def _network(self, launch: TaskLaunch) -> tuple[str | None, list[str], list[TaskPort]]:
         if launch.network == "host":
-            return None, []
+            return None, [], launch.ports
         if self.networks is None:
             raise ValueError(f"{launch.network} networking needs the overlay, which this agent does not run")
         netns = f"{self.netns_prefix}{launch.task_id.replace('.', '-')[-40:]}"
@@ -185,7 +187,8 @@ class Executor:
             etc.mkdir(parents=True, exist_ok=True)
             (etc / "resolv.conf").write_text(self.resolv_conf)
         try:
-            return netns, self.networks.attach(launch.task_id, netns, launch)
+            ips, ports = self.networks.attach(launch.task_id, netns, launch)
+            return netns, ips, ports
         except Exception:
             self._remove_netns(netns)
             raise
@@ -327,6 +330,14 @@ class Executor:
                 task.state = "TASK_KILLING"
             self.poll()
             time.sleep(0.05)
+
+
+def bridge_for(launch: TaskLaunch) -> str:
+    """DC/OS's split of the overlay: Mesos containers on m-dcos, Docker-style ones (and BRIDGE
+    networking) on d-dcos."""
+    if launch.network == "container" and launch.container_type != "DOCKER":
+        return "m-dcos"
+    return "d-dcos"
 
 
 def _alive(pid: int) -> bool:
