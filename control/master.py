@@ -73,7 +73,8 @@ class Master:
         self.agent_client = agent_client or HttpAgentClient(secret)
         self.scheduler = Scheduler(self.registry, self.allocator, self.agent_client, self.store, self.events,
                                    clock=clock, on_change=self.view_changed)
-        self.vips = VipAllocator(dict(self.store.items("vips")))
+        self.vips = VipAllocator(dict(self.store.items("vips")),
+                                 next_address=self.store.get("meta", "vip_next_address"))
         self.ipam = None
         if OverlayIpam is not None:
             snapshot = self.store.get("allocations", "overlay")
@@ -115,6 +116,7 @@ class Master:
                 self.store.delete("vips", key)
             for key, address in self.vips.allocations.items():
                 self.store.put("vips", key, address)
+            self.store.put("meta", "vip_next_address", self.vips.next_address)
             log.info("named VIPs: %s", self.vips.allocations)
             self.view_changed()
 

@@ -54,6 +54,8 @@ STABLE_RUN_SECONDS = 60.0
 # Killed tasks whose agent never confirms are asked again after their grace period plus this.
 KILL_RETRY_SECONDS = 5.0
 COMPLETED_KEEP = 200
+# Marathon's task_launch_timeout: a task not running by then is killed and replaced.
+LAUNCH_TIMEOUT_SECONDS = 300.0
 
 
 class TaskRecord(BaseModel):
@@ -174,6 +176,10 @@ class Scheduler:
                 self.backoff[app_id[len("backoff:"):]] = Backoff.model_validate(raw)
         for task in self.tasks.values():
             self._ensure_framework(task.role)
+            if task.launched_at is None:
+                # We may have died between deciding and sending the launch: let reconciliation
+                # tell (the agent either reports it or it is lost).
+                task.launched_at = task.staged_at
             if task.terminal or task.released:
                 continue
             try:
@@ -292,8 +298,14 @@ class Scheduler:
         demand: dict[str, int] = {}
         self._expunge_unreachable(now)
         for task in list(self.tasks.values()):
-            if task.app_id not in self.apps and not task.terminal and not task.kill_requested:
+            if task.terminal or task.kill_requested:
+                continue
+            if task.app_id not in self.apps:
                 kills.append(task)      # the app is gone
+            elif task.state in ("TASK_STAGING", "TASK_STARTING") and now - task.staged_at > LAUNCH_TIMEOUT_SECONDS:
+                log.warning("task %s not running after %.0fs: replacing it", task.task_id, LAUNCH_TIMEOUT_SECONDS)
+                task.message = "launch timed out"
+                kills.append(task)
         for app in list(self.apps.values()):
             app_kills, launches = self._plan(app)
             kills += app_kills
@@ -700,8 +712,9 @@ class Scheduler:
                 self.allocator.release(task.framework_id, task.agent_id, task.resources)
             except (KeyError, ValueError) as exc:
                 log.warning("release of %s on %s: %s", task.task_id, task.agent_id, exc)
-        # A task lost with its agent is replaced at once: the app did nothing wrong.
-        if not task.kill_requested and task.app_id in self.apps and task.unreachable_since is None:
+        # A task lost (with its agent, or by the agent) is replaced at once: the app did nothing wrong.
+        if not task.kill_requested and task.app_id in self.apps and task.unreachable_since is None \
+                and task.state != "TASK_LOST":
             self._failure(task, now)
         self.tasks.pop(task.task_id, None)
         self.store.delete("tasks", task.task_id)
@@ -752,7 +765,7 @@ class Scheduler:
             await self.on_status(agent_id, status)
         for task in list(self.tasks.values()):
             if task.agent_id == agent_id and task.task_id not in reported and not task.terminal \
-                    and task.launched_at is not None and task.launched_at < asked_at:
+                    and task.launched_at is not None and task.launched_at <= asked_at:
                 self._set_state(task, "TASK_LOST", f"agent {agent_id} does not run it anymore", self.clock())
                 self._terminated(task, self.clock())
         log.info("reconciled %d tasks with %s", len(statuses), agent_id)

@@ -35,11 +35,16 @@ class VipAllocator:
     """Pure: ``sync(names)`` allocates what is new and frees what is gone; idempotent."""
 
     def __init__(self, allocations: dict[str, str] | None = None, framework: str = "marathon",
-                 pool: ipaddress.IPv4Network = NAMED_VIP_POOL) -> None:
+                 pool: ipaddress.IPv4Network = NAMED_VIP_POOL, next_address: str | None = None) -> None:
         self.framework = framework
         self.pool = pool
         self.allocations: dict[str, str] = dict(allocations or {})
-        self._next = int(pool.network_address) + 1
+        self._next = int(ipaddress.IPv4Address(next_address)) if next_address else int(pool.network_address) + 1
+
+    @property
+    def next_address(self) -> str:
+        """Where the next search starts (persist it with the allocations)."""
+        return str(ipaddress.IPv4Address(self._next))
 
     def key(self, name: str) -> str:
         return f"{self.framework}:{name}"

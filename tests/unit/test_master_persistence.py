@@ -106,3 +106,45 @@ async def test_view_long_poll_answers_on_change_and_times_out():
         assert bad.status_code == 400
     finally:
         await c.close()
+
+
+async def test_task_decided_but_never_sent_is_lost_and_replaced_after_restart(tmp_path):
+    fake = FakeAgents()
+    first = Cluster(tmp_path, fake=fake)
+    await first.register(1)
+    await first.post_app({"id": "/orphan", "cmd": "true", "cpus": 0.1, "mem": 16})
+    (task,) = first.running("/orphan")
+    await first.close()
+    # As if the master died after deciding the launch and before sending it.
+    store = Store(tmp_path)
+    store.put("tasks", task.task_id, {**store.get("tasks", task.task_id), "launched_at": None,
+                                      "state": "TASK_STAGING"})
+    store.close()
+    fake.agent("agent-1").tasks.clear()
+    second = Cluster(tmp_path, fake=fake)
+    try:
+        await second.mesos.post("/v1/agents", json=registration(1))
+        await second.settle()
+        (replacement,) = second.running("/orphan")
+        assert replacement.task_id != task.task_id
+    finally:
+        await second.close()
+
+
+def test_named_vip_labels_and_address_reuse():
+    from control.vips import VipAllocator, named_vip
+
+    assert named_vip("VIP_0", "/shop/web:80") == "/shop/web"
+    assert named_vip("vip_1", "db:5432") == "/db"
+    assert named_vip("VIP_0", "1.2.3.4:80") is None        # an IP VIP needs no allocation
+    assert named_vip("HAPROXY_GROUP", "/x:80") is None
+    assert named_vip("VIP_0", "garbage") is None
+    vips = VipAllocator()
+    assert vips.sync(["/a", "/b"]) and vips.allocations == {"marathon:/a": "11.0.0.1", "marathon:/b": "11.0.0.2"}
+    assert not vips.sync(["/a", "/b"])                      # idempotent
+    vips.sync(["/b", "/c"])
+    # /a's address is not handed to /c at once: agents may still hold the old mapping.
+    assert vips.allocations == {"marathon:/b": "11.0.0.2", "marathon:/c": "11.0.0.3"}
+    again = VipAllocator(vips.allocations, next_address=vips.next_address)
+    again.sync(["/b", "/c", "/d"])
+    assert again.allocations["marathon:/d"] == "11.0.0.4"

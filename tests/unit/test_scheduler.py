@@ -196,3 +196,15 @@ async def test_kill_task_with_scale(cluster):
     assert resp.status_code == 200
     await cluster.settle()
     assert len(cluster.running("/k")) == 1 and cluster.scheduler.apps["/k"].instances == 1
+
+
+async def test_task_not_running_after_launch_timeout_is_replaced(cluster):
+    cluster.fake.auto_run = False
+    await cluster.post_app({"id": "/stuck", "cmd": "true", "cpus": 0.1, "mem": 16})
+    (stuck,) = cluster.scheduler.app_tasks("/stuck")
+    cluster.clock.advance(301)
+    cluster.fake.auto_run = True
+    await cluster.settle()
+    assert stuck.task_id in cluster.fake.kills
+    (replacement,) = cluster.running("/stuck")
+    assert replacement.task_id != stuck.task_id
