@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import json
 import logging
 import os
@@ -43,6 +44,14 @@ DEFAULT_QUEUE = 50
 PROTOCOLS = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
 MAX_PENDING_CHECKS = 4096     # SYNs awaiting their health check; beyond this they go unchecked
 ROUTE_CACHE_SECONDS = 30.0
+
+
+NAMED_VIP_POOL = ipaddress.ip_network("11.0.0.0/8")
+
+
+def vip_prefix(address: str) -> str:
+    """The local route that carries a VIP: one for the whole named pool, /32 for the others."""
+    return str(NAMED_VIP_POOL) if ipaddress.ip_address(address) in NAMED_VIP_POOL else f"{address}/32"
 
 
 def default_state_path() -> Path:
@@ -78,13 +87,13 @@ class NfqueueDataplane:
             self.netfilter.ensure_base(self.queue)
             have = self.netfilter.vip_members()
             errors = self.netfilter.update_vips(set(table) - have, have - set(table))
-            route_errors = self.netfilter.set_routes({key.address for key in table})
+            route_errors = self.netfilter.set_routes({vip_prefix(key.address) for key in table})
         except NetfilterError as exc:
             result.errors = {key: str(exc) for key in table}
             return result
         for key in table:
-            if key in errors or key.address in route_errors:
-                result.errors[key] = errors.get(key) or route_errors[key.address]
+            if key in errors or vip_prefix(key.address) in route_errors:
+                result.errors[key] = errors.get(key) or route_errors[vip_prefix(key.address)]
         result.removed = have - set(table)
         result.programmed = set(table) - set(result.errors)
         self._table = {key: table[key] for key in result.programmed}
@@ -162,7 +171,15 @@ class NfqueueDataplane:
         if entry is None or not entry.backends:
             return None
         backend = self._choose(entry, flow)
-        created = self.netfilter.create_flow(flow, backend, self._snat(flow, backend, indev))
+        snat = self._snat(flow, backend, indev)
+        created = self.netfilter.create_flow(flow, backend, snat)
+        if not created and protocol == "tcp":
+            # A SYN for a 5-tuple whose old entry lingers (TIME_WAIT, CLOSE): conntrack would drop
+            # that entry and start an un-NATed one, so replace it now. A retransmitted SYN keeps its own.
+            state = self.netfilter.flow_state(flow)
+            if state is None or not state.opening:
+                self.netfilter.delete_flow(flow)
+                created = self.netfilter.create_flow(flow, backend, snat)
         if protocol == "udp":
             self.netfilter.remember_udp_flow(flow)
         if created:

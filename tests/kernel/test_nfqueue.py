@@ -281,4 +281,4 @@ def test_view_change_reprograms_and_kernel_state_is_ipset_not_rules(topo):
     raw = topo.node.run("iptables", "-t", "raw", "-S", "NAVSTAR-MM").stdout
     assert raw.count("NFQUEUE") == 2, "one queue rule per protocol, none per VIP"
     routes = topo.node.run("ip", "route", "show", "table", "local", "proto", "211").stdout
-    assert "local 11.0.0.1 dev lo" in routes and f"src {NODE_IP}" in routes
+    assert "local 11.0.0.0/8 dev lo" in routes and f"src {NODE_IP}" in routes

@@ -40,7 +40,7 @@ def test_apply_is_idempotent_and_programs_sets_and_routes(tmp_path):
     result = dp.apply(table())
     assert result.programmed == {WEB, DNS} and not result.errors
     nf = dp.netfilter
-    assert nf.base and nf.members == {WEB, DNS} and nf.routes == {"11.0.0.1"}
+    assert nf.base and nf.members == {WEB, DNS} and nf.routes == {"11.0.0.0/8"}
     writes = nf.writes
     dp.apply(table())
     assert nf.writes == writes
@@ -58,6 +58,19 @@ def test_first_packet_gets_a_maglev_backend_and_a_dnat_flow(tmp_path):
     backend, snat = dp.netfilter.flows[flow]
     assert snat is None and dp.handle(syn(sport=30000)) == backend, "a retransmitted SYN keeps its backend"
     assert sum(dp.connection_counts().values()) == 3000
+
+
+def test_a_new_syn_replaces_a_lingering_entry_of_the_same_5_tuple(tmp_path):
+    dp = dataplane(tmp_path)
+    dp.apply(table())
+    dp.handle(syn(sport=5555))
+    flow = Flow("tcp", "10.0.9.2", 5555, "11.0.0.1", 80)
+    dp.netfilter.states[flow] = FlowState(True, True, 7)        # TIME_WAIT of the previous connection
+    dp.handle(syn(sport=5555))
+    assert flow in dp.netfilter.flows and flow not in dp.netfilter.states
+    assert sum(dp.connection_counts().values()) == 2
+    dp.handle(syn(sport=5555))                                   # a retransmission: same entry, no count
+    assert sum(dp.connection_counts().values()) == 2
 
 
 def test_unknown_vip_short_or_odd_packets_get_no_backend(tmp_path):
@@ -95,10 +108,13 @@ def test_health_outcomes_after_the_reply_window(tmp_path):
     dp = dataplane(tmp_path, clock=clock)
     dp.apply({WEB: VipEntry(WEB, BACKENDS[:1], maglev_table(BACKENDS[:1]))})
     for sport, state in ((1, FlowState(True, True, 3)), (2, FlowState(False, False, 1)),
-                         (3, FlowState(True, False, 7)), (4, None)):
+                         (3, FlowState(True, False, 8)), (4, None)):
         dp.handle(syn(sport=sport))
+        flow = Flow("tcp", "10.0.9.2", sport, "11.0.0.1", 80)
         if state:
-            dp.netfilter.states[Flow("tcp", "10.0.9.2", sport, "11.0.0.1", 80)] = state
+            dp.netfilter.states[flow] = state
+        else:
+            dp.netfilter.flows.pop(flow)      # conntrack dropped it (only reply was a reset)
     assert dp.drain_outcomes() == []
     clock.now = 0.5
     assert dp.drain_outcomes() == [(BACKENDS[0], True), (BACKENDS[0], False), (BACKENDS[0], False),
