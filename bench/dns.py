@@ -1,0 +1,155 @@
+"""DNS queries per second: navstar's resolver against dnsmasq, same names, same run, same namespace.
+
+Two workloads, each measured with dnsperf against both servers in alternation:
+
+- own zone: 1,000 VIP names (``appN.marathon.l4lb.thisdcos.directory``, TTL 5) that navstar
+  serves from its l4lb zone and dnsmasq from a hosts file;
+- cached forwarded: 1,000 names an upstream dnsmasq serves; navstar and a caching dnsmasq both
+  forward to it, and both caches are warmed before timing, so this measures cache hits.
+
+Goals (issue 5): own zone ≥ 0.5× dnsmasq, cached forwarded ≥ 0.3×. Everything runs inside a
+namespace this benchmark creates and deletes, with every process it starts stopped by pid.
+
+Run: .venv/bin/python -m bench.dns [--seconds 8] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+NAMES = 1000
+NAVSTAR_IP = "198.51.100.1"
+PEER_IP = "127.0.0.2"          # dnsmasq answering the own-zone names / forwarding with its cache
+UPSTREAM_IP = "127.0.0.3"      # dnsmasq both forward to
+GOALS = {"own zone": 0.5, "cached forwarded": 0.3}
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Namespace:
+    def __init__(self) -> None:
+        self.name = f"nvbench-dns-{uuid.uuid4().hex[:8]}"
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Namespace:
+        subprocess.run(["ip", "netns", "add", self.name], check=True)
+        self.run("ip", "link", "set", "lo", "up")
+        for address in (NAVSTAR_IP, PEER_IP, UPSTREAM_IP):
+            self.run("ip", "addr", "add", f"{address}/32", "dev", "lo")
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(5)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+    def run(self, *command: str, timeout: float = 120) -> str:
+        return subprocess.run(["ip", "netns", "exec", self.name, *command], check=True, capture_output=True,
+                              text=True, timeout=timeout).stdout
+
+    def start(self, *command: str, ready: str | None = None) -> subprocess.Popen:
+        process = subprocess.Popen(["ip", "netns", "exec", self.name, *command], cwd=REPO,
+                                   stdout=subprocess.PIPE if ready else subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL, text=True)
+        self.processes.append(process)
+        if ready and process.stdout.readline().strip() != ready:
+            raise RuntimeError(f"{command[0]} did not start")
+        return process
+
+    def dnsmasq(self, address: str, *options: str) -> None:
+        self.start("dnsmasq", "-k", "--conf-file=/dev/null", "--no-hosts", "--no-resolv", "--bind-interfaces",
+                   f"--listen-address={address}", "--port=53", "--user=root", "--log-facility=/dev/null",
+                   *options)
+        for _ in range(50):
+            if f"{address}:53" in self.run("ss", "-lun"):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"dnsmasq on {address} did not start")
+
+    def dnsperf(self, server: str, queries: Path, seconds: float | None = None) -> tuple[float, float]:
+        """(queries per second, lost fraction)."""
+        limit = ["-l", str(seconds)] if seconds else ["-n", "1"]
+        out = self.run("dnsperf", "-s", server, "-d", str(queries), "-c", "4", "-q", "500", "-t", "2", *limit)
+        qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
+        sent = float(re.search(r"Queries sent:\s+(\d+)", out).group(1))
+        lost = float(re.search(r"Queries lost:\s+(\d+)", out).group(1))
+        return qps, lost / sent if sent else 1.0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0, help="length of each dnsperf run")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs per server and workload")
+    args = parser.parse_args()
+    console = Console()
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-dns-")))
+        own = {f"app{i}.marathon.l4lb.thisdcos.directory": f"11.0.{i // 250}.{i % 250 + 1}" for i in range(NAMES)}
+        forwarded = {f"fwd{i}.example.test": f"10.40.{i // 250}.{i % 250 + 1}" for i in range(NAMES)}
+        (tmp / "vips.json").write_text(json.dumps(own))
+        (tmp / "own.hosts").write_text("".join(f"{ip} {name}\n" for name, ip in own.items()))
+        (tmp / "upstream.hosts").write_text("".join(f"{ip} {name}\n" for name, ip in forwarded.items()))
+        (tmp / "own.queries").write_text("".join(f"{name} A\n" for name in own))
+        (tmp / "forwarded.queries").write_text("".join(f"{name} A\n" for name in forwarded))
+
+        ns = stack.enter_context(Namespace())
+        ns.dnsmasq(UPSTREAM_IP, f"--addn-hosts={tmp / 'upstream.hosts'}", "--local-ttl=3600")
+        ns.start(sys.executable, "-m", "spartan_dns", "--listen", NAVSTAR_IP, "--port", "53",
+                 "--vips", str(tmp / "vips.json"), "--upstream", UPSTREAM_IP, ready="ready")
+        results: dict[tuple[str, str], list[float]] = {}
+        lost: dict[tuple[str, str], list[float]] = {}
+
+        def measure(workload: str, queries: Path) -> None:
+            for _ in range(args.rounds):
+                for server, address in (("dnsmasq", PEER_IP), ("navstar", NAVSTAR_IP)):
+                    qps, lost_fraction = ns.dnsperf(address, queries, args.seconds)
+                    results.setdefault((workload, server), []).append(qps)
+                    lost.setdefault((workload, server), []).append(lost_fraction)
+
+        # Own zone: the peer serves the same names from a hosts file, with the same TTL.
+        ns.dnsmasq(PEER_IP, f"--addn-hosts={tmp / 'own.hosts'}", "--local-ttl=5")
+        measure("own zone", tmp / "own.queries")
+        ns.processes.pop().terminate()
+        time.sleep(0.3)
+
+        # Cached forwarded: the peer is a caching forwarder to the same upstream; warm both caches.
+        ns.dnsmasq(PEER_IP, f"--server={UPSTREAM_IP}", "--cache-size=10000")
+        for address in (PEER_IP, NAVSTAR_IP):
+            ns.dnsperf(address, tmp / "forwarded.queries")
+        measure("cached forwarded", tmp / "forwarded.queries")
+
+    table = Table(title=f"dnsperf, {NAMES} names, {args.rounds}×{args.seconds:g}s per server and workload")
+    for column in ("workload", "dnsmasq QPS", "navstar QPS", "ratio", "goal", "lost (navstar)"):
+        table.add_column(column, justify="right" if column != "workload" else "left", no_wrap=True)
+    verdict = 0
+    for workload, goal in GOALS.items():
+        peer = statistics.median(results[(workload, "dnsmasq")])
+        ours = statistics.median(results[(workload, "navstar")])
+        ratio = ours / peer if peer else 0.0
+        verdict |= ratio < goal
+        table.add_row(workload, f"{peer:,.0f}", f"{ours:,.0f}", f"[{'green' if ratio >= goal else 'red'}]{ratio:.2f}×",
+                      f"≥ {goal}×", f"{max(lost[(workload, 'navstar')]):.2%}")
+    console.print(table)
+    return verdict
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
