@@ -75,12 +75,32 @@ def choose_host_ports(app: AppDefinition, slot: AgentSlot, rng: random.Random) -
     dynamic = sum(1 for p in wanted if p == 0)
     chosen: list[int] = []
     if dynamic:
-        free = [p for p in slot.free_ports() if p not in fixed]
-        if len(free) < dynamic:
+        chosen = _random_free_ports(slot, dynamic, set(fixed), rng)
+        if chosen is None:
             return None
-        chosen = rng.sample(free, dynamic)
     picks = iter(chosen)
     return [next(picks) if p == 0 else p for p in wanted]
+
+
+def _random_free_ports(slot: AgentSlot, count: int, exclude: set[int], rng: random.Random) -> list[int] | None:
+    # Random probes first: cheap while the range is mostly free; the full list when it is not.
+    size = sum(e - b + 1 for b, e in slot.port_ranges)
+    chosen: list[int] = []
+    for _ in range(8 * count):
+        if size == 0:
+            break
+        offset = rng.randrange(size)
+        for begin, end in slot.port_ranges:
+            if offset <= end - begin:
+                port = begin + offset
+                break
+            offset -= end - begin + 1
+        if port not in slot.used_ports and port not in exclude and port not in chosen:
+            chosen.append(port)
+            if len(chosen) == count:
+                return chosen
+    free = [p for p in slot.free_ports() if p not in exclude]
+    return rng.sample(free, count) if len(free) >= count else None
 
 
 def constraint_violation(constraints: Sequence[Sequence[str]], slot: AgentSlot,

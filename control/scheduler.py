@@ -146,6 +146,7 @@ class Scheduler:
         self.on_change = on_change      # the cluster view's version bump
         self.apps: dict[str, AppDefinition] = {}
         self.tasks: dict[str, TaskRecord] = {}
+        self._by_app: dict[str, dict[str, TaskRecord]] = {}   # app id → its tasks (index of self.tasks)
         self.completed: list[TaskRecord] = []
         self.deployments: dict[str, Deployment] = {}
         self.backoff: dict[str, Backoff] = {}
@@ -166,8 +167,7 @@ class Scheduler:
         for app_id, raw in self.store.items("apps"):
             self.apps[app_id] = AppDefinition.model_validate(raw)
         for _task_id, raw in self.store.items("tasks"):
-            task = TaskRecord.model_validate(raw)
-            self.tasks[task.task_id] = task
+            self._add_task(TaskRecord.model_validate(raw))
         for _dep_id, raw in self.store.items("deployments"):
             deployment = Deployment.model_validate(raw)
             self.deployments[deployment.id] = deployment
@@ -258,8 +258,12 @@ class Scheduler:
         self.wake.set()
 
     # ---- queries -------------------------------------------------------------------------
+    def _add_task(self, task: TaskRecord) -> None:
+        self.tasks[task.task_id] = task
+        self._by_app.setdefault(task.app_id, {})[task.task_id] = task
+
     def app_tasks(self, app_id: str) -> list[TaskRecord]:
-        return sorted((t for t in self.tasks.values() if t.app_id == app_id), key=lambda t: t.staged_at)
+        return sorted(self._by_app.get(app_id, {}).values(), key=lambda t: t.staged_at)
 
     def active(self, app_id: str) -> list[TaskRecord]:
         """Tasks that count as instances: not terminal, not being killed, not written off."""
@@ -585,7 +589,7 @@ class Scheduler:
             has_health_checks=bool(app.health_checks), staged_at=now,
             resources=task_resources(app), network=app.network_mode, ports=ports,
             service_ports=service_ports, labels=dict(app.labels))
-        self.tasks[task.task_id] = task
+        self._add_task(task)
         self._set_state(task, "TASK_STAGING", "launching", now)
         return task
 
@@ -717,6 +721,10 @@ class Scheduler:
                 and task.state != "TASK_LOST":
             self._failure(task, now)
         self.tasks.pop(task.task_id, None)
+        siblings = self._by_app.get(task.app_id, {})
+        siblings.pop(task.task_id, None)
+        if not siblings:
+            self._by_app.pop(task.app_id, None)
         self.store.delete("tasks", task.task_id)
         self.completed = (self.completed + [task])[-COMPLETED_KEEP:]
         self.on_change()
