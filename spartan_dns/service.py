@@ -61,7 +61,8 @@ class DnsService:
     """The node's resolver: own zones, forwarding, cache, UDP+TCP listeners, metrics, HTTP routes.
 
     ``set_*`` are idempotent and may be called before or after ``start``; they raise ValueError on
-    bad input and then change nothing."""
+    bad input and then change nothing. Call everything from the event loop's thread: the service is
+    not thread-safe (one asyncio core per process)."""
 
     def __init__(self, listen: list[str] | tuple[str, ...] = DEFAULT_LISTEN, port: int = 53,
                  upstreams: list[str] | None = None,
