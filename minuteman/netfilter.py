@@ -450,12 +450,16 @@ class KernelNetfilter:
                     if getattr(exc, "code", None) != 3:
                         errors[prefix] = f"route {prefix}: {exc}"
             for prefix in sorted(prefixes - have):
-                extra = {"prefsrc": self.node_ip} if self.node_ip else {}
-                try:
-                    ipr.route("add", dst=prefix, table=255, type="local", proto=ROUTE_PROTO,
-                              oif=lo, scope=254, **extra)
-                except Exception as exc:   # pyroute2 raises NetlinkError; one bad route is one error
-                    errors[prefix] = f"route {prefix}: {exc}"
+                # The node IP as source keeps local clients off the VIP as their address; if it is
+                # not (yet) local here the kernel refuses it, and VIP-sourced flows get SNAT instead.
+                for extra in ([{"prefsrc": self.node_ip}] if self.node_ip else []) + [{}]:
+                    try:
+                        ipr.route("add", dst=prefix, table=255, type="local", proto=ROUTE_PROTO,
+                                  oif=lo, scope=254, **extra)
+                        errors.pop(prefix, None)
+                        break
+                    except Exception as exc:   # pyroute2's NetlinkError; one bad route is one error
+                        errors[prefix] = f"route {prefix}: {exc}"
             return errors
         return self._route_call(sync)
 

@@ -282,3 +282,33 @@ def test_view_change_reprograms_and_kernel_state_is_ipset_not_rules(topo):
     assert raw.count("NFQUEUE") == 2, "one queue rule per protocol, none per VIP"
     routes = topo.node.run("ip", "route", "show", "table", "local", "proto", "211").stdout
     assert "local 11.0.0.0/8 dev lo" in routes and f"src {NODE_IP}" in routes
+
+
+REMOVE = r"""
+from pathlib import Path
+import sys
+from minuteman.dataplane import Backend, VipEntry, VipKey
+from minuteman.maglev import maglev_table
+from minuteman.nfqueue import NfqueueDataplane
+b = (Backend("10.77.1.2", 8080),)
+keys = [VipKey("11.0.0.1", 80, "tcp"), VipKey("192.0.2.9", 53, "udp")]
+dp = NfqueueDataplane(node_ip="10.77.0.1", state_path=Path(sys.argv[1]))
+result = dp.apply({k: VipEntry(k, b, maglev_table(b)) for k in keys})
+assert result.programmed == set(keys) and not result.errors, result
+assert dp.apply({k: VipEntry(k, b, maglev_table(b)) for k in keys}).programmed == set(keys)
+print(sorted(f"{k.address}:{k.port}/{k.protocol}" for k in dp.current()), flush=True)
+dp.close(keep_kernel_state=False)
+"""
+
+
+def test_close_without_keeping_state_removes_everything(netns, tmp_path):
+    state = tmp_path / "state.json"
+    script = tmp_path / "remove.py"
+    script.write_text(REMOVE)
+    done = netns.run(sys.executable, str(script), str(state), check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['11.0.0.1:80/tcp', '192.0.2.9:53/udp']"
+    assert "NAVSTAR" not in netns.run("iptables-save").stdout
+    assert netns.run("ipset", "list", "-n").stdout.strip() == ""
+    assert netns.run("ip", "route", "show", "table", "all", "proto", "211").stdout.strip() == ""
+    assert not state.exists()
