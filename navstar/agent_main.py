@@ -20,10 +20,11 @@ from pathlib import Path
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from control.agent.api import agent_api
+from control.agent.cgroups import Cgroup
 from control.agent.executor import Executor, bridge_for
 from control.agent.health import CheckTarget, TaskHealth
 from control.agent.images import ImageMap
@@ -32,10 +33,15 @@ from control.auth import read_secret
 from control.protocol import HealthCheckSpec, TaskLaunch
 from control.registry import AgentRegistration, AgentResources, PortRange
 from control.view import ClusterView, TaskPort
-from navstar import __version__, logs
+from minuteman.dataplane import Dataplane
+from minuteman.reconciler import LoadBalancer
+from navstar import logs
+from navstar.localnet import ensure_loopback_addresses
 from navstar.servers import Listen, serve
 from overlay.agent import OverlayAgent
 from overlay.netlink import PyRoute2Netlink
+from spartan_dns.records import MesosStateError, generate
+from spartan_dns.service import DnsService
 
 log = logging.getLogger("navstar.agent")
 
@@ -59,10 +65,16 @@ class AgentOptions:
     heartbeat_interval: float = 5.0
     cgroup: str = "navstar"
     netns_prefix: str = "navstar-task-"
+    node_netns: str | None = None           # this node's named namespace (the lab's), if any
     bpf_pin_dir: str = "/sys/fs/bpf/navstar/agent"
     image_map: str | None = None
     task_user: str | None = "nobody"
     overlay_interval: float = 30.0
+    dns_listen: tuple[str, ...] = RESOLVERS
+    dns_port: int = 53
+    upstreams: list[str] | None = None          # None: the host's resolvers
+    forward_zones: dict[str, list[str]] = field(default_factory=dict)
+    legacy_vips_listen: str = ":61421"
     attributes: dict[str, str] = field(default_factory=dict)
 
 
@@ -106,13 +118,18 @@ class NodeAgent:
         self.executor = Executor(
             Path(opts.work_dir), opts.ip, self._on_status, cgroup_scope=opts.cgroup,
             netns_prefix=opts.netns_prefix, user=opts.task_user, image_map=ImageMap.load(opts.image_map),
-            networks=OverlayNetworks(self.overlay),
+            networks=OverlayNetworks(self.overlay), node_netns=opts.node_netns,
             resolv_conf="".join(f"nameserver {a}\n" for a in RESOLVERS) + "options timeout:1 attempts:2\n",
         )
         self.link = MasterLink(opts.master, registration, self.secret, opts.heartbeat_interval,
                                live_statuses=self.executor.statuses)
         self._health: dict[str, asyncio.Task] = {}
         self._background: set[asyncio.Task] = set()
+        self.dataplane: Dataplane | None = None
+        self.lb: LoadBalancer | None = None
+        self.dns = DnsService(list(opts.dns_listen), opts.dns_port, upstreams=opts.upstreams,
+                              forward_zones=opts.forward_zones or None, node_ip=opts.ip)
+        self._records_version = -1
 
     # -- events ---------------------------------------------------------------------------
     def _on_status(self, status) -> None:
@@ -148,6 +165,24 @@ class NodeAgent:
         self.view = view
         log.debug("cluster view %d: %d agents, %d tasks", view.version, len(view.agents), len(view.tasks))
         self._spawn(self._overlay_view(view))
+        if self.lb is not None:
+            self.lb.on_view(view)
+            # Names go to DNS only once the dataplane has programmed their VIPs.
+            self.dns.set_vips(self.lb.programmed_names())
+        self.dns.set_masters(view.master_ip, [view.master_ip])
+        self._spawn(self._refresh_records(view))
+
+    async def _refresh_records(self, view: ClusterView) -> None:
+        state = await self.link.fetch_json("/master/state")
+        if state is None or view.version < self._records_version:
+            return
+        try:
+            records = generate(state, masters=[f"{view.master_ip}:5050"], listener=self.opts.ip)
+        except (MesosStateError, ValueError) as exc:
+            log.warning("master state gave no DNS records: %s", exc)
+            return
+        self._records_version = view.version
+        self.dns.set_mesos_records(records)
 
     async def _overlay_view(self, view: ClusterView) -> None:
         # pyroute2 is synchronous: keep it off the loop.
@@ -162,10 +197,11 @@ class NodeAgent:
 
     # -- HTTP -------------------------------------------------------------------------------
     def local_api(self) -> Starlette:
-        async def version(_request: Request) -> JSONResponse:
-            return JSONResponse({"Service": "navstar", "Version": __version__})
-
-        return Starlette(routes=[Route("/v1/version", version)])
+        """``/v1/vips`` (minuteman) and the Mesos-DNS-style ``/v1/version|hosts|services|records``."""
+        routes = list(self.dns.http_routes())
+        if self.lb is not None:
+            routes += self.lb.http_routes()
+        return Starlette(routes=routes)
 
     @staticmethod
     def metrics_app() -> Starlette:
@@ -174,18 +210,55 @@ class NodeAgent:
 
         return Starlette(routes=[Route("/metrics", metrics)])
 
+    async def _start_dataplane(self) -> None:
+        self.dataplane = await make_dataplane(self.opts)
+        self.lb = LoadBalancer(self.dataplane)
+        log.info("VIP dataplane: %s", self.dataplane.name)
+
     async def run(self) -> None:
         for status in self.executor.adopt():
             self.link.send_status(status)
+        # pyroute2's synchronous API refuses to run inside an event loop.
+        await asyncio.to_thread(ensure_loopback_addresses, list(self.opts.dns_listen))
+        await self.dns.start()
+        await self._start_dataplane()
         metrics = Listen.parse(self.opts.metrics_listen or f"{self.opts.ip}:61091")
-        await serve(
-            [(self.local_api(), Listen.parse(self.opts.api_listen)),
-             (agent_api(self.opts.agent_id, self.executor, self.secret, self._on_launch),
-              Listen.parse(self.opts.agent_listen)),
-             (self.metrics_app(), metrics)],
-            background=[self.link.run(), self.link.watch_view(self.on_view), self.executor.run(),
-                        self.overlay.run()],
-        )
+        try:
+            await serve(
+                [(self.local_api(), Listen.parse(self.opts.api_listen)),
+                 (agent_api(self.opts.agent_id, self.executor, self.secret, self._on_launch),
+                  Listen.parse(self.opts.agent_listen)),
+                 (self.metrics_app(), metrics),
+                 (self.lb.legacy_app(), Listen.parse(self.opts.legacy_vips_listen))],
+                background=[self.link.run(), self.link.watch_view(self.on_view), self.executor.run(),
+                            self.overlay.run(), self.lb.run()],
+            )
+        finally:
+            # Kernel state stays: a restarted agent adopts it and VIPs keep serving meanwhile.
+            self.lb.close(keep_kernel_state=True)
+            await self.dns.stop()
+
+
+async def make_dataplane(opts: AgentOptions) -> Dataplane:
+    """``--lb``: ebpf, nfqueue, or auto (eBPF when this kernel and cgroup allow it)."""
+    choice = opts.lb
+    if choice in ("ebpf", "auto"):
+        from minuteman.ebpf import EbpfDataplane, LoaderError, ebpf_available
+
+        ok, reason = ebpf_available()
+        if ok:
+            try:
+                return await asyncio.to_thread(EbpfDataplane, Cgroup(opts.cgroup).unified_path, opts.bpf_pin_dir)
+            except LoaderError as exc:
+                reason = str(exc)
+        if choice == "ebpf":
+            raise SystemExit(f"--lb ebpf: {reason}")
+        log.warning("eBPF socket LB unavailable (%s): using NFQUEUE", reason)
+    from minuteman.nfqueue import NfqueueDataplane
+
+    dataplane = NfqueueDataplane(node_ip=opts.ip)
+    await dataplane.start()
+    return dataplane
 
 
 def run_agent(opts: AgentOptions) -> None:

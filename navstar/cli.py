@@ -70,10 +70,13 @@ def agent(
     heartbeat_interval: Annotated[float, typer.Option(help="seconds between heartbeats")] = 5.0,
     cgroup: Annotated[str, typer.Option(help="this node's cgroup (v2 path below the root): BPF scope, task parent")] = "navstar",
     netns_prefix: Annotated[str, typer.Option(help="prefix of task network namespaces")] = "navstar-task-",
+    node_netns: Annotated[str | None, typer.Option(help="this node's named network namespace (lab)")] = None,
     bpf_pin_dir: Annotated[str, typer.Option(help="where BPF maps are pinned")] = "/sys/fs/bpf/navstar/agent",
     image_map: Annotated[str | None, typer.Option(help="JSON image map for apps without a command")] = None,
     task_user: Annotated[str, typer.Option(help="user tasks run as ('' = the agent's)")] = "nobody",
     overlay_interval: Annotated[float, typer.Option(help="seconds between overlay drift-repair passes")] = 30.0,
+    upstream: Annotated[list[str] | None, typer.Option(help="upstream resolver ip[:port] (repeat; default: the host's)")] = None,
+    forward_zone: Annotated[list[str] | None, typer.Option(help="per-zone upstreams: zone=ip[,ip] (repeat)")] = None,
 ) -> None:
     """Run the node agent (executor, overlay, load balancer, DNS)."""
     from navstar.agent_main import AgentOptions, run_agent
@@ -88,9 +91,21 @@ def agent(
         master=master, ip=ip, agent_id=agent_id or "", token_file=token_file, api_listen=api_listen,
         agent_listen=agent_listen, metrics_listen=metrics_listen, work_dir=work_dir, lb=lb, cpus=cpus,
         mem=mem, ports=ports, heartbeat_interval=heartbeat_interval, cgroup=cgroup,
-        netns_prefix=netns_prefix, bpf_pin_dir=bpf_pin_dir, image_map=image_map, task_user=task_user or None,
-        overlay_interval=overlay_interval,
+        netns_prefix=netns_prefix, node_netns=node_netns, bpf_pin_dir=bpf_pin_dir, image_map=image_map, task_user=task_user or None,
+        overlay_interval=overlay_interval, upstreams=upstream or None,
+        forward_zones=_forward_zones(forward_zone or []),
     ))
+
+
+def _forward_zones(specs: list[str]) -> dict[str, list[str]]:
+    zones: dict[str, list[str]] = {}
+    for spec in specs:
+        zone, _, servers = spec.partition("=")
+        if not zone or not servers:
+            err.print(f"--forward-zone: expected zone=ip[,ip], got {spec!r}")
+            raise typer.Exit(2)
+        zones[zone] = [s for s in servers.split(",") if s]
+    return zones
 
 
 # -- lab ----------------------------------------------------------------------------------

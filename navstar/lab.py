@@ -296,7 +296,7 @@ class Lab:
                         "--token-file", secret, "--lb", state.lb, "--heartbeat-interval", "1",
                         "--work-dir", str(state.directory / node.name),
                         "--cgroup", cgroup_for(self.name, node.name).relpath,
-                        "--netns-prefix", f"{node.namespace}-t",
+                        "--netns-prefix", f"{node.namespace}-t", "--node-netns", node.namespace,
                         "--bpf-pin-dir", str(BPFFS_ROOT / self.name / node.name)]
             self.progress(f"starting {node.name}")
             node.log = str(state.directory / "logs" / f"{node.name}.log")
@@ -309,8 +309,10 @@ class Lab:
         cgroup = Cgroup(f"{cgroup_for(self.name, node.name).relpath}/agent")
         cgroup.create()
         with open(log_path, "ab") as log:
+            # nsenter, not `ip netns exec`: the latter remounts /sys, which would hide the
+            # cgroup and bpffs mounts the agent needs.
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", node.namespace, *argv],
+                ["nsenter", f"--net=/run/netns/{node.namespace}", "--", *argv],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=lambda: cgroup.add_pid(os.getpid()),
                 env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -70,7 +70,8 @@ class Executor:
     def __init__(self, work_dir: Path, agent_ip: str, on_status: StatusSink, *,
                  cgroup_scope: str = "navstar", netns_prefix: str = "navstar-task-",
                  user: str | None = "nobody", image_map: ImageMap | None = None,
-                 networks: ContainerNetworks | None = None, resolv_conf: str | None = None) -> None:
+                 networks: ContainerNetworks | None = None, resolv_conf: str | None = None,
+                 node_netns: str | None = None) -> None:
         self.work_dir = Path(work_dir)
         self.sandboxes = self.work_dir / "sandboxes"
         self.sandboxes.mkdir(parents=True, exist_ok=True)
@@ -82,6 +83,9 @@ class Executor:
         self.image_map = image_map or ImageMap()
         self.networks = networks
         self.resolv_conf = resolv_conf
+        # Host-network tasks enter the node's named namespace with `ip netns exec`, which gives
+        # them the node's /etc/netns resolv.conf (the node resolver).
+        self.node_netns = node_netns
         self.tasks: dict[str, RunningTask] = {}
         self._state_file = self.work_dir / "tasks.json"
 
@@ -136,8 +140,8 @@ class Executor:
         self._hand_over_sandbox(sandbox)
         env = self._environment(launch, sandbox, ips)
         argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
-        if netns:
-            argv = ["ip", "netns", "exec", netns, *self._as_user(argv)]
+        if netns or self.node_netns:
+            argv = ["ip", "netns", "exec", netns or self.node_netns, *self._as_user(argv)]
         else:
             argv = self._as_user(argv)
         with open(sandbox / "stdout", "ab") as out, open(sandbox / "stderr", "ab") as err:
