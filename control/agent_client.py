@@ -50,8 +50,9 @@ class AgentClient(Protocol):
 
 
 class HttpAgentClient:
-    def __init__(self, secret: str | None, timeout: float = 5.0) -> None:
-        self._client = httpx.AsyncClient(headers=auth_header(secret), timeout=timeout)
+    def __init__(self, secret: str | None, timeout: float = 5.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self._client = httpx.AsyncClient(headers=auth_header(secret), timeout=timeout, transport=transport)
 
     @staticmethod
     def _url(agent: AgentAddress, path: str) -> str:

@@ -181,6 +181,18 @@ class AppDefinition(_Model):
     version: str | None = None
     version_info: VersionInfo | None = None
 
+    @field_validator("role")
+    @classmethod
+    def _mesos_role(cls, value: str | None) -> str | None:
+        # Mesos' rules: hierarchical "a/b", no empty, "." or ".." element, no whitespace or "\\",
+        # no element starting with "-".
+        if value is None or value == "*":
+            return value
+        elements = value.split("/")
+        if any(e in ("", ".", "..") or e.startswith("-") or re.search(r"[\s\\*]", e) for e in elements):
+            raise ValueError(f"role {value!r} is not a valid Mesos role (e.g. 'dev' or 'eng/web')")
+        return value
+
     # -- derived views -------------------------------------------------------------------
     @property
     def network_mode(self) -> Literal["host", "bridge", "container"]:

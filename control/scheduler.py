@@ -128,8 +128,8 @@ class QueueEntry(BaseModel):
 
 
 def framework_for(role: str) -> str:
-    """Marathon registers once per role it serves (DRF shares are per role)."""
-    return "marathon" if role == "*" else f"marathon-{role}"
+    """Marathon registers once per role it serves (DRF shares are per role); ids hold no '/'."""
+    return "marathon" if role == "*" else "marathon-" + role.replace("/", "|")
 
 
 class Scheduler:

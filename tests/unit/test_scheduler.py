@@ -208,3 +208,12 @@ async def test_task_not_running_after_launch_timeout_is_replaced(cluster):
     assert stuck.task_id in cluster.fake.kills
     (replacement,) = cluster.running("/stuck")
     assert replacement.task_id != stuck.task_id
+
+
+async def test_hierarchical_roles_and_bad_roles(cluster):
+    await cluster.post_app({"id": "/h", "cmd": "true", "cpus": 0.5, "mem": 16, "role": "eng/web"})
+    assert len(cluster.running("/h")) == 1
+    assert cluster.master.allocator.allocation("marathon-eng|web")["cpus"] == pytest.approx(0.5)
+    for bad in ("a b", "-x", "a//b", "../x"):
+        resp = await cluster.marathon.post("/v2/apps", json={"id": "/bad", "cmd": "true", "role": bad})
+        assert resp.status_code == 422 and resp.json()["details"][0]["path"] == "/role", bad
