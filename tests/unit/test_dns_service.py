@@ -34,10 +34,12 @@ class FakeUpstream:
     def __init__(self) -> None:
         self.mode = "answer"
         self.asked: list[str] = []
+        self.servers: list[Upstream] = []
 
     async def exchange(self, upstream: Upstream, query: bytes) -> bytes:
         request = DNSRecord.parse(query)
         self.asked.append(str(request.q.qname))
+        self.servers.append(upstream)
         if self.mode == "silent":
             await asyncio.sleep(3600)
         if self.mode == "down":
@@ -196,9 +198,20 @@ async def test_inflight_cap_answers_servfail_at_once(service, upstream):
 
 
 async def test_forward_zone_uses_its_own_upstreams(service, upstream):
-    route = service.forward.route("host.corp.example")
-    assert route == ("corp.example", [Upstream("10.0.0.54")])
-    assert service.forward.route("www.example.com")[0] == "."
+    assert addresses(await ask(service, packet("Host.Corp.Example"))) == ["10.9.9.9"]
+    assert addresses(await ask(service, packet("www.example.com"))) == ["10.9.9.9"]
+    assert upstream.servers == [Upstream("10.0.0.54"), Upstream("10.0.0.53")]
+    zones = {key[0] for key in service.metrics.requests}
+    assert {"corp.example", "."} <= zones
+
+
+async def test_a_forward_zone_inside_an_own_zone_takes_that_subtree(upstream):
+    svc = DnsService(listen=["127.0.0.1"], port=0, upstreams=["10.0.0.53"], transport=upstream, registry=None,
+                     forward_zones={"legacy.mesos": ["10.0.0.55"]})
+    svc.set_mesos_records(RECORDS)
+    assert addresses(await ask(svc, packet("web.marathon.mesos"))) == ["9.0.1.5"]
+    assert addresses(await ask(svc, packet("app.legacy.mesos"))) == ["10.9.9.9"]
+    assert upstream.servers == [Upstream("10.0.0.55")]
 
 
 async def test_guard_rejects_classes_transfers_and_edns_versions(service):
