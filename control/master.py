@@ -200,6 +200,8 @@ class Master:
         await asyncio.gather(*(one(r) for r in records))
 
     async def watch_agents(self, interval: float | None = None) -> None:
+        # After a restart, ask every known agent what it runs (tasks may have ended meanwhile).
+        await asyncio.gather(*(self.scheduler.reconcile(r.registration.agent_id) for r in self.registry.all()))
         while True:
             try:
                 await self.ping_agents()

@@ -151,6 +151,7 @@ class Scheduler:
         self.deployments: dict[str, Deployment] = {}
         self.backoff: dict[str, Backoff] = {}
         self.queue: dict[str, QueueEntry] = {}
+        self.unplaceable: set[str] = set()     # apps whose demand found no place in the last cycle
         self.last_failure: dict[str, dict[str, Any]] = {}
         self.frameworks: set[str] = set()
         self.wake = asyncio.Event()
@@ -352,8 +353,12 @@ class Scheduler:
             remaining_old = len(old_ready) - len(chosen)
             room = max_total - (len(new) + remaining_old + len(killing))
             launch = max(0, min(target - len(new), room))
-            if launch == 0 and not chosen and remaining_old and len(new) < target and not killing:
-                # minimumHealthCapacity 1 with maximumOverCapacity 0 cannot move otherwise.
+            stuck = launch == 0 or (app.id in self.unplaceable and all(t.ready for t in new))
+            if stuck and not chosen and remaining_old and len(new) < target and not killing:
+                # No room (minimumHealthCapacity 1 with maximumOverCapacity 0), or the new tasks
+                # fit nowhere while old ones hold their places (e.g. hostname:UNIQUE on as many
+                # agents as instances): replace one old task at a time instead of hanging.
+                log.info("app %s: upgrade blocked, replacing one old task to make room", app.id)
                 kills += self._kill_order(app, old_ready)[:1]
             return kills, launch
         return kills, max(0, target - len(new))
@@ -466,6 +471,7 @@ class Scheduler:
             else:
                 self.allocator.decline(offer, now)
                 self.offers_declined += 1
+        self.unplaceable = {app_id for app_id, left in ready.items() if left > 0}
         for app_id, reasons in rejects.items():
             entry = self.queue.get(app_id)
             if entry is not None and ready.get(app_id, 0) > 0:

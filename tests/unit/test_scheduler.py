@@ -217,3 +217,18 @@ async def test_hierarchical_roles_and_bad_roles(cluster):
     for bad in ("a b", "-x", "a//b", "../x"):
         resp = await cluster.marathon.post("/v2/apps", json={"id": "/bad", "cmd": "true", "role": bad})
         assert resp.status_code == 422 and resp.json()["details"][0]["path"] == "/role", bad
+
+
+async def test_restart_with_unique_hostname_on_every_agent_still_completes(cluster):
+    await cluster.post_app({"id": "/u3", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 3,
+                            "constraints": [["hostname", "UNIQUE"]]})
+    old = {t.task_id for t in cluster.running("/u3")}
+    assert len(old) == 3
+    assert (await cluster.marathon.post("/v2/apps/u3/restart")).status_code == 200
+    for _ in range(6):
+        await cluster.settle(2)
+        running = cluster.running("/u3")
+        assert len(running) >= 2          # one at a time: never more than one instance down
+    final = {t.task_id for t in cluster.running("/u3")}
+    assert len(final) == 3 and not (final & old)
+    assert cluster.scheduler.deployments == {}
