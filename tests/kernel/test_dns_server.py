@@ -135,7 +135,7 @@ def test_forwarding_tc_and_upstream_failure(dns_ns, start_dns, upstream):
     started = time.monotonic()
     failed = dig(dns_ns, "upstream7.example.test")      # never asked before: nothing to serve stale
     assert status(failed) == "SERVFAIL"
-    assert time.monotonic() - started < 2.0
+    assert time.monotonic() - started < 2.5          # overall timeout 0.8 s plus dig itself
     stale = dig(dns_ns, "+noall", "+answer", "upstream1.example.test")
     assert re.search(r"upstream1\.example\.test\.\s+30\s+IN\s+A\s+10\.20\.0\.1", stale), stale
 
