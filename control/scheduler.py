@@ -659,7 +659,7 @@ class Scheduler:
         if status.ip_addresses:
             task.ip_addresses = list(status.ip_addresses)
         if status.ports:
-            task.ports = list(status.ports)
+            task.ports = _merge_ports(task.ports, status.ports)
         if status.healthy is not None and status.healthy != task.healthy:
             task.healthy = status.healthy
             self.events.publish("health_status_changed_event", appId=task.app_id, taskId=task.task_id,
@@ -812,6 +812,17 @@ class Scheduler:
         """Waits for in-flight kills and reconciliations (tests)."""
         while self._pending_io:
             await asyncio.gather(*list(self._pending_io), return_exceptions=True)
+
+
+def _merge_ports(ours: list[TaskPort], reported: list[TaskPort]) -> list[TaskPort]:
+    """The agent's bound ports, keeping the app's names and labels (VIP_0…) where it omits them."""
+    merged = []
+    for index, port in enumerate(reported):
+        mine = ours[index] if index < len(ours) else None
+        if mine is not None:
+            port = port.model_copy(update={"labels": port.labels or mine.labels, "name": port.name or mine.name})
+        merged.append(port)
+    return merged
 
 
 def _address(record: AgentRecord) -> AgentAddress:

@@ -79,3 +79,12 @@ async def test_mesos_dns_generator_reads_our_state(cluster):
     assert {r.value for r in records.by_name("db.marathon.mesos.", "A")} == {"9.0.1.5"}
     assert {r.value for r in records.by_name("leader.mesos.", "A")} == {"198.18.0.2"}
     assert {r.value for r in records.by_name("slave.mesos.", "A")} == {"198.18.0.11", "198.18.0.12"}
+
+
+async def test_agent_reported_ports_keep_the_apps_labels(cluster):
+    await cluster.post_app(WEB | {"instances": 1, "constraints": []})
+    (task,) = cluster.running("/shop/web")
+    await cluster.fake.report(task.agent_id, task.task_id, "TASK_RUNNING", ports=[{"host_port": 31099}])
+    (info,) = (await cluster.mesos.get("/v1/view")).json()["tasks"]
+    assert info["ports"][0]["host_port"] == 31099
+    assert info["ports"][0]["labels"] == {"VIP_0": "/shop/web:80"} and info["ports"][0]["name"] == "http"
