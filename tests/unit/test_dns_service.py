@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections import namedtuple
 
 import httpx
 import pytest
@@ -13,19 +12,19 @@ from dnslib import EDNS0, QTYPE, RCODE, RR, A, DNSRecord
 from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 
+from spartan_dns.records import Record, RecordSet
 from spartan_dns.service import DnsService
 from spartan_dns.upstream import Upstream
 
-Record = namedtuple("Record", "name rtype value")
 LOCAL = ("127.0.0.1", 40000)
 VIP = "web.marathon.l4lb.thisdcos.directory"
-RECORDS = [
+RECORDS = RecordSet((
     Record("web.marathon.mesos.", "A", "9.0.1.5"),
     Record("web.marathon.slave.mesos.", "A", "198.18.0.11"),
     Record("web-abcde-s1.marathon.mesos.", "A", "9.0.1.5"),
     Record("_web._tcp.marathon.mesos.", "SRV", "web-abcde-s1.marathon.mesos.:80"),
     Record("leader.mesos.", "A", "198.18.0.2"),
-]
+))
 
 
 class FakeUpstream:
@@ -133,7 +132,7 @@ async def test_mesos_records_mirror_and_dcos_zone(service):
 
 async def test_multi_record_answers_rotate_on_replay(service):
     names = {f"a{i}.marathon.l4lb.thisdcos.directory": f"11.0.0.{i}" for i in range(1, 4)}
-    service.set_mesos_records([Record("multi.marathon.mesos.", "A", f"9.0.0.{i}") for i in range(1, 4)])
+    service.set_mesos_records(RecordSet(tuple(Record("multi.marathon.mesos.", "A", f"9.0.0.{i}") for i in range(1, 4))))
     service.set_vips(names)
     first = addresses(await ask(service, packet("multi.marathon.mesos")))
     entry = service.server.replay[packet("multi.marathon.mesos")[2:]]

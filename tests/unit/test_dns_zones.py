@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections import namedtuple
-
 import pytest
 from dnslib import QTYPE, DNSLabel
 
 from spartan_dns.message import NOERROR, NXDOMAIN
+from spartan_dns.records import Record, RecordSet
 from spartan_dns.zones import (
     DCOS,
     SoaNames,
@@ -18,8 +17,6 @@ from spartan_dns.zones import (
     rebase,
     vip_records,
 )
-
-Record = namedtuple("Record", "name rtype value")
 
 GENERATED = [
     Record("web.marathon.mesos.", "A", "9.0.1.5"),
@@ -37,7 +34,7 @@ GENERATED = [
 
 
 def mesos_zone(records=GENERATED) -> Zone:
-    return Zone("mesos", mesos_records(records), ttl=60, soa=SoaNames("ns1.mesos", "root.ns1.mesos"),
+    return Zone("mesos", mesos_records(RecordSet(tuple(records))), ttl=60, soa=SoaNames("ns1.mesos", "root.ns1.mesos"),
                 serial=7, ns_in_authority=True)
 
 
