@@ -263,6 +263,12 @@ async def make_dataplane(opts: AgentOptions) -> Dataplane:
 
 def run_agent(opts: AgentOptions) -> None:
     logs.configure()
+    # pyroute2 forks a helper to open sockets in other namespaces and ends it with SIGTERM.
+    # The fork shares asyncio's signal wake-up fd, so unless the helper dies on SIGTERM
+    # (default disposition) the signal is delivered to *this* loop and stops the agent.
+    import pyroute2.config
+
+    pyroute2.config.disable_mp_signal = True
     if not opts.agent_id:
         opts.agent_id = socket.gethostname()
     agent = NodeAgent(opts)

@@ -45,8 +45,12 @@ async def serve(apps: list[tuple[ASGIApp, Listen]], background: list[Awaitable[N
     ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    def on_signal(sig: signal.Signals) -> None:
+        log.warning("stopping on %s", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(sig, on_signal, sig)
 
     tasks = [asyncio.create_task(server.serve()) for server in servers]
     tasks += [asyncio.create_task(coro) for coro in background]

@@ -186,6 +186,10 @@ class Executor:
         netns = f"{self.netns_prefix}{launch.task_id.replace('.', '-')[-40:]}"
         subprocess.run(["ip", "netns", "add", netns], check=True, capture_output=True)
         subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
+        # The task owns this namespace: let its unprivileged user bind any port (nginx on :80),
+        # as container runtimes do.
+        subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"],
+                       check=True)
         if self.resolv_conf:
             etc = Path("/etc/netns") / netns
             etc.mkdir(parents=True, exist_ok=True)
