@@ -167,8 +167,12 @@ class Scheduler:
         tasks' resources with the allocator (agents are added by the master first)."""
         for app_id, raw in self.store.items("apps"):
             self.apps[app_id] = AppDefinition.model_validate(raw)
-        for _task_id, raw in self.store.items("tasks"):
-            self._add_task(TaskRecord.model_validate(raw))
+        for task_id, raw in self.store.items("tasks"):
+            task = TaskRecord.model_validate(raw)
+            if task.terminal:
+                self.store.delete("tasks", task_id)
+                continue
+            self._add_task(task)
         for _dep_id, raw in self.store.items("deployments"):
             deployment = Deployment.model_validate(raw)
             self.deployments[deployment.id] = deployment
@@ -641,6 +645,8 @@ class Scheduler:
                 self._set_state(task, "TASK_FAILED", str(exc), self.clock())
                 self._terminated(task, self.clock())
             return
+        if task.terminal:
+            return  # it already ended (a fast exit reported before the agent's answer)
         task.launched_at = self.clock()
         self._save_task(task)
 

@@ -45,7 +45,7 @@ async def test_constraints(cluster, constraint, expect):
     if constraint[1] == "LIKE":
         assert set(placed) <= {"agent-1", "agent-2"} and sum(placed.values()) == 3
     elif constraint[1] == "GROUP_BY":
-        racks = Counter("r2" if a == "agent-3" else "r1" for a in cluster.running("/c") for a in [a.agent_id])
+        racks = Counter("r2" if t.agent_id == "agent-3" else "r1" for t in cluster.running("/c"))
         assert sorted(racks.values()) == [1, 2]
     else:
         assert dict(placed) == expect
@@ -232,3 +232,22 @@ async def test_restart_with_unique_hostname_on_every_agent_still_completes(clust
     final = {t.task_id for t in cluster.running("/u3")}
     assert len(final) == 3 and not (final & old)
     assert cluster.scheduler.deployments == {}
+
+
+async def test_unreachable_within_inactive_after_keeps_the_task(cluster):
+    await cluster.post_app({"id": "/patient", "cmd": "true", "cpus": 0.1, "mem": 16,
+                            "unreachableStrategy": {"inactiveAfterSeconds": 60, "expungeAfterSeconds": 120}})
+    (task,) = cluster.running("/patient")
+    cluster.fake.agent(task.agent_id).up = False
+    cluster.clock.advance(10)
+    await cluster.master.ping_agents()
+    cluster.master.check_agents()
+    await cluster.settle()
+    assert task.state == "TASK_UNREACHABLE" and cluster.running("/patient") == []
+    assert len(cluster.scheduler.app_tasks("/patient")) == 1          # not replaced yet
+    cluster.fake.agent(task.agent_id).up = True
+    await cluster.master.ping_agents()                               # back: reconciled
+    await cluster.settle()
+    assert [t.task_id for t in cluster.running("/patient")] == [task.task_id]
+    assert cluster.fake.kills == []
+    assert cluster.master.allocator.allocation("marathon")["cpus"] == pytest.approx(0.1)
