@@ -72,7 +72,8 @@ class AgentOptions:
     overlay_interval: float = 30.0
     dns_listen: tuple[str, ...] = RESOLVERS
     dns_port: int = 53
-    upstreams: list[str] | None = None          # None: the host's resolvers
+    upstreams: list[str] | None = None          # None: the resolvers in resolv_conf
+    resolv_conf: str = "/etc/resolv.conf"
     forward_zones: dict[str, list[str]] = field(default_factory=dict)
     legacy_vips_listen: str = ":61421"
     attributes: dict[str, str] = field(default_factory=dict)
@@ -128,7 +129,8 @@ class NodeAgent:
         self.dataplane: Dataplane | None = None
         self.lb: LoadBalancer | None = None
         self.dns = DnsService(list(opts.dns_listen), opts.dns_port, upstreams=opts.upstreams,
-                              forward_zones=opts.forward_zones or None, node_ip=opts.ip)
+                              forward_zones=opts.forward_zones or None, node_ip=opts.ip,
+                              resolv_conf=opts.resolv_conf)
         self._records_version = -1
 
     # -- events ---------------------------------------------------------------------------

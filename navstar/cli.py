@@ -77,6 +77,7 @@ def agent(
     overlay_interval: Annotated[float, typer.Option(help="seconds between overlay drift-repair passes")] = 30.0,
     upstream: Annotated[list[str] | None, typer.Option(help="upstream resolver ip[:port] (repeat; default: the host's)")] = None,
     forward_zone: Annotated[list[str] | None, typer.Option(help="per-zone upstreams: zone=ip[,ip] (repeat)")] = None,
+    resolv_conf: Annotated[str, typer.Option(help="where to find upstream resolvers when --upstream is not given")] = "/etc/resolv.conf",
 ) -> None:
     """Run the node agent (executor, overlay, load balancer, DNS)."""
     from navstar.agent_main import AgentOptions, run_agent
@@ -93,7 +94,7 @@ def agent(
         mem=mem, ports=ports, heartbeat_interval=heartbeat_interval, cgroup=cgroup,
         netns_prefix=netns_prefix, node_netns=node_netns, bpf_pin_dir=bpf_pin_dir, image_map=image_map, task_user=task_user or None,
         overlay_interval=overlay_interval, upstreams=upstream or None,
-        forward_zones=_forward_zones(forward_zone or []),
+        forward_zones=_forward_zones(forward_zone or []), resolv_conf=resolv_conf,
     ))
 
 

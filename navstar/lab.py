@@ -297,6 +297,8 @@ class Lab:
                         "--work-dir", str(state.directory / node.name),
                         "--cgroup", cgroup_for(self.name, node.name).relpath,
                         "--netns-prefix", f"{node.namespace}-t", "--node-netns", node.namespace,
+                        # The sealed lab has no upstream: its resolv.conf names only the node resolver.
+                        "--resolv-conf", str(NETNS_ETC / node.namespace / "resolv.conf"),
                         "--bpf-pin-dir", str(BPFFS_ROOT / self.name / node.name)]
             self.progress(f"starting {node.name}")
             node.log = str(state.directory / "logs" / f"{node.name}.log")
