@@ -1,0 +1,138 @@
+"""Labs for end-to-end tests: built with the real CLI, driven as a user would, always removed.
+
+``lab_factory(agents=3, lb="ebpf")`` builds a uniquely named lab on its own underlay subnet
+(198.18.100-199.0/24, never the default lab's) and tears it down at the end of the module.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from navstar.lab import LabState
+
+REPO = Path(__file__).resolve().parents[2]
+NAVSTAR = [sys.executable, "-m", "navstar"]
+
+
+def navstar(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([*NAVSTAR, *args], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 20.0, step: float = 0.2, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = predicate()
+            if last:
+                return last
+        except Exception as exc:  # noqa: BLE001 — keep polling; report the last failure
+            last = exc
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+@dataclass
+class LabHandle:
+    name: str
+    subnet: str
+    lb: str
+
+    @property
+    def state(self) -> LabState:
+        state = LabState.load(self.name)
+        assert state is not None, f"lab {self.name} is gone"
+        return state
+
+    def ip(self, node: str) -> str:
+        return self.state.node(node).ip
+
+    @property
+    def agents(self) -> list[str]:
+        return [n.name for n in self.state.nodes if n.name != "master"]
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """``navstar <args> --lab <name>`` style commands (app/task/node take ``--lab``)."""
+        return navstar(*args, "--lab", self.name, timeout=timeout)
+
+    def exec(self, node: str, *command: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return navstar("lab", "exec", "--name", self.name, node, "--", *command, timeout=timeout)
+
+    def marathon(self) -> httpx.Client:
+        state = self.state
+        return httpx.Client(base_url=state.master_url, timeout=10,
+                            headers={"Authorization": f"token={state.secret()}"})
+
+    def mesos(self) -> httpx.Client:
+        state = self.state
+        return httpx.Client(base_url=state.mesos_url, timeout=10,
+                            headers={"Authorization": f"token={state.secret()}"})
+
+    def add_app(self, app: dict) -> None:
+        with self.marathon() as client:
+            resp = client.post("/v2/apps", json=app)
+            assert resp.status_code in (200, 201), resp.text
+
+    def remove_app(self, app_id: str) -> None:
+        with self.marathon() as client:
+            client.delete(f"/v2/apps/{app_id.strip('/')}", params={"force": "true"})
+
+    def tasks(self, app_id: str) -> list[dict]:
+        with self.marathon() as client:
+            return client.get(f"/v2/apps/{app_id.strip('/')}/tasks").json()["tasks"]
+
+    def running(self, app_id: str, count: int, timeout: float = 30, healthy: bool = False) -> list[dict]:
+        def ready():
+            tasks = [t for t in self.tasks(app_id) if t.get("state") == "TASK_RUNNING"]
+            if healthy:
+                tasks = [t for t in tasks if t.get("healthCheckResults") and
+                         all(r.get("alive") for r in t["healthCheckResults"])]
+            return tasks if len(tasks) >= count else None
+        return wait_until(ready, timeout, what=f"{count} running tasks of {app_id}")
+
+    def vips(self, node: str) -> list[dict]:
+        out = self.exec(node, "curl", "-s", "http://127.0.0.1:62080/v1/vips")
+        return json.loads(out.stdout or "[]")
+
+    def log(self, node: str) -> str:
+        return navstar("lab", "logs", "--name", self.name, node).stdout
+
+
+def _free_subnet() -> str:
+    used = set()
+    for state_file in Path("/var/lib/navstar/labs").glob("*/state.json"):
+        try:
+            used.add(json.loads(state_file.read_text())["underlay"])
+        except (OSError, ValueError, KeyError):
+            pass
+    choices = [f"198.18.{x}.0/24" for x in range(100, 200)]
+    random.shuffle(choices)
+    return next(c for c in choices if c not in used)
+
+
+@pytest.fixture(scope="module")
+def lab_factory() -> Iterator[Callable[..., LabHandle]]:
+    made: list[LabHandle] = []
+
+    def make(agents: int = 3, lb: str = "auto") -> LabHandle:
+        handle = LabHandle(f"e{uuid.uuid4().hex[:6]}", _free_subnet(), lb)
+        made.append(handle)
+        up = navstar("lab", "up", "--name", handle.name, "--agents", str(agents), "--underlay", handle.subnet,
+                     "--lb", lb, timeout=180)
+        assert up.returncode == 0, up.stdout + up.stderr
+        return handle
+
+    yield make
+    for handle in made:
+        navstar("lab", "down", "--name", handle.name)
