@@ -58,6 +58,14 @@ def insufficient(needed: dict[str, float], available: dict[str, float]) -> str |
     return None
 
 
+def shortfall(needed: dict[str, float], available: dict[str, float]) -> str | None:
+    """``insufficient`` in words: ``needs cpus 4, 2 free``."""
+    for name in SCALARS:
+        if needed.get(name, 0.0) > available.get(name, 0.0) + 1e-9:
+            return f"needs {name} {needed[name]:g}, {available.get(name, 0.0):g} free"
+    return None
+
+
 def requested_host_ports(app: AppDefinition) -> list[int | None]:
     """Per port of the app: a fixed host port, 0 for "any", None for "no host port"."""
     if app.uses_port_mappings:

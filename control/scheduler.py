@@ -38,6 +38,7 @@ from control.placement import (
     choose_host_ports,
     constraint_violation,
     insufficient,
+    shortfall,
     task_resources,
 )
 from control.protocol import HealthCheckSpec, TaskLaunch, TaskStatus
@@ -54,6 +55,7 @@ STABLE_RUN_SECONDS = 60.0
 # Killed tasks whose agent never confirms are asked again after their grace period plus this.
 KILL_RETRY_SECONDS = 5.0
 COMPLETED_KEEP = 200
+EXPLAIN_AGENTS = 10                     # agents named in a queued app's explanation
 # Marathon's task_launch_timeout: a task not running by then is killed and replaced.
 LAUNCH_TIMEOUT_SECONDS = 300.0
 
@@ -492,6 +494,13 @@ class Scheduler:
         placed: list[TaskRecord] = []
         if slot is None:
             return used, placed
+        counted: set[str] = set()      # apps whose rejection this offer already counted
+
+        def reject(app_id: str, reason: str) -> None:
+            if app_id not in counted:
+                counted.add(app_id)
+                rejects[app_id][reason] = rejects[app_id].get(reason, 0) + 1
+
         progress = True
         while progress:
             progress = False
@@ -504,11 +513,11 @@ class Scheduler:
                     continue
                 reason = self._reject_reason(app, slot, remaining, placed_on[app_id], slots)
                 if reason is not None:
-                    rejects[app_id][reason] = rejects[app_id].get(reason, 0) + 1
+                    reject(app_id, reason)
                     continue
                 host_ports = choose_host_ports(app, slot, self.rng)
                 if host_ports is None:
-                    rejects[app_id]["InsufficientPorts"] = rejects[app_id].get("InsufficientPorts", 0) + 1
+                    reject(app_id, "InsufficientPorts")
                     continue
                 needed = task_resources(app)
                 for name, value in needed.items():
@@ -532,32 +541,24 @@ class Scheduler:
         return None
 
     def _explain(self, app: AppDefinition, slots: dict[str, AgentSlot], placed: list[AgentSlot]) -> str:
-        """Why the app's next task fits no agent, in words, checked against every reachable agent."""
+        """Why the app's next task fits no agent, in words (the first agents checked, then a count)."""
         if not slots:
             return "no reachable agents"
         needed = task_resources(app)
         why: list[str] = []
         for slot in slots.values():
-            free = self.allocator.free(slot.agent_id) if slot.agent_id in self._allocator_agents() else {}
-            short = insufficient(needed, free)
-            if short is not None:
-                scalar = {v: k for k, v in {"cpus": "InsufficientCpus", "mem": "InsufficientMemory",
-                                            "disk": "InsufficientDisk", "gpus": "InsufficientGpus"}.items()}[short]
-                why.append(f"{slot.agent_id}: needs {scalar} {needed.get(scalar, 0):g}, "
-                           f"{free.get(scalar, 0):g} free")
-                continue
-            violation = constraint_violation(app.constraints, slot, placed, list(slots.values()))
-            if violation is not None:
-                why.append(f"{slot.agent_id}: {violation}")
-                continue
-            if choose_host_ports(app, slot, random.Random(0)) is None:
-                why.append(f"{slot.agent_id}: requested host ports are not free")
-                continue
-            why.append(f"{slot.agent_id}: fits, waiting for an offer")
-        return "; ".join(why)
-
-    def _allocator_agents(self) -> set[str]:
-        return {r.registration.agent_id for r in self.registry.all() if r.reachable}
+            try:
+                free = self.allocator.free(slot.agent_id)
+            except KeyError:
+                free = {}
+            reason = shortfall(needed, free) \
+                or constraint_violation(app.constraints, slot, placed, list(slots.values())) \
+                or ("requested host ports are not free" if choose_host_ports(app, slot, random.Random(0)) is None
+                    else "fits, waiting for an offer")
+            why.append(f"{slot.agent_id}: {reason}")
+        shown = why[:EXPLAIN_AGENTS]
+        more = f"; … and {len(why) - len(shown)} more agents" if len(why) > len(shown) else ""
+        return "; ".join(shown) + more
 
     def _refresh_queue(self, demand: dict[str, int], ready: dict[str, int]) -> None:
         for app_id in list(self.queue):
