@@ -208,7 +208,8 @@ class Scheduler:
         return [d for d in self.deployments.values() if d.app_id == app_id]
 
     def put_app(self, app: AppDefinition, action: str) -> Deployment:
-        """Stores the app (new or changed) and starts its deployment; supersedes older ones."""
+        """Stores the app (new or changed) and starts its deployment, superseding the app's running
+        ones (``deployment_failed``). The app must be validated; never raises for a valid app."""
         for old in self.deployments_for(app.id):
             self._finish_deployment(old, success=False)
         previous = self.apps.get(app.id)
@@ -220,6 +221,8 @@ class Scheduler:
         return self._start_deployment(app.id, action, app.version or iso_now())
 
     def remove_app(self, app_id: str) -> Deployment:
+        """Forgets the app at once; its tasks are killed by the next cycles (``StopApplication``
+        completes when none is left). Removing an unknown id only starts an empty deployment."""
         for old in self.deployments_for(app_id):
             self._finish_deployment(old, success=False)
         self.apps.pop(app_id, None)
@@ -231,7 +234,8 @@ class Scheduler:
         return self._start_deployment(app_id, "StopApplication", iso_now())
 
     def kill_task(self, task_id: str, scale: bool) -> TaskRecord | None:
-        """Kills one task (``DELETE /v2/apps/{id}/tasks/{task}``); with ``scale`` the app shrinks."""
+        """Kills one task (``DELETE /v2/apps/{id}/tasks/{task}``); with ``scale`` the app shrinks.
+        Idempotent; returns None for an unknown task."""
         task = self.tasks.get(task_id)
         if task is None:
             return None
@@ -758,6 +762,8 @@ class Scheduler:
 
     # ---- agents coming and going ---------------------------------------------------------
     def agent_unreachable(self, agent_id: str) -> None:
+        """The agent went quiet: its tasks become TASK_UNREACHABLE (replaced once the app's
+        ``inactiveAfterSeconds`` passes). Idempotent."""
         now = self.clock()
         for task in list(self.tasks.values()):
             if task.agent_id != agent_id or task.terminal:
@@ -798,6 +804,7 @@ class Scheduler:
                 self._finish_deployment(deployment, success=True)
 
     def deployment_done(self, deployment: Deployment) -> bool:
+        """Stop: no task left. Otherwise: exactly ``instances`` tasks, all on the app's config and ready."""
         app = self.apps.get(deployment.app_id)
         remaining = [t for t in self.app_tasks(deployment.app_id) if not t.terminal]
         if deployment.action == "StopApplication":
