@@ -70,7 +70,7 @@ class Features:
     """What gets compiled in (``-D`` flags) and attached."""
 
     udp: bool = True                 # sendmsg4 + recvmsg4: unconnected UDP and its replies
-    peername: bool = True            # getpeername4, and TCP connects record reverse NAT for it
+    peername: bool = True            # getpeername4, and TCP connects remember their VIP for it
     random_slot: bool = False        # random slot per connection instead of the socket-cookie hash
     count_connections: bool = True   # per-backend new-connection counters
     chunk_slots: int = maps.DEFAULT_CHUNK_SLOTS   # slots per nv_maglev element
@@ -93,7 +93,7 @@ class Features:
             f"-DNAVSTAR_MAX_CHUNKS={self.max_chunks}",
             f"-DNAVSTAR_MAX_REVNAT={self.max_revnat}",
             f"-DNAVSTAR_RANDOM_SLOT={int(self.random_slot)}",
-            f"-DNAVSTAR_TCP_REVNAT={int(self.peername)}",
+            f"-DNAVSTAR_TCP_PEER={int(self.peername)}",
             f"-DNAVSTAR_COUNT_CONNECTIONS={int(self.count_connections)}",
         ]
 
@@ -194,11 +194,10 @@ def possible_cpus() -> int:
 
 # -- maps ---------------------------------------------------------------------------------------
 class MapHandle:
-    """One pinned map, by file descriptor, with the mirror's key/value types.
-
-    Values are read and written as bytes (``bytes(struct)`` / ``Struct.from_buffer_copy``): the
-    batch calls move whole arrays, and comparing bytes is how ``apply`` finds what differs.
-    """
+    """One pinned map, by file descriptor. Keys and values are bytes laid out as the mirror's
+    structs (``bytes(struct)``, ``struct.pack``): the batch calls move whole arrays of them, and
+    comparing bytes is how ``apply`` finds what differs. Per-CPU values are one slot per
+    possible CPU, each rounded up to 8 bytes."""
 
     CHUNK = 4096
 
@@ -224,51 +223,53 @@ class MapHandle:
             os.close(self.fd)
             self.fd = -1
 
-    def lookup(self, key: ctypes.Structure | ctypes._SimpleCData) -> bytes | None:
+    def _blob(self, items: Sequence[bytes], size: int, what: str) -> bytes:
+        blob = b"".join(items)
+        if len(blob) != size * len(items):
+            raise ValueError(f"{self.spec.name}: each {what} must be {size} bytes")
+        return blob
+
+    def lookup(self, key: bytes) -> bytes | None:
         value = ctypes.create_string_buffer(self.value_size)
-        rc = libbpf().bpf_map_lookup_elem(self.fd, ctypes.byref(key), value)
+        rc = libbpf().bpf_map_lookup_elem(self.fd, self._blob([key], self.key_size, "key"), value)
         if rc < 0:
             if _err(rc) == errno.ENOENT:
                 return None
             raise MapError(f"{self.spec.name} lookup", _err(rc))
         return value.raw
 
-    def update(self, key, value: bytes) -> None:
-        buffer = ctypes.create_string_buffer(value, self.value_size)
-        rc = libbpf().bpf_map_update_elem(self.fd, ctypes.byref(key), buffer, BPF_ANY)
+    def update(self, key: bytes, value: bytes) -> None:
+        rc = libbpf().bpf_map_update_elem(self.fd, self._blob([key], self.key_size, "key"),
+                                          self._blob([value], self.value_size, "value"), BPF_ANY)
         if rc < 0:
             raise MapError(f"{self.spec.name} update", _err(rc))
 
-    def delete(self, key) -> bool:
-        rc = libbpf().bpf_map_delete_elem(self.fd, ctypes.byref(key))
+    def delete(self, key: bytes) -> bool:
+        rc = libbpf().bpf_map_delete_elem(self.fd, self._blob([key], self.key_size, "key"))
         if rc < 0:
             if _err(rc) == errno.ENOENT:
                 return False
             raise MapError(f"{self.spec.name} delete", _err(rc))
         return True
 
-    def update_batch(self, keys: Sequence, values: Sequence[bytes]) -> None:
-        """Write all pairs in one ``BPF_MAP_UPDATE_BATCH`` per chunk; raises on the first failure."""
+    def update_batch(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
+        """Write all pairs with ``BPF_MAP_UPDATE_BATCH``, CHUNK at a time; raises on a failure."""
         for start in range(0, len(keys), self.CHUNK):
-            part_keys = keys[start:start + self.CHUNK]
-            part_values = values[start:start + self.CHUNK]
-            key_array = (self.spec.key * len(part_keys))(*part_keys)
-            blob = b"".join(part_values)
-            if len(blob) != self.value_size * len(part_keys):
-                raise ValueError(f"{self.spec.name}: values must be {self.value_size} bytes each")
-            count = ctypes.c_uint32(len(part_keys))
-            rc = libbpf().bpf_map_update_batch(self.fd, key_array, blob, ctypes.byref(count), None)
+            part = keys[start:start + self.CHUNK]
+            key_blob = self._blob(part, self.key_size, "key")
+            value_blob = self._blob(values[start:start + self.CHUNK], self.value_size, "value")
+            count = ctypes.c_uint32(len(part))
+            rc = libbpf().bpf_map_update_batch(self.fd, key_blob, value_blob, ctypes.byref(count), None)
             if rc < 0:
-                raise MapError(f"{self.spec.name} update batch ({count.value} of {len(part_keys)} written)",
-                               _err(rc))
+                raise MapError(f"{self.spec.name} update batch ({count.value} of {len(part)} written)", _err(rc))
 
-    def delete_batch(self, keys: Sequence) -> None:
+    def delete_batch(self, keys: Sequence[bytes]) -> None:
         """Delete every key; keys already gone are not an error."""
         for start in range(0, len(keys), self.CHUNK):
             part = keys[start:start + self.CHUNK]
-            key_array = (self.spec.key * len(part))(*part)
             count = ctypes.c_uint32(len(part))
-            rc = libbpf().bpf_map_delete_batch(self.fd, key_array, ctypes.byref(count), None)
+            rc = libbpf().bpf_map_delete_batch(self.fd, self._blob(part, self.key_size, "key"),
+                                               ctypes.byref(count), None)
             if rc < 0:
                 # A missing key stops the batch there; finish one by one.
                 if _err(rc) != errno.ENOENT:
@@ -277,7 +278,7 @@ class MapHandle:
                     self.delete(key)
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every (key, value) pair as raw bytes, read with ``BPF_MAP_LOOKUP_BATCH``."""
+        """Every (key, value) pair, read with ``BPF_MAP_LOOKUP_BATCH``."""
         keys = ctypes.create_string_buffer(self.key_size * self.CHUNK)
         values = ctypes.create_string_buffer(self.value_size * self.CHUNK)
         token_in, token_out = ctypes.c_uint64(), ctypes.c_uint64()

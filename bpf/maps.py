@@ -16,7 +16,8 @@ import struct
 from dataclasses import dataclass
 
 # Defaults of the -D constants in layout.h; the loader passes the values it uses.
-DEFAULT_CHUNK_SLOTS = 1008
+DEFAULT_CHUNK_SLOTS = 2016
+DRAINING_INDEX = 0x10000
 DEFAULT_MAX_CHUNKS = 131072
 DEFAULT_MAX_SERVICES = 65536
 DEFAULT_MAX_BACKENDS = 262144
@@ -49,6 +50,14 @@ class Lb4Service(ctypes.Structure):
     ]
 
 
+class Lb4BackendKey(ctypes.Structure):
+    C_NAME = "lb4_backend_key"
+    _fields_ = [
+        ("service_id", ctypes.c_uint32),
+        ("index", ctypes.c_uint32),
+    ]
+
+
 class Lb4Backend(ctypes.Structure):
     C_NAME = "lb4_backend"
     _fields_ = [
@@ -56,9 +65,7 @@ class Lb4Backend(ctypes.Structure):
         ("port", ctypes.c_uint16),
         ("flags", ctypes.c_uint8),
         ("pad", ctypes.c_uint8),
-        ("service_id", ctypes.c_uint32),
-        ("position", ctypes.c_uint16),
-        ("pad2", ctypes.c_uint16),
+        ("counter_id", ctypes.c_uint32),
     ]
 
 
@@ -67,6 +74,16 @@ class Lb4MaglevKey(ctypes.Structure):
     _fields_ = [
         ("service_id", ctypes.c_uint32),
         ("chunk", ctypes.c_uint32),
+    ]
+
+
+class Lb4Peer(ctypes.Structure):
+    C_NAME = "lb4_peer"
+    _fields_ = [
+        ("vip_address", ctypes.c_uint32),
+        ("backend_address", ctypes.c_uint32),
+        ("vip_port", ctypes.c_uint16),
+        ("backend_port", ctypes.c_uint16),
     ]
 
 
@@ -94,17 +111,17 @@ def maglev_type(slots: int = DEFAULT_CHUNK_SLOTS) -> type[ctypes.Structure]:
     """``struct lb4_maglev`` as compiled with ``-DNAVSTAR_LB_CHUNK_SLOTS=slots``."""
     return type(f"Lb4Maglev{slots}", (ctypes.Structure,), {
         "C_NAME": "lb4_maglev",
-        "_fields_": [("backend_ids", ctypes.c_uint32 * slots)],
+        "_fields_": [("backend_index", ctypes.c_uint16 * slots)],
     })
 
 
 Lb4Maglev = maglev_type()
-BackendId = ctypes.c_uint32
+CounterId = ctypes.c_uint32
 ConnectionCount = ctypes.c_uint64
 
 # Every struct the header defines, for the layout test.
 STRUCTS: tuple[type[ctypes.Structure], ...] = (
-    Lb4Key, Lb4Service, Lb4Backend, Lb4MaglevKey, Lb4Maglev, Lb4RevnatKey, Lb4Revnat)
+    Lb4Key, Lb4Service, Lb4BackendKey, Lb4Backend, Lb4MaglevKey, Lb4Maglev, Lb4Peer, Lb4RevnatKey, Lb4Revnat)
 
 
 @dataclass(frozen=True)
@@ -128,6 +145,7 @@ BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_SK_STORAGE = 24
 BPF_F_NO_PREALLOC = 1
 
 
@@ -137,11 +155,12 @@ def map_specs(chunk_slots: int = DEFAULT_CHUNK_SLOTS, max_services: int = DEFAUL
     """The maps of ``bpf/lib/maps.h`` for one set of -D sizes, by C name."""
     specs = (
         MapSpec("nv_services", BPF_MAP_TYPE_HASH, Lb4Key, Lb4Service, max_services),
-        MapSpec("nv_backends", BPF_MAP_TYPE_HASH, BackendId, Lb4Backend, max_backends),
+        MapSpec("nv_backends", BPF_MAP_TYPE_HASH, Lb4BackendKey, Lb4Backend, max_backends),
         MapSpec("nv_maglev", BPF_MAP_TYPE_HASH, Lb4MaglevKey, maglev_type(chunk_slots), max_chunks,
                 BPF_F_NO_PREALLOC),
-        MapSpec("nv_conns", BPF_MAP_TYPE_PERCPU_ARRAY, BackendId, ConnectionCount, max_backends),
+        MapSpec("nv_conns", BPF_MAP_TYPE_PERCPU_ARRAY, CounterId, ConnectionCount, max_backends),
         MapSpec("nv_revnat", BPF_MAP_TYPE_LRU_HASH, Lb4RevnatKey, Lb4Revnat, max_revnat),
+        MapSpec("nv_peers", BPF_MAP_TYPE_SK_STORAGE, ctypes.c_int, Lb4Peer, 0, BPF_F_NO_PREALLOC),
     )
     return {spec.name: spec for spec in specs}
 
@@ -157,8 +176,8 @@ def from_be32(value: int) -> str:
 
 
 def be16(port: int) -> int:
-    return struct.unpack("=H", struct.pack("!H", port))[0]
+    return socket.htons(port)
 
 
 def from_be16(value: int) -> int:
-    return struct.unpack("!H", struct.pack("=H", value))[0]
+    return socket.ntohs(value)

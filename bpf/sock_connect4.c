@@ -4,5 +4,5 @@
 
 int nv_connect4(struct bpf_sock_addr *ctx)
 {
-	return lb4_xlate_fwd(ctx);
+	return lb4_xlate_fwd(ctx, true);
 }

@@ -5,5 +5,5 @@
 
 int nv_sendmsg4(struct bpf_sock_addr *ctx)
 {
-	return lb4_xlate_fwd(ctx);
+	return lb4_xlate_fwd(ctx, false);
 }

@@ -1,25 +1,25 @@
 """The eBPF socket load balancer: the real ``Dataplane`` over ``bpf/`` (cgroup sock_addr programs).
 
-    VipEntry table ──► map form (service, backends, slot table) ──diff──► pinned maps ◄── programs
-                                                 ▲                            │
-                                                 └── snapshot (batch read) ◄──┘
+    VipEntry table ──► map form (service, backends, table chunks) ──diff──► pinned maps ◄── programs
+                                                   ▲                              │
+                                                   └─── snapshot (batch read) ◄───┘
 
 ``apply`` reads the maps back, compares byte for byte with the desired map form and writes only
-what differs, batched, in make-before-break order: counters and backends first, then slot
-tables, then services; deletions last. A VIP whose writes fail keeps whatever it had and is
+what differs, batched, in make-before-break order: counters and backends first, then table
+chunks, then services; deletions last. A VIP whose writes fail keeps whatever it had and is
 reported in ``ApplyResult.errors``; the others go ahead.
 
-Tables: a VIP's Maglev ``lookup`` is stored exactly, whatever its length, as backend ids in
-chunks of ``Features.chunk_slots`` (1008: one 4 KiB kernel allocation each), so ``current()``
-returns what was applied and the reconciler's drift check compares equal. Without a lookup
-(P2C balancing) each active backend gets one slot; socket LB has no connection counts to balance
-on in the kernel, so it spreads new connections evenly instead.
+Tables: a VIP's Maglev ``lookup`` (indices into its ``backends``) is stored as is, whatever its
+length, in chunks of ``Features.chunk_slots`` u16 slots (2016: one 4 KiB kernel allocation; one
+chunk holds a Maglev table for up to 20 backends), so ``current()`` returns exactly what was
+applied and the reconciler's drift check compares equal. Without a lookup (P2C balancing) each
+active backend gets one slot: the kernel has no connection counts to balance on, so new
+connections are spread evenly instead.
 """
 
 from __future__ import annotations
 
 import array
-import ctypes
 import socket
 import struct
 from collections import defaultdict
@@ -34,6 +34,14 @@ from minuteman.dataplane import ApplyResult, Backend, VipEntry, VipKey
 __all__ = ["EbpfDataplane", "Features", "LoaderError", "ebpf_available"]
 
 MAX_TABLE_SIZE = 1 << 20   # slots per VIP; Maglev tables are ~100 per backend
+MAX_BACKENDS_PER_VIP = 0xFFFF   # table slots are u16
+
+# struct formats of the layouts in bpf/lib/layout.h (native order, as ctypes lays them out)
+SERVICE = struct.Struct("=IIHH")        # lb4_service: id, table_size, backend_count, flags
+BACKEND_KEY = struct.Struct("=II")      # lb4_backend_key: service_id, index
+BACKEND = struct.Struct("=IHBBI")       # lb4_backend: address, port, flags, pad, counter_id
+MAGLEV_KEY = struct.Struct("=II")       # lb4_maglev_key: service_id, chunk
+COUNTER_ID = struct.Struct("=I")
 
 
 def ebpf_available() -> tuple[bool, str]:
@@ -74,19 +82,25 @@ class _Ids:
 
 @dataclass
 class _Snapshot:
-    """The maps as raw bytes: services by key, backends by id, table chunks by (service, chunk)."""
+    """The maps as bytes: services by key, backends by (service, index), chunks by (service, n)."""
 
     services: dict[bytes, bytes]
-    backends: dict[int, bytes]
+    backends: dict[tuple[int, int], bytes]
     tables: dict[tuple[int, int], bytes]
+
+    def by_service(self) -> dict[int, list[tuple[int, bytes]]]:
+        members: dict[int, list[tuple[int, bytes]]] = defaultdict(list)
+        for (service_id, index), value in self.backends.items():
+            members[service_id].append((index, value))
+        return members
 
 
 @dataclass
 class _Plan:
-    """One VIP in map form: its values as bytes, ready to compare with a snapshot."""
+    """One VIP in map form, as bytes ready to compare with a snapshot."""
 
-    new_backends: list[int] = field(default_factory=list)
-    backends: dict[int, bytes] = field(default_factory=dict)
+    new_counters: list[int] = field(default_factory=list)
+    backends: dict[tuple[int, int], bytes] = field(default_factory=dict)
     chunks: list[bytes] = field(default_factory=list)
     service: bytes = b""
 
@@ -96,11 +110,11 @@ class _Writes:
     """One map's planned writes, each tagged with the VIP it belongs to."""
 
     handle: MapHandle
-    vips: list[VipKey]
-    keys: list
-    values: list[bytes]
+    vips: list[VipKey] = field(default_factory=list)
+    keys: list[bytes] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)
 
-    def add(self, vip: VipKey, key, value: bytes) -> None:
+    def add(self, vip: VipKey, key: bytes, value: bytes) -> None:
         self.vips.append(vip)
         self.keys.append(key)
         self.values.append(value)
@@ -110,8 +124,8 @@ class EbpfDataplane:
     """The socket LB of one node's cgroup. Construction loads and attaches (replacing a previous
     agent's programs without a gap) and adopts whatever the pinned maps hold.
 
-    Raises ``LoaderError`` when the programs cannot be loaded or attached; after that, no
-    method raises for a bad VIP: errors come back per VIP in ``ApplyResult``.
+    Raises ``LoaderError`` when the programs cannot be loaded or attached; after that no method
+    raises for a bad VIP: errors come back per VIP in ``ApplyResult``.
     """
 
     name = "ebpf"
@@ -133,127 +147,121 @@ class EbpfDataplane:
         else:
             self._lb = SocketLB.open(self.pin_dir, features)
         self._maps = self._lb.maps
-        self._zero_count = b"\0" * self._maps["nv_conns"].value_size
+        self._zero_count = bytes(self._maps["nv_conns"].value_size)
         self.last_writes = 0   # map elements written or deleted by the last apply
+        # The last plan per VIP, reused while its entry is unchanged and the kernel still holds
+        # its backends exactly: saves re-encoding 10,000 tables when one VIP changes.
+        self._plans: dict[VipKey, tuple[VipEntry, int, _Plan]] = {}
 
     # -- Dataplane ------------------------------------------------------------------------------
     def apply(self, table: dict[VipKey, VipEntry]) -> ApplyResult:
         """Make the maps hold exactly ``table``. Idempotent: a second call writes nothing."""
         result = ApplyResult()
         snap = self._snapshot()
-        service_ids = _Ids((self._service(v)[0] for v in snap.services.values()), 2**32 - 1, "service")
-        backend_ids = _Ids(snap.backends, self.features.max_backends - 1, "backend")
-        known: dict[int, dict[tuple[int, int], int]] = defaultdict(dict)
-        for backend_id, value in snap.backends.items():
-            address, port, _flags, service_id, _position = self._backend(value)
-            known[service_id][(address, port)] = backend_id
-        chunks_of: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for chunk_key in snap.tables:
-            chunks_of[chunk_key[0]].append(chunk_key)
+        members = snap.by_service()
+        service_ids = _Ids((SERVICE.unpack(v)[0] for v in snap.services.values()), 2**32 - 1, "service")
+        counter_ids = _Ids((BACKEND.unpack(v)[4] for v in snap.backends.values()),
+                           self.features.max_backends - 1, "backend counter")
 
-        counters = _Writes(self._maps["nv_conns"], [], [], [])
-        backends = _Writes(self._maps["nv_backends"], [], [], [])
-        tables = _Writes(self._maps["nv_maglev"], [], [], [])
-        services = _Writes(self._maps["nv_services"], [], [], [])
+        counters = _Writes(self._maps["nv_conns"])
+        backends = _Writes(self._maps["nv_backends"])
+        tables = _Writes(self._maps["nv_maglev"])
+        services = _Writes(self._maps["nv_services"])
         keep_services: set[bytes] = set()
-        keep_backends: set[int] = set()
+        keep_backends: set[tuple[int, int]] = set()
         keep_tables: set[tuple[int, int]] = set()
         old_service_id: dict[VipKey, int] = {}
 
         for key, entry in table.items():
             try:
-                key_bytes = bytes(self._key(key))
+                key_bytes = self._key(key)
             except ValueError as exc:
                 result.errors[key] = str(exc)   # such a key cannot be in the maps either
                 continue
             existing = snap.services.get(key_bytes)
-            if existing:
-                old_service_id[key] = self._service(existing)[0]
             try:
-                service_id = old_service_id[key] if existing else service_ids.take()
-                plan = self._plan(entry, service_id, known.get(service_id, {}) if existing else {},
-                                  backend_ids)
+                if existing:
+                    service_id = old_service_id[key] = SERVICE.unpack(existing)[0]
+                else:
+                    service_id = service_ids.take()
+                cached = self._plans.get(key)
+                if (cached and cached[1] == service_id and cached[0] == entry
+                        and all(snap.backends.get(k) == v for k, v in cached[2].backends.items())):
+                    plan, backends_match = cached[2], True
+                else:
+                    counters_known = {BACKEND.unpack(v)[:2]: BACKEND.unpack(v)[4]
+                                      for _i, v in members.get(service_id, ())}
+                    plan, backends_match = self._plan(entry, service_id, counters_known, counter_ids), False
             except ValueError as exc:
                 result.errors[key] = str(exc)
                 continue
+            self._plans[key] = (entry, service_id, _Plan(backends=plan.backends, chunks=plan.chunks,
+                                                         service=plan.service))
             keep_services.add(key_bytes)
-            for backend_id in plan.new_backends:
-                counters.add(key, ctypes.c_uint32(backend_id), self._zero_count)
-            for backend_id, value in plan.backends.items():
-                keep_backends.add(backend_id)
-                if snap.backends.get(backend_id) != value:
-                    backends.add(key, ctypes.c_uint32(backend_id), value)
+            keep_backends.update(plan.backends)
+            for counter_id in plan.new_counters:
+                counters.add(key, COUNTER_ID.pack(counter_id), self._zero_count)
+            for backend_key, value in () if backends_match else plan.backends.items():
+                if snap.backends.get(backend_key) != value:
+                    backends.add(key, BACKEND_KEY.pack(*backend_key), value)
             for chunk, value in enumerate(plan.chunks):
                 keep_tables.add((service_id, chunk))
                 if snap.tables.get((service_id, chunk)) != value:
-                    tables.add(key, maps.Lb4MaglevKey(service_id, chunk), value)
+                    tables.add(key, MAGLEV_KEY.pack(service_id, chunk), value)
             if existing != plan.service:
-                services.add(key, maps.Lb4Key.from_buffer_copy(key_bytes), plan.service)
+                services.add(key, key_bytes, plan.service)
 
-        writes = 0
-        for batch in (counters, backends, tables, services):
-            writes += self._write(batch, result.errors)
+        writes = sum(self._write(batch, result.errors) for batch in (counters, backends, tables, services))
         result.programmed = {key for key in table if key not in result.errors}
         for key in result.errors:
             if key in old_service_id:
                 # A VIP that failed keeps what the kernel had for it rather than being torn down.
                 sid = old_service_id[key]
-                keep_services.add(bytes(self._key(key)))
-                keep_tables.update(chunks_of.get(sid, ()))
-                keep_backends.update(known.get(sid, {}).values())
+                keep_services.add(self._key(key))
+                keep_tables.update(k for k in snap.tables if k[0] == sid)
+                keep_backends.update((sid, index) for index, _v in members.get(sid, ()))
 
         removed = [k for k in snap.services if k not in keep_services]
-        writes += self._delete(self._maps["nv_services"], [maps.Lb4Key.from_buffer_copy(k) for k in removed])
-        result.removed = {self._vip_key(maps.Lb4Key.from_buffer_copy(k)) for k in removed}
+        result.removed = {self._vip_key(k) for k in removed}
+        for key in set(self._plans) - result.programmed:
+            del self._plans[key]
+        writes += self._delete(self._maps["nv_services"], removed)
         writes += self._delete(self._maps["nv_maglev"],
-                               [maps.Lb4MaglevKey(*k) for k in snap.tables if k not in keep_tables])
+                               [MAGLEV_KEY.pack(*k) for k in snap.tables if k not in keep_tables])
         writes += self._delete(self._maps["nv_backends"],
-                               [ctypes.c_uint32(i) for i in snap.backends if i not in keep_backends])
+                               [BACKEND_KEY.pack(*k) for k in snap.backends if k not in keep_backends])
         self.last_writes = writes
         return result
 
     def current(self) -> dict[VipKey, VipEntry]:
         """The VIP table the maps hold (adopted as is after a restart): equal to what was applied."""
         snap = self._snapshot()
-        by_service: dict[int, list[tuple[int, tuple]]] = defaultdict(list)
-        for backend_id, value in snap.backends.items():
-            decoded = self._backend(value)
-            by_service[decoded[3]].append((backend_id, decoded))
+        members = snap.by_service()
         chunk_slots = self.features.chunk_slots
         out: dict[VipKey, VipEntry] = {}
         for key_bytes, value in snap.services.items():
-            key = self._vip_key(maps.Lb4Key.from_buffer_copy(key_bytes))
-            service_id, table_size, _count, flags = self._service(value)
-            members = sorted(by_service.get(service_id, []), key=lambda m: m[1][4])
-            active = [(bid, d) for bid, d in members if not d[2] & maps.BACKEND_DRAINING]
-            draining = [(bid, d) for bid, d in members if d[2] & maps.BACKEND_DRAINING]
-            index = {bid: n for n, (bid, _d) in enumerate(active)}
+            key = self._vip_key(key_bytes)
+            service_id, table_size, _count, flags = SERVICE.unpack(value)
+            active, draining = [], []
+            for index, backend in sorted(members.get(service_id, ())):
+                (draining if index >= maps.DRAINING_INDEX else active).append(self._public_backend(backend))
             chunks = -(-table_size // chunk_slots)
             raw = b"".join(snap.tables.get((service_id, c), b"") for c in range(chunks))
-            slots = array.array("I", raw[:table_size * 4])
-            lookup = () if flags & maps.SERVICE_IMPLICIT_TABLE else tuple(index.get(s, -1) for s in slots)
-            out[key] = VipEntry(
-                key=key,
-                backends=tuple(self._public_backend(d) for _bid, d in active),
-                lookup=lookup,
-                draining=tuple(self._public_backend(d) for _bid, d in draining),
-            )
+            lookup = () if flags & maps.SERVICE_IMPLICIT_TABLE else tuple(array.array("H", raw[:table_size * 2]))
+            out[key] = VipEntry(key=key, backends=tuple(active), lookup=lookup, draining=tuple(draining))
         return out
 
     def connection_counts(self) -> dict[tuple[VipKey, Backend], int]:
         """New connections per (VIP, backend), summed over CPUs, since the backend joined the VIP."""
         snap = self._snapshot(tables=False)
-        vip_by_service = {self._service(v)[0]: self._vip_key(maps.Lb4Key.from_buffer_copy(k))
-                          for k, v in snap.services.items()}
+        vip_by_service = {SERVICE.unpack(v)[0]: self._vip_key(k) for k, v in snap.services.items()}
         conns = self._maps["nv_conns"]
         counts: dict[tuple[VipKey, Backend], int] = {}
-        for backend_id, value in snap.backends.items():
-            decoded = self._backend(value)
-            vip = vip_by_service.get(decoded[3])
-            raw = conns.lookup(ctypes.c_uint32(backend_id))
-            if vip is None or raw is None:
-                continue
-            counts[(vip, self._public_backend(decoded))] = sum(array.array("Q", raw))
+        for (service_id, _index), value in snap.backends.items():
+            vip = vip_by_service.get(service_id)
+            raw = conns.lookup(COUNTER_ID.pack(BACKEND.unpack(value)[4]))
+            if vip is not None and raw is not None:
+                counts[(vip, self._public_backend(value))] = sum(array.array("Q", raw))
         return counts
 
     def close(self, keep_kernel_state: bool = True) -> None:
@@ -272,84 +280,73 @@ class EbpfDataplane:
         return sorted({p.attach_point for p in loader.attached_programs(self.cgroup_path)})
 
     # -- map form ---------------------------------------------------------------------------------
-    def _plan(self, entry: VipEntry, service_id: int, known: dict[tuple[int, int], int],
-              backend_ids: _Ids) -> _Plan:
-        """One VIP in map form. Raises ValueError naming what is wrong with the entry."""
-        if len(entry.backends) > 0xFFFF:
-            raise ValueError(f"{len(entry.backends)} backends: at most 65535 per VIP")
+    def _plan(self, entry: VipEntry, service_id: int, counters: dict[tuple[int, int], int],
+              counter_ids: _Ids) -> _Plan:
+        """One VIP in map form; ``counters`` are the counter ids its (address, port) pairs already
+        have. Raises ValueError naming what is wrong with the entry."""
+        count = len(entry.backends)
+        if count > MAX_BACKENDS_PER_VIP:
+            raise ValueError(f"{count} backends: at most {MAX_BACKENDS_PER_VIP} per VIP")
         implicit = not entry.lookup
-        lookup = tuple(range(len(entry.backends))) if implicit else entry.lookup
-        if lookup and not entry.backends:
-            raise ValueError("lookup given but no backends")
-        if len(lookup) > MAX_TABLE_SIZE:
-            raise ValueError(f"lookup of {len(lookup)} slots: at most {MAX_TABLE_SIZE}")
-        if lookup and (min(lookup) < 0 or max(lookup) >= len(entry.backends)):
-            bad = next(i for i in lookup if not 0 <= i < len(entry.backends))
-            raise ValueError(f"lookup index {bad} is outside the {len(entry.backends)} backends")
+        try:
+            slots = array.array("H", range(count) if implicit else entry.lookup)
+        except (OverflowError, TypeError):
+            raise ValueError(f"lookup holds an index outside the {count} backends") from None
+        if len(slots) > MAX_TABLE_SIZE:
+            raise ValueError(f"lookup of {len(slots)} slots: at most {MAX_TABLE_SIZE}")
+        if slots and max(slots) >= count:
+            raise ValueError(f"lookup index {max(slots)} is outside the {count} backends")
         plan = _Plan()
-        members = [(b, 0, n) for n, b in enumerate(entry.backends)]
-        members += [(b, maps.BACKEND_DRAINING, n) for n, b in enumerate(entry.draining)]
         seen: set[tuple[int, int]] = set()
-        active_ids: list[int] = []
-        for backend, flags, position in members:
+        for index, backend, flags in [(n, b, 0) for n, b in enumerate(entry.backends)] + [
+                (maps.DRAINING_INDEX + n, b, maps.BACKEND_DRAINING) for n, b in enumerate(entry.draining)]:
             what = f"backend {backend.ip}:{backend.port}"
             ident = (_address(backend.ip, what), _port(backend.port, what))
             if ident in seen:
                 raise ValueError(f"{what} is listed twice (backends and draining must be disjoint)")
             seen.add(ident)
-            backend_id = known.get(ident)
-            if backend_id is None:
-                backend_id = backend_ids.take()
-                plan.new_backends.append(backend_id)
-            if not flags:
-                active_ids.append(backend_id)
-            plan.backends[backend_id] = bytes(maps.Lb4Backend(*ident, flags, 0, service_id, position, 0))
-        if lookup:
-            plan.chunks = self._chunks([active_ids[i] for i in lookup])
-        plan.service = bytes(maps.Lb4Service(service_id, len(lookup), len(active_ids),
-                                             maps.SERVICE_IMPLICIT_TABLE if implicit and lookup else 0))
+            counter_id = counters.get(ident)
+            if counter_id is None:
+                counter_id = counter_ids.take()
+                plan.new_counters.append(counter_id)
+            plan.backends[(service_id, index)] = BACKEND.pack(*ident, flags, 0, counter_id)
+        if slots:
+            plan.chunks = self._chunks(slots.tobytes())
+        plan.service = SERVICE.pack(service_id, len(slots), count,
+                                    maps.SERVICE_IMPLICIT_TABLE if implicit and slots else 0)
         return plan
 
-    def _chunks(self, ids: list[int]) -> list[bytes]:
-        """Backend ids by slot, cut into nv_maglev values; the tail repeats the table from its start."""
-        size = self.features.chunk_slots
-        count = -(-len(ids) // size)
-        padded = (ids * (count * size // len(ids) + 1))[:count * size]
-        blob = array.array("I", padded).tobytes()
-        return [blob[n * size * 4:(n + 1) * size * 4] for n in range(count)]
+    def _chunks(self, table: bytes) -> list[bytes]:
+        """A u16 slot table cut into nv_maglev values; the tail repeats the table from its start."""
+        size = self.features.chunk_slots * 2
+        count = -(-len(table) // size)
+        padded = (table * (count * size // len(table) + 1))[:count * size]
+        return [padded[n * size:(n + 1) * size] for n in range(count)]
 
-    def _key(self, key: VipKey) -> maps.Lb4Key:
+    @staticmethod
+    def _key(key: VipKey) -> bytes:
         protocol = maps.PROTOCOLS.get(key.protocol)
         if protocol is None:
             raise ValueError(f"protocol {key.protocol!r}: use tcp or udp")
-        return maps.Lb4Key(_address(key.address, "VIP"), _port(key.port, "VIP"), protocol, 0)
+        return bytes(maps.Lb4Key(_address(key.address, "VIP"), _port(key.port, "VIP"), protocol, 0))
 
     @staticmethod
-    def _vip_key(key: maps.Lb4Key) -> VipKey:
+    def _vip_key(key_bytes: bytes) -> VipKey:
+        key = maps.Lb4Key.from_buffer_copy(key_bytes)
         return VipKey(maps.from_be32(key.address), maps.from_be16(key.port),
                       maps.PROTOCOL_NAMES.get(key.protocol, str(key.protocol)))  # type: ignore[arg-type]
 
     @staticmethod
-    def _service(value: bytes) -> tuple[int, int, int, int]:
-        """(id, table_size, backend_count, flags) of an lb4_service."""
-        return struct.unpack_from("=IIHH", value)
-
-    @staticmethod
-    def _backend(value: bytes) -> tuple[int, int, int, int, int]:
-        """(address, port, flags, service_id, position) of an lb4_backend."""
-        address, port, flags, _pad, service_id, position, _pad2 = struct.unpack_from("=IHBBIHH", value)
-        return address, port, flags, service_id, position
-
-    @staticmethod
-    def _public_backend(decoded: tuple) -> Backend:
-        return Backend(maps.from_be32(decoded[0]), maps.from_be16(decoded[1]))
+    def _public_backend(value: bytes) -> Backend:
+        address, port = BACKEND.unpack(value)[:2]
+        return Backend(maps.from_be32(address), maps.from_be16(port))
 
     # -- kernel I/O -------------------------------------------------------------------------------
     def _snapshot(self, tables: bool = True) -> _Snapshot:
         return _Snapshot(
             services=dict(self._maps["nv_services"].items()),
-            backends={struct.unpack("=I", k)[0]: v for k, v in self._maps["nv_backends"].items()},
-            tables={struct.unpack("=II", k): v for k, v in self._maps["nv_maglev"].items()} if tables else {},
+            backends={BACKEND_KEY.unpack(k): v for k, v in self._maps["nv_backends"].items()},
+            tables={MAGLEV_KEY.unpack(k): v for k, v in self._maps["nv_maglev"].items()} if tables else {},
         )
 
     @staticmethod
@@ -375,7 +372,7 @@ class EbpfDataplane:
         return written
 
     @staticmethod
-    def _delete(handle: MapHandle, keys: list) -> int:
+    def _delete(handle: MapHandle, keys: list[bytes]) -> int:
         if keys:
             handle.delete_batch(keys)
         return len(keys)

@@ -10,10 +10,10 @@
 #include <linux/types.h>
 
 /* A VIP's slot table (its Maglev lookup, any length) is stored in chunks of this many slots:
- * with the 8-byte key and the kernel's 48-byte hash element header, one chunk is a 4 KiB
- * allocation. A 10-backend Maglev table (1021 slots) takes two. */
+ * with the 8-byte key and the kernel's 48-byte hash element header, one chunk is one 4 KiB
+ * allocation, and a Maglev table for up to 20 backends (<= 2011 slots) fits in one. */
 #ifndef NAVSTAR_LB_CHUNK_SLOTS
-#define NAVSTAR_LB_CHUNK_SLOTS 1008
+#define NAVSTAR_LB_CHUNK_SLOTS 2016
 #endif
 
 #ifndef NAVSTAR_MAX_CHUNKS
@@ -54,32 +54,48 @@ struct lb4_service {
 	__u16 flags;         /* NAVSTAR_SERVICE_* */
 };
 
-/* nv_backends value, keyed by a __u32 backend id that is unique per (VIP, backend) pair so the
- * per-backend counter in nv_conns is also a per-VIP counter. */
+/* nv_backends key: a VIP's backend by its index in the VIP's backend list (the numbers in its
+ * Maglev table); draining backends, which no table names, from NAVSTAR_DRAINING_INDEX up. */
+struct lb4_backend_key {
+	__u32 service_id;
+	__u32 index;
+};
+
+#define NAVSTAR_DRAINING_INDEX 0x10000
+
+/* nv_backends value. counter_id stays with the (VIP, backend) pair while the backend is in the
+ * VIP, whatever its index, so its nv_conns counter keeps counting. */
 struct lb4_backend {
 	__be32 address;
 	__be16 port;
 	__u8 flags;          /* NAVSTAR_BACKEND_* */
 	__u8 pad;
-	__u32 service_id;    /* owning VIP (nv_services value id) */
-	__u16 position;      /* index in the VIP's backends (or draining) list, for read-back */
-	__u16 pad2;
+	__u32 counter_id;    /* index into nv_conns */
 };
 
-/* nv_maglev key: slot s of a VIP's table is backend_ids[s % CHUNK] of chunk s / CHUNK. */
+/* nv_maglev key: slot s of a VIP's table is entry s % CHUNK of chunk s / CHUNK. */
 struct lb4_maglev_key {
 	__u32 service_id;
 	__u32 chunk;
 };
 
-/* nv_maglev value: backend ids by slot. The last chunk is filled by repeating the table from
- * its start, so a reader that still holds a previous table_size finds a live backend while a
- * table is being replaced. */
+/* nv_maglev value: backend indices by slot, exactly the Maglev lookup minuteman computed. The
+ * last chunk is filled by repeating the table from its start, so a reader that still holds a
+ * previous table_size finds a live backend while a table is being replaced. */
 struct lb4_maglev {
-	__u32 backend_ids[NAVSTAR_LB_CHUNK_SLOTS];
+	__u16 backend_index[NAVSTAR_LB_CHUNK_SLOTS];
 };
 
-/* nv_revnat key: which backend a socket was sent to ... */
+/* nv_peers value (socket storage of a connected socket): the VIP it asked for and the backend
+ * it got, so getpeername4/recvmsg4 rewrite only that backend's address. */
+struct lb4_peer {
+	__be32 vip_address;
+	__be32 backend_address;
+	__be16 vip_port;
+	__be16 backend_port;
+};
+
+/* nv_revnat key: which backend an unconnected socket sent to ... */
 struct lb4_revnat_key {
 	__u64 cookie;        /* bpf_get_socket_cookie() */
 	__be32 address;      /* backend */

@@ -1,9 +1,14 @@
 /* Socket-LB helpers shared by the attach points: VIP lookup, backend choice, reverse NAT.
  *
+ * Reverse NAT has two homes. A connected socket (TCP, or UDP after connect()) has one peer, so
+ * connect4 keeps the VIP in the socket's own storage (nv_peers): it lives and dies with the
+ * socket, however long that is. An unconnected UDP socket may send to several VIPs, so
+ * sendmsg4 records (socket cookie, backend) -> VIP in the LRU map nv_revnat.
+ *
  * Features (-D flags, set by bpf/loader.py):
  *   NAVSTAR_RANDOM_SLOT        1: a random slot per connection; 0: a hash of the socket cookie,
  *                              so every datagram of one UDP socket reaches the same backend
- *   NAVSTAR_TCP_REVNAT         1: TCP connects record reverse NAT so getpeername4 shows the VIP
+ *   NAVSTAR_TCP_PEER           1: TCP connects remember the VIP so getpeername4 reports it
  *   NAVSTAR_COUNT_CONNECTIONS  1: count new connections per backend in nv_conns
  */
 #ifndef NAVSTAR_LB_H
@@ -17,8 +22,8 @@
 #ifndef NAVSTAR_RANDOM_SLOT
 #define NAVSTAR_RANDOM_SLOT 0
 #endif
-#ifndef NAVSTAR_TCP_REVNAT
-#define NAVSTAR_TCP_REVNAT 1
+#ifndef NAVSTAR_TCP_PEER
+#define NAVSTAR_TCP_PEER 1
 #endif
 #ifndef NAVSTAR_COUNT_CONNECTIONS
 #define NAVSTAR_COUNT_CONNECTIONS 1
@@ -28,13 +33,13 @@
 #define SOCK_ADDR_ALLOW 1
 #define SOCK_ADDR_REFUSE 0   /* the syscall fails with EPERM: a VIP without backends fails fast */
 
-static __always_inline __u32 lb4_flow_hash(struct bpf_sock_addr *ctx)
+static __always_inline __u32 lb4_flow_hash(__u64 cookie)
 {
 #if NAVSTAR_RANDOM_SLOT
 	return bpf_get_prandom_u32();
 #else
 	/* Cookies are sequential; murmur3's 64-bit finaliser spreads them over the slots. */
-	__u64 h = bpf_get_socket_cookie(ctx);
+	__u64 h = cookie;
 
 	h ^= h >> 33;
 	h *= 0xff51afd7ed558ccdULL;
@@ -55,6 +60,25 @@ static __always_inline struct lb4_service *lb4_lookup_service(__be32 address, __
 	return nv_services.lookup(&key);
 }
 
+/* connect4: the socket's one peer is this VIP, reached through this backend. */
+static __always_inline void lb4_remember_peer(struct bpf_sock_addr *ctx, const struct lb4_backend *backend,
+					      __be32 vip_address, __be16 vip_port)
+{
+	struct bpf_sock *sk = ctx->sk;
+	struct lb4_peer *peer;
+
+	if (!sk)
+		return;
+	peer = nv_peers.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!peer)
+		return;
+	peer->vip_address = vip_address;
+	peer->backend_address = backend->address;
+	peer->vip_port = vip_port;
+	peer->backend_port = backend->port;
+}
+
+/* sendmsg4: this unconnected socket sent to this backend for this VIP. */
 static __always_inline void lb4_record_revnat(__u64 cookie, const struct lb4_backend *backend,
 					      __be32 vip_address, __be16 vip_port)
 {
@@ -65,7 +89,7 @@ static __always_inline void lb4_record_revnat(__u64 cookie, const struct lb4_bac
 	key.cookie = cookie;
 	key.address = backend->address;
 	key.port = backend->port;
-	/* sendmsg4 runs per datagram: write only when the entry is new or stale. */
+	/* Runs per datagram: write only when the entry is new or stale. */
 	known = nv_revnat.lookup(&key);
 	if (known && known->address == vip_address && known->port == vip_port)
 		return;
@@ -76,16 +100,18 @@ static __always_inline void lb4_record_revnat(__u64 cookie, const struct lb4_bac
 
 /* connect4 and sendmsg4: a VIP destination becomes one of its backends.
  * Returns SOCK_ADDR_ALLOW (also for any non-VIP destination) or SOCK_ADDR_REFUSE. */
-static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx)
+static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, bool connecting)
 {
 	__be32 vip_address = ctx->user_ip4;
 	__be16 vip_port = (__be16)ctx->user_port;
 	__u8 protocol = (__u8)ctx->protocol;
 	struct lb4_service *service;
 	struct lb4_maglev_key chunk = {};
+	struct lb4_backend_key member = {};
 	struct lb4_maglev *table;
 	struct lb4_backend *backend;
-	__u32 slot, index, backend_id;
+	__u32 slot, index;
+	__u64 cookie;
 
 	if (protocol != IPPROTO_TCP && protocol != IPPROTO_UDP)
 		return SOCK_ADDR_ALLOW;
@@ -94,7 +120,8 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx)
 		return SOCK_ADDR_ALLOW;
 	if (service->backend_count == 0 || service->table_size == 0)
 		return SOCK_ADDR_REFUSE;
-	slot = lb4_flow_hash(ctx) % service->table_size;
+	cookie = bpf_get_socket_cookie(ctx);
+	slot = lb4_flow_hash(cookie) % service->table_size;
 	chunk.service_id = service->id;
 	chunk.chunk = slot / NAVSTAR_LB_CHUNK_SLOTS;
 	table = nv_maglev.lookup(&chunk);
@@ -106,15 +133,19 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx)
 	asm volatile("" : "+r"(index));
 	if (index >= NAVSTAR_LB_CHUNK_SLOTS)
 		return SOCK_ADDR_REFUSE;
-	backend_id = table->backend_ids[index];
-	backend = nv_backends.lookup(&backend_id);
+	member.service_id = chunk.service_id;
+	member.index = table->backend_index[index];
+	backend = nv_backends.lookup(&member);
 	if (!backend)
 		return SOCK_ADDR_REFUSE;
 
-	if (protocol == IPPROTO_UDP || NAVSTAR_TCP_REVNAT)
-		lb4_record_revnat(bpf_get_socket_cookie(ctx), backend, vip_address, vip_port);
+	if (!connecting)
+		lb4_record_revnat(cookie, backend, vip_address, vip_port);
+	else if (protocol == IPPROTO_UDP || NAVSTAR_TCP_PEER)
+		lb4_remember_peer(ctx, backend, vip_address, vip_port);
 #if NAVSTAR_COUNT_CONNECTIONS
-	__u64 *connections = nv_conns.lookup(&backend_id);
+	__u32 counter_id = backend->counter_id;
+	__u64 *connections = nv_conns.lookup(&counter_id);
 	if (connections)
 		*connections += 1;
 #endif
@@ -127,19 +158,34 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx)
  * as long as that VIP still exists. */
 static __always_inline void lb4_xlate_rev(struct bpf_sock_addr *ctx)
 {
+	__be32 address = ctx->user_ip4;
+	__be16 port = (__be16)ctx->user_port;
+	struct bpf_sock *sk = ctx->sk;
+	struct lb4_peer *peer = 0;
 	struct lb4_revnat_key key = {};
-	struct lb4_revnat *vip;
+	struct lb4_revnat *revnat;
+	__be32 vip_address;
+	__be16 vip_port;
 
-	key.cookie = bpf_get_socket_cookie(ctx);
-	key.address = ctx->user_ip4;
-	key.port = (__be16)ctx->user_port;
-	vip = nv_revnat.lookup(&key);
-	if (!vip)
+	if (sk)
+		peer = nv_peers.sk_storage_get(sk, 0, 0);
+	if (peer && peer->backend_address == address && peer->backend_port == port) {
+		vip_address = peer->vip_address;
+		vip_port = peer->vip_port;
+	} else {
+		key.cookie = bpf_get_socket_cookie(ctx);
+		key.address = address;
+		key.port = port;
+		revnat = nv_revnat.lookup(&key);
+		if (!revnat)
+			return;
+		vip_address = revnat->address;
+		vip_port = revnat->port;
+	}
+	if (!lb4_lookup_service(vip_address, vip_port, (__u8)ctx->protocol))
 		return;
-	if (!lb4_lookup_service(vip->address, vip->port, (__u8)ctx->protocol))
-		return;
-	ctx->user_ip4 = vip->address;
-	ctx->user_port = vip->port;
+	ctx->user_ip4 = vip_address;
+	ctx->user_port = vip_port;
 }
 
 #endif /* NAVSTAR_LB_H */

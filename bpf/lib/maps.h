@@ -11,16 +11,21 @@
 
 BPF_TABLE_PINNED("hash", struct lb4_key, struct lb4_service, nv_services,
 		 NAVSTAR_MAX_SERVICES, NAVSTAR_PIN_DIR "/nv_services");
-BPF_TABLE_PINNED("hash", __u32, struct lb4_backend, nv_backends,
+BPF_TABLE_PINNED("hash", struct lb4_backend_key, struct lb4_backend, nv_backends,
 		 NAVSTAR_MAX_BACKENDS, NAVSTAR_PIN_DIR "/nv_backends");
 /* No preallocation: table chunks are only paid for VIPs that exist. */
 BPF_TABLE_PINNED("hash", struct lb4_maglev_key, struct lb4_maglev, nv_maglev,
 		 NAVSTAR_MAX_CHUNKS, NAVSTAR_PIN_DIR "/nv_maglev", BPF_F_NO_PREALLOC);
-/* New connections per backend id; per CPU so the hot path needs no atomics. */
+/* New connections per (VIP, backend) counter id; per CPU so the hot path needs no atomics. */
 BPF_TABLE_PINNED("percpu_array", __u32, __u64, nv_conns,
 		 NAVSTAR_MAX_BACKENDS, NAVSTAR_PIN_DIR "/nv_conns");
-/* Sockets outlive nothing we can observe cheaply, so old entries are evicted, not deleted. */
+/* Unconnected UDP only. Entries of closed sockets are evicted, not deleted. */
 BPF_TABLE_PINNED("lru_hash", struct lb4_revnat_key, struct lb4_revnat, nv_revnat,
 		 NAVSTAR_MAX_REVNAT, NAVSTAR_PIN_DIR "/nv_revnat");
+
+/* Connected sockets' VIP, stored on the socket (freed with it); pinned so a new program finds
+ * the storage of sockets connected before it was loaded. */
+BPF_TABLE_PINNED("sk_storage", int, struct lb4_peer, nv_peers, 0, NAVSTAR_PIN_DIR "/nv_peers",
+		 BPF_F_NO_PREALLOC);
 
 #endif /* NAVSTAR_MAPS_H */

@@ -58,6 +58,12 @@ CLIENT = r"""
 import json, socket, sys
 mode, ip, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 out = []
+if mode == "hold":   # one long-lived connection: its peer now, and again after a line on stdin
+    s = socket.create_connection((ip, port), timeout=5)
+    print("%s:%d" % s.getpeername(), flush=True)
+    sys.stdin.readline()
+    print("%s:%d" % s.getpeername(), flush=True)
+    sys.exit()
 for n in range(count):
     try:
         if mode == "tcp":
@@ -213,10 +219,11 @@ def test_apply_is_idempotent_minimal_and_reports_bad_vips(dataplane, lab):
     dataplane.apply(good)
     assert dataplane.last_writes == 0
 
-    # One backend swapped: its backend entry, the slot table, and the old backend's removal.
+    # One backend swapped in place: a fresh counter and that one backend entry; the table of
+    # indices is unchanged.
     swapped = backends(8080)[:2] + (Backend("10.77.0.1", 8081),)
     dataplane.apply({**good, VIP: VipEntry(VIP, swapped)})
-    assert dataplane.last_writes == 4   # counter reset, new backend, table, deleted backend
+    assert dataplane.last_writes == 2
     assert dataplane.current()[VIP].backends == swapped
 
     result = dataplane.apply({UDP_VIP: good[UDP_VIP]})
@@ -230,6 +237,9 @@ def test_restart_keeps_serving_then_adopts(lab, pins):
     first = EbpfDataplane(lab.cgroup.unified_path, pins)
     first.apply(table)
     answered_by(client(lab, "tcp", VIP, 30))
+    holder = lab.popen(sys.executable, "-c", CLIENT, "hold", VIP.address, str(VIP.port), "1",
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "11.0.0.10:80"
     counted = first.connection_counts()
     first.close()   # the agent goes away; programs and maps stay
 
@@ -247,7 +257,13 @@ def test_restart_keeps_serving_then_adopts(lab, pins):
         attached = loader.attached_programs(lab.cgroup.unified_path)
         assert sorted(p.attach_point for p in attached) == ["connect4", "getpeername4", "recvmsg4", "sendmsg4"]
         assert len(answered_by(client(lab, "tcp", VIP, 30))) == 3
+        # A connection made before the restart still reports the VIP to the new programs.
+        holder.stdin.write("again\n")
+        holder.stdin.flush()
+        assert holder.stdout.readline().strip() == "11.0.0.10:80"
     finally:
+        holder.kill()
+        holder.wait()
         second.close()
 
 

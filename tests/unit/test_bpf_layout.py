@@ -8,6 +8,7 @@ build with the struct and field named.
 from __future__ import annotations
 
 import ctypes
+import re
 import shutil
 import subprocess
 import sysconfig
@@ -72,12 +73,39 @@ def test_a_table_chunk_fits_one_page_with_the_hash_element_header():
     assert 48 + ctypes.sizeof(maps.Lb4MaglevKey) + ctypes.sizeof(maps.Lb4Maglev) <= 4096
 
 
-def test_map_specs_use_the_mirror():
+def c_name(ctype) -> str:
+    if hasattr(ctype, "C_NAME"):
+        return f"struct {ctype.C_NAME}"
+    return {ctypes.c_uint32: "__u32", ctypes.c_uint64: "__u64", ctypes.c_int: "int"}[ctype]
+
+
+def test_map_specs_mirror_the_map_declarations():
+    declared = re.findall(r'BPF_TABLE_PINNED\("(\w+)",\s*([^,]+?),\s*([^,]+?),\s*(\w+),',
+                          (LIB / "maps.h").read_text())
+    assert declared, "no BPF_TABLE_PINNED in maps.h"
+    specs = maps.map_specs()
+    assert {name for *_types, name in declared} == set(specs)
+    for kind, key, value, name in declared:
+        spec = specs[name]
+        assert (c_name(spec.key), c_name(spec.value)) == (key, value), name
+        assert kind.replace("_", "") in {1: "hash", 6: "percpuarray", 9: "lruhash", 24: "skstorage"}[spec.map_type]
+
+
+def test_map_specs_follow_the_sizes():
     specs = maps.map_specs(chunk_slots=251, max_chunks=10)
-    assert set(specs) == {"nv_services", "nv_backends", "nv_maglev", "nv_conns", "nv_revnat"}
-    assert ctypes.sizeof(specs["nv_maglev"].value) == 251 * 4
-    assert specs["nv_maglev"].key is maps.Lb4MaglevKey and specs["nv_maglev"].max_entries == 10
+    assert ctypes.sizeof(specs["nv_maglev"].value) == 251 * 2
+    assert specs["nv_maglev"].max_entries == 10
     assert specs["nv_conns"].percpu and not specs["nv_services"].percpu
+
+
+def test_ebpf_struct_formats_match_the_mirror():
+    from minuteman import ebpf
+
+    for fmt, struct_type in ((ebpf.SERVICE, maps.Lb4Service), (ebpf.BACKEND_KEY, maps.Lb4BackendKey),
+                             (ebpf.BACKEND, maps.Lb4Backend), (ebpf.MAGLEV_KEY, maps.Lb4MaglevKey)):
+        assert fmt.size == ctypes.sizeof(struct_type)
+        values = tuple(range(1, len(struct_type._fields_) + 1))
+        assert fmt.pack(*values) == bytes(struct_type(*values))
 
 
 def test_byte_order_helpers_round_trip():
