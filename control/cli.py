@@ -174,15 +174,16 @@ def app_remove(app_id: Annotated[str, typer.Argument(help="app id")], force: For
 # -- tasks -----------------------------------------------------------------------------------
 def _task_table(tasks: list[dict[str, Any]], title: str) -> None:
     table = Table(title=title)
-    for column in ("task", "app", "agent", "address", "state", "healthy"):
+    for column in ("task", "app", "agent:ports", "task IPs", "state", "healthy"):
         table.add_column(column)
     for task in tasks:
-        ips = ",".join(a["ipAddress"] for a in task.get("ipAddresses", []))
+        # Host ports live on the agent; task IPs are the container's (overlay, bridge) or the agent's.
         ports = ",".join(map(str, task.get("ports", [])))
+        ips = ",".join(a["ipAddress"] for a in task.get("ipAddresses", []))
         results = task.get("healthCheckResults") or []
         healthy = "-" if not results else ("[green]yes[/]" if all(r["alive"] for r in results) else "[red]no[/]")
         style = _STATE_STYLE.get(task["state"], "white")
-        table.add_row(task["id"], task["appId"], task["slaveId"], f"{ips}:{ports}" if ports else ips,
+        table.add_row(task["id"], task["appId"], f"{task['host']}:{ports}" if ports else task["host"], ips,
                       f"[{style}]{task['state']}[/]", healthy)
     Console().print(table)
 
