@@ -10,8 +10,10 @@ LB ?= auto
 setup:
 	@scripts/setup.sh
 
+# Build the lab (or find it up), then deploy the seed apps and curl their VIP names.
 lab: setup
 	$(NAVSTAR) lab up --agents $(AGENTS) --lb $(LB)
+	$(NAVSTAR) lab scenario
 
 lab-down:
 	$(NAVSTAR) lab down

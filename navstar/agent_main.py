@@ -250,12 +250,23 @@ async def make_dataplane(opts: AgentOptions) -> Dataplane:
         ok, reason = ebpf_available()
         if ok:
             try:
-                return await asyncio.to_thread(EbpfDataplane, Cgroup(opts.cgroup).unified_path, opts.bpf_pin_dir)
+                socket_lb = await asyncio.to_thread(EbpfDataplane, Cgroup(opts.cgroup).unified_path,
+                                                    opts.bpf_pin_dir)
             except LoaderError as exc:
                 reason = str(exc)
+            else:
+                # NFQUEUE still serves what the socket LB cannot see: forwarded packets and
+                # processes outside the node's cgroup.
+                from minuteman.layered import LayeredDataplane
+
+                return LayeredDataplane(socket_lb, await _nfqueue(opts))
         if choice == "ebpf":
             raise SystemExit(f"--lb ebpf: {reason}")
         log.warning("eBPF socket LB unavailable (%s): using NFQUEUE", reason)
+    return await _nfqueue(opts)
+
+
+async def _nfqueue(opts: AgentOptions) -> Dataplane:
     from minuteman.nfqueue import NfqueueDataplane
 
     dataplane = NfqueueDataplane(node_ip=opts.ip)

@@ -116,6 +116,7 @@ def lab_up(
     agents: Annotated[int, typer.Option(help="number of agents")] = 2,
     underlay: Annotated[str, typer.Option(help="underlay subnet (/24 or larger)")] = "198.18.0.0/24",
     lb: Annotated[str, typer.Option(help="VIP dataplane: ebpf, nfqueue or auto")] = "auto",
+    overlay_interval: Annotated[float, typer.Option(help="agents' overlay drift-repair period (s)")] = 30.0,
 ) -> None:
     """Build the lab and start a master and the agents in it."""
     _need_root()
@@ -124,7 +125,7 @@ def lab_up(
     with console.status("building the lab") as spinner:
         lab = Lab(name, progress=lambda msg: spinner.update(msg))
         try:
-            state = lab.up(agents=agents, underlay=underlay, lb=lb)
+            state = lab.up(agents=agents, underlay=underlay, lb=lb, overlay_interval=overlay_interval)
         except LabAlreadyUp as exc:
             console.print(str(exc))
             raise typer.Exit(0) from None
@@ -183,6 +184,23 @@ def lab_exec(
         raise typer.Exit(127) from None
 
 
+@lab_app.command("restart")
+def lab_restart(node: Annotated[str, typer.Argument(help="master, agent-1, …")], name: LabName = "lab") -> None:
+    """Stop a node's process (if it runs) and start it again; waits until it serves."""
+    _need_root()
+    from navstar.lab import Lab, LabError, UnknownNode
+
+    try:
+        restarted = Lab(name).restart(node)
+    except UnknownNode as exc:
+        err.print(str(exc))
+        raise typer.Exit(2) from None
+    except LabError as exc:
+        err.print(f"[red]restart failed:[/] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"{restarted.name} restarted, pid {restarted.pid}")
+
+
 @lab_app.command("logs")
 def lab_logs(node: Annotated[str, typer.Argument()], name: LabName = "lab",
              lines: Annotated[int, typer.Option("-n", help="last N lines (0 = all)")] = 0) -> None:
@@ -198,6 +216,37 @@ def lab_logs(node: Annotated[str, typer.Argument()], name: LabName = "lab",
     text = Path(found.log).read_text(errors="replace") if found.log and Path(found.log).exists() else ""
     out = text.splitlines()[-lines:] if lines else text.splitlines()
     sys.stdout.write("\n".join(out) + ("\n" if out else ""))
+
+
+@lab_app.command("scenario")
+def lab_scenario(name: LabName = "lab",
+                 requests: Annotated[int, typer.Option(help="requests per VIP")] = 9) -> None:
+    """Deploy the seed example apps and curl their VIP names from agent-1."""
+    _need_root()
+    from navstar.lab import Lab
+    from navstar.scenario import run_scenario
+
+    state = Lab(name).state()
+    if state is None:
+        err.print(f"lab {name!r} is not up: run `navstar lab up --name {name}` first")
+        raise typer.Exit(1)
+    with console.status("deploying the example apps") as spinner:
+        apps, vips = run_scenario(state, lambda msg: spinner.update(msg), requests=requests)
+    table = Table(title="apps")
+    for column in ("app", "running", "addresses", "note"):
+        table.add_column(column)
+    for app in apps:
+        table.add_row(app.app_id, f"{app.running}/{app.instances}", ", ".join(app.addresses), app.message)
+    console.print(table)
+    table = Table(title=f"VIPs, curled from {state.nodes[1].name} by name")
+    for column in ("VIP", "DNS answer", "answered by (count)", "failed"):
+        table.add_column(column)
+    for vip in vips:
+        table.add_row(vip.name, vip.address, "\n".join(f"{who} ({n})" for who, n in vip.answers.items()),
+                      str(vip.failures))
+    console.print(table)
+    if any(a.running < a.instances for a in apps) or any(v.failures for v in vips):
+        raise typer.Exit(1)
 
 
 @lab_app.command("down")

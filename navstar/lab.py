@@ -65,6 +65,7 @@ class LabState:
     agents: int
     lb: str = "auto"
     nodes: list[Node] = field(default_factory=list)
+    overlay_interval: float = 30.0          # agents' overlay drift-repair period (s)
 
     @property
     def directory(self) -> Path:
@@ -219,7 +220,7 @@ class Lab:
 
     # ---- up
     def up(self, agents: int = 2, underlay: str = DEFAULT_UNDERLAY, lb: str = "auto",
-           timeout: float = 60.0) -> LabState:
+           timeout: float = 60.0, overlay_interval: float = 30.0) -> LabState:
         if self.is_up():
             raise LabAlreadyUp(f"lab {self.name!r} is already up; `navstar lab down --name {self.name}` first")
         if self.state() is not None or self._leftovers():
@@ -230,7 +231,10 @@ class Lab:
         net = ipaddress.IPv4Network(underlay)
         if net.num_addresses < 256:
             raise LabError("--underlay needs at least a /24")
-        state = LabState(self.name, str(net), agents, lb, plan_nodes(self.name, net, agents))
+        if overlay_interval <= 0:
+            raise LabError("--overlay-interval must be positive")
+        state = LabState(self.name, str(net), agents, lb, plan_nodes(self.name, net, agents),
+                         overlay_interval=overlay_interval)
         state.save()
         try:
             self._build(state, net)
@@ -284,26 +288,69 @@ class Lab:
         cgroup_for(self.name, node.name).create()
 
     def _start(self, state: LabState) -> None:
-        secret = str(state.secret_file)
-        master = state.master
         for node in state.nodes:
-            if node is master:
-                args = ["master", "--marathon-listen", f":{MARATHON_PORT}", "--mesos-listen", f":{MESOS_PORT}",
-                        "--state-dir", str(state.directory / "master"), "--token-file", secret,
-                        "--agent-timeout", "5"]
-            else:
-                args = ["agent", "--master", state.mesos_url, "--ip", node.ip, "--agent-id", node.name,
-                        "--token-file", secret, "--lb", state.lb, "--heartbeat-interval", "1",
-                        "--work-dir", str(state.directory / node.name),
-                        "--cgroup", cgroup_for(self.name, node.name).relpath,
-                        "--netns-prefix", f"{node.namespace}-t", "--node-netns", node.namespace,
-                        # The sealed lab has no upstream: its resolv.conf names only the node resolver.
-                        "--resolv-conf", str(NETNS_ETC / node.namespace / "resolv.conf"),
-                        "--bpf-pin-dir", str(BPFFS_ROOT / self.name / node.name)]
             self.progress(f"starting {node.name}")
-            node.log = str(state.directory / "logs" / f"{node.name}.log")
-            node.pid = self._spawn(node, [sys.executable, "-m", "navstar", *args], node.log)
-            state.save()
+            self._start_node(state, node)
+
+    def _start_node(self, state: LabState, node: Node) -> None:
+        node.log = str(state.directory / "logs" / f"{node.name}.log")
+        node.pid = self._spawn(node, [sys.executable, "-m", "navstar", *self._node_args(state, node)], node.log)
+        state.save()
+
+    def _node_args(self, state: LabState, node: Node) -> list[str]:
+        secret = str(state.secret_file)
+        if node is state.master:
+            return ["master", "--marathon-listen", f":{MARATHON_PORT}", "--mesos-listen", f":{MESOS_PORT}",
+                    "--state-dir", str(state.directory / "master"), "--token-file", secret,
+                    "--agent-timeout", "5"]
+        return ["agent", "--master", state.mesos_url, "--ip", node.ip, "--agent-id", node.name,
+                "--token-file", secret, "--lb", state.lb, "--heartbeat-interval", "1",
+                "--work-dir", str(state.directory / node.name),
+                "--cgroup", cgroup_for(self.name, node.name).relpath,
+                "--netns-prefix", f"{node.namespace}-t", "--node-netns", node.namespace,
+                # The sealed lab has no upstream: its resolv.conf names only the node resolver.
+                "--resolv-conf", str(NETNS_ETC / node.namespace / "resolv.conf"),
+                "--bpf-pin-dir", str(BPFFS_ROOT / self.name / node.name),
+                "--overlay-interval", f"{state.overlay_interval:g}"]
+
+    def restart(self, node_name: str, timeout: float = 60.0) -> Node:
+        """Stops the node's process if it still runs (SIGTERM, then SIGKILL) and starts it again
+        with the same arguments; its tasks and kernel state are left for it to adopt."""
+        state = self.state()
+        if state is None:
+            raise LabError(f"lab {self.name!r} is not up")
+        node = state.node(node_name)
+        if node is None:
+            names = ", ".join(n.name for n in state.nodes)
+            raise UnknownNode(f"no node {node_name!r} in lab {self.name!r}; nodes: {names}")
+        if process_alive(node.pid):
+            end_process(node.pid)
+        self._start_node(state, node)
+        self._wait_ready(state, node, timeout)
+        return node
+
+    def _wait_ready(self, state: LabState, node: Node, timeout: float) -> None:
+        """The master answers ``/ping``; an agent is registered and reachable."""
+        is_master = node is state.master
+        url = f"{state.master_url}/ping" if is_master else f"{state.mesos_url}/v1/agents"
+
+        def ready(resp: httpx.Response) -> bool:
+            if resp.status_code != 200:
+                return False
+            return is_master or any(a["agent_id"] == node.name and a["reachable"] for a in resp.json()["agents"])
+
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=2.0, headers=auth_header(state.secret())) as client:
+            while time.monotonic() < deadline:
+                if not process_alive(node.pid):
+                    raise LabError(f"{node.name} exited during start-up; see {node.log}")
+                try:
+                    if ready(client.get(url)):
+                        return
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.2)
+        raise LabError(f"{node.name} was not ready within {timeout:.0f}s; see {node.log}")
 
     def _spawn(self, node: Node, argv: list[str], log_path: str) -> int:
         # A leaf of its own: on a pure v2 host a group with processes cannot also hold

@@ -1,0 +1,59 @@
+"""Both dataplanes at once: the eBPF socket LB for sockets opened in the node's cgroup (the
+agent's tasks), NFQUEUE for every other packet to a VIP (forwarded packets, processes outside the
+cgroup such as an operator's ``ip netns exec … curl``). Connections the socket LB has already
+translated never carry a VIP address, so the two never handle the same flow.
+
+```
+LoadBalancer ──apply(table)──► LayeredDataplane ──► EbpfDataplane   (connect4/sendmsg4 … maps)
+                                               └──► NfqueueDataplane (ipset → queue → conntrack)
+```
+A VIP counts as programmed only when both layers hold it, so DNS publishes it only then.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from minuteman.dataplane import ApplyResult, Backend, Dataplane, VipEntry, VipKey
+
+
+class LayeredDataplane:
+    def __init__(self, socket_lb: Dataplane, packet_lb: Dataplane) -> None:
+        self.socket_lb = socket_lb
+        self.packet_lb = packet_lb
+        self.name = f"{socket_lb.name}+{packet_lb.name}"
+
+    async def start(self) -> None:
+        for layer in (self.socket_lb, self.packet_lb):
+            start = getattr(layer, "start", None)
+            if start is not None and inspect.isawaitable(started := start()):
+                await started
+
+    def apply(self, table: dict[VipKey, VipEntry]) -> ApplyResult:
+        first, second = self.socket_lb.apply(table), self.packet_lb.apply(table)
+        errors = {**second.errors, **first.errors}
+        return ApplyResult(programmed=(first.programmed & second.programmed) - set(errors),
+                           removed=first.removed | second.removed, errors=errors)
+
+    def current(self) -> dict[VipKey, VipEntry]:
+        """What both layers hold alike (a VIP that differs between them is drift to repair)."""
+        packet = self.packet_lb.current()
+        return {key: entry for key, entry in self.socket_lb.current().items() if packet.get(key) == entry}
+
+    def connection_counts(self) -> dict[tuple[VipKey, Backend], int]:
+        counts = dict(self.socket_lb.connection_counts())
+        for key, count in self.packet_lb.connection_counts().items():
+            counts[key] = counts.get(key, 0) + count
+        return counts
+
+    def drain_outcomes(self) -> list[tuple[Backend, bool]]:
+        drain = getattr(self.packet_lb, "drain_outcomes", None)
+        return drain() if drain is not None else []
+
+    def outcome_totals(self) -> dict[Backend, tuple[int, int]]:
+        totals = getattr(self.socket_lb, "outcome_totals", None)
+        return totals() if totals is not None else {}
+
+    def close(self, keep_kernel_state: bool = True) -> None:
+        self.socket_lb.close(keep_kernel_state=keep_kernel_state)
+        self.packet_lb.close(keep_kernel_state=keep_kernel_state)

@@ -1,0 +1,117 @@
+"""The seed scenario on a running lab: post the example apps, wait for them, then use them as a
+user would — resolve VIP names with the node resolver and curl them from an agent.
+
+```
+examples/*.json ──POST /v2/apps──► master ──► tasks on agents ──► VIPs programmed, names in DNS
+agent-1: dig <vip name> @198.51.100.1 ; curl http://<vip name>/ × N ──► table of what answered
+```
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from navstar.lab import LabState
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+SCENARIO_APPS = ("web-vip.json", "nginxdocker-vip.json", "nginxmesos-overlay.json",
+                 "nginxdocker-overlay.json", "nginx-marathon-lb.json")
+
+
+@dataclass
+class AppOutcome:
+    app_id: str
+    instances: int
+    running: int = 0
+    addresses: list[str] = field(default_factory=list)
+    created: bool = False
+    message: str = ""
+
+
+@dataclass
+class VipOutcome:
+    name: str
+    address: str
+    answers: Counter = field(default_factory=Counter)
+    failures: int = 0
+
+
+def run_scenario(state: LabState, progress: Callable[[str], None], requests: int = 9,
+                 timeout: float = 60.0) -> tuple[list[AppOutcome], list[VipOutcome]]:
+    headers = {"Authorization": f"token={state.secret()}"}
+    apps: list[AppOutcome] = []
+    with httpx.Client(base_url=state.master_url, headers=headers, timeout=10) as client:
+        for name in SCENARIO_APPS:
+            definition = json.loads((EXAMPLES / name).read_text())
+            app_id = "/" + definition["id"].strip("/")
+            outcome = AppOutcome(app_id, int(definition.get("instances", 1)))
+            resp = client.post("/v2/apps", json=definition)
+            outcome.created = resp.status_code in (200, 201)
+            if resp.status_code == 409:
+                outcome.message = "already deployed"
+            elif not outcome.created:
+                outcome.message = f"HTTP {resp.status_code}: {resp.text[:200]}"
+            progress(f"posted {app_id}")
+            apps.append(outcome)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for outcome in apps:
+                tasks = client.get(f"/v2/apps{outcome.app_id}/tasks").json().get("tasks", [])
+                running = [t for t in tasks if t.get("state") == "TASK_RUNNING"]
+                outcome.running = len(running)
+                outcome.addresses = [
+                    f"{(t.get('ipAddresses') or [{}])[0].get('ipAddress') or t.get('host')}"
+                    + (f":{t['ports'][0]}" if t.get("ports") else "") for t in running]
+            waiting = [o.app_id for o in apps if o.running < o.instances]
+            if not waiting:
+                break
+            progress(f"waiting for {', '.join(waiting)}")
+            time.sleep(0.5)
+    vips = _exercise_vips(state, progress, requests)
+    return apps, vips
+
+
+def _exercise_vips(state: LabState, progress: Callable[[str], None], requests: int) -> list[VipOutcome]:
+    agent = state.nodes[1]
+    listing = _in_node(state, agent.name, ["curl", "-s", "http://127.0.0.1:62080/v1/vips"])
+    outcomes = []
+    deadline = time.monotonic() + 10
+    vips = json.loads(listing.stdout or "[]")
+    while not vips and time.monotonic() < deadline:
+        time.sleep(0.5)
+        vips = json.loads(_in_node(state, agent.name, ["curl", "-s", "http://127.0.0.1:62080/v1/vips"]).stdout or "[]")
+    for vip in vips:
+        name, _, port = vip["vip"].rpartition(":")
+        dig = _in_node(state, agent.name, ["dig", "+short", "@198.51.100.1", name])
+        outcome = VipOutcome(vip["vip"], dig.stdout.strip() or "(no answer)")
+        progress(f"curl http://{vip['vip']}/ × {requests} from {agent.name}")
+        for _ in range(requests):
+            curl = _in_node(state, agent.name, ["curl", "-s", "-m", "2", f"http://{name}:{port}/"])
+            if curl.returncode == 0 and curl.stdout:
+                outcome.answers[_who(curl.stdout)] += 1
+            else:
+                outcome.failures += 1
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _who(body: str) -> str:
+    """The task that answered: its id is the whole body (web) or inside nginx's page."""
+    text = body.strip()
+    if "<p>" in text:
+        text = text.split("<p>", 1)[1].split("</p>", 1)[0]
+    return text.splitlines()[0][:60] if text else "(empty)"
+
+
+def _in_node(state: LabState, node: str, command: list[str]) -> subprocess.CompletedProcess:
+    namespace = state.node(node).namespace
+    return subprocess.run(["ip", "netns", "exec", namespace, *command], capture_output=True, text=True,
+                          timeout=30)
