@@ -125,11 +125,12 @@ def _free_subnet() -> str:
 def lab_factory() -> Iterator[Callable[..., LabHandle]]:
     made: list[LabHandle] = []
 
-    def make(agents: int = 3, lb: str = "auto") -> LabHandle:
+    def make(agents: int = 3, lb: str = "auto", overlay_interval: float | None = None) -> LabHandle:
         handle = LabHandle(f"e{uuid.uuid4().hex[:6]}", _free_subnet(), lb)
         made.append(handle)
+        extra = ["--overlay-interval", f"{overlay_interval:g}"] if overlay_interval else []
         up = navstar("lab", "up", "--name", handle.name, "--agents", str(agents), "--underlay", handle.subnet,
-                     "--lb", lb, timeout=180)
+                     "--lb", lb, *extra, timeout=180)
         assert up.returncode == 0, up.stdout + up.stderr
         return handle
 
