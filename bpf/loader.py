@@ -53,6 +53,7 @@ class AttachPoint:
     source: str        # file under bpf/
     function: str      # program (and kernel prog name, <= 15 chars)
     attach_type: int   # enum bpf_attach_type
+    prog_type: int = BPF_PROG_TYPE_CGROUP_SOCK_ADDR
 
 
 ATTACH_POINTS: dict[str, AttachPoint] = {
@@ -77,7 +78,14 @@ class Features:
     max_services: int = maps.DEFAULT_MAX_SERVICES
     max_backends: int = maps.DEFAULT_MAX_BACKENDS
     max_chunks: int = maps.DEFAULT_MAX_CHUNKS
+    peer_slots: int = maps.DEFAULT_PEER_SLOTS     # nv_peers slots (power of two)
     max_revnat: int = maps.DEFAULT_MAX_REVNAT
+
+    def __post_init__(self) -> None:
+        if self.peer_slots <= 0 or self.peer_slots & (self.peer_slots - 1):
+            raise ValueError(f"peer_slots {self.peer_slots}: must be a power of two")
+        if not 0 < self.chunk_slots <= 32768:
+            raise ValueError(f"chunk_slots {self.chunk_slots}: must be in 1-32768")
 
     def attach_points(self) -> list[AttachPoint]:
         names = ["connect4"] + (["sendmsg4", "recvmsg4"] if self.udp else []) + (
@@ -91,6 +99,7 @@ class Features:
             f"-DNAVSTAR_MAX_SERVICES={self.max_services}",
             f"-DNAVSTAR_MAX_BACKENDS={self.max_backends}",
             f"-DNAVSTAR_MAX_CHUNKS={self.max_chunks}",
+            f"-DNAVSTAR_PEER_SLOTS={self.peer_slots}",
             f"-DNAVSTAR_MAX_REVNAT={self.max_revnat}",
             f"-DNAVSTAR_RANDOM_SLOT={int(self.random_slot)}",
             f"-DNAVSTAR_TCP_PEER={int(self.peername)}",
@@ -99,7 +108,7 @@ class Features:
 
     def map_specs(self) -> dict[str, maps.MapSpec]:
         return maps.map_specs(self.chunk_slots, self.max_services, self.max_backends, self.max_chunks,
-                              self.max_revnat)
+                              self.peer_slots, self.max_revnat)
 
 
 # -- libbpf, by file descriptor ---------------------------------------------------------------
@@ -489,8 +498,7 @@ class SocketLB:
                 try:
                     module = BPF(text=translation_unit(BPF_DIR / ap.source).encode(),
                                  cflags=features.cflags(pin_dir))
-                    function = module.load_func(ap.function.encode(), BPF_PROG_TYPE_CGROUP_SOCK_ADDR,
-                                                attach_type=ap.attach_type)
+                    function = module.load_func(ap.function.encode(), ap.prog_type, attach_type=ap.attach_type)
                 except Exception as exc:  # bcc raises bare Exception for compile and verifier errors
                     raise LoaderError(f"{ap.source}: {exc}") from exc
                 lb._modules.append(module)

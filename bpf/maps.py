@@ -21,7 +21,8 @@ DRAINING_INDEX = 0x10000
 DEFAULT_MAX_CHUNKS = 131072
 DEFAULT_MAX_SERVICES = 65536
 DEFAULT_MAX_BACKENDS = 262144
-DEFAULT_MAX_REVNAT = 262144
+DEFAULT_PEER_SLOTS = 1 << 20
+DEFAULT_MAX_REVNAT = 65536
 
 BACKEND_DRAINING = 0x1
 SERVICE_IMPLICIT_TABLE = 0x1
@@ -80,10 +81,12 @@ class Lb4MaglevKey(ctypes.Structure):
 class Lb4Peer(ctypes.Structure):
     C_NAME = "lb4_peer"
     _fields_ = [
+        ("cookie", ctypes.c_uint64),
         ("vip_address", ctypes.c_uint32),
         ("backend_address", ctypes.c_uint32),
         ("vip_port", ctypes.c_uint16),
         ("backend_port", ctypes.c_uint16),
+        ("pad", ctypes.c_uint32),
     ]
 
 
@@ -142,16 +145,16 @@ class MapSpec:
 
 # uapi enum bpf_map_type and map flags used by maps.h
 BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_HASH = 5
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
 BPF_MAP_TYPE_LRU_HASH = 9
-BPF_MAP_TYPE_SK_STORAGE = 24
 BPF_F_NO_PREALLOC = 1
 
 
 def map_specs(chunk_slots: int = DEFAULT_CHUNK_SLOTS, max_services: int = DEFAULT_MAX_SERVICES,
               max_backends: int = DEFAULT_MAX_BACKENDS, max_chunks: int = DEFAULT_MAX_CHUNKS,
-              max_revnat: int = DEFAULT_MAX_REVNAT) -> dict[str, MapSpec]:
+              peer_slots: int = DEFAULT_PEER_SLOTS, max_revnat: int = DEFAULT_MAX_REVNAT) -> dict[str, MapSpec]:
     """The maps of ``bpf/lib/maps.h`` for one set of -D sizes, by C name."""
     specs = (
         MapSpec("nv_services", BPF_MAP_TYPE_HASH, Lb4Key, Lb4Service, max_services),
@@ -160,7 +163,7 @@ def map_specs(chunk_slots: int = DEFAULT_CHUNK_SLOTS, max_services: int = DEFAUL
                 BPF_F_NO_PREALLOC),
         MapSpec("nv_conns", BPF_MAP_TYPE_PERCPU_ARRAY, CounterId, ConnectionCount, max_backends),
         MapSpec("nv_revnat", BPF_MAP_TYPE_LRU_HASH, Lb4RevnatKey, Lb4Revnat, max_revnat),
-        MapSpec("nv_peers", BPF_MAP_TYPE_SK_STORAGE, ctypes.c_int, Lb4Peer, 0, BPF_F_NO_PREALLOC),
+        MapSpec("nv_peers", BPF_MAP_TYPE_ARRAY, ctypes.c_uint32, Lb4Peer, peer_slots),
     )
     return {spec.name: spec for spec in specs}
 

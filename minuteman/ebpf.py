@@ -20,6 +20,7 @@ connections are spread evenly instead.
 from __future__ import annotations
 
 import array
+import functools
 import socket
 import struct
 from collections import defaultdict
@@ -60,6 +61,14 @@ def _port(number: int, what: str) -> int:
     if not isinstance(number, int) or not 0 < number < 65536:
         raise ValueError(f"{what} port {number!r} is not in 1-65535")
     return maps.be16(number)
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _backend_ident(backend: Backend) -> tuple[int, int]:
+    """(address, port) as the maps hold them; cached, since a cluster's backends recur across
+    VIPs and applies."""
+    what = f"backend {backend.ip}:{backend.port}"
+    return _address(backend.ip, what), _port(backend.port, what)
 
 
 class _Ids:
@@ -297,18 +306,20 @@ class EbpfDataplane:
         if slots and max(slots) >= count:
             raise ValueError(f"lookup index {max(slots)} is outside the {count} backends")
         plan = _Plan()
+        members = list(enumerate(entry.backends))
+        members += [(maps.DRAINING_INDEX + n, b) for n, b in enumerate(entry.draining)]
         seen: set[tuple[int, int]] = set()
-        for index, backend, flags in [(n, b, 0) for n, b in enumerate(entry.backends)] + [
-                (maps.DRAINING_INDEX + n, b, maps.BACKEND_DRAINING) for n, b in enumerate(entry.draining)]:
-            what = f"backend {backend.ip}:{backend.port}"
-            ident = (_address(backend.ip, what), _port(backend.port, what))
+        for index, backend in members:
+            ident = _backend_ident(backend)
             if ident in seen:
-                raise ValueError(f"{what} is listed twice (backends and draining must be disjoint)")
+                raise ValueError(f"backend {backend.ip}:{backend.port} is listed twice "
+                                 "(backends and draining must be disjoint)")
             seen.add(ident)
             counter_id = counters.get(ident)
             if counter_id is None:
                 counter_id = counter_ids.take()
                 plan.new_counters.append(counter_id)
+            flags = maps.BACKEND_DRAINING if index >= maps.DRAINING_INDEX else 0
             plan.backends[(service_id, index)] = BACKEND.pack(*ident, flags, 0, counter_id)
         if slots:
             plan.chunks = self._chunks(slots.tobytes())
@@ -351,7 +362,7 @@ class EbpfDataplane:
 
     @staticmethod
     def _write(batch: _Writes, errors: dict[VipKey, str]) -> int:
-        live = [n for n, vip in enumerate(batch.vips) if vip not in errors]
+        live = [n for n, vip in enumerate(batch.vips) if vip not in errors] if errors else range(len(batch.vips))
         if not live:
             return 0
         try:

@@ -28,8 +28,13 @@
 #define NAVSTAR_MAX_BACKENDS 262144
 #endif
 
+/* Slots of nv_peers, a power of two. */
+#ifndef NAVSTAR_PEER_SLOTS
+#define NAVSTAR_PEER_SLOTS 1048576
+#endif
+
 #ifndef NAVSTAR_MAX_REVNAT
-#define NAVSTAR_MAX_REVNAT 262144
+#define NAVSTAR_MAX_REVNAT 65536
 #endif
 
 /* lb4_backend.flags */
@@ -86,13 +91,16 @@ struct lb4_maglev {
 	__u16 backend_index[NAVSTAR_LB_CHUNK_SLOTS];
 };
 
-/* nv_peers value (socket storage of a connected socket): the VIP it asked for and the backend
- * it got, so getpeername4/recvmsg4 rewrite only that backend's address. */
+/* nv_peers value: a connected socket's VIP and the backend it got, in slot cookie % SLOTS.
+ * The cookie says whose it is: a slot taken over by a later socket only means the earlier
+ * one's getpeername shows its backend again, never someone else's VIP. */
 struct lb4_peer {
+	__u64 cookie;
 	__be32 vip_address;
 	__be32 backend_address;
 	__be16 vip_port;
 	__be16 backend_port;
+	__u32 pad;
 };
 
 /* nv_revnat key: which backend an unconnected socket sent to ... */

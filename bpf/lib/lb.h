@@ -1,9 +1,9 @@
 /* Socket-LB helpers shared by the attach points: VIP lookup, backend choice, reverse NAT.
  *
  * Reverse NAT has two homes. A connected socket (TCP, or UDP after connect()) has one peer, so
- * connect4 keeps the VIP in the socket's own storage (nv_peers): it lives and dies with the
- * socket, however long that is. An unconnected UDP socket may send to several VIPs, so
- * sendmsg4 records (socket cookie, backend) -> VIP in the LRU map nv_revnat.
+ * connect4 writes (cookie, VIP, backend) into the nv_peers slot its cookie selects. An
+ * unconnected UDP socket may send to several VIPs, so sendmsg4 records (cookie, backend) -> VIP
+ * in the LRU map nv_revnat.
  *
  * Features (-D flags, set by bpf/loader.py):
  *   NAVSTAR_RANDOM_SLOT        1: a random slot per connection; 0: a hash of the socket cookie,
@@ -60,18 +60,22 @@ static __always_inline struct lb4_service *lb4_lookup_service(__be32 address, __
 	return nv_services.lookup(&key);
 }
 
+static __always_inline struct lb4_peer *lb4_peer_slot(__u64 cookie)
+{
+	__u32 slot = (__u32)cookie & (NAVSTAR_PEER_SLOTS - 1);
+
+	return nv_peers.lookup(&slot);
+}
+
 /* connect4: the socket's one peer is this VIP, reached through this backend. */
-static __always_inline void lb4_remember_peer(struct bpf_sock_addr *ctx, const struct lb4_backend *backend,
+static __always_inline void lb4_remember_peer(__u64 cookie, const struct lb4_backend *backend,
 					      __be32 vip_address, __be16 vip_port)
 {
-	struct bpf_sock *sk = ctx->sk;
-	struct lb4_peer *peer;
+	struct lb4_peer *peer = lb4_peer_slot(cookie);
 
-	if (!sk)
-		return;
-	peer = nv_peers.sk_storage_get(sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 	if (!peer)
 		return;
+	peer->cookie = cookie;
 	peer->vip_address = vip_address;
 	peer->backend_address = backend->address;
 	peer->vip_port = vip_port;
@@ -142,7 +146,7 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, bool connect
 	if (!connecting)
 		lb4_record_revnat(cookie, backend, vip_address, vip_port);
 	else if (protocol == IPPROTO_UDP || NAVSTAR_TCP_PEER)
-		lb4_remember_peer(ctx, backend, vip_address, vip_port);
+		lb4_remember_peer(cookie, backend, vip_address, vip_port);
 #if NAVSTAR_COUNT_CONNECTIONS
 	__u32 counter_id = backend->counter_id;
 	__u64 *connections = nv_conns.lookup(&counter_id);
@@ -160,20 +164,18 @@ static __always_inline void lb4_xlate_rev(struct bpf_sock_addr *ctx)
 {
 	__be32 address = ctx->user_ip4;
 	__be16 port = (__be16)ctx->user_port;
-	struct bpf_sock *sk = ctx->sk;
-	struct lb4_peer *peer = 0;
+	__u64 cookie = bpf_get_socket_cookie(ctx);
+	struct lb4_peer *peer = lb4_peer_slot(cookie);
 	struct lb4_revnat_key key = {};
 	struct lb4_revnat *revnat;
 	__be32 vip_address;
 	__be16 vip_port;
 
-	if (sk)
-		peer = nv_peers.sk_storage_get(sk, 0, 0);
-	if (peer && peer->backend_address == address && peer->backend_port == port) {
+	if (peer && peer->cookie == cookie && peer->backend_address == address && peer->backend_port == port) {
 		vip_address = peer->vip_address;
 		vip_port = peer->vip_port;
 	} else {
-		key.cookie = bpf_get_socket_cookie(ctx);
+		key.cookie = cookie;
 		key.address = address;
 		key.port = port;
 		revnat = nv_revnat.lookup(&key);

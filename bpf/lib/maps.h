@@ -23,9 +23,9 @@ BPF_TABLE_PINNED("percpu_array", __u32, __u64, nv_conns,
 BPF_TABLE_PINNED("lru_hash", struct lb4_revnat_key, struct lb4_revnat, nv_revnat,
 		 NAVSTAR_MAX_REVNAT, NAVSTAR_PIN_DIR "/nv_revnat");
 
-/* Connected sockets' VIP, stored on the socket (freed with it); pinned so a new program finds
- * the storage of sockets connected before it was loaded. */
-BPF_TABLE_PINNED("sk_storage", int, struct lb4_peer, nv_peers, 0, NAVSTAR_PIN_DIR "/nv_peers",
-		 BPF_F_NO_PREALLOC);
+/* Connected sockets' VIP, direct-mapped by socket cookie: an array slot costs connect4 a few
+ * stores where a hash insert (and a delete when the socket closes) would cost a lock and an
+ * allocation each. */
+BPF_TABLE_PINNED("array", __u32, struct lb4_peer, nv_peers, NAVSTAR_PEER_SLOTS, NAVSTAR_PIN_DIR "/nv_peers");
 
 #endif /* NAVSTAR_MAPS_H */

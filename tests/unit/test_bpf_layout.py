@@ -88,7 +88,7 @@ def test_map_specs_mirror_the_map_declarations():
     for kind, key, value, name in declared:
         spec = specs[name]
         assert (c_name(spec.key), c_name(spec.value)) == (key, value), name
-        assert kind.replace("_", "") in {1: "hash", 6: "percpuarray", 9: "lruhash", 24: "skstorage"}[spec.map_type]
+        assert kind.replace("_", "") in {1: "hash", 2: "array", 6: "percpuarray", 9: "lruhash"}[spec.map_type]
 
 
 def test_map_specs_follow_the_sizes():
@@ -96,6 +96,14 @@ def test_map_specs_follow_the_sizes():
     assert ctypes.sizeof(specs["nv_maglev"].value) == 251 * 2
     assert specs["nv_maglev"].max_entries == 10
     assert specs["nv_conns"].percpu and not specs["nv_services"].percpu
+
+
+def test_features_refuse_sizes_the_programs_cannot_use():
+    from bpf.loader import Features
+
+    with pytest.raises(ValueError, match="power of two"):
+        Features(peer_slots=1000)
+    assert "-DNAVSTAR_PEER_SLOTS=1024" in Features(peer_slots=1024).cflags(Path("/sys/fs/bpf/x"))
 
 
 def test_ebpf_struct_formats_match_the_mirror():
