@@ -245,6 +245,9 @@ def test_restart_keeps_serving_then_adopts(lab, pins):
 
     assert len(answered_by(client(lab, "tcp", VIP, 30))) == 3
     assert {r["source"] for r in client(lab, "udp", UDP_VIP, 5)} == {"11.0.0.10:53"}
+    reader = EbpfDataplane(lab.cgroup.unified_path, pins, attach=False)   # maps only, no compiler
+    assert reader.current() == table
+    reader.close()
 
     second = EbpfDataplane(lab.cgroup.unified_path, pins)
     try:
