@@ -187,6 +187,27 @@ def test_master_restart_keeps_apps_and_restarts_no_healthy_task(lab):
         assert all(t["state"] == "TASK_RUNNING" for t in lab.tasks("/keep/web"))
 
 
+def test_master_killed_mid_deployment_completes_it_after_restart(lab):
+    # The servers start late, so the deployment waits on health checks while the master dies.
+    app = {"id": "/late", "cmd": "sleep 5; exec " + HTTP_SERVER, "instances": 2, "cpus": 0.1, "mem": 64,
+           "healthChecks": [{"protocol": "HTTP", "path": "/", "portIndex": 0, "gracePeriodSeconds": 30,
+                             "intervalSeconds": 1, "timeoutSeconds": 1, "maxConsecutiveFailures": 3}]}
+    with removed_afterwards(lab, "/late"), lab.marathon() as client:
+        created = client.post("/v2/apps", json=app)
+        assert created.status_code == 201, created.text
+        deployment_id = created.json()["deployments"][0]["id"]
+        launched = {t["id"] for t in lab.running("/late", 2, timeout=10)}
+        assert deployment_id in [d["id"] for d in client.get("/v2/deployments").json()], "finished too early"
+
+        kill_node_process(lab, "master")
+        restarted = navstar("lab", "restart", "--name", lab.name, "master")
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+
+        wait_until(lambda: deployment_id not in [d["id"] for d in client.get("/v2/deployments").json()],
+                   timeout=20, what="the deployment to finish")
+        assert {t["id"] for t in lab.running("/late", 2, healthy=True)} == launched
+
+
 def test_unreachable_agent_loses_its_task_and_it_is_replaced_elsewhere(lab):
     stream = EventStream(lab)
     with removed_afterwards(lab, "/solo"):

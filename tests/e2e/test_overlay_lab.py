@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.conftest import REPO, LabHandle, wait_until
+from tests.e2e.conftest import REPO, LabHandle, navstar, wait_until
 
 RECONCILE_PERIOD = 2.0
 VTEP_PORT = 64000
@@ -164,6 +164,28 @@ def test_bridge_task_answers_on_agent_ip_host_port_from_every_agent(lab, overlay
         fetched = wait_until(lambda n=node: (r := lab.exec(n, "curl", "-sf", "-m", "3", url)).returncode == 0 and r,
                              timeout=15, what=f"{url} from {node}")
         assert fetched.stdout.strip() == token
+
+
+def test_restarted_agent_keeps_its_subnet_and_its_tasks_addresses(lab, overlay, apps):
+    token = uuid.uuid4().hex
+    task = deploy(lab, apps, {
+        "id": "/ovl/kept", "cmd": f"echo {token} > index.html && exec python3 -m http.server 8080",
+        "cpus": 0.1, "mem": 64, "networks": [{"mode": "container", "name": "dcos"}],
+        "constraints": [["hostname", "CLUSTER", "agent-1"]]})
+    url = f"http://{task['ipAddresses'][0]['ipAddress']}:8080/"
+
+    def served_from_agent_3() -> bool:
+        return lab.exec("agent-3", "curl", "-sf", "-m", "3", url).stdout.strip() == token
+
+    wait_until(served_from_agent_3, timeout=15, what=f"{url} from agent-3")
+    restarted = navstar("lab", "restart", "--name", lab.name, "agent-1")
+    assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+
+    listed = json.loads(lab.cli("node", "list", "--json").stdout)
+    assert {n["id"]: n["overlay"] for n in listed}["agent-1"] == overlay["agent-1"]
+    (after,) = lab.running("/ovl/kept", 1)
+    assert (after["id"], after["ipAddresses"]) == (task["id"], task["ipAddresses"])
+    assert served_from_agent_3()
 
 
 def test_vtep_and_peer_state_in_every_agent(lab, overlay):
