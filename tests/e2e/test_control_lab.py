@@ -171,6 +171,9 @@ def test_master_restart_keeps_apps_and_restarts_no_healthy_task(lab):
         with lab.marathon() as client:
             version = client.get("/v2/apps/keep/web").json()["app"]["version"]
 
+        unknown = navstar("lab", "restart", "--name", lab.name, "agent-9")
+        assert unknown.returncode == 2 and "agent-1" in unknown.stderr, unknown.stderr
+
         old_pid = kill_node_process(lab, "master")
         restarted = navstar("lab", "restart", "--name", lab.name, "master")
         assert restarted.returncode == 0, restarted.stdout + restarted.stderr
