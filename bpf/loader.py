@@ -28,6 +28,7 @@ from bpf import maps
 
 BPF_DIR = Path(__file__).resolve().parent
 BPF_F_ALLOW_MULTI = 1 << 1
+BPF_PROG_TYPE_SOCK_OPS = 13
 BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
 BPF_ANY = 0
 PROG_PIN_PREFIX = "prog_"
@@ -62,6 +63,7 @@ ATTACH_POINTS: dict[str, AttachPoint] = {
         AttachPoint("sendmsg4", "sock_sendmsg4.c", "nv_sendmsg4", 14),        # CGROUP_UDP4_SENDMSG
         AttachPoint("recvmsg4", "sock_recvmsg4.c", "nv_recvmsg4", 19),        # CGROUP_UDP4_RECVMSG
         AttachPoint("getpeername4", "sock_getpeername4.c", "nv_getpeername4", 29),  # CGROUP_INET4_GETPEERNAME
+        AttachPoint("sock_ops", "sock_ops.c", "nv_sockops", 3, BPF_PROG_TYPE_SOCK_OPS),  # CGROUP_SOCK_OPS
     )
 }
 
@@ -71,7 +73,8 @@ class Features:
     """What gets compiled in (``-D`` flags) and attached."""
 
     udp: bool = True                 # sendmsg4 + recvmsg4: unconnected UDP and its replies
-    peername: bool = True            # getpeername4, and TCP connects remember their VIP for it
+    peername: bool = True            # getpeername4: connected sockets see the VIP as their peer
+    outcomes: bool = True            # sock_ops: TCP connect outcomes per backend, for health
     random_slot: bool = False        # random slot per connection instead of the socket-cookie hash
     count_connections: bool = True   # per-backend new-connection counters
     chunk_slots: int = maps.DEFAULT_CHUNK_SLOTS   # slots per nv_maglev element
@@ -89,7 +92,7 @@ class Features:
 
     def attach_points(self) -> list[AttachPoint]:
         names = ["connect4"] + (["sendmsg4", "recvmsg4"] if self.udp else []) + (
-            ["getpeername4"] if self.peername else [])
+            ["getpeername4"] if self.peername else []) + (["sock_ops"] if self.outcomes else [])
         return [ATTACH_POINTS[n] for n in names]
 
     def cflags(self, pin_dir: Path) -> list[str]:
@@ -102,7 +105,6 @@ class Features:
             f"-DNAVSTAR_PEER_SLOTS={self.peer_slots}",
             f"-DNAVSTAR_MAX_REVNAT={self.max_revnat}",
             f"-DNAVSTAR_RANDOM_SLOT={int(self.random_slot)}",
-            f"-DNAVSTAR_TCP_PEER={int(self.peername)}",
             f"-DNAVSTAR_COUNT_CONNECTIONS={int(self.count_connections)}",
         ]
 

@@ -86,7 +86,15 @@ class Lb4Peer(ctypes.Structure):
         ("backend_address", ctypes.c_uint32),
         ("vip_port", ctypes.c_uint16),
         ("backend_port", ctypes.c_uint16),
-        ("pad", ctypes.c_uint32),
+        ("counter_id", ctypes.c_uint32),
+    ]
+
+
+class Lb4Outcomes(ctypes.Structure):
+    C_NAME = "lb4_outcomes"
+    _fields_ = [
+        ("established", ctypes.c_uint64),
+        ("failed", ctypes.c_uint64),
     ]
 
 
@@ -124,7 +132,7 @@ ConnectionCount = ctypes.c_uint64
 
 # Every struct the header defines, for the layout test.
 STRUCTS: tuple[type[ctypes.Structure], ...] = (
-    Lb4Key, Lb4Service, Lb4BackendKey, Lb4Backend, Lb4MaglevKey, Lb4Maglev, Lb4Peer, Lb4RevnatKey, Lb4Revnat)
+    Lb4Key, Lb4Service, Lb4BackendKey, Lb4Backend, Lb4MaglevKey, Lb4Maglev, Lb4Peer, Lb4Outcomes, Lb4RevnatKey, Lb4Revnat)
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,7 @@ def map_specs(chunk_slots: int = DEFAULT_CHUNK_SLOTS, max_services: int = DEFAUL
                 BPF_F_NO_PREALLOC),
         MapSpec("nv_conns", BPF_MAP_TYPE_PERCPU_ARRAY, CounterId, ConnectionCount, max_backends),
         MapSpec("nv_revnat", BPF_MAP_TYPE_LRU_HASH, Lb4RevnatKey, Lb4Revnat, max_revnat),
+        MapSpec("nv_outcomes", BPF_MAP_TYPE_HASH, CounterId, Lb4Outcomes, max_backends, BPF_F_NO_PREALLOC),
         MapSpec("nv_peers", BPF_MAP_TYPE_ARRAY, ctypes.c_uint32, Lb4Peer, peer_slots),
     )
     return {spec.name: spec for spec in specs}

@@ -109,6 +109,7 @@ class _Plan:
     """One VIP in map form, as bytes ready to compare with a snapshot."""
 
     new_counters: list[int] = field(default_factory=list)
+    counters: dict[int, Backend] = field(default_factory=dict)    # counter id → backend
     backends: dict[tuple[int, int], bytes] = field(default_factory=dict)
     chunks: list[bytes] = field(default_factory=list)
     service: bytes = b""
@@ -161,6 +162,11 @@ class EbpfDataplane:
         # The last plan per VIP, reused while its entry is unchanged and the kernel still holds
         # its backends exactly: saves re-encoding 10,000 tables when one VIP changes.
         self._plans: dict[VipKey, tuple[VipEntry, int, _Plan]] = {}
+        # Passive health: counter id → backend, and what nv_outcomes showed last, so totals per
+        # backend stay monotonic when a pair's counter goes away or its id is reused.
+        self._counter_backend: dict[int, Backend] = {}
+        self._outcomes_seen: dict[int, tuple[int, int]] = {}
+        self._outcomes_retired: dict[Backend, tuple[int, int]] = {}
 
     # -- Dataplane ------------------------------------------------------------------------------
     def apply(self, table: dict[VipKey, VipEntry]) -> ApplyResult:
@@ -204,12 +210,14 @@ class EbpfDataplane:
             except ValueError as exc:
                 result.errors[key] = str(exc)
                 continue
-            self._plans[key] = (entry, service_id, _Plan(backends=plan.backends, chunks=plan.chunks,
-                                                         service=plan.service))
+            self._plans[key] = (entry, service_id, _Plan(counters=plan.counters, backends=plan.backends,
+                                                         chunks=plan.chunks, service=plan.service))
             keep_services.add(key_bytes)
             keep_backends.update(plan.backends)
             for counter_id in plan.new_counters:
                 counters.add(key, COUNTER_ID.pack(counter_id), self._zero_count)
+                self._retire_outcomes(counter_id)
+            self._counter_backend.update(plan.counters)
             for backend_key, value in () if backends_match else plan.backends.items():
                 if snap.backends.get(backend_key) != value:
                     backends.add(key, BACKEND_KEY.pack(*backend_key), value)
@@ -220,7 +228,11 @@ class EbpfDataplane:
             if existing != plan.service:
                 services.add(key, key_bytes, plan.service)
 
-        writes = sum(self._write(batch, result.errors) for batch in (counters, backends, tables, services))
+        # A counter id handed out again starts from zero: new-connection count and outcomes.
+        writes = self._write(counters, result.errors)
+        followed = {key for key, _value in self._maps["nv_outcomes"].items()}   # small: failing pairs only
+        writes += self._delete(self._maps["nv_outcomes"], [k for k in counters.keys if k in followed])
+        writes += sum(self._write(batch, result.errors) for batch in (backends, tables, services))
         result.programmed = {key for key in table if key not in result.errors}
         for key in result.errors:
             if key in old_service_id:
@@ -273,6 +285,35 @@ class EbpfDataplane:
                 counts[(vip, self._public_backend(value))] = sum(array.array("Q", raw))
         return counts
 
+    def outcome_totals(self) -> dict[Backend, tuple[int, int]]:
+        """(established, failed) TCP connects through any VIP, per backend, monotonic; only
+        backends that have failed at least once (for ``minuteman.health``). Cheap: reads the
+        small nv_outcomes map."""
+        current = {COUNTER_ID.unpack(k)[0]: struct.unpack("=QQ", v) for k, v in self._maps["nv_outcomes"].items()}
+        for counter_id in [c for c in self._outcomes_seen if c not in current]:
+            self._retire_outcomes(counter_id)
+        if any(c not in self._counter_backend for c in current):
+            for value in self._maps["nv_backends"].items():
+                counter_id = BACKEND.unpack(value[1])[4]
+                self._counter_backend.setdefault(counter_id, self._public_backend(value[1]))
+        totals = dict(self._outcomes_retired)
+        for counter_id, (established, failed) in current.items():
+            backend = self._counter_backend.get(counter_id)
+            if backend is None:
+                continue
+            self._outcomes_seen[counter_id] = (established, failed)
+            ok, bad = totals.get(backend, (0, 0))
+            totals[backend] = (ok + established, bad + failed)
+        return totals
+
+    def _retire_outcomes(self, counter_id: int) -> None:
+        """Fold what a counter id counted into its backend's base before the id goes or is reused."""
+        seen = self._outcomes_seen.pop(counter_id, None)
+        backend = self._counter_backend.get(counter_id)
+        if seen and backend is not None:
+            ok, bad = self._outcomes_retired.get(backend, (0, 0))
+            self._outcomes_retired[backend] = (ok + seen[0], bad + seen[1])
+
     def close(self, keep_kernel_state: bool = True) -> None:
         """Release this process's handles. By default programs stay attached and maps pinned, so
         VIPs keep working and the next agent adopts them; ``keep_kernel_state=False`` tears down."""
@@ -319,6 +360,7 @@ class EbpfDataplane:
             if counter_id is None:
                 counter_id = counter_ids.take()
                 plan.new_counters.append(counter_id)
+            plan.counters[counter_id] = backend
             flags = maps.BACKEND_DRAINING if index >= maps.DRAINING_INDEX else 0
             plan.backends[(service_id, index)] = BACKEND.pack(*ident, flags, 0, counter_id)
         if slots:

@@ -8,7 +8,6 @@
  * Features (-D flags, set by bpf/loader.py):
  *   NAVSTAR_RANDOM_SLOT        1: a random slot per connection; 0: a hash of the socket cookie,
  *                              so every datagram of one UDP socket reaches the same backend
- *   NAVSTAR_TCP_PEER           1: TCP connects remember the VIP so getpeername4 reports it
  *   NAVSTAR_COUNT_CONNECTIONS  1: count new connections per backend in nv_conns
  */
 #ifndef NAVSTAR_LB_H
@@ -21,9 +20,6 @@
 
 #ifndef NAVSTAR_RANDOM_SLOT
 #define NAVSTAR_RANDOM_SLOT 0
-#endif
-#ifndef NAVSTAR_TCP_PEER
-#define NAVSTAR_TCP_PEER 1
 #endif
 #ifndef NAVSTAR_COUNT_CONNECTIONS
 #define NAVSTAR_COUNT_CONNECTIONS 1
@@ -80,6 +76,7 @@ static __always_inline void lb4_remember_peer(__u64 cookie, const struct lb4_bac
 	peer->backend_address = backend->address;
 	peer->vip_port = vip_port;
 	peer->backend_port = backend->port;
+	peer->counter_id = backend->counter_id;
 }
 
 /* sendmsg4: this unconnected socket sent to this backend for this VIP. */
@@ -143,10 +140,10 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, bool connect
 	if (!backend)
 		return SOCK_ADDR_REFUSE;
 
-	if (!connecting)
-		lb4_record_revnat(cookie, backend, vip_address, vip_port);
-	else if (protocol == IPPROTO_UDP || NAVSTAR_TCP_PEER)
+	if (connecting)
 		lb4_remember_peer(cookie, backend, vip_address, vip_port);
+	else
+		lb4_record_revnat(cookie, backend, vip_address, vip_port);
 #if NAVSTAR_COUNT_CONNECTIONS
 	__u32 counter_id = backend->counter_id;
 	__u64 *connections = nv_conns.lookup(&counter_id);

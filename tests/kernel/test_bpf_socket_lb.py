@@ -8,6 +8,7 @@ fixture removes the namespace and cgroup.
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -57,6 +58,7 @@ threading.Event().wait()
 CLIENT = r"""
 import json, socket, sys
 mode, ip, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 5.0
 out = []
 if mode == "hold":   # one long-lived connection: its peer now, and again after a line on stdin
     s = socket.create_connection((ip, port), timeout=5)
@@ -67,7 +69,7 @@ if mode == "hold":   # one long-lived connection: its peer now, and again after 
 for n in range(count):
     try:
         if mode == "tcp":
-            s = socket.create_connection((ip, port), timeout=5)
+            s = socket.create_connection((ip, port), timeout=timeout)
             peer = "%s:%d" % s.getpeername()
             out.append({"answer": s.recv(256).decode(), "peer": peer})
         elif mode == "udp":
@@ -124,9 +126,9 @@ def dataplane(lab, pins):
     dp.close()
 
 
-def client(ns, mode: str, vip: VipKey | tuple[str, int], count: int) -> list[dict]:
+def client(ns, mode: str, vip: VipKey | tuple[str, int], count: int, timeout: float = 5.0) -> list[dict]:
     ip, port = (vip.address, vip.port) if isinstance(vip, VipKey) else vip
-    result = ns.run(sys.executable, "-c", CLIENT, mode, ip, str(port), str(count), timeout=120)
+    result = ns.run(sys.executable, "-c", CLIENT, mode, ip, str(port), str(count), str(timeout), timeout=120)
     return json.loads(result.stdout)
 
 
@@ -199,6 +201,34 @@ def test_draining_takes_no_new_connections_and_empty_vips_refuse(dataplane, lab)
     assert answered_by(client(lab, "tcp", (BACKEND_IPS[1], 8080), 5)) == Counter({"b1": 5})
 
 
+def test_connect_outcomes_feed_passive_health(dataplane, lab):
+    live, dead = Backend(BACKEND_IPS[0], 8080), Backend(BACKEND_IPS[2], 8099)   # nothing on :8099
+    dataplane.apply({VIP: VipEntry(VIP, (live, dead))})
+    replies = client(lab, "tcp", VIP, 40)
+    refused = sum(1 for r in replies if r.get("errno") == errno.ECONNREFUSED)
+    assert 5 < refused < 35 and refused + len([r for r in replies if "answer" in r]) == 40
+    # Only backends that failed are followed; the live one costs nothing.
+    assert dataplane.outcome_totals() == {dead: (0, refused)}
+
+    # Unanswered: SYNs to b1 dropped, so the first SYN retransmission counts as a failure ...
+    silent = Backend(BACKEND_IPS[1], 8080)
+    drop = ["INPUT", "-p", "tcp", "-d", silent.ip, "--dport", "8080", "-j", "DROP"]
+    lab.run("iptables", "-A", *drop)
+    dataplane.apply({VIP: VipEntry(VIP, (silent,))})
+    assert client(lab, "tcp", VIP, 1, timeout=1.6)[0]["error"] == "TimeoutError"
+    assert dataplane.outcome_totals()[silent] == (0, 1)
+    # ... and once it answers again, the success is counted too.
+    lab.run("iptables", "-D", *drop)
+    answered_by(client(lab, "tcp", VIP, 2))
+    assert dataplane.outcome_totals()[silent] == (2, 1)
+
+    # Totals stay monotonic when a backend leaves its VIP and comes back under a new counter.
+    dataplane.apply({VIP: VipEntry(VIP, (live, dead))})
+    again = sum(1 for r in client(lab, "tcp", VIP, 20) if r.get("errno") == errno.ECONNREFUSED)
+    assert again > 0
+    assert dataplane.outcome_totals()[dead] == (0, refused + again)
+
+
 def test_apply_is_idempotent_minimal_and_reports_bad_vips(dataplane, lab):
     good = {VIP: VipEntry(VIP, backends(8080)), UDP_VIP: VipEntry(UDP_VIP, backends(5353))}
     bad_lookup = VipKey("11.0.0.11", 80, "tcp")
@@ -223,7 +253,7 @@ def test_apply_is_idempotent_minimal_and_reports_bad_vips(dataplane, lab):
     # indices is unchanged.
     swapped = backends(8080)[:2] + (Backend("10.77.0.1", 8081),)
     dataplane.apply({**good, VIP: VipEntry(VIP, swapped)})
-    assert dataplane.last_writes == 2
+    assert dataplane.last_writes == 2   # its counter zeroed, its backend entry
     assert dataplane.current()[VIP].backends == swapped
 
     result = dataplane.apply({UDP_VIP: good[UDP_VIP]})
@@ -258,7 +288,7 @@ def test_restart_keeps_serving_then_adopts(lab, pins):
         assert sum(now.values()) == sum(counted.values()) + 30 + 5
         # The new programs replaced the old ones: one of ours per attach point.
         attached = loader.attached_programs(lab.cgroup.unified_path)
-        assert sorted(p.attach_point for p in attached) == ["connect4", "getpeername4", "recvmsg4", "sendmsg4"]
+        assert sorted(p.attach_point for p in attached) == ["connect4", "getpeername4", "recvmsg4", "sendmsg4", "sock_ops"]
         assert len(answered_by(client(lab, "tcp", VIP, 30))) == 3
         # A connection made before the restart still reports the VIP to the new programs.
         holder.stdin.write("again\n")
@@ -273,7 +303,7 @@ def test_restart_keeps_serving_then_adopts(lab, pins):
 def test_detach_all_leaves_nothing(lab, pins):
     dp = EbpfDataplane(lab.cgroup.unified_path, pins)
     dp.apply({VIP: VipEntry(VIP, backends(8080))})
-    assert dp.attached() == ["connect4", "getpeername4", "recvmsg4", "sendmsg4"]
+    assert dp.attached() == ["connect4", "getpeername4", "recvmsg4", "sendmsg4", "sock_ops"]
     dp.detach_all()
     assert loader.attached_programs(lab.cgroup.unified_path) == []
     assert not pins.exists()
@@ -282,7 +312,7 @@ def test_detach_all_leaves_nothing(lab, pins):
 
 
 def test_features_switch_attach_points_and_a_layout_change_is_refused(netns, pins):
-    tcp_only = Features(udp=False, peername=False)
+    tcp_only = Features(udp=False, peername=False, outcomes=False)
     dp = EbpfDataplane(netns.cgroup.unified_path, pins, features=tcp_only)
     dp.close()
     assert [p.attach_point for p in loader.attached_programs(netns.cgroup.unified_path)] == ["connect4"]
@@ -299,7 +329,7 @@ def test_refuses_the_root_cgroup_and_a_pin_dir_off_bpffs(netns):
 
 def test_many_vips_round_trip_through_batched_maps(netns, pins):
     # More entries than one batch chunk in every map; tables of one, two and many chunks.
-    features = Features(udp=False, peername=False, chunk_slots=100)
+    features = Features(udp=False, peername=False, outcomes=False, chunk_slots=100)
     dp = EbpfDataplane(netns.cgroup.unified_path, pins, features=features)
     try:
         table = {}
