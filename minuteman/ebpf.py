@@ -20,7 +20,6 @@ connections are spread evenly instead.
 from __future__ import annotations
 
 import array
-import functools
 import socket
 import struct
 from collections import defaultdict
@@ -60,15 +59,17 @@ def _address(text: str, what: str) -> int:
 def _port(number: int, what: str) -> int:
     if not isinstance(number, int) or not 0 < number < 65536:
         raise ValueError(f"{what} port {number!r} is not in 1-65535")
-    return maps.be16(number)
+    return socket.htons(number)
 
 
-@functools.lru_cache(maxsize=1 << 16)
 def _backend_ident(backend: Backend) -> tuple[int, int]:
-    """(address, port) as the maps hold them; cached, since a cluster's backends recur across
-    VIPs and applies."""
-    what = f"backend {backend.ip}:{backend.port}"
-    return _address(backend.ip, what), _port(backend.port, what)
+    """(address, port) as the maps hold them; the error names the backend."""
+    try:
+        return (struct.unpack("=I", socket.inet_pton(socket.AF_INET, backend.ip))[0],
+                socket.htons(backend.port) if 0 < backend.port < 65536 else _port(backend.port, ""))
+    except (OSError, TypeError, ValueError, OverflowError):
+        what = f"backend {backend.ip}:{backend.port}"
+        return _address(backend.ip, what), _port(backend.port, what)
 
 
 class _Ids:
