@@ -41,8 +41,9 @@ def dnat_vip(i: int) -> str:
 
 # -- children (run inside the namespaces) ------------------------------------------------
 SERVER = r"""
-import socket, sys, threading
+import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)     # one server process per core
 s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(4096)
 print("listening", flush=True)
 while True:
@@ -50,34 +51,62 @@ while True:
 """
 
 CLIENT = r"""
-import json, socket, sys, time
-n = int(sys.argv[1]); targets = sys.argv[2:]
+import json, os, socket, sys, time
+n, workers = int(sys.argv[1]), int(sys.argv[2])
+targets = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in sys.argv[3:]]
+
+def connects(ip, port, count, lat=None):
+    # The same lean loop for every path: no name lookup, connect, close.
+    for _ in range(count):
+        t = time.perf_counter()
+        s = socket.socket()
+        s.connect((ip, port))
+        if lat is not None:
+            lat.append(time.perf_counter() - t)
+        s.close()
+
+def concurrent(ip, port):
+    # ``workers`` processes connecting at once, released together; the rate over the whole span.
+    ready, go = os.pipe(), os.pipe()
+    pids = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            os.write(ready[1], b"r")
+            os.read(go[0], 1)
+            connects(ip, port, n // workers)
+            os._exit(0)
+        pids.append(pid)
+    for _ in pids:
+        os.read(ready[0], 1)
+    start = time.perf_counter()
+    os.write(go[1], b"g" * workers)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    return n // workers * workers / (time.perf_counter() - start)
+
 out = {}
-for target in targets:
-    ip, port = target.rsplit(":", 1); port = int(port)
-    for _ in range(50):                       # warm up ARP, caches, the agent
-        with socket.create_connection((ip, port), timeout=2): pass
+for ip, port in targets:
+    connects(ip, port, 50)                    # warm up ARP, caches, the agent
     lat = []
     start = time.perf_counter()
-    for _ in range(n):
-        t = time.perf_counter()
-        s = socket.create_connection((ip, port), timeout=2)
-        lat.append(time.perf_counter() - t)
-        s.close()
+    connects(ip, port, n, lat)
     total = time.perf_counter() - start
     lat.sort()
-    out[target] = {"rate": n / total, "p50": lat[n // 2] * 1e6, "p99": lat[int(n * 0.99)] * 1e6}
+    out[f"{ip}:{port}"] = {"rate": n / total, "p50": lat[n // 2] * 1e6, "p99": lat[int(n * 0.99)] * 1e6,
+                           "parallel": concurrent(ip, port)}
 print(json.dumps(out))
 """
 
 
-def child_agent(count: int, state: str) -> None:
+def child_agent(count: int, state: str, queues: int | None, pin: bool) -> None:
     """Program ``count`` VIPs × 10 backends into the NFQUEUE dataplane, then serve."""
     import asyncio
 
     from minuteman.dataplane import Backend, VipEntry, VipKey
     from minuteman.maglev import maglev_table
     from minuteman.nfqueue import NfqueueDataplane
+    from minuteman.reconciler import LoadBalancer
 
     backends = tuple(Backend(ip, PORT) for ip in BACKEND_IPS)
     started = time.perf_counter()
@@ -85,7 +114,7 @@ def child_agent(count: int, state: str) -> None:
     table = {VipKey(nfq_vip(i), 80, "tcp"): VipEntry(VipKey(nfq_vip(i), 80, "tcp"), backends, lookup)
              for i in range(count)}
     built = time.perf_counter()
-    dataplane = NfqueueDataplane(node_ip=NODE_IP, state_path=Path(state))
+    dataplane = NfqueueDataplane(node_ip=NODE_IP, state_path=Path(state), queues=queues, pin=pin)
     result = dataplane.apply(table)
     applied = time.perf_counter()
     dataplane.apply(table)
@@ -93,10 +122,15 @@ def child_agent(count: int, state: str) -> None:
     assert not result.errors, list(result.errors.items())[:3]
 
     async def serve() -> None:
-        await dataplane.start()
+        # Served as the agent serves it: the reconciler's loop (health polled every 0.1 s,
+        # drift repair) runs alongside the packets.
+        lb = LoadBalancer(dataplane, registry=None)
+        runner = asyncio.create_task(lb.run())
+        while not dataplane._readers:
+            await asyncio.sleep(0.01)
         print(json.dumps({"build": built - started, "apply": applied - built, "reapply": again - applied}),
               flush=True)
-        await asyncio.Event().wait()
+        await runner
 
     asyncio.run(serve())
 
@@ -107,7 +141,8 @@ class Bench:
         self.id = uuid.uuid4().hex[:6]
         self.node, self.backend, self.client = (f"nvb-{self.id}-{r}" for r in ("node", "back", "cli"))
         self.tmp = Path(tempfile.mkdtemp(prefix="navstar-bench-"))
-        self.procs: list[subprocess.Popen] = []
+        self.servers: list[subprocess.Popen] = []
+        self.agent_proc: subprocess.Popen | None = None
         (self.tmp / "server.py").write_text(SERVER)
         (self.tmp / "client.py").write_text(CLIENT)
 
@@ -137,10 +172,15 @@ class Bench:
             self.sh("ip", "-n", peer, "link", "set", "eth0", "up")
             for net in ("10.78.0.0/16", "11.0.0.0/8"):      # sealed: no default route
                 self.sh("ip", "-n", peer, "route", "add", net, "via", f"{subnet}.1")
-        server = subprocess.Popen(self.in_ns(self.backend, sys.executable, str(self.tmp / "server.py"), str(PORT)),
-                                  stdout=subprocess.PIPE, text=True)
-        self.procs.append(server)
-        assert server.stdout.readline().strip() == "listening"
+        # Tens of thousands of connections to one target within a minute: a load generator's
+        # settings (all ports, reuse of TIME_WAIT), or connect() itself slows down searching for a port.
+        self.sh(*self.in_ns(self.client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535",
+                            "net.ipv4.tcp_tw_reuse=1"))
+        for _ in range(os.cpu_count() or 1):
+            server = subprocess.Popen(self.in_ns(self.backend, sys.executable, str(self.tmp / "server.py"), str(PORT)),
+                                      stdout=subprocess.PIPE, text=True)
+            self.servers.append(server)
+            assert server.stdout.readline().strip() == "listening"
 
     def dnat(self, count: int) -> float:
         """kube-proxy's shape: one rule per VIP in a services chain, one chain picking a backend."""
@@ -159,35 +199,34 @@ class Bench:
                                 "-j", "BENCH-SERVICES"))
         return time.perf_counter() - started
 
-    def agent(self, count: int) -> dict:
-        for proc in self.procs[1:]:
-            proc.kill()
-            proc.wait()
-        del self.procs[1:]
-        agent = subprocess.Popen(self.in_ns(self.node, sys.executable, "-m", "bench.vip_nfqueue", "--child-agent",
-                                            str(count), str(self.tmp / "state.json")),
-                                 stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
-        self.procs.append(agent)
+    def agent(self, count: int, options: tuple[str, ...] = ()) -> dict:
+        if self.agent_proc is not None:
+            self.agent_proc.kill()
+            self.agent_proc.wait()
+        argv = [sys.executable, "-m", "bench.vip_nfqueue", *options, "--child-agent", str(count),
+                str(self.tmp / "state.json")]
+        self.agent_proc = agent = subprocess.Popen(self.in_ns(self.node, *argv), stdout=subprocess.PIPE, text=True,
+                                                   cwd=Path(__file__).resolve().parents[1])
         line = agent.stdout.readline()
         if not line:
             raise RuntimeError("the NFQUEUE agent did not start")
         return json.loads(line)
 
-    def measure(self, count: int, connections: int, rounds: int) -> dict[str, dict]:
+    def measure(self, count: int, connections: int, rounds: int, workers: int) -> dict[str, dict]:
         targets = {"direct": f"{BACKEND_IPS[-1]}:{PORT}", "nfqueue": f"{nfq_vip(count - 1)}:80",
                    "iptables-dnat": f"{dnat_vip(count - 1)}:80"}
         runs: dict[str, list[dict]] = {name: [] for name in targets}
         for _ in range(rounds):      # interleaved, so drift on a shared box hits all three alike
             out = json.loads(self.sh(*self.in_ns(self.client, sys.executable, str(self.tmp / "client.py"),
-                                                 str(connections), *targets.values())))
+                                                 str(connections), str(workers), *targets.values())))
             for name, target in targets.items():
                 runs[name].append(out[target])
-        return {name: {k: statistics.median(r[k] for r in results) for k in ("rate", "p50", "p99")}
+        return {name: {k: statistics.median(r[k] for r in results) for k in ("rate", "p50", "p99", "parallel")}
                 for name, results in runs.items()}
 
     def cleanup(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
+        for proc in [*self.servers, self.agent_proc]:
+            if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
         for ns in (self.node, self.backend, self.client):
@@ -204,15 +243,19 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=1500, help="connections per target per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=4, help="client processes connecting at once (throughput)")
+    parser.add_argument("--queues", type=int, help="NFQUEUE queues (reader threads); default one per CPU")
+    parser.add_argument("--pin", action="store_true", help="each CPU's packets to its own queue, reader pinned to it")
     parser.add_argument("--child-agent", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_agent:
-        child_agent(int(args.child_agent[0]), args.child_agent[1])
+        child_agent(int(args.child_agent[0]), args.child_agent[1], args.queues, args.pin)
         return 0
     if os.geteuid() != 0:
         print("root is needed (network namespaces, netfilter)", file=sys.stderr)
         return 1
     console = Console()
+    agent_options = ((f"--queues={args.queues}",) if args.queues else ()) + (("--pin",) if args.pin else ())
     bench = Bench()
     started = time.monotonic()
     results: dict[int, dict[str, dict]] = {}
@@ -220,29 +263,34 @@ def main() -> int:
     try:
         bench.build()
         for count in SCALES:
-            programming[count] = bench.agent(count)
+            programming[count] = bench.agent(count, agent_options)
             programming[count]["dnat"] = bench.dnat(count)
-            results[count] = bench.measure(count, args.connections, args.rounds)
+            results[count] = bench.measure(count, args.connections, args.rounds, args.workers)
     finally:
         bench.cleanup()
 
-    table = Table(title=f"new TCP connections through a VIP ({args.connections} × {args.rounds} rounds, median)")
-    for column in ("VIPs", "path", "conn/s", "× direct", "p50 µs", "p99 µs"):
+    table = Table(title=f"new TCP connections through a VIP ({args.connections} per target, {args.rounds} rounds "
+                        f"interleaved, median; one client, alone and as {args.workers} processes at once)")
+    for column in ("VIPs", "path", "conn/s 1 client", "× direct", "p50 µs", "p99 µs",
+                   f"conn/s {args.workers} clients", "× direct"):
         table.add_column(column, justify="right")
     for count, paths in results.items():
+        direct = paths["direct"]
         for name, r in paths.items():
-            table.add_row(f"{count:,}", name, f"{r['rate']:,.0f}", f"{r['rate'] / paths['direct']['rate']:.2f}",
-                          f"{r['p50']:.0f}", f"{r['p99']:.0f}")
+            table.add_row(f"{count:,}", name, f"{r['rate']:,.0f}", f"{r['rate'] / direct['rate']:.2f}",
+                          f"{r['p50']:.0f}", f"{r['p99']:.0f}", f"{r['parallel']:,.0f}",
+                          f"{r['parallel'] / direct['parallel']:.2f}")
     console.print(table)
     program = programming[SCALES[-1]]
-    ratio = results[SCALES[0]]["nfqueue"]["rate"] / results[SCALES[0]]["direct"]["rate"]
-    scale_ratio = results[SCALES[-1]]["nfqueue"]["rate"] / results[SCALES[0]]["nfqueue"]["rate"]
-    dnat_scale = results[SCALES[-1]]["iptables-dnat"]["rate"] / results[SCALES[0]]["iptables-dnat"]["rate"]
+    first, last = results[SCALES[0]], results[SCALES[-1]]
     console.print(f"programming {SCALES[-1]:,} VIPs × {len(BACKEND_IPS)} backends: Maglev {program['build']:.2f} s, "
                   f"dataplane apply {program['apply']:.2f} s (goal < 2 s), idempotent re-apply "
                   f"{program['reapply']:.2f} s; iptables-DNAT rules {program['dnat']:.2f} s")
-    console.print(f"ratio NFQUEUE / direct at 1 VIP: {ratio:.2f} (goal ≥ 0.6); NFQUEUE at {SCALES[-1]:,} / at 1 VIP: "
-                  f"{scale_ratio:.2f} (goal ≥ 0.90); iptables-DNAT at {SCALES[-1]:,} / at 1: {dnat_scale:.2f}")
+    for label, k in ((f"{args.workers} clients (throughput)", "parallel"), ("1 client (latency-bound)", "rate")):
+        console.print(f"{label}: NFQUEUE / direct at 1 VIP {first['nfqueue'][k] / first['direct'][k]:.2f} "
+                      f"(goal ≥ 0.6); NFQUEUE at {SCALES[-1]:,} / at 1 VIP {last['nfqueue'][k] / first['nfqueue'][k]:.2f} "
+                      f"(goal ≥ 0.90); iptables-DNAT at {SCALES[-1]:,} / at 1 "
+                      f"{last['iptables-dnat'][k] / first['iptables-dnat'][k]:.2f}")
     console.print(f"took {time.monotonic() - started:.0f} s")
     return 0
 

@@ -1,5 +1,6 @@
 """The NFQUEUE dataplane's decisions, above the netfilter seam (FakeNetfilter); packets from scapy."""
 
+import errno
 import random
 from collections import Counter
 
@@ -8,7 +9,7 @@ from scapy.layers.inet import IP, TCP, UDP
 from minuteman.dataplane import Backend, VipEntry, VipKey
 from minuteman.maglev import maglev_table
 from minuteman.netfilter import FakeNetfilter, Flow, FlowState, RouteInfo
-from minuteman.nfqueue import NfqueueDataplane
+from minuteman.nfqueue import CHECKS_PER_BACKEND, NfqueueDataplane
 
 WEB = VipKey("11.0.0.1", 80, "tcp")
 DNS = VipKey("11.0.0.1", 53, "udp")
@@ -145,3 +146,70 @@ def test_state_file_lets_a_restarted_agent_adopt_the_table(tmp_path):
     assert third.current() == {WEB: VipEntry(WEB, ())}
     first.close(keep_kernel_state=False)
     assert not first.netfilter.base and not (tmp_path / "state.json").exists()
+
+
+def test_a_batch_of_first_packets_costs_one_conntrack_round_trip(tmp_path):
+    dp = dataplane(tmp_path)
+    dp.apply(table())
+    packets = [(syn(sport=p), 0) for p in range(7000, 7040)]
+    packets.insert(5, (syn(dport=81), 0))                               # not a VIP: no entry, no backend
+    packets.insert(9, (bytes(IP(src="10.0.9.2", dst="11.0.0.1") / UDP(sport=9, dport=53)), 0))
+    before = dp.netfilter.round_trips
+    chosen = dp.handle_batch(packets)
+    assert dp.netfilter.round_trips == before + 1
+    assert chosen[5] is None and chosen[9] == BACKENDS[0] and all(chosen[i] for i in range(len(chosen)) if i != 5)
+    assert len(dp.netfilter.flows) == 41 and sum(dp.connection_counts().values()) == 41
+    # the same flow as picked one at a time: the batch changes the cost, not the choice
+    one = dataplane(tmp_path / "one")
+    one.apply(table())
+    assert [one.handle(payload) for payload, _ in packets] == chosen
+
+
+def test_health_checks_are_bounded_per_backend(tmp_path):
+    clock = Clock()
+    dp = dataplane(tmp_path, clock=clock)
+    dp.apply({WEB: VipEntry(WEB, BACKENDS[:1], maglev_table(BACKENDS[:1]))})
+    dp.handle_batch([(syn(sport=p), 0) for p in range(1000, 1500)])
+    clock.now = 1.0
+    outcomes = dp.drain_outcomes()
+    assert len(outcomes) == CHECKS_PER_BACKEND, "500 SYNs in one reply window: a bounded sample is checked"
+    assert dp.netfilter.round_trips == 2, "one round trip to create, one to check"
+    dp.handle(syn(sport=2000))
+    clock.now = 2.0
+    assert len(dp.drain_outcomes()) == 1, "checked again once the window has passed"
+
+
+def test_a_refused_entry_gives_no_backend_and_others_are_kept(tmp_path):
+    class Refusing(FakeNetfilter):
+        def create_flows(self, requests):
+            codes = super().create_flows(requests)
+            return [errno.ENOMEM if r.flow.sport == 2 else code for r, code in zip(requests, codes, strict=True)]
+
+    dp = NfqueueDataplane(netfilter=Refusing(), state_path=tmp_path / "state.json")
+    dp.apply(table())
+    chosen = dp.handle_batch([(syn(sport=p), 0) for p in (1, 2, 3)])
+    assert chosen[1] is None and chosen[0] and chosen[2]
+    assert sum(dp.connection_counts().values()) == 2
+
+
+def test_rendered_conntrack_message_is_what_pyroute2_encodes():
+    """The template path (encode once, then join pieces) must give pyroute2's own bytes."""
+    import socket
+
+    from pyroute2.netlink import NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+    from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK
+    from pyroute2.netlink.nfnetlink.nfctsocket import IPCTNL_MSG_CT_NEW, nfct_msg
+
+    from minuteman.netfilter import FLOW_TIMEOUT, _flow_values, _ip, _nat, _port, _Templates, _tuple
+
+    flow, backend = Flow("tcp", "10.0.9.2", 40001, "11.0.0.7", 80), Backend("10.0.3.2", 8080)
+    rendered = _Templates().create("tcp", True).render(77, {**_flow_values(flow), "backend": _ip(backend.ip),
+                                                            "bport": _port(backend.port), "snat": _ip("10.0.3.1")})
+    msg = nfct_msg.create_from(tuple_orig=_tuple(flow), tuple_reply=_tuple(flow, reverse=True), timeout=FLOW_TIMEOUT,
+                               nat_dst=_nat(backend.ip, backend.port), nat_src=_nat("10.0.3.1"))
+    msg["nfgen_family"] = socket.AF_INET
+    msg["header"]["type"] = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
+    msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL
+    msg["header"]["sequence_number"] = 77
+    msg.encode()
+    assert rendered == bytes(msg.data)
