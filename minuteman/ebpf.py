@@ -15,6 +15,10 @@ chunk holds a Maglev table for up to 20 backends), so ``current()`` returns exac
 applied and the reconciler's drift check compares equal. Without a lookup (P2C balancing) each
 active backend gets one slot: the kernel has no connection counts to balance on, so new
 connections are spread evenly instead.
+
+Feeds for the reconciler: ``connection_counts()`` (new connections per VIP and backend, from
+per-CPU counters) and ``outcome_totals()`` (refused/unanswered/established TCP connects per
+backend, from the sock_ops program) for ``minuteman.health``.
 """
 
 from __future__ import annotations
