@@ -325,19 +325,22 @@ class Lab:
             raise UnknownNode(f"no node {node_name!r} in lab {self.name!r}; nodes: {names}")
         if process_alive(node.pid):
             end_process(node.pid)
+        started = time.time()
         self._start_node(state, node)
-        self._wait_ready(state, node, timeout)
+        self._wait_ready(state, node, timeout, since=started)
         return node
 
-    def _wait_ready(self, state: LabState, node: Node, timeout: float) -> None:
-        """The master answers ``/ping``; an agent is registered and reachable."""
+    def _wait_ready(self, state: LabState, node: Node, timeout: float, since: float = 0.0) -> None:
+        """The master answers ``/ping``; an agent is registered and reachable, and has been heard
+        from ``since`` (the master keeps a killed agent reachable for its agent timeout)."""
         is_master = node is state.master
         url = f"{state.master_url}/ping" if is_master else f"{state.mesos_url}/v1/agents"
 
         def ready(resp: httpx.Response) -> bool:
             if resp.status_code != 200:
                 return False
-            return is_master or any(a["agent_id"] == node.name and a["reachable"] for a in resp.json()["agents"])
+            return is_master or any(a["agent_id"] == node.name and a["reachable"] and a["last_seen"] >= since
+                                    for a in resp.json()["agents"])
 
         deadline = time.monotonic() + timeout
         with httpx.Client(timeout=2.0, headers=auth_header(state.secret())) as client:
