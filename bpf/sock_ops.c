@@ -47,27 +47,40 @@ static __always_inline void lb4_count_outcome(struct bpf_sock_ops *skops, bool e
 	}
 }
 
+#define LB4_OUTCOME_FLAGS (BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG)
+
+/* Other sock_ops programs (multi-attach) may use other callbacks: touch only ours. */
+static __always_inline void lb4_follow(struct bpf_sock_ops *skops, bool on)
+{
+	__u32 flags = skops->bpf_sock_ops_cb_flags;
+
+	bpf_sock_ops_cb_flags_set(skops, on ? flags | LB4_OUTCOME_FLAGS : flags & ~LB4_OUTCOME_FLAGS);
+}
+
 int nv_sockops(struct bpf_sock_ops *skops)
 {
 	switch (skops->op) {
 	case BPF_SOCK_OPS_TCP_CONNECT_CB:
 		if (lb4_own_peer(skops))
-			bpf_sock_ops_cb_flags_set(skops, BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTO_CB_FLAG);
+			lb4_follow(skops, true);
 		break;
 	case BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB:
+		/* Sockets that did not go through a VIP never had the flags set: skip them cheaply. */
+		if (!(skops->bpf_sock_ops_cb_flags & BPF_SOCK_OPS_STATE_CB_FLAG))
+			break;
 		lb4_count_outcome(skops, true);
-		bpf_sock_ops_cb_flags_set(skops, 0);
+		lb4_follow(skops, false);
 		break;
 	case BPF_SOCK_OPS_RTO_CB:
 		if (skops->state == BPF_TCP_SYN_SENT) {
 			lb4_count_outcome(skops, false);
-			bpf_sock_ops_cb_flags_set(skops, 0);
+			lb4_follow(skops, false);
 		}
 		break;
 	case BPF_SOCK_OPS_STATE_CB:
 		if (skops->args[0] == BPF_TCP_SYN_SENT && skops->args[1] == BPF_TCP_CLOSE) {
 			lb4_count_outcome(skops, false);
-			bpf_sock_ops_cb_flags_set(skops, 0);
+			lb4_follow(skops, false);
 		}
 		break;
 	}
