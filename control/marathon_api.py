@@ -190,7 +190,7 @@ class MarathonApi:
 
     async def create_app(self, request: Request) -> JSONResponse:
         body = await _json_body(request)
-        app = parse_app(body)
+        app = parse_app(body, images=self.master.image_map)
         if app.id in self.scheduler.apps:
             raise ApiError(409, f"An app with id [{app.id}] already exists.")
         app, deployment = self._store(app, None, "StartApplication")
@@ -216,14 +216,14 @@ class MarathonApi:
                                                          f"the URL ({app_id}); apps cannot be renamed"]}])
         previous = self.scheduler.apps.get(app_id)
         if previous is None:
-            app = parse_app(body, app_id)
+            app = parse_app(body, app_id, images=self.master.image_map)
             app, deployment = self._store(app, None, "StartApplication")
             self._post_event(request, app)
             return JSONResponse({"version": app.version, "deploymentId": deployment.id}, status_code=201,
                                 headers={"Location": f"/v2/apps{app_id}"})
         self._check_lock(app_id, _flag(request, "force"))
         merged = merge_update(previous.to_marathon(), body)
-        app = parse_app(merged, app_id)
+        app = parse_app(merged, app_id, images=self.master.image_map)
         app, deployment = self._store(app, previous, "RestartApplication")
         self._post_event(request, app)
         log.info("app %s updated (%s)", app_id, deployment.action)

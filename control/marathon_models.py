@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from control.agent.images import ImageMap
+
 # What the overlay knows; anything else would leave a task waiting forever.
 KNOWN_NETWORKS = ("dcos",)
 DEFAULT_NETWORK = "dcos"
@@ -303,8 +305,9 @@ def normalize_app_id(raw_id: Any, base: str = "/") -> str:
     return "/" + "/".join(segments)
 
 
-def parse_app(raw: Any, app_id: str | None = None) -> AppDefinition:
-    """Validates a posted app. ``app_id`` (from the URL) wins over the body's id."""
+def parse_app(raw: Any, app_id: str | None = None, images: ImageMap | None = None) -> AppDefinition:
+    """Validates a posted app. ``app_id`` (from the URL) wins over the body's id. With ``images``
+    (the cluster's image map), an app that names an image but no command must find it there."""
     if not isinstance(raw, dict):
         raise AppInvalid([{"path": "/", "errors": ["expected a JSON object"]}])
     body = {k: v for k, v in raw.items() if k not in READ_ONLY_FIELDS}
@@ -314,6 +317,10 @@ def parse_app(raw: Any, app_id: str | None = None) -> AppDefinition:
     except ValidationError as exc:
         raise AppInvalid(_details_from(exc)) from None
     details = _semantic_errors(app)
+    if images is not None and app.cmd is None and app.args is None and app.image \
+            and images.command_for(app.image) is None:
+        details.append({"path": "/container/docker/image", "errors": [
+            f"image {app.image!r} has no local runtime and no entry in the image map; give the app a cmd or args"]})
     if details:
         raise AppInvalid(details)
     return _with_defaults(app)

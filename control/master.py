@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from control.agent.images import ImageMap
 from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
 from control.api_auth import TokenAuth
 from control.drf import Allocator
@@ -51,8 +52,11 @@ class Master:
     def __init__(self, secret: str | None = None, agent_timeout: float = 75.0, state_dir: str | None = None,
                  agent_client: AgentClient | None = None, ping_interval: float | None = None,
                  clock: Callable[[], float] = time.time, advertise_ip: str | None = None,
-                 mesos_port: int = 5050, marathon_port: int = 8080) -> None:
+                 mesos_port: int = 5050, marathon_port: int = 8080,
+                 image_map: ImageMap | None = None) -> None:
         self.secret = secret
+        # The agents' image map (apps naming an image but no command are checked against it).
+        self.image_map = image_map or ImageMap()
         self.agent_timeout = agent_timeout
         # 5 missed pings make an agent unreachable (Mesos' default: 15 s × 5).
         self.ping_interval = ping_interval if ping_interval is not None else max(0.2, agent_timeout / 5)

@@ -46,11 +46,12 @@ def master(
     state_dir: Annotated[str | None, typer.Option(help="where the master keeps its state")] = None,
     token_file: Annotated[str | None, typer.Option(help="cluster secret; API calls must carry it")] = None,
     agent_timeout: Annotated[float, typer.Option(help="seconds without a heartbeat before an agent is unreachable")] = 75.0,
+    image_map: Annotated[str | None, typer.Option(help="JSON image map shared with the agents (apps without a command)")] = None,
 ) -> None:
     """Run the master (Marathon API, Mesos API, allocator)."""
     from navstar.master_main import run_master
 
-    run_master(marathon_listen, mesos_listen, state_dir, token_file, agent_timeout)
+    run_master(marathon_listen, mesos_listen, state_dir, token_file, agent_timeout, image_map)
 
 
 @app.command()

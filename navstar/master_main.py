@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from control.agent.images import ImageMap
 from control.auth import read_secret
 from control.master import Master
 from navstar import logs
@@ -14,12 +15,13 @@ log = logging.getLogger("navstar.master")
 
 
 def run_master(marathon_listen: str, mesos_listen: str, state_dir: str | None,
-               token_file: str | None, agent_timeout: float) -> None:
+               token_file: str | None, agent_timeout: float, image_map: str | None = None) -> None:
     logs.configure()
     marathon, mesos = Listen.parse(marathon_listen), Listen.parse(mesos_listen)
     advertise = mesos.host if mesos.host not in ("0.0.0.0", "") else None
     master = Master(secret=read_secret(token_file), agent_timeout=agent_timeout, state_dir=state_dir,
-                    advertise_ip=advertise, mesos_port=mesos.port, marathon_port=marathon.port)
+                    advertise_ip=advertise, mesos_port=mesos.port, marathon_port=marathon.port,
+                    image_map=ImageMap.load(image_map))
     log.info("master: Marathon API on %s:%d, Mesos API on %s:%d",
              marathon.host, marathon.port, mesos.host, mesos.port)
     asyncio.run(serve([(master.marathon_app(), marathon), (master.mesos_app(), mesos)],

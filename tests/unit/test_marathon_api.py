@@ -211,3 +211,22 @@ async def test_token_protects_everything_but_ping():
         await mesos.aclose()
     finally:
         await c.close()
+
+
+def test_image_without_command_must_be_in_the_image_map():
+    from starlette.testclient import TestClient
+
+    from control.agent.images import ImageMap
+    from control.master import Master
+
+    master = Master(image_map=ImageMap({"nginx*": "@nginx"}))
+    client = TestClient(master.marathon_app())
+    unknown = {"id": "/thing", "container": {"type": "DOCKER", "docker": {"image": "acme/thing:1"}}}
+    resp = client.post("/v2/apps", json=unknown)
+    assert resp.status_code == 422
+    assert resp.json()["details"][0]["path"] == "/container/docker/image"
+    assert "acme/thing:1" in resp.json()["details"][0]["errors"][0]
+    with_cmd = {**unknown, "cmd": "sleep 100"}
+    assert client.post("/v2/apps", json=with_cmd).status_code == 201
+    known = {"id": "/web", "container": {"type": "DOCKER", "docker": {"image": "nginx:1.25"}}}
+    assert client.post("/v2/apps", json=known).status_code == 201
