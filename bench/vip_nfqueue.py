@@ -4,7 +4,7 @@ New TCP connections per second and connect latency from a client namespace, thro
 namespace that routes to 10 backend addresses, at 1, 1,000 and 10,000 VIPs; then the time to
 program 10,000 VIPs × 10 backends. Everything runs in namespaces made here and removed after.
 
-    .venv/bin/python -m bench.vip_nfqueue [--connections 1500] [--rounds 3]
+    .venv/bin/python -m bench.vip_nfqueue [--workers 4] [--phases 12] [--slice 0.1] [--queues N] [--pin]
 
 Goals: NFQUEUE ≥ 0.6× direct; ≤ 10 % slower at 10,000 VIPs than at 1; programming < 2 s.
 """
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -51,50 +50,49 @@ while True:
 """
 
 CLIENT = r"""
-import json, os, socket, sys, time
-n, workers = int(sys.argv[1]), int(sys.argv[2])
-targets = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in sys.argv[3:]]
+import json, multiprocessing as mp, socket, struct, sys, time
+RESET = struct.pack("ii", 1, 0)             # close with a reset: no TIME_WAIT piling up in the client
+workers, phases, slice_s = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+targets = [(t.rsplit(":", 1)[0], int(t.rsplit(":", 1)[1])) for t in sys.argv[4:]]
 
-def connects(ip, port, count, lat=None):
-    # The same lean loop for every path: no name lookup, connect, close.
-    for _ in range(count):
-        t = time.perf_counter()
-        s = socket.socket()
-        s.connect((ip, port))
-        if lat is not None:
-            lat.append(time.perf_counter() - t)
-        s.close()
+def worker(barrier, results, timed):
+    # Time slices, all workers on the same target at once, the targets taking turns: drift on
+    # a shared machine (other jobs, frequency) hits every path alike.
+    counts, lat = [0] * len(targets), [[] for _ in targets]
+    for phase in range(phases * len(targets)):
+        i = phase % len(targets)
+        ip, port = targets[i]
+        barrier.wait()
+        deadline = time.perf_counter() + slice_s
+        while True:
+            t = time.perf_counter()
+            if t >= deadline:
+                break
+            s = socket.socket()             # the same lean loop for every path: connect, close
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET)
+            s.connect((ip, port))
+            if timed:
+                lat[i].append(time.perf_counter() - t)
+            s.close()
+            counts[i] += 1
+    results.put((counts, lat))
 
-def concurrent(ip, port):
-    # ``workers`` processes connecting at once, released together; the rate over the whole span.
-    ready, go = os.pipe(), os.pipe()
-    pids = []
-    for _ in range(workers):
-        pid = os.fork()
-        if pid == 0:
-            os.write(ready[1], b"r")
-            os.read(go[0], 1)
-            connects(ip, port, n // workers)
-            os._exit(0)
-        pids.append(pid)
-    for _ in pids:
-        os.read(ready[0], 1)
-    start = time.perf_counter()
-    os.write(go[1], b"g" * workers)
-    for pid in pids:
-        os.waitpid(pid, 0)
-    return n // workers * workers / (time.perf_counter() - start)
-
+for ip, port in targets:                    # warm up ARP, caches, the agent
+    for _ in range(50):
+        socket.create_connection((ip, port)).close()
+barrier, results = mp.Barrier(workers), mp.Queue()
+procs = [mp.Process(target=worker, args=(barrier, results, workers == 1)) for _ in range(workers)]
+for p in procs:
+    p.start()
+got = [results.get() for _ in procs]
+for p in procs:
+    p.join()
 out = {}
-for ip, port in targets:
-    connects(ip, port, 50)                    # warm up ARP, caches, the agent
-    lat = []
-    start = time.perf_counter()
-    connects(ip, port, n, lat)
-    total = time.perf_counter() - start
-    lat.sort()
-    out[f"{ip}:{port}"] = {"rate": n / total, "p50": lat[n // 2] * 1e6, "p99": lat[int(n * 0.99)] * 1e6,
-                           "parallel": concurrent(ip, port)}
+for i, (ip, port) in enumerate(targets):
+    lat = sorted(x for _, lats in got for x in lats[i])
+    out[f"{ip}:{port}"] = {"rate": sum(c[i] for c, _ in got) / (phases * slice_s),
+                           "p50": lat[len(lat) // 2] * 1e6 if lat else None,
+                           "p99": lat[int(len(lat) * 0.99)] * 1e6 if lat else None}
 print(json.dumps(out))
 """
 
@@ -172,10 +170,8 @@ class Bench:
             self.sh("ip", "-n", peer, "link", "set", "eth0", "up")
             for net in ("10.78.0.0/16", "11.0.0.0/8"):      # sealed: no default route
                 self.sh("ip", "-n", peer, "route", "add", net, "via", f"{subnet}.1")
-        # Tens of thousands of connections to one target within a minute: a load generator's
-        # settings (all ports, reuse of TIME_WAIT), or connect() itself slows down searching for a port.
-        self.sh(*self.in_ns(self.client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535",
-                            "net.ipv4.tcp_tw_reuse=1"))
+        # Tens of thousands of connections to one target within a minute: a load generator's port range.
+        self.sh(*self.in_ns(self.client, "sysctl", "-qw", "net.ipv4.ip_local_port_range=1024 65535"))
         for _ in range(os.cpu_count() or 1):
             server = subprocess.Popen(self.in_ns(self.backend, sys.executable, str(self.tmp / "server.py"), str(PORT)),
                                       stdout=subprocess.PIPE, text=True)
@@ -212,17 +208,15 @@ class Bench:
             raise RuntimeError("the NFQUEUE agent did not start")
         return json.loads(line)
 
-    def measure(self, count: int, connections: int, rounds: int, workers: int) -> dict[str, dict]:
+    def measure(self, count: int, phases: int, slice_s: float, workers: int) -> dict[str, dict]:
+        """Per path: conn/s and latency of one client, and conn/s of ``workers`` clients at once."""
         targets = {"direct": f"{BACKEND_IPS[-1]}:{PORT}", "nfqueue": f"{nfq_vip(count - 1)}:80",
                    "iptables-dnat": f"{dnat_vip(count - 1)}:80"}
-        runs: dict[str, list[dict]] = {name: [] for name in targets}
-        for _ in range(rounds):      # interleaved, so drift on a shared box hits all three alike
-            out = json.loads(self.sh(*self.in_ns(self.client, sys.executable, str(self.tmp / "client.py"),
-                                                 str(connections), str(workers), *targets.values())))
-            for name, target in targets.items():
-                runs[name].append(out[target])
-        return {name: {k: statistics.median(r[k] for r in results) for k in ("rate", "p50", "p99", "parallel")}
-                for name, results in runs.items()}
+        runs = {}
+        for n in (1, workers):
+            runs[n] = json.loads(self.sh(*self.in_ns(self.client, sys.executable, str(self.tmp / "client.py"), str(n),
+                                                     str(phases), str(slice_s), *targets.values())))
+        return {name: {**runs[1][target], "parallel": runs[workers][target]["rate"]} for name, target in targets.items()}
 
     def cleanup(self) -> None:
         for proc in [*self.servers, self.agent_proc]:
@@ -241,8 +235,8 @@ class Bench:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--connections", type=int, default=1500, help="connections per target per round")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--phases", type=int, default=12, help="time slices per path (the paths take turns)")
+    parser.add_argument("--slice", type=float, default=0.1, help="seconds per time slice")
     parser.add_argument("--workers", type=int, default=4, help="client processes connecting at once (throughput)")
     parser.add_argument("--queues", type=int, help="NFQUEUE queues (reader threads); default one per CPU")
     parser.add_argument("--pin", action="store_true", help="each CPU's packets to its own queue, reader pinned to it")
@@ -265,12 +259,12 @@ def main() -> int:
         for count in SCALES:
             programming[count] = bench.agent(count, agent_options)
             programming[count]["dnat"] = bench.dnat(count)
-            results[count] = bench.measure(count, args.connections, args.rounds, args.workers)
+            results[count] = bench.measure(count, args.phases, args.slice, args.workers)
     finally:
         bench.cleanup()
 
-    table = Table(title=f"new TCP connections through a VIP ({args.connections} per target, {args.rounds} rounds "
-                        f"interleaved, median; one client, alone and as {args.workers} processes at once)")
+    table = Table(title=f"new TCP connections through a VIP: one client, then {args.workers} at once "
+                        f"({args.phases} slices of {args.slice} s per path, the paths taking turns)")
     for column in ("VIPs", "path", "conn/s 1 client", "× direct", "p50 µs", "p99 µs",
                    f"conn/s {args.workers} clients", "× direct"):
         table.add_column(column, justify="right")

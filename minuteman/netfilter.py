@@ -136,8 +136,9 @@ class Netfilter(Protocol):
     def flow_states(self, flows: list[Flow]) -> list[FlowState | None]:
         """The conntrack entry of each flow (None: there is none), in one round trip."""
 
-    def delete_flow(self, flow: Flow) -> bool:
-        """Remove the conntrack entry of ``flow``; False if there was none."""
+    def replace_flows(self, requests: list[FlowNat]) -> list[int]:
+        """Remove each flow's entry (if any) and create it as asked, all in one round trip; per
+        request what ``create_flows`` returns."""
 
     def remember_udp_flows(self, flows: list[Flow]) -> None:
         """Let the rest of these UDP flows skip the queue."""
@@ -223,6 +224,12 @@ class _Netlink:
         self.sock.bind((0, 0))
         self.seq = 0
         self.lock = threading.Lock()
+        # One receive buffer for good: ``recv(1 << 20)`` would allocate (and fault in) a fresh
+        # megabyte per answer, which costs more than the kernel's whole answer.
+        self._buffer = memoryview(bytearray(1 << 16))
+
+    def _recv(self) -> bytes:
+        return bytes(self._buffer[:self.sock.recv_into(self._buffer)])
 
     def _send_chunk(self, render: Callable[[T, int], bytes], chunk: list[T], ack_last: bool = False) -> int:
         first = self.seq + 1
@@ -244,7 +251,7 @@ class _Netlink:
                 first = self._send_chunk(render, chunk)
                 acks: dict[int, int] = {}
                 while len(acks) < len(chunk):
-                    for seq, mtype, message in _messages(self.sock.recv(1 << 20)):
+                    for seq, mtype, message in _messages(self._recv()):
                         if mtype == NLMSG_ERROR:
                             acks[seq] = _errno(message)
                 results.extend(acks.get(first + i, 0) for i in range(len(chunk)))
@@ -261,7 +268,7 @@ class _Netlink:
                 first = self._send_chunk(render, chunk, ack_last=True)
                 last = first + len(chunk) - 1
                 while True:
-                    answers = [(seq, _errno(message)) for seq, mtype, message in _messages(self.sock.recv(1 << 16))
+                    answers = [(seq, _errno(message)) for seq, mtype, message in _messages(self._recv())
                                if mtype == NLMSG_ERROR and first <= seq <= last]
                     errors.update((start + seq - first, errno) for seq, errno in answers if errno)
                     if any(seq == last for seq, _ in answers):
@@ -280,7 +287,7 @@ class _Netlink:
                 done: set[int] = set()
                 failed = 0
                 while len(done) < len(chunk):
-                    for seq, mtype, message in _messages(self.sock.recv(1 << 20)):
+                    for seq, mtype, message in _messages(self._recv()):
                         if mtype == NLMSG_ERROR:
                             done.add(seq)
                             errno = _errno(message)
@@ -397,13 +404,13 @@ class _Templates:
                              NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL, self._fields(*names))
         return self._get(("create", protocol, snat), build)
 
-    def by_tuple(self, kind: int, protocol: Protocol_) -> _Template:
+    def by_tuple(self, kind: int, protocol: Protocol_, ack: bool = True) -> _Template:
         """GET or DELETE of one entry by its original tuple."""
         def build() -> _Template:
             flow = Flow(protocol, _S_CLIENT, _S_SPORT, _S_VIP, _S_DPORT)
             return _Template(nfct_msg.create_from(tuple_orig=_tuple(flow)), NFNL_SUBSYS_CTNETLINK,
-                             kind, NLM_F_REQUEST | NLM_F_ACK, self._fields("client", "sport", "vip", "dport"))
-        return self._get(("tuple", kind, protocol), build)
+                             kind, NLM_F_REQUEST | (NLM_F_ACK if ack else 0), self._fields("client", "sport", "vip", "dport"))
+        return self._get(("tuple", kind, protocol, ack), build)
 
     def member(self, cmd: int, protocol: Protocol_) -> _Template:
         def build() -> _Template:
@@ -546,30 +553,33 @@ class KernelNetfilter:
         return self._route_call(sync)
 
     # -- flows ----------------------------------------------------------------------------
-    def create_flows(self, requests: list[FlowNat]) -> list[int]:
-        templates = self._templates
+    def _render_create(self, request: FlowNat, seq: int) -> bytes:
+        flow, backend, snat = request
+        values = {"client": _ip(flow.src), "sport": _port(flow.sport), "vip": _ip(flow.dst),
+                  "dport": _port(flow.dport), "backend": _ip(backend.ip), "bport": _port(backend.port)}
+        if snat:
+            values["snat"] = _ip(snat)
+        return self._templates.create(flow.protocol, bool(snat)).render(seq, values)
 
-        def render(request: FlowNat, seq: int) -> bytes:
-            flow, backend, snat = request
-            values = {"client": _ip(flow.src), "sport": _port(flow.sport), "vip": _ip(flow.dst),
-                      "dport": _port(flow.dport), "backend": _ip(backend.ip), "bport": _port(backend.port)}
-            if snat:
-                values["snat"] = _ip(snat)
-            return templates.create(flow.protocol, bool(snat)).render(seq, values)
-        refused = self._netlink.send(render, requests)
+    def create_flows(self, requests: list[FlowNat]) -> list[int]:
+        refused = self._netlink.send(self._render_create, requests)
         return [refused.get(i, 0) for i in range(len(requests))]
+
+    def replace_flows(self, requests: list[FlowNat]) -> list[int]:
+        def render(step: tuple[bool, FlowNat], seq: int) -> bytes:
+            delete, request = step
+            if delete:
+                template = self._templates.by_tuple(IPCTNL_MSG_CT_DELETE, request.flow.protocol, ack=False)
+                return template.render(seq, _flow_values(request.flow))
+            return self._render_create(request, seq)
+        # The kernel takes the messages in order: each delete lands before its create.
+        refused = self._netlink.send(render, [step for request in requests for step in ((True, request), (False, request))])
+        return [refused.get(2 * i + 1, 0) for i in range(len(requests))]
 
     def flow_states(self, flows: list[Flow]) -> list[FlowState | None]:
         def render(flow: Flow, seq: int) -> bytes:
             return self._templates.by_tuple(IPCTNL_MSG_CT_GET, flow.protocol).render(seq, _flow_values(flow))
         return [None if answer is None else _flow_state(answer) for answer in self._netlink.get_many(render, flows)]
-
-    def delete_flow(self, flow: Flow) -> bool:
-        template = self._templates.by_tuple(IPCTNL_MSG_CT_DELETE, flow.protocol)
-        code, = self._netlink.batch(lambda _, seq: template.render(seq, _flow_values(flow)), [flow])
-        if code and code != ENOENT:      # gone already is fine
-            raise NetfilterError(f"conntrack delete {flow}: errno {code}")
-        return code == 0
 
     def remember_udp_flows(self, flows: list[Flow]) -> None:
         template = self._templates.udp_flow()
@@ -595,7 +605,7 @@ class KernelNetfilter:
         flows = []
         while True:
             try:
-                data = self._events.recv(1 << 20)
+                data = self._events.recv(1 << 16)
             except BlockingIOError:
                 return flows
             except OSError:      # ENOBUFS: events were lost; the counts heal as flows end
@@ -697,9 +707,12 @@ class FakeNetfilter:
         return [self.states.get(flow) or (FlowState(False, False, 1 if flow.protocol == "tcp" else None)
                                          if flow in self.flows else None) for flow in flows]
 
-    def delete_flow(self, flow: Flow) -> bool:
-        self.states.pop(flow, None)
-        return self.flows.pop(flow, None) is not None
+    def replace_flows(self, requests: list[FlowNat]) -> list[int]:
+        self.round_trips += 1
+        for flow, backend, snat in requests:
+            self.states.pop(flow, None)
+            self.flows[flow] = (backend, snat)
+        return [0] * len(requests)
 
     def remember_udp_flows(self, flows: list[Flow]) -> None:
         self.udp_flows.update(flows)

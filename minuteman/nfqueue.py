@@ -216,12 +216,14 @@ class NfqueueDataplane:
         if not requests:
             return chosen
         codes = self.netfilter.create_flows(requests)
+        lingering = [n for n, code in enumerate(codes) if code == EEXIST and requests[n].flow.protocol == "tcp"]
+        if lingering:
+            for n, code in zip(lingering, self._replace_lingering([requests[n] for n in lingering]), strict=True):
+                codes[n] = code
         udp: list[Flow] = []
         deadline = self._clock() + self.reply_timeout
         for (i, key), request, code in zip(where, requests, codes, strict=True):
             flow, backend, _ = request
-            if code == EEXIST and flow.protocol == "tcp":
-                code = self._replace_lingering(request)
             if code and code != EEXIST:
                 log.warning("conntrack entry %s → %s:%d refused: errno %d", flow, backend.ip, backend.port, code)
                 chosen[i] = None
@@ -242,18 +244,20 @@ class NfqueueDataplane:
                 log.warning("%s", exc)
         return chosen
 
-    def _replace_lingering(self, request: FlowNat) -> int:
-        """A SYN for a 5-tuple whose old entry lingers (TIME_WAIT, CLOSE): conntrack would drop that
-        entry and start an un-NATed one, so replace it now. A retransmitted SYN keeps its own."""
+    def _replace_lingering(self, requests: list[FlowNat]) -> list[int]:
+        """SYNs for 5-tuples whose old entries linger (TIME_WAIT, CLOSE: a client reusing its port):
+        conntrack would drop such an entry and start an un-NATed one, so replace them now (two
+        round trips for all of them). A retransmitted SYN keeps its own entry (EEXIST)."""
+        codes = [EEXIST] * len(requests)
         try:
-            state, = self.netfilter.flow_states([request.flow])
-            if state is not None and state.opening:
-                return EEXIST
-            self.netfilter.delete_flow(request.flow)
+            states = self.netfilter.flow_states([request.flow for request in requests])
+            stale = [n for n, state in enumerate(states) if state is None or not state.opening]
+            if stale:
+                for n, code in zip(stale, self.netfilter.replace_flows([requests[n] for n in stale]), strict=True):
+                    codes[n] = code
         except NetfilterError as exc:
-            log.warning("replacing the conntrack entry of %s failed: %s", request.flow, exc)
-            return EEXIST
-        return self.netfilter.create_flows([request])[0]
+            log.warning("replacing %d lingering conntrack entries failed: %s", len(requests), exc)
+        return codes
 
     def _count_closed_flows(self) -> None:
         for done in self.netfilter.closed_flows():

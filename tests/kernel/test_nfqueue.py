@@ -366,8 +366,9 @@ assert codes[:3] == [0, 0, errno.EEXIST] and set(codes[3:]) == {errno.EEXIST}, c
 state_a, state_c = nf.flow_states([a, c])
 assert state_c is None and state_a is not None and state_a.opening and not state_a.seen_reply
 assert nf.flow_states([b] * 300)[-1] is not None
-assert nf.delete_flow(a) and not nf.delete_flow(a)
-assert nf.create_flows([FlowNat(c, to), FlowNat(a, to)]) == [0, 0]
+other = Backend("10.77.2.2", 8080)
+assert nf.replace_flows([FlowNat(a, other), FlowNat(c, other)]) == [0, 0]     # a had an entry, c had none
+assert nf.create_flows([FlowNat(c, to), FlowNat(a, to)]) == [errno.EEXIST] * 2
 import subprocess
 rules = subprocess.run(["iptables", "-t", "raw", "-S", "NAVSTAR-MM"], capture_output=True, text=True).stdout
 assert rules.count("--queue-balance 50:51") == 2, rules

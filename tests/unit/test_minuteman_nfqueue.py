@@ -213,3 +213,16 @@ def test_rendered_conntrack_message_is_what_pyroute2_encodes():
     msg["header"]["sequence_number"] = 77
     msg.encode()
     assert rendered == bytes(msg.data)
+
+
+def test_lingering_entries_of_a_batch_are_replaced_together(tmp_path):
+    dp = dataplane(tmp_path)
+    dp.apply(table())
+    ports = (41, 42, 43, 44)
+    dp.handle_batch([(syn(sport=p), 0) for p in ports])
+    for p in ports[:3]:      # TIME_WAIT of earlier connections; port 44's entry is still opening
+        dp.netfilter.states[Flow("tcp", "10.0.9.2", p, "11.0.0.1", 80)] = FlowState(True, True, 7)
+    before = dp.netfilter.round_trips
+    dp.handle_batch([(syn(sport=p), 0) for p in ports])
+    assert dp.netfilter.round_trips - before == 3, "create, read the states, replace: once for the batch"
+    assert sum(dp.connection_counts().values()) == 4 + 3, "the retransmitted SYN is not a new connection"
