@@ -11,9 +11,11 @@ agent down: --queue-bypass lets the SYN on un-NATed → filter REJECT → the cl
 Per-packet cost does not depend on the number of VIPs: one ipset lookup (hash) in raw, and only
 new flows reach userspace. The table and the backends picked live in this process; a state file
 keeps the table across restarts so a restarted agent serves at once and adopts what it finds.
-Packets come in through the queue's fd on the asyncio loop (``start``); the loop never blocks on
-them. Feeds ``health`` through ``drain_outcomes`` (each SYN's conntrack entry is checked
-``reply_timeout`` later: answered, refused (entry gone or reset) or unanswered).
+Each queue (one per CPU by default) has a reader thread (``_QueueReader``): it drains every packet
+queued at a wake-up, balances them with one conntrack send (``handle_batch``) and accepts them with
+one batch verdict, sent without the GIL; the asyncio loop never touches packets. Feeds ``health``
+through ``drain_outcomes`` (a bounded sample of SYNs per backend is checked ``reply_timeout``
+later: answered, refused (entry gone or reset) or unanswered).
 """
 
 from __future__ import annotations
@@ -407,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m minuteman.nfqueue", description=main.__doc__)
     parser.add_argument("--view", required=True, type=Path, help="ClusterView JSON file")
     parser.add_argument("--node-ip", help="this node's address (source of locally originated VIP flows)")
-    parser.add_argument("--queue", type=int, default=DEFAULT_QUEUE)
+    parser.add_argument("--queue", type=int, default=DEFAULT_QUEUE, help="first queue number")
+    parser.add_argument("--queues", type=int, help=f"how many queues (default: one per CPU, at most {MAX_QUEUES})")
+    parser.add_argument("--pin", action="store_true", help="each CPU's packets to its own queue, reader pinned to it")
     parser.add_argument("--state-file", type=Path)
     parser.add_argument("--balancing", choices=["maglev", "p2c"], default="maglev")
     parser.add_argument("--api", help="serve /v1/vips on host:port")
@@ -418,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     from minuteman.reconciler import LoadBalancer
 
     async def serve() -> None:
-        dataplane = NfqueueDataplane(node_ip=args.node_ip, queue=args.queue, state_path=args.state_file)
+        dataplane = NfqueueDataplane(node_ip=args.node_ip, queue=args.queue, queues=args.queues, pin=args.pin,
+                                     state_path=args.state_file)
         lb = LoadBalancer(dataplane, balancing=args.balancing, registry=None)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
