@@ -79,9 +79,14 @@ class LoadBalancer:
         self._reported = set(self._model.problems)
         self._apply()
 
-    def _apply(self) -> None:
+    def _apply(self, force: bool = False) -> None:
         self._out = self.health.out()
-        self._desired = self._table()
+        table = self._table()
+        if not force and self.status.applies and table == self._desired and not self.status.errors:
+            # Most views change nothing here (staging, status, other apps); even a no-op apply
+            # reads the kernel (tens of ms, on the loop that also answers DNS). Drift is repair()'s.
+            return
+        self._desired = table
         started = time.perf_counter()
         try:
             result = self.dataplane.apply(self._desired)
@@ -122,7 +127,7 @@ class LoadBalancer:
         self.status.drift_repairs += 1
         log.warning("%s dataplane drifted (%d VIPs differ); repairing", self.dataplane.name,
                     len(set(current.items()) ^ set(self._desired.items())))
-        self._apply()
+        self._apply(force=True)
         return True
 
     def poll_health(self) -> bool:

@@ -55,6 +55,18 @@ def test_view_to_table_and_idempotent(lb):
     assert lb.programmed_names() == {"web.marathon.l4lb.thisdcos.directory": "11.0.0.1"}
 
 
+def test_a_view_that_changes_no_vip_does_not_reach_the_dataplane(lb):
+    """Even a no-op apply reads the kernel, on the agent's loop: unrelated views skip it."""
+    lb.on_view(view(task(1)))
+    applies = lb.dataplane.applies
+    other = TaskInfo(task_id="o1", app_id="/other", name="other", agent_id="a1", agent_ip="198.18.0.11",
+                     state="TASK_RUNNING", ports=[TaskPort(host_port=31999)])
+    lb.on_view(view(task(1), other, version=2))
+    assert lb.dataplane.applies == applies
+    lb.on_view(view(task(1), task(2), version=3))
+    assert lb.dataplane.applies == applies + 1 and lb.dataplane.table[WEB].backends == (b(1), b(2))
+
+
 def test_draining_and_unhealthy(lb):
     lb.on_view(view(task(1), task(2, state="TASK_KILLING"), task(3, healthy=False)))
     entry = lb.dataplane.table[WEB]
