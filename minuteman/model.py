@@ -77,7 +77,9 @@ class VipModel:
     problems: list[Problem] = field(default_factory=list)
 
 
-def vip_model(view: ClusterView) -> VipModel:
+def vip_model(view: ClusterView, node_ip: str | None = None) -> VipModel:
+    """The VIP table as seen from the node at ``node_ip`` (bridge tasks on that node are reached
+    at their container address: see ``_backend``)."""
     model = VipModel()
     unreachable = {a.agent_id for a in view.agents if not a.reachable}
     claims: dict[VipKey, set[str]] = {}
@@ -93,7 +95,7 @@ def vip_model(view: ClusterView) -> VipModel:
             vip = _vip_for(view, model, task, port, spec)
             if vip is None:
                 continue
-            backend = _backend(task, port, model.problems)
+            backend = _backend(task, port, model.problems, node_ip)
             if backend is None:
                 continue
             claims.setdefault(vip.key, set()).add(task.app_id)
@@ -147,7 +149,11 @@ def _vip_for(view: ClusterView, model: VipModel, task: TaskInfo, port: TaskPort,
     return vip
 
 
-def _backend(task: TaskInfo, port: TaskPort, problems: list[Problem]) -> Backend | None:
+def _backend(task: TaskInfo, port: TaskPort, problems: list[Problem], node_ip: str | None = None) -> Backend | None:
+    if task.network == "bridge" and task.agent_ip == node_ip and task.ip_addresses and port.container_port:
+        # On the task's own node a flow whose VIP translation is already set (NFQUEUE's
+        # conntrack entry) never passes the host-port DNAT, so go to the container directly.
+        return Backend(task.ip_addresses[0], port.container_port)
     if task.network == "container":
         number = port.container_port or port.host_port
         if not task.ip_addresses or number is None:

@@ -48,10 +48,11 @@ class LbStatus:
 class LoadBalancer:
     def __init__(self, dataplane: Dataplane, *, balancing: Balancing = "maglev",
                  health: HealthConfig | None = None, min_table_size: int = DEFAULT_MIN_TABLE_SIZE,
-                 registry: CollectorRegistry | None = REGISTRY) -> None:
+                 registry: CollectorRegistry | None = REGISTRY, node_ip: str | None = None) -> None:
         if balancing not in ("maglev", "p2c"):
             raise ValueError(f"balancing: expected 'maglev' or 'p2c', got {balancing!r}")
         self.dataplane = dataplane
+        self.node_ip = node_ip          # this node's address: its own bridge tasks are reached directly
         self.balancing = balancing
         self.health = BackendHealth(health or HealthConfig())
         self.min_table_size = min_table_size
@@ -70,7 +71,7 @@ class LoadBalancer:
     # -- the reconcile loop -------------------------------------------------------------
     def on_view(self, view: ClusterView) -> None:
         """Recompute the desired table from ``view`` and apply it (idempotent). Never raises."""
-        self._model = vip_model(view)
+        self._model = vip_model(view, self.node_ip)
         self.status.view_version = view.version
         self.status.problems = list(self._model.problems)
         for problem in self._model.problems:

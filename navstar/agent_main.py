@@ -214,7 +214,7 @@ class NodeAgent:
 
     async def _start_dataplane(self) -> None:
         self.dataplane = await make_dataplane(self.opts)
-        self.lb = LoadBalancer(self.dataplane)
+        self.lb = LoadBalancer(self.dataplane, node_ip=self.opts.ip)
         log.info("VIP dataplane: %s", self.dataplane.name)
 
     async def run(self) -> None:

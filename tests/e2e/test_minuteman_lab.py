@@ -62,22 +62,14 @@ def test_vip_spreads_over_three_backends_from_every_agent_and_a_task(lab: LabHan
 
 
 # Found by this test; minuteman's NFQUEUE code was being reworked by its owner at the time.
-NFQUEUE_LOCAL_BRIDGE_BUG = (
-    "minuteman NFQUEUE: a VIP backend that is a bridge-mode task on the client's own agent "
-    "(agent_ip:hostPort, port-mapped by the overlay's nat DNAT to container_ip:containerPort) is "
-    "refused: the conntrack entry the agent creates already carries the VIP's DNAT (to "
-    "agent_ip:hostPort), so the nat table's port-mapping DNAT never runs for that flow and nothing "
-    "listens on the host port. Remote backends work (their agent's PREROUTING maps the port).")
-
-
-def test_the_nginxdocker_vip_example_works_the_same(lab: LabHandle, request):
-    if lab.lb == "nfqueue":
-        request.applymarker(pytest.mark.xfail(reason=NFQUEUE_LOCAL_BRIDGE_BUG, strict=True))
+def test_the_nginxdocker_vip_example_works_the_same(lab: LabHandle):
+    # Bridge-mode backends: on the client's own agent the VIP goes straight to the container
+    # (minuteman.model._backend), elsewhere to agent_ip:hostPort.
     app = json.loads((REPO / "examples" / "nginxdocker-vip.json").read_text())
     with deployed(lab, app, client_app()):
         nginx = lab.running(app["id"], app["instances"])
         client = lab.running("/client", 1)[0]
-        address = wait_vip_serves(lab, NGINX, nginx)
+        address = wait_vip_serves(lab, NGINX, nginx, bridge_container_port=80)
         for node, netns in origins(lab, client):
             for host in (address, NGINX):
                 assert_balanced(lab, node, host, {t["id"] for t in nginx}, netns=netns)

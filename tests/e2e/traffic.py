@@ -89,10 +89,21 @@ def vip_detail(lab: LabHandle, node: str, name: str) -> dict | None:
     return next((v for v in json.loads(out or "[]") if v["name"] == name), None)
 
 
-def wait_vip_serves(lab: LabHandle, name: str, tasks: list[dict], timeout: float = 20) -> str:
+def wait_vip_serves(lab: LabHandle, name: str, tasks: list[dict], timeout: float = 20,
+                    bridge_container_port: int | None = None) -> str:
     """Waits until every agent has the VIP programmed with exactly these host-port tasks as its
-    up backends (agent ip, host port); returns the VIP address (the same on every agent)."""
+    up backends (agent ip, host port) — except that a bridge-mode task on the agent itself is
+    reached at its container address (``bridge_container_port``); returns the VIP address (the same on every agent)."""
     want = {(lab.ip(t["slaveId"]), t["ports"][0]) for t in tasks}
+
+    def seen_from(node: str) -> set[tuple[str, int]]:
+        wanted = set()
+        for task in tasks:
+            if bridge_container_port and task["slaveId"] == node and task.get("ipAddresses"):
+                wanted.add((task["ipAddresses"][0]["ipAddress"], bridge_container_port))
+            else:
+                wanted.add((lab.ip(task["slaveId"]), task["ports"][0]))
+        return wanted
 
     def ready():
         addresses = set()
@@ -100,7 +111,7 @@ def wait_vip_serves(lab: LabHandle, name: str, tasks: list[dict], timeout: float
             vip = vip_detail(lab, node, name)
             if vip is None or not vip["programmed"]:
                 return None
-            if {(b["ip"], b["port"]) for b in vip["backend"] if b["state"] == "up"} != want:
+            if {(b["ip"], b["port"]) for b in vip["backend"] if b["state"] == "up"} != seen_from(node):
                 return None
             addresses.add(vip["address"])
         return addresses.pop() if len(addresses) == 1 else None

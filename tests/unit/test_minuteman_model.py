@@ -109,3 +109,19 @@ def test_framework_is_part_of_the_name_and_address_key():
     t = task(1, framework="kafka", port_labels={"VIP_0": "/broker:9092"})
     model = vip_model(view(t, addresses={"kafka:/broker": "11.0.0.9"}))
     assert model.vips[VipKey("11.0.0.9", 9092, "tcp")].dns_name == "broker.kafka.l4lb.thisdcos.directory"
+
+
+def test_bridge_task_on_this_node_is_reached_at_its_container_address():
+    from control.view import AgentInfo, ClusterView, TaskInfo, TaskPort
+    from minuteman.model import vip_model
+
+    task = TaskInfo(task_id="nginx.1", app_id="/nginx", name="nginx", agent_id="agent-1",
+                    agent_ip="198.18.0.11", state="TASK_RUNNING", network="bridge",
+                    ip_addresses=["9.0.1.130"],
+                    ports=[TaskPort(host_port=31001, container_port=80, labels={"VIP_0": "/nginx:80"})])
+    view = ClusterView(version=1, agents=[AgentInfo(agent_id="agent-1", hostname="agent-1", ip="198.18.0.11")],
+                       tasks=[task], vip_addresses={"marathon:/nginx": "11.0.0.1"})
+    elsewhere = [b.backend for vip in vip_model(view, "198.18.0.12").vips.values() for b in vip.backends]
+    here = [b.backend for vip in vip_model(view, "198.18.0.11").vips.values() for b in vip.backends]
+    assert [(b.ip, b.port) for b in elsewhere] == [("198.18.0.11", 31001)]
+    assert [(b.ip, b.port) for b in here] == [("9.0.1.130", 80)]
