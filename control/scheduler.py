@@ -574,7 +574,9 @@ class Scheduler:
                 entry = self.queue[app_id] = QueueEntry(app_id=app_id, count=count, since=self.clock())
             entry.count = count
             if app_id not in ready:
-                entry.detail = f"waiting {self.delay_left(app_id):.1f}s (backoff after a failed task)"
+                failure = self.last_failure.get(app_id, {}).get("message")
+                entry.detail = (f"waiting {self.delay_left(app_id):.1f}s (backoff after a failed task"
+                                + (f": {failure})" if failure else ")"))
 
     def _new_task(self, app: AppDefinition, slot: AgentSlot, host_ports: list[int | None],
                   framework_id: str, now: float) -> TaskRecord:

@@ -106,6 +106,19 @@ async def test_failed_tasks_restart_with_backoff(cluster):
     assert app["lastTaskFailure"]["state"] == "TASK_FAILED"
 
 
+async def test_queue_says_why_a_task_failed(cluster):
+    """E.g. an agent's m-dcos /25 is full: the task fails with that reason and the app waits in
+    the queue saying so, instead of an address being handed out twice."""
+    await cluster.post_app({"id": "/overlay", "cmd": "sleep 100", "cpus": 0.1, "mem": 16,
+                            "ipAddress": {"networkName": "dcos"}})
+    task = cluster.running("/overlay")[0]
+    reason = "m-dcos 9.0.1.0/25 has no free address"
+    await cluster.fake.report(task.agent_id, task.task_id, "TASK_FAILED", message=reason)
+    await cluster.settle()
+    queue = (await cluster.marathon.get("/v2/queue")).json()["queue"]
+    assert reason in queue[0]["processedOffersSummary"]["reason"]
+
+
 async def test_rolling_upgrade_keeps_health_capacity(cluster):
     cluster.fake.healthy = True
     await cluster.post_app({"id": "/roll", "cmd": "v1", "cpus": 0.1, "mem": 16, "instances": 4,
