@@ -316,13 +316,7 @@ class Lab:
     def restart(self, node_name: str, timeout: float = 60.0) -> Node:
         """Stops the node's process if it still runs (SIGTERM, then SIGKILL) and starts it again
         with the same arguments; its tasks and kernel state are left for it to adopt."""
-        state = self.state()
-        if state is None:
-            raise LabError(f"lab {self.name!r} is not up")
-        node = state.node(node_name)
-        if node is None:
-            names = ", ".join(n.name for n in state.nodes)
-            raise UnknownNode(f"no node {node_name!r} in lab {self.name!r}; nodes: {names}")
+        state, node = self._node(node_name)
         if process_alive(node.pid):
             end_process(node.pid)
         started = time.time()
@@ -398,8 +392,8 @@ class Lab:
                 tail = Path(node.log).read_text(errors="replace").splitlines()[-15:]
                 print(f"--- last lines of {node.log}", *tail, sep="\n", file=sys.stderr)
 
-    # ---- exec / logs
-    def exec_argv(self, node_name: str, command: list[str]) -> tuple[Node, list[str]]:
+    def _node(self, node_name: str) -> tuple[LabState, Node]:
+        """The lab's state and one of its nodes; raises LabError / UnknownNode (naming the nodes)."""
         state = self.state()
         if state is None:
             raise LabError(f"lab {self.name!r} is not up")
@@ -407,6 +401,11 @@ class Lab:
         if node is None:
             names = ", ".join(n.name for n in state.nodes)
             raise UnknownNode(f"no node {node_name!r} in lab {self.name!r}; nodes: {names}")
+        return state, node
+
+    # ---- exec / logs
+    def exec_argv(self, node_name: str, command: list[str]) -> tuple[Node, list[str]]:
+        _state, node = self._node(node_name)
         return node, ["ip", "netns", "exec", node.namespace, *command]
 
     def exec(self, node_name: str, command: list[str]) -> None:
