@@ -229,3 +229,15 @@ def node_list(master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = N
         table.add_row(node["id"], address, status, f"{res['cpus']:g}", f"{res['mem']:g}", res.get("ports", ""),
                       str(node["tasks"]), (node["overlay"] or {}).get("subnet", "-"))
     Console().print(table)
+
+
+@node_cli.command("remove")
+def node_remove(agent_id: Annotated[str, typer.Argument(help="the agent to remove for good")],
+                force: Annotated[bool, typer.Option("--force", help="remove it even while it is reachable")] = False,
+                master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None,
+                mesos: Annotated[str | None, typer.Option("--mesos", help="Mesos API URL (default: master:5050)")]
+                = None) -> None:
+    """Remove an agent for good: its tasks are replaced elsewhere, its overlay subnet is freed."""
+    api = Api(master, lab, token, mesos)
+    api.call("DELETE", f"/v1/agents/{agent_id}", mesos=True, params={"force": "true"} if force else {})
+    Console().print(f"agent {agent_id} removed")

@@ -28,19 +28,15 @@ from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
 from control.api_auth import TokenAuth
 from control.drf import Allocator
 from control.events import EventBus
+from control.ipam import OverlayIpam
 from control.master_metrics import MasterMetrics
 from control.mesos_state import mesos_state
 from control.protocol import TaskStatus
 from control.registry import AgentRegistration, AgentRegistry
 from control.scheduler import Scheduler
 from control.store import Store
-from control.view import AgentInfo, ClusterView, TaskInfo
+from control.view import AgentInfo, ClusterView, OverlayConfig, TaskInfo
 from control.vips import VipAllocator, named_vip
-
-try:  # the overlay's allocator; the view carries None until it exists
-    from control.ipam import OverlayIpam
-except ImportError:  # pragma: no cover - depends on what has landed
-    OverlayIpam = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger("navstar.master")
 
@@ -53,7 +49,7 @@ class Master:
                  agent_client: AgentClient | None = None, ping_interval: float | None = None,
                  clock: Callable[[], float] = time.time, advertise_ip: str | None = None,
                  mesos_port: int = 5050, marathon_port: int = 8080,
-                 image_map: ImageMap | None = None) -> None:
+                 image_map: ImageMap | None = None, overlay: OverlayConfig | None = None) -> None:
         self.secret = secret
         # The agents' image map (apps naming an image but no command are checked against it).
         self.image_map = image_map or ImageMap()
@@ -79,10 +75,9 @@ class Master:
                                    clock=clock, on_change=self.view_changed)
         self.vips = VipAllocator(dict(self.store.items("vips")),
                                  next_address=self.store.get("meta", "vip_next_address"))
-        self.ipam = None
-        if OverlayIpam is not None:
-            snapshot = self.store.get("allocations", "overlay")
-            self.ipam = OverlayIpam.restore(snapshot) if snapshot else OverlayIpam()
+        self.overlay = overlay or OverlayConfig()
+        snapshot = self.store.get("allocations", "overlay")
+        self.ipam = OverlayIpam.restore(snapshot, self.overlay) if snapshot else OverlayIpam(self.overlay)
         # A restarted master serves a newer version, so every agent fetches the view again.
         self.view_version = int(self.store.get("meta", "view_version", 0)) + 1
         self._view_waiters: set[asyncio.Future] = set()
@@ -129,7 +124,7 @@ class Master:
             return self._view_cache
         agents = [
             AgentInfo(agent_id=r.registration.agent_id, hostname=r.registration.hostname, ip=r.registration.ip,
-                      reachable=r.reachable, overlay=self.ipam.get(r.registration.agent_id) if self.ipam else None)
+                      reachable=r.reachable, overlay=self.ipam.get(r.registration.agent_id))
             for r in self.registry.all()]
         tasks = [
             TaskInfo(task_id=t.task_id, app_id=t.app_id, name=_task_name(t.app_id), agent_id=t.agent_id,
@@ -137,7 +132,8 @@ class Master:
                      ip_addresses=t.ip_addresses, ports=t.ports, labels=t.labels)
             for t in sorted(self.scheduler.tasks.values(), key=lambda t: t.task_id) if t.state in LIVE_STATES]
         self._view_cache = ClusterView(version=self.view_version, master_ip=self.advertise_ip, agents=agents,
-                                       tasks=tasks, vip_addresses=dict(self.vips.allocations))
+                                       tasks=tasks, vip_addresses=dict(self.vips.allocations),
+                                       overlay=self.overlay)
         return self._view_cache
 
     async def wait_view(self, since: int, wait: float) -> ClusterView:
@@ -158,9 +154,8 @@ class Master:
         self.registry.register(registration)
         self.store.put("agents", registration.agent_id, registration.model_dump())
         self.allocator.add_agent(registration.agent_id, _totals(registration))
-        if self.ipam is not None:
-            self.ipam.allocate(registration.agent_id)
-            self.store.put("allocations", "overlay", self.ipam.snapshot())
+        self.ipam.allocate(registration.agent_id)
+        self.store.put("allocations", "overlay", self.ipam.snapshot())
         if previous is None or not previous.reachable or previous.registration != registration:
             self.view_changed()
         self.scheduler._spawn(self.scheduler.reconcile(registration.agent_id))
@@ -179,6 +174,27 @@ class Master:
             self.view_changed()
             self.scheduler.poke()
         return True
+
+    def remove_agent(self, agent_id: str, force: bool = False) -> str | None:
+        """Removes an agent for good: its tasks are lost and replaced, its overlay allocation is
+        returned. Only an unreachable agent, unless ``force``. Returns why not, or None."""
+        record = self.registry.get(agent_id)
+        if record is None:
+            return f"agent {agent_id} is not registered"
+        if record.reachable and not force:
+            return f"agent {agent_id} is reachable; stop it first or force the removal"
+        self.scheduler.agent_removed(agent_id)
+        self.registry.remove(agent_id)
+        self.store.delete("agents", agent_id)
+        try:
+            self.allocator.remove_agent(agent_id)
+        except KeyError:
+            pass
+        self.ipam.release(agent_id)
+        self.store.put("allocations", "overlay", self.ipam.snapshot())
+        log.info("agent %s removed; its overlay allocation is free again", agent_id)
+        self.view_changed()
+        return None
 
     def check_agents(self) -> list[str]:
         """Marks agents silent for ``agent_timeout`` unreachable; their tasks are replaced."""
@@ -262,6 +278,14 @@ class Master:
     async def _agents(self, _request: Request) -> JSONResponse:
         return JSONResponse({"agents": self.registry.as_json()})
 
+    async def _remove_agent(self, request: Request) -> JSONResponse:
+        agent_id = request.path_params["agent_id"]
+        why_not = self.remove_agent(agent_id, force=request.query_params.get("force") == "true")
+        if why_not is None:
+            return JSONResponse({"agent_id": agent_id, "removed": True})
+        status = 404 if self.registry.get(agent_id) is None else 409
+        return JSONResponse({"message": why_not}, status_code=status)
+
     async def _view(self, request: Request) -> JSONResponse:
         try:
             since = int(request.query_params.get("since", "0"))
@@ -284,6 +308,7 @@ class Master:
             Route("/ping", _pong),
             Route("/v1/agents", self._register, methods=["POST"]),
             Route("/v1/agents", self._agents, methods=["GET"]),
+            Route("/v1/agents/{agent_id}", self._remove_agent, methods=["DELETE"]),
             Route("/v1/agents/{agent_id}/heartbeat", self._heartbeat, methods=["POST"]),
             Route("/v1/agents/{agent_id}/status", self._status, methods=["POST"]),
             Route("/v1/view", self._view),

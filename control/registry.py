@@ -86,6 +86,9 @@ class AgentRegistry:
                 newly.append(agent_id)
         return newly
 
+    def remove(self, agent_id: str) -> AgentRecord | None:
+        return self._agents.pop(agent_id, None)
+
     def get(self, agent_id: str) -> AgentRecord | None:
         return self._agents.get(agent_id)
 

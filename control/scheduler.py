@@ -778,6 +778,16 @@ class Scheduler:
             self._set_state(task, "TASK_UNREACHABLE", f"agent {agent_id} is unreachable", now)
         self.poke()
 
+    def agent_removed(self, agent_id: str) -> None:
+        """The agent is gone for good: its tasks are TASK_LOST now and replaced. Idempotent."""
+        now = self.clock()
+        for task in list(self.tasks.values()):
+            if task.agent_id == agent_id and not task.terminal:
+                task.released = True
+                self._set_state(task, "TASK_LOST", f"agent {agent_id} was removed", now)
+                self._terminated(task, now)
+        self.poke()
+
     async def reconcile(self, agent_id: str) -> None:
         """Asks the agent what it runs: unknown tasks are killed, missing ones are lost."""
         record = self.registry.get(agent_id)

@@ -29,9 +29,9 @@ class OverlayConfig(BaseModel):
     agent_prefixlen: int = 24
     vtep_subnet: str = "44.128.0.0/20"
     vtep_name: str = "vtep1024"
-    vni: int = 1024
-    port: int = 64000
-    mtu: int = 1420
+    vni: int = Field(default=1024, ge=1, le=(1 << 24) - 1)
+    port: int = Field(default=64000, ge=1, le=65535)
+    mtu: int = Field(default=1420, ge=576, le=9000)
 
 
 class OverlayAllocation(BaseModel):

@@ -47,11 +47,29 @@ def master(
     token_file: Annotated[str | None, typer.Option(help="cluster secret; API calls must carry it")] = None,
     agent_timeout: Annotated[float, typer.Option(help="seconds without a heartbeat before an agent is unreachable")] = 75.0,
     image_map: Annotated[str | None, typer.Option(help="JSON image map shared with the agents (apps without a command)")] = None,
+    overlay_subnet: Annotated[str, typer.Option(help="the dcos overlay network")] = "9.0.0.0/8",
+    overlay_prefixlen: Annotated[int, typer.Option(help="prefix length of each agent's overlay subnet")] = 24,
+    vtep_subnet: Annotated[str, typer.Option(help="where VTEP addresses come from")] = "44.128.0.0/20",
+    vni: Annotated[int, typer.Option(help="VXLAN network identifier")] = 1024,
+    vxlan_port: Annotated[int, typer.Option(help="VXLAN UDP port")] = 64000,
+    overlay_mtu: Annotated[int, typer.Option(help="container MTU on the overlay")] = 1420,
 ) -> None:
     """Run the master (Marathon API, Mesos API, allocator)."""
+    from pydantic import ValidationError
+
+    from control.view import OverlayConfig
     from navstar.master_main import run_master
 
-    run_master(marathon_listen, mesos_listen, state_dir, token_file, agent_timeout, image_map)
+    try:
+        overlay = OverlayConfig(subnet=overlay_subnet, agent_prefixlen=overlay_prefixlen, vtep_subnet=vtep_subnet,
+                                vni=vni, port=vxlan_port, mtu=overlay_mtu)
+        from control.ipam import OverlayIpam
+
+        OverlayIpam(overlay)   # checks the ranges and prefix lengths fit together
+    except (ValidationError, ValueError) as exc:
+        err.print(f"overlay settings: {exc}")
+        raise typer.Exit(2) from None
+    run_master(marathon_listen, mesos_listen, state_dir, token_file, agent_timeout, image_map, overlay)
 
 
 @app.command()

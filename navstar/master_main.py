@@ -8,6 +8,7 @@ import logging
 from control.agent.images import ImageMap
 from control.auth import read_secret
 from control.master import Master
+from control.view import OverlayConfig
 from navstar import logs
 from navstar.servers import Listen, serve
 
@@ -15,13 +16,14 @@ log = logging.getLogger("navstar.master")
 
 
 def run_master(marathon_listen: str, mesos_listen: str, state_dir: str | None,
-               token_file: str | None, agent_timeout: float, image_map: str | None = None) -> None:
+               token_file: str | None, agent_timeout: float, image_map: str | None = None,
+               overlay: OverlayConfig | None = None) -> None:
     logs.configure()
     marathon, mesos = Listen.parse(marathon_listen), Listen.parse(mesos_listen)
     advertise = mesos.host if mesos.host not in ("0.0.0.0", "") else None
     master = Master(secret=read_secret(token_file), agent_timeout=agent_timeout, state_dir=state_dir,
                     advertise_ip=advertise, mesos_port=mesos.port, marathon_port=marathon.port,
-                    image_map=ImageMap.load(image_map))
+                    image_map=ImageMap.load(image_map), overlay=overlay)
     log.info("master: Marathon API on %s:%d, Mesos API on %s:%d",
              marathon.host, marathon.port, mesos.host, mesos.port)
     asyncio.run(serve([(master.marathon_app(), marathon), (master.mesos_app(), mesos)],
