@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +127,8 @@ class NodeAgent:
                                live_statuses=self.executor.statuses)
         self._health: dict[str, asyncio.Task] = {}
         self._background: set[asyncio.Task] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self.dataplane: Dataplane | None = None
         self.lb: LoadBalancer | None = None
         self.dns = DnsService(list(opts.dns_listen), opts.dns_port, upstreams=opts.upstreams,
@@ -135,6 +138,11 @@ class NodeAgent:
 
     # -- events ---------------------------------------------------------------------------
     def _on_status(self, status) -> None:
+        """From the executor, on the loop or on a launch worker thread."""
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._on_status, status)
+            return
         self.link.send_status(status)
         if status.state in ("TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR"):
             checker = self._health.pop(status.task_id, None)
@@ -218,6 +226,7 @@ class NodeAgent:
         log.info("VIP dataplane: %s", self.dataplane.name)
 
     async def run(self) -> None:
+        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         for status in self.executor.adopt():
             self.link.send_status(status)
         # pyroute2's synchronous API refuses to run inside an event loop.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from pydantic import ValidationError
@@ -39,7 +40,8 @@ def agent_api(agent_id: str, executor: Executor, secret: str | None,
             details = exc.errors() if isinstance(exc, ValidationError) else str(exc)
             log.warning("rejected a launch: %s", details)
             return JSONResponse({"message": "invalid task launch", "details": str(details)}, status_code=422)
-        executor.launch(task)
+        # Launching shells out and plumbs networks: keep it off the event loop.
+        await asyncio.to_thread(executor.launch, task)
         if on_launch is not None and task.task_id in executor.tasks:
             on_launch(task)
         return JSONResponse({"task_id": task.task_id}, status_code=202)
@@ -52,7 +54,7 @@ def agent_api(agent_id: str, executor: Executor, secret: str | None,
             grace = float(request.query_params["grace"]) if "grace" in request.query_params else None
         except ValueError:
             return JSONResponse({"message": "grace: expected seconds"}, status_code=400)
-        if not executor.kill(task_id, grace):
+        if not await asyncio.to_thread(executor.kill, task_id, grace):
             return JSONResponse({"message": f"unknown task {task_id}"}, status_code=404)
         return JSONResponse({"task_id": task_id}, status_code=202)
 

@@ -19,6 +19,7 @@ import os
 import pwd
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,6 +89,8 @@ class Executor:
         self.node_netns = node_netns
         self.tasks: dict[str, RunningTask] = {}
         self._state_file = self.work_dir / "tasks.json"
+        # launch() runs on a worker thread (it shells out and plumbs networks); the rest on the loop.
+        self._lock = threading.RLock()
 
     # -- state file --------------------------------------------------------------------
     def _save(self) -> None:
@@ -97,6 +100,10 @@ class Executor:
 
     def adopt(self) -> list[TaskStatus]:
         """Re-attaches to tasks a previous agent run left running; returns their statuses."""
+        with self._lock:
+            return self._adopt()
+
+    def _adopt(self) -> list[TaskStatus]:
         try:
             saved = json.loads(self._state_file.read_text())
         except (FileNotFoundError, ValueError):
@@ -118,6 +125,10 @@ class Executor:
     # -- launch ------------------------------------------------------------------------
     def launch(self, launch: TaskLaunch) -> None:
         """Starts the task; every outcome is reported through ``on_status``."""
+        with self._lock:
+            self._launch(launch)
+
+    def _launch(self, launch: TaskLaunch) -> None:
         if launch.task_id in self.tasks:
             return  # idempotent: the master may resend a launch it did not see acknowledged
         sandbox = self.sandboxes / launch.task_id
@@ -237,6 +248,10 @@ class Executor:
     # -- kill and monitor ----------------------------------------------------------------
     def kill(self, task_id: str, grace: float | None = None) -> bool:
         """SIGTERM now, SIGKILL after the grace period. False for an unknown task."""
+        with self._lock:
+            return self._kill(task_id, grace)
+
+    def _kill(self, task_id: str, grace: float | None = None) -> bool:
         task = self.tasks.get(task_id)
         if task is None:
             return False
@@ -260,6 +275,15 @@ class Executor:
 
     def poll(self) -> None:
         """Reaps finished tasks and escalates kills; called periodically."""
+        # Never wait on the loop for a launch in progress: the next poll comes soon.
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._poll()
+        finally:
+            self._lock.release()
+
+    def _poll(self) -> None:
         for task_id, task in list(self.tasks.items()):
             code = self._exit_code(task)
             if code is None:
