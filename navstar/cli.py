@@ -239,7 +239,8 @@ def lab_logs(node: Annotated[str, typer.Argument()], name: LabName = "lab",
 
 @lab_app.command("scenario")
 def lab_scenario(name: LabName = "lab",
-                 requests: Annotated[int, typer.Option(help="requests per VIP")] = 9) -> None:
+                 requests: Annotated[int, typer.Option(help="requests per VIP")] = 9,
+                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Deploy the seed example apps and curl their VIP names from agent-1."""
     _need_root()
     from navstar.lab import Lab
@@ -251,6 +252,14 @@ def lab_scenario(name: LabName = "lab",
         raise typer.Exit(1)
     with console.status("deploying the example apps") as spinner:
         apps, vips = run_scenario(state, lambda msg: spinner.update(msg), requests=requests)
+    failed = any(a.running < a.instances for a in apps) or any(v.failures for v in vips)
+    if as_json:
+        print(json.dumps({
+            "apps": [{"id": a.app_id, "instances": a.instances, "running": a.running, "addresses": a.addresses,
+                      "note": a.message} for a in apps],
+            "vips": [{"vip": v.name, "address": v.address, "answers": dict(v.answers), "failures": v.failures}
+                     for v in vips]}))
+        raise typer.Exit(1 if failed else 0)
     table = Table(title="apps")
     for column in ("app", "running", "addresses", "note"):
         table.add_column(column)
@@ -264,7 +273,7 @@ def lab_scenario(name: LabName = "lab",
         table.add_row(vip.name, vip.address, "\n".join(f"{who} ({n})" for who, n in vip.answers.items()),
                       str(vip.failures))
     console.print(table)
-    if any(a.running < a.instances for a in apps) or any(v.failures for v in vips):
+    if failed:
         raise typer.Exit(1)
 
 

@@ -101,3 +101,28 @@ def test_lab_down_cleans_a_partial_start(lab):
     assert lab_leftovers(name)
     assert navstar("lab", "down", "--name", name).returncode == 0
     assert lab_leftovers(name) == []
+
+
+def test_lab_commands_say_root_is_needed():
+    for command in (["lab", "up"], ["lab", "down"], ["lab", "exec", "agent-1", "--", "true"]):
+        result = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                 *NAVSTAR, *command], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1, command
+        assert "root is needed" in result.stderr, (command, result.stderr)
+
+
+def test_scenario_deploys_the_seed_apps_and_curls_their_vips(lab):
+    """The main job (`make lab`): the seed apps run and their VIP names answer from agent-1."""
+    name, subnet = lab
+    up = navstar("lab", "up", "--name", name, "--agents", "3", "--underlay", subnet)
+    assert up.returncode == 0, up.stderr + up.stdout
+    scenario = navstar("lab", "scenario", "--name", name, "--json", "--requests", "30", timeout=180)
+    assert scenario.returncode == 0, scenario.stdout + scenario.stderr
+    outcome = json.loads(scenario.stdout)
+    assert {a["id"] for a in outcome["apps"]} == {"/web", "/nginxdocker", "/nginxmesos", "/nginxmesos1", "/nginx"}
+    assert all(a["running"] == a["instances"] for a in outcome["apps"])
+    vips = {v["vip"]: v for v in outcome["vips"]}
+    assert set(vips) == {"web.marathon.l4lb.thisdcos.directory:80", "nginxdocker.marathon.l4lb.thisdcos.directory:80"}
+    for vip in vips.values():
+        assert vip["address"].startswith("11.") and vip["failures"] == 0
+        assert sum(vip["answers"].values()) == 30 and len(vip["answers"]) >= 2
