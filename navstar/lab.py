@@ -449,6 +449,8 @@ class Lab:
         if pins.exists():
             shutil.rmtree(pins, ignore_errors=True)
             removed.append(f"bpf pins {pins}")
+        with contextlib.suppress(OSError):
+            BPFFS_ROOT.rmdir()   # shared by every lab: goes with the last one
         with IPRoute() as root:
             idx = root.link_lookup(ifname=operator_link(self.name))
             if idx:
