@@ -45,6 +45,12 @@ def lab_leftovers(name: str) -> list[str]:
     found += [f"pid {p}" for p in procs]
     if Path("/var/lib/navstar/labs", name).exists():
         found.append("lab directory")
+    if Path("/sys/fs/bpf/navstar", name).exists():
+        found.append("pinned BPF maps")
+    for tree in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        attached = subprocess.run(["bpftool", "cgroup", "show", tree], capture_output=True, text=True).stdout
+        if any(hook in attached for hook in ("connect4", "sendmsg4", "recvmsg4", "getpeername4", "sock_ops")):
+            found.append(f"BPF programs on the root cgroup {tree}")
     return found
 
 
