@@ -28,7 +28,7 @@ from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
 from control.api_auth import TokenAuth
 from control.drf import Allocator
 from control.events import EventBus
-from control.ipam import OverlayIpam
+from control.ipam import IpamError, OverlayIpam
 from control.master_metrics import MasterMetrics
 from control.mesos_state import mesos_state
 from control.protocol import TaskStatus
@@ -150,11 +150,13 @@ class Master:
 
     # ---- agents --------------------------------------------------------------------------
     def register_agent(self, registration: AgentRegistration) -> None:
+        """Raises ``IpamError`` (nothing changed) when the overlay has no room for a new agent."""
+        # The overlay first: a full pool must refuse the agent before anything else knows it.
+        self.ipam.allocate(registration.agent_id)
         previous = self.registry.get(registration.agent_id)
         self.registry.register(registration)
         self.store.put("agents", registration.agent_id, registration.model_dump())
         self.allocator.add_agent(registration.agent_id, _totals(registration))
-        self.ipam.allocate(registration.agent_id)
         self.store.put("allocations", "overlay", self.ipam.snapshot())
         if previous is None or not previous.reachable or previous.registration != registration:
             self.view_changed()
@@ -244,7 +246,11 @@ class Master:
         except ValidationError as exc:
             log.warning("rejected registration from %s: %s", request.client, exc.errors())
             return JSONResponse({"message": "Object is not valid", "details": _details(exc)}, status_code=422)
-        self.register_agent(registration)
+        try:
+            self.register_agent(registration)
+        except IpamError as exc:
+            log.warning("refused agent %s from %s: %s", registration.agent_id, registration.ip, exc)
+            return JSONResponse({"message": str(exc)}, status_code=409)
         log.info("agent %s registered from %s", registration.agent_id, registration.ip)
         return JSONResponse({"agent_id": registration.agent_id})
 

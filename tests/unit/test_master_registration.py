@@ -1,0 +1,41 @@
+"""Registering an agent: a full overlay pool refuses it with 409 and changes nothing."""
+
+import httpx
+import pytest
+
+from control.agent_client import FakeAgents
+from control.master import Master
+from control.view import OverlayConfig
+from tests.unit.master_harness import registration
+
+
+async def test_agent_beyond_the_overlay_pool_gets_409_and_is_not_registered(tmp_path):
+    # A /23 cut into /24s: room for exactly two agents.
+    master = Master(state_dir=str(tmp_path), agent_client=FakeAgents(), advertise_ip="198.18.0.2",
+                    overlay=OverlayConfig(subnet="10.200.0.0/23", agent_prefixlen=24))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(master.mesos_app()),
+                                     base_url="http://master:5050") as mesos:
+            for index in (1, 2):
+                assert (await mesos.post("/v1/agents", json=registration(index))).status_code == 200
+            overlay_before = master.store.get("allocations", "overlay")
+            version_before = master.view_version
+
+            resp = await mesos.post("/v1/agents", json=registration(3))
+
+            assert resp.status_code == 409, resp.text
+            assert "subnet" in resp.json()["message"] and "10.200.0.0/23" in resp.json()["message"]
+            agents = (await mesos.get("/v1/agents")).json()["agents"]
+            assert "agent-3" not in str(agents) and "agent-1" in str(agents)
+            assert master.registry.get("agent-3") is None
+            assert [key for key, _ in master.store.items("agents")] == ["agent-1", "agent-2"]
+            assert master.store.get("allocations", "overlay") == overlay_before
+            assert master.ipam.get("agent-3") is None
+            assert master.view_version == version_before
+            with pytest.raises(KeyError):
+                master.allocator.free("agent-3")
+            # A known agent registering again keeps its allocation and is still welcome.
+            assert (await mesos.post("/v1/agents", json=registration(2))).status_code == 200
+            await master.scheduler.settle()
+    finally:
+        master.close()
