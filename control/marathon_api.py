@@ -134,7 +134,13 @@ class MarathonApi:
                 used.add(current)
                 continue
             keep = old[index] if index < len(old) and old[index] and old[index] not in used else None
-            chosen = keep or next(p for p in range(*SERVICE_PORT_RANGE) if p not in used)
+            chosen = keep or next((p for p in range(*SERVICE_PORT_RANGE) if p not in used), None)
+            if chosen is None:
+                begin, end = SERVICE_PORT_RANGE
+                field = f"/container/portMappings({index})/servicePort" if app.uses_port_mappings \
+                    else f"/portDefinitions({index})/port"
+                raise ApiError(422, "Object is not valid", details=[{"path": field, "errors": [
+                    f"no free service port left in {begin}-{end - 1}: set a port or free one"]}])
             used.add(chosen)
             if app.uses_port_mappings:
                 item.service_port = chosen

@@ -103,6 +103,19 @@ async def test_unknown_network_is_a_clear_422(cluster):
     assert resp.json()["details"][0]["path"] == "/networks(0)/name"
 
 
+async def test_service_ports_running_out_is_a_422_naming_port_definitions(cluster, monkeypatch):
+    monkeypatch.setattr("control.marathon_api.SERVICE_PORT_RANGE", (10000, 10002))
+    two_ports = {"cmd": "sleep 100", "cpus": 0.1, "mem": 16, "instances": 0,
+                 "portDefinitions": [{"port": 0}, {"port": 0}]}
+    assert (await cluster.post_app({"id": "/first", **two_ports})).status_code == 201
+    resp = await cluster.post_app({"id": "/second", **two_ports})
+    assert resp.status_code == 422, resp.text
+    assert resp.json()["details"][0]["path"] == "/portDefinitions(0)/port"
+    assert "10000-10001" in resp.json()["details"][0]["errors"][0]
+    assert (await cluster.marathon.get("/v2/apps/second")).status_code == 404
+    assert (await cluster.marathon.get("/ping")).status_code == 200
+
+
 async def test_partial_put_scales_without_restarting_and_config_change_rolls(cluster):
     await cluster.post_app({"id": "/w", "cmd": "sleep 100", "instances": 1, "cpus": 0.1, "mem": 32})
     first = {t.task_id for t in cluster.running("/w")}
