@@ -6,12 +6,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 
 class PortRange(BaseModel):
     begin: int = Field(ge=1, le=65535)
     end: int = Field(ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _begin_not_after_end(self) -> PortRange:
+        if self.begin > self.end:
+            raise ValueError(f"port range {self.begin}-{self.end}: begin must not be greater than end")
+        return self
 
 
 class AgentResources(BaseModel):

@@ -2,9 +2,11 @@
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from control.agent_client import FakeAgents
 from control.master import Master
+from control.registry import PortRange
 from control.view import OverlayConfig
 from tests.unit.master_harness import registration
 
@@ -37,5 +39,25 @@ async def test_agent_beyond_the_overlay_pool_gets_409_and_is_not_registered(tmp_
             # A known agent registering again keeps its allocation and is still welcome.
             assert (await mesos.post("/v1/agents", json=registration(2))).status_code == 200
             await master.scheduler.settle()
+    finally:
+        master.close()
+
+
+def test_port_range_begin_after_end_is_rejected_naming_the_range():
+    assert PortRange(begin=31000, end=31000).end == 31000
+    with pytest.raises(ValidationError, match="port range 31100-31000"):
+        PortRange(begin=31100, end=31000)
+
+
+async def test_registration_with_a_reversed_port_range_is_a_422_naming_it(tmp_path):
+    master = Master(state_dir=str(tmp_path), agent_client=FakeAgents(), advertise_ip="198.18.0.2")
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(master.mesos_app()),
+                                     base_url="http://master:5050") as mesos:
+            resp = await mesos.post("/v1/agents", json=registration(1, ports=(31100, 31000)))
+            assert resp.status_code == 422, resp.text
+            [detail] = resp.json()["details"]
+            assert detail["path"] == "/resources/ports/0" and "31100-31000" in detail["errors"][0]
+            assert master.registry.get("agent-1") is None
     finally:
         master.close()
