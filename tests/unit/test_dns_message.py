@@ -123,8 +123,9 @@ def test_two_opt_records_are_formerr():
     q = DNSRecord.question("x.spartan")
     q.add_ar(EDNS0(udp_len=1232))
     q.add_ar(EDNS0(udp_len=1232))
-    with pytest.raises(Malformed):
+    with pytest.raises(Malformed) as caught:
         decode_query(bytes(q.pack()), CLIENT, tcp=False)
+    assert header(caught.value.reply)[:2] == (q.header.id, FORMERR)
 
 
 def many_addresses(count: int) -> Reply:
