@@ -36,8 +36,12 @@ class HealthCheckSpec(BaseModel):
     delay_seconds: float = 15
 
 
+# Task ids name sandboxes, cgroups and namespaces: no path separators, no leading dot.
+TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$"
+
+
 class TaskLaunch(BaseModel):
-    task_id: str
+    task_id: str = Field(pattern=TASK_ID_PATTERN)
     app_id: str
     name: str                                  # Mesos task name, e.g. "web.shop"
     cmd: str | None = None                     # run with /bin/sh -c

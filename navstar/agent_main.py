@@ -161,7 +161,8 @@ class NodeAgent:
                 mapping = launch.ports[spec.port_index]
                 port = mapping.container_port if launch.network == "container" else mapping.host_port
             host = task.ip_addresses[0] if task and task.ip_addresses and launch.network == "container" else self.opts.ip
-            return CheckTarget(host, port, task.netns if task else None, dict(launch.env))
+            return CheckTarget(host, port, task.netns if task else None, dict(launch.env),
+                               as_task=lambda argv: self.executor.run_as_task(task_id, argv))
 
         health = TaskHealth(launch, target, lambda ok: self.executor.set_health(task_id, ok),
                             lambda why: self._give_up(task_id, why))
@@ -169,7 +170,8 @@ class NodeAgent:
 
     def _give_up(self, task_id: str, why: str) -> None:
         log.warning("killing task %s: %s", task_id, why)
-        self.executor.kill(task_id)
+        # kill() may wait for a launch in progress: not on the loop.
+        self._spawn(asyncio.to_thread(self.executor.kill, task_id))
 
     def on_view(self, view: ClusterView) -> None:
         self.view = view

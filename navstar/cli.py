@@ -33,6 +33,17 @@ err = Console(stderr=True)
 LabName = Annotated[str, typer.Option("--name", help="lab name")]
 
 
+def _lab(name: str, progress=None):
+    """The lab called ``name``; a bad name is a usage error (exit 2) naming the rule."""
+    from navstar.lab import Lab, LabError
+
+    try:
+        return Lab(name, progress=progress)
+    except LabError as exc:
+        err.print(f"--name: {exc}")
+        raise typer.Exit(2) from None
+
+
 def _need_root() -> None:
     if os.geteuid() != 0:
         err.print("[red]root is needed[/] (network namespaces, cgroups, BPF): run with sudo")
@@ -104,8 +115,9 @@ def agent(
     if lb not in ("ebpf", "nfqueue", "auto"):
         err.print(f"--lb: expected ebpf, nfqueue or auto, got {lb!r}")
         raise typer.Exit(2)
-    if not re.fullmatch(r"\d+-\d+", ports):
-        err.print(f"--ports: expected BEGIN-END, got {ports!r}")
+    begin, _, end = ports.partition("-")
+    if not re.fullmatch(r"\d+-\d+", ports) or not 0 < int(begin) <= int(end) < 65536:
+        err.print(f"--ports: expected BEGIN-END with 0 < BEGIN <= END < 65536, got {ports!r}")
         raise typer.Exit(2)
     run_agent(AgentOptions(
         master=master, ip=ip, agent_id=agent_id or "", token_file=token_file, api_listen=api_listen,
@@ -139,10 +151,10 @@ def lab_up(
 ) -> None:
     """Build the lab and start a master and the agents in it."""
     _need_root()
-    from navstar.lab import Lab, LabAlreadyUp, LabError
+    from navstar.lab import LabAlreadyUp, LabError
 
     with console.status("building the lab") as spinner:
-        lab = Lab(name, progress=lambda msg: spinner.update(msg))
+        lab = _lab(name, progress=lambda msg: spinner.update(msg))
         try:
             state = lab.up(agents=agents, underlay=underlay, lb=lb, overlay_interval=overlay_interval)
         except LabAlreadyUp as exc:
@@ -162,9 +174,8 @@ def lab_up(
 @lab_app.command("status")
 def lab_status(name: LabName = "lab", as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Show the lab's nodes and whether their processes are up."""
-    from navstar.lab import Lab
 
-    status = Lab(name).status()
+    status = _lab(name).status()
     if as_json:
         print(json.dumps(status))
         return
@@ -188,10 +199,10 @@ def lab_exec(
 ) -> None:
     """Run a command in a node's namespace and cgroup; its exit code is ours."""
     _need_root()
-    from navstar.lab import Lab, LabError, UnknownNode
+    from navstar.lab import LabError, UnknownNode
 
     try:
-        Lab(name).exec(node, command)
+        _lab(name).exec(node, command)
     except UnknownNode as exc:
         err.print(str(exc))
         raise typer.Exit(2) from None
@@ -207,10 +218,10 @@ def lab_exec(
 def lab_restart(node: Annotated[str, typer.Argument(help="master, agent-1, …")], name: LabName = "lab") -> None:
     """Stop a node's process (if it runs) and start it again; waits until it serves."""
     _need_root()
-    from navstar.lab import Lab, LabError, UnknownNode
+    from navstar.lab import LabError, UnknownNode
 
     try:
-        restarted = Lab(name).restart(node)
+        restarted = _lab(name).restart(node)
     except UnknownNode as exc:
         err.print(str(exc))
         raise typer.Exit(2) from None
@@ -224,9 +235,8 @@ def lab_restart(node: Annotated[str, typer.Argument(help="master, agent-1, …")
 def lab_logs(node: Annotated[str, typer.Argument()], name: LabName = "lab",
              lines: Annotated[int, typer.Option("-n", help="last N lines (0 = all)")] = 0) -> None:
     """Print a node's log."""
-    from navstar.lab import Lab
 
-    state = Lab(name).state()
+    state = _lab(name).state()
     found = state.node(node) if state else None
     if found is None:
         names = ", ".join(n.name for n in state.nodes) if state else "(lab not up)"
@@ -243,10 +253,9 @@ def lab_scenario(name: LabName = "lab",
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Deploy the seed example apps and curl their VIP names from agent-1."""
     _need_root()
-    from navstar.lab import Lab
     from navstar.scenario import run_scenario
 
-    state = Lab(name).state()
+    state = _lab(name).state()
     if state is None:
         err.print(f"lab {name!r} is not up: run `navstar lab up --name {name}` first")
         raise typer.Exit(1)
@@ -281,9 +290,14 @@ def lab_scenario(name: LabName = "lab",
 def lab_down(name: LabName = "lab") -> None:
     """Remove everything the lab created (also after a partial or crashed start)."""
     _need_root()
-    from navstar.lab import Lab
 
-    removed = Lab(name).down()
+    from navstar.lab import LabError
+
+    try:
+        removed = _lab(name).down()
+    except LabError as exc:
+        err.print(f"[red]lab down:[/] {exc}")
+        raise typer.Exit(1) from None
     console.print(f"lab {name!r}: removed {len(removed)} things" if removed else f"lab {name!r}: nothing to remove")
 
 

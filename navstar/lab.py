@@ -20,6 +20,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -114,8 +115,22 @@ class LabState:
 
 
 # -- naming: everything derives from the lab name, so `down` needs no state ------------------
-def namespace_prefix(lab: str) -> str:
-    return f"navstar-{lab}-"
+RESERVED_SEGMENTS = ("underlay", "master", "agent")
+
+
+def check_lab_name(name: str) -> None:
+    """Lab names never contain another lab's node names, so ``down`` of one cannot match another's
+    namespaces (``lab`` vs ``lab-2``: ``navstar-lab-2-master`` is no node name of ``lab``)."""
+    if not re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)*", name) or len(name) > 20:
+        raise LabError(f"lab name {name!r}: use up to 20 lowercase letters and digits, joined by single '-'")
+    reserved = set(name.split("-")) & set(RESERVED_SEGMENTS)
+    if reserved:
+        raise LabError(f"lab name {name!r}: {', '.join(sorted(reserved))} names a node; pick another word")
+
+
+def owns_namespace(lab: str, namespace: str) -> bool:
+    """The lab's own namespaces: underlay, master, agent-N, and their task namespaces (-t…)."""
+    return re.fullmatch(rf"navstar-{re.escape(lab)}-(underlay|master|agent-\d+)(-t.+)?", namespace) is not None
 
 
 def underlay_namespace(lab: str) -> str:
@@ -192,8 +207,7 @@ def namespace_pids(namespace: str) -> list[int]:
 # -- the lab -----------------------------------------------------------------------------
 class Lab:
     def __init__(self, name: str = "lab", progress: Callable[[str], None] | None = None) -> None:
-        if not name.replace("-", "").isalnum() or len(name) > 20:
-            raise LabError(f"lab name {name!r}: use up to 20 letters, digits and '-'")
+        check_lab_name(name)
         self.name = name
         self.progress = progress or (lambda _msg: None)
 
@@ -228,7 +242,10 @@ class Lab:
             self.down()
         if agents < 1 or agents > 200:
             raise LabError("--agents must be between 1 and 200")
-        net = ipaddress.IPv4Network(underlay)
+        try:
+            net = ipaddress.IPv4Network(underlay)
+        except ValueError as exc:
+            raise LabError(f"--underlay: {exc}") from None
         if net.num_addresses < 256:
             raise LabError("--underlay needs at least a /24")
         if overlay_interval <= 0:
@@ -418,8 +435,7 @@ class Lab:
 
     # ---- down
     def _leftovers(self) -> list[str]:
-        prefix = namespace_prefix(self.name)
-        return [ns for ns in netns.listnetns() if ns.startswith(prefix)]
+        return [ns for ns in netns.listnetns() if owns_namespace(self.name, ns)]
 
     def down(self) -> list[str]:
         """Removes everything the lab made; safe to repeat. Returns what it removed."""
@@ -466,9 +482,13 @@ class Lab:
             if etc.exists():
                 shutil.rmtree(etc)
                 removed.append(f"{etc}")
+        failures: list[str] = []
         if lab_cgroup.exists() or any(p.exists() for p in lab_cgroup.paths()):
-            lab_cgroup.remove()
-            removed.append(f"cgroup {lab_cgroup.relpath}")
+            try:
+                lab_cgroup.remove()
+                removed.append(f"cgroup {lab_cgroup.relpath}")
+            except OSError as exc:   # keep going: everything else still goes
+                failures.append(f"cgroup {lab_cgroup.relpath}: {exc}")
         for parent in Cgroup("navstar").paths():
             # Shared by every lab: goes only when the last lab has gone.
             with contextlib.suppress(OSError):
@@ -477,6 +497,8 @@ class Lab:
         if lab_dir.exists():
             shutil.rmtree(lab_dir)
             removed.append(str(lab_dir))
+        if failures:
+            raise LabError("could not remove " + "; ".join(failures) + " (run `navstar lab down` again)")
         return removed
 
 

@@ -84,7 +84,11 @@ def netns() -> Iterator[TestNamespace]:
             if not pids:
                 break
             _kill_all(pids)
-        ns.cgroup.remove()
+        leftover = None
+        try:
+            ns.cgroup.remove()
+        except OSError as exc:   # the namespace and /etc/netns still go; then report it
+            leftover = exc
         for parent in Cgroup("navstar-test").paths():
             try:
                 parent.rmdir()
@@ -94,3 +98,5 @@ def netns() -> Iterator[TestNamespace]:
         etc = Path("/etc/netns") / name
         if etc.exists():
             subprocess.run(["rm", "-rf", str(etc)], check=False)
+        if leftover is not None:
+            raise leftover

@@ -132,33 +132,34 @@ class Executor:
         if launch.task_id in self.tasks:
             return  # idempotent: the master may resend a launch it did not see acknowledged
         sandbox = self.sandboxes / launch.task_id
+        if sandbox.resolve().parent != self.sandboxes.resolve():
+            raise ValueError(f"task id {launch.task_id!r} does not name a sandbox below {self.sandboxes}")
         sandbox.mkdir(parents=True, exist_ok=True)
+        netns: str | None = None
         try:
             command = self._command(launch, sandbox)
             netns, ips, ports = self._network(launch)
             launch = launch.model_copy(update={"ports": ports})
+            cgroup = Cgroup(f"{self.cgroup_scope}/mesos/{launch.task_id}")
+            cgroup.create()
+            try:
+                cgroup.set_limits(launch.cpus, launch.mem)
+            except OSError as exc:
+                log.warning("task %s: cannot set limits: %s", launch.task_id, exc)
+            self._hand_over_sandbox(sandbox)
+            env = self._environment(launch, sandbox, ips)
+            argv = self.task_argv(["/bin/sh", "-c", command] if isinstance(command, str) else command, netns)
+            with open(sandbox / "stdout", "ab") as out, open(sandbox / "stderr", "ab") as err:
+                process = subprocess.Popen(argv, cwd=sandbox, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                           stderr=err, start_new_session=True,
+                                           preexec_fn=lambda: cgroup.add_pid(os.getpid()))
         except Exception as exc:  # noqa: BLE001 — any failure becomes the task's status
             log.warning("task %s failed to start: %s", launch.task_id, exc)
+            # Whatever was plumbed for it goes again (namespace, overlay address, port mappings).
+            self._cleanup(RunningTask(launch, 0, str(sandbox), netns))
             self.on_status(TaskStatus(task_id=launch.task_id, state="TASK_FAILED", timestamp=time.time(),
                                       message=str(exc)))
             return
-        cgroup = Cgroup(f"{self.cgroup_scope}/mesos/{launch.task_id}")
-        cgroup.create()
-        try:
-            cgroup.set_limits(launch.cpus, launch.mem)
-        except OSError as exc:
-            log.warning("task %s: cannot set limits: %s", launch.task_id, exc)
-        self._hand_over_sandbox(sandbox)
-        env = self._environment(launch, sandbox, ips)
-        argv = ["/bin/sh", "-c", command] if isinstance(command, str) else command
-        if netns or self.node_netns:
-            argv = ["ip", "netns", "exec", netns or self.node_netns, *self._as_user(argv)]
-        else:
-            argv = self._as_user(argv)
-        with open(sandbox / "stdout", "ab") as out, open(sandbox / "stderr", "ab") as err:
-            process = subprocess.Popen(argv, cwd=sandbox, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                       stderr=err, start_new_session=True,
-                                       preexec_fn=lambda: cgroup.add_pid(os.getpid()))
         task = RunningTask(launch, process.pid, str(sandbox), netns, ips, process=process)
         self.tasks[launch.task_id] = task
         self._save()
@@ -196,16 +197,16 @@ class Executor:
             raise ValueError(f"{launch.network} networking needs the overlay, which this agent does not run")
         netns = f"{self.netns_prefix}{launch.task_id.replace('.', '-')[-40:]}"
         subprocess.run(["ip", "netns", "add", netns], check=True, capture_output=True)
-        subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
-        # The task owns this namespace: let its unprivileged user bind any port (nginx on :80),
-        # as container runtimes do.
-        subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw", "net.ipv4.ip_unprivileged_port_start=0"],
-                       check=True)
-        if self.resolv_conf:
-            etc = Path("/etc/netns") / netns
-            etc.mkdir(parents=True, exist_ok=True)
-            (etc / "resolv.conf").write_text(self.resolv_conf)
         try:
+            subprocess.run(["ip", "netns", "exec", netns, "ip", "link", "set", "lo", "up"], check=True)
+            # The task owns this namespace: let its unprivileged user bind any port (nginx on :80),
+            # as container runtimes do.
+            subprocess.run(["ip", "netns", "exec", netns, "sysctl", "-qw",
+                            "net.ipv4.ip_unprivileged_port_start=0"], check=True)
+            if self.resolv_conf:
+                etc = Path("/etc/netns") / netns
+                etc.mkdir(parents=True, exist_ok=True)
+                (etc / "resolv.conf").write_text(self.resolv_conf)
             ips, ports = self.networks.attach(launch.task_id, netns, launch)
             return netns, ips, ports
         except Exception:
@@ -232,6 +233,21 @@ class Executor:
             env["MESOS_CONTAINER_IP"] = ips[0]
         env.update(launch.env)
         return env
+
+    def task_argv(self, argv: list[str], netns: str | None) -> list[str]:
+        """``argv`` as the task runs it: in its namespace (or the node's), as the task user."""
+        if netns or self.node_netns:
+            return ["ip", "netns", "exec", netns or self.node_netns, *self._as_user(argv)]
+        return self._as_user(argv)
+
+    def run_as_task(self, task_id: str, argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+        """How to run a helper command (a COMMAND health check) the way the task runs: the argv
+        and a ``preexec_fn`` that joins the task's cgroup. Unknown task: as is, no cgroup."""
+        task = self.tasks.get(task_id)
+        if task is None:
+            return argv, None
+        cgroup = Cgroup(f"{self.cgroup_scope}/mesos/{task_id}")
+        return self.task_argv(argv, task.netns), lambda: cgroup.add_pid(os.getpid())
 
     def _as_user(self, argv: list[str]) -> list[str]:
         if not self.user or os.geteuid() != 0:
@@ -335,7 +351,8 @@ class Executor:
 
     async def run(self, interval: float = 0.2) -> None:
         while True:
-            self.poll()
+            # Reaping a task tears down its namespace, addresses and cgroup: not on the loop.
+            await asyncio.to_thread(self.poll)
             await asyncio.sleep(interval)
 
     def statuses(self) -> list[TaskStatus]:

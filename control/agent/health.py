@@ -27,6 +27,9 @@ class CheckTarget:
     port: int | None
     netns: str | None
     env: dict[str, str]
+    # COMMAND checks run as the task does (its user, namespace and cgroup): given the shell argv,
+    # returns the argv to run and a preexec_fn. None: run as is (tests).
+    as_task: Callable[[list[str]], tuple[list[str], Callable[[], None] | None]] | None = None
 
 
 async def run_check(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, str]:
@@ -44,10 +47,12 @@ async def run_check(spec: HealthCheckSpec, target: CheckTarget) -> tuple[bool, s
             writer.close()
             return True, "connected"
         if protocol == "COMMAND":
-            argv = ["/bin/sh", "-c", spec.command or "true"]
-            if target.netns:
+            argv, preexec = ["/bin/sh", "-c", spec.command or "true"], None
+            if target.as_task is not None:
+                argv, preexec = target.as_task(argv)
+            elif target.netns:
                 argv = ["ip", "netns", "exec", target.netns, *argv]
-            proc = await asyncio.create_subprocess_exec(*argv, env=target.env,
+            proc = await asyncio.create_subprocess_exec(*argv, env=target.env, preexec_fn=preexec,
                                                         stdout=asyncio.subprocess.DEVNULL,
                                                         stderr=asyncio.subprocess.DEVNULL)
             try:

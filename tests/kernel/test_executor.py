@@ -3,6 +3,7 @@
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 import urllib.request
@@ -141,3 +142,45 @@ def _answers(port: int) -> bool:
     except OSError:
         return False
 
+
+
+class RecordingNetworks:
+    """A container network that only records what the executor asks of it."""
+
+    def __init__(self):
+        self.attached, self.detached = [], []
+
+    def attach(self, task_id, netns, launch):
+        self.attached.append((task_id, netns))
+        return ["9.0.0.2"], list(launch.ports)
+
+    def detach(self, task_id):
+        self.detached.append(task_id)
+
+
+def test_a_launch_failing_after_the_network_is_plumbed_undoes_it(netns, work_dir):
+    statuses = []
+    networks = RecordingNetworks()
+    ex = Executor(work_dir, "127.0.0.1", statuses.append, cgroup_scope=netns.cgroup.relpath,
+                  netns_prefix=f"{netns.name}-t", user="no-such-user-here", networks=networks)
+    ex.launch(TaskLaunch(task_id="c.1", app_id="/c", name="c", cmd="sleep 60", network="container",
+                         network_name="dcos", container_type="MESOS"))
+    assert statuses[-1].state == "TASK_FAILED" and "no-such-user-here" in statuses[-1].message
+    assert networks.detached == ["c.1"]
+    task_ns = networks.attached[0][1]
+    assert task_ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert not ex.tasks
+
+
+def test_command_health_checks_run_as_the_task(executor):
+    import asyncio
+
+    from control.agent.health import CheckTarget, run_check
+    from control.protocol import HealthCheckSpec
+
+    executor.launch(launch("hc.1", "sleep 60", free_port()))
+    spec = HealthCheckSpec(protocol="COMMAND", command='test "$(id -un)" = nobody', timeout_seconds=5)
+    target = CheckTarget("127.0.0.1", None, None, {"PATH": "/usr/bin:/bin"},
+                         as_task=lambda argv: executor.run_as_task("hc.1", argv))
+    ok, reason = asyncio.run(run_check(spec, target))
+    assert ok, reason

@@ -67,3 +67,27 @@ def test_master_registration_needs_the_secret_and_keeps_state_on_garbage():
     agents = client.get("/v1/agents", headers={"Authorization": "Bearer s3cret"}).json()["agents"]
     assert [a["ip"] for a in agents] == ["198.18.0.11"]
     assert TestClient(master.marathon_app()).get("/ping").text == "pong"
+
+
+def test_agent_api_refuses_task_ids_that_are_paths(tmp_path):
+    from control.agent.api import agent_api
+    from control.agent.executor import Executor
+
+    executor = Executor(tmp_path, "127.0.0.1", [].append, user=None)
+    client = TestClient(agent_api("agent-1", executor, None))
+    for bad in ("/etc", "../../etc", ".hidden", "a/b"):
+        resp = client.post("/v1/tasks", json={"task_id": bad, "app_id": "/x", "name": "x", "cmd": "true"})
+        assert resp.status_code == 422, bad
+    assert not executor.tasks and not any((tmp_path / "sandboxes").iterdir())
+
+
+def test_lab_names_cannot_reach_into_other_labs():
+    from navstar.lab import Lab, LabError, owns_namespace
+
+    assert owns_namespace("lab", "navstar-lab-agent-2")
+    assert owns_namespace("lab", "navstar-lab-agent-2-tweb-1234")
+    assert not owns_namespace("lab", "navstar-lab-2-master")
+    assert not owns_namespace("lab", "navstar-lab-2-agent-1-tweb-1")
+    for bad in ("lab-master", "x-agent", "Lab", "a_b", "a--b", "-a", "a" * 21):
+        with pytest.raises(LabError):
+            Lab(bad)
