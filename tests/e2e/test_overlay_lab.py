@@ -224,7 +224,8 @@ def test_deleted_peer_route_neighbour_and_fdb_entry_are_repaired_within_one_peri
     in_namespace(lab, "agent-1", "ip", "neigh", "del", peer["vtep_ip"], "dev", "vtep1024")
     in_namespace(lab, "agent-1", "bridge", "fdb", "del", peer["vtep_mac"], "dev", "vtep1024", "dst", peer_ip)
     deleted_at = time.monotonic()
-    assert not route() and not neighbour() and not fdb()
+    # Each `del` above succeeded (in_namespace checks it). Whether all three are still gone now is
+    # a race with the 2 s pass itself, so the test only asks that all three come back in time.
     wait_until(lambda: route() and neighbour() and fdb(), timeout=5 * RECONCILE_PERIOD, step=0.05,
                what="agent-3's route, neighbour and FDB entry back on agent-1")
     took = time.monotonic() - deleted_at
