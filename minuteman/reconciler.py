@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -58,6 +59,9 @@ class LoadBalancer:
         self.min_table_size = min_table_size
         self.status = LbStatus()
         self._model = VipModel()
+        # The agent applies views and repairs on a worker thread (kernel calls stay off its loop);
+        # health polling on the loop skips a round rather than wait for them.
+        self._lock = threading.RLock()
         self._reported: set[Problem] = set()
         # Adopt: keep serving what the kernel holds until the first view says otherwise.
         self._desired: dict[VipKey, VipEntry] = dataplane.current()
@@ -70,7 +74,12 @@ class LoadBalancer:
 
     # -- the reconcile loop -------------------------------------------------------------
     def on_view(self, view: ClusterView) -> None:
-        """Recompute the desired table from ``view`` and apply it (idempotent). Never raises."""
+        """Recompute the desired table from ``view`` and apply it (idempotent). Never raises.
+        Thread-safe: may run on a worker thread."""
+        with self._lock:
+            self._on_view(view)
+
+    def _on_view(self, view: ClusterView) -> None:
         self._model = vip_model(view, self.node_ip)
         self.status.view_version = view.version
         self.status.problems = list(self._model.problems)
@@ -117,7 +126,11 @@ class LoadBalancer:
         return table
 
     def repair(self) -> bool:
-        """Re-apply if the dataplane drifted from the desired table; True if it had."""
+        """Re-apply if the dataplane drifted from the desired table; True if it had. Thread-safe."""
+        with self._lock:
+            return self._repair()
+
+    def _repair(self) -> bool:
         try:
             current = self.dataplane.current()
         except Exception:
@@ -132,7 +145,16 @@ class LoadBalancer:
         return True
 
     def poll_health(self) -> bool:
-        """Feed the dataplane's connection outcomes to health; re-apply if a backend went in or out."""
+        """Feed the dataplane's connection outcomes to health; re-apply if a backend went in or out.
+        Skips this round (False) while a view or repair is being applied."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            return self._poll_health()
+        finally:
+            self._lock.release()
+
+    def _poll_health(self) -> bool:
         self.health.poll(self.dataplane)
         if self.status.view_version is None or self.health.out() == self._out:
             return False
@@ -157,8 +179,9 @@ class LoadBalancer:
         while True:
             now = loop.time()
             if now >= next_repair:
-                self.repair()
-                next_repair = now + repair_interval
+                # Reading the kernel back (ipset save, map dumps) is no work for the loop.
+                await asyncio.to_thread(self.repair)
+                next_repair = loop.time() + repair_interval
             if probe_every is not None and now >= next_probe:
                 next_probe = now + probe_every
                 await self.health.probe({b for e in self._desired.values() for b in e.backends})

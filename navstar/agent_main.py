@@ -127,6 +127,9 @@ class NodeAgent:
                                live_statuses=self.executor.statuses)
         self._health: dict[str, asyncio.Task] = {}
         self._background: set[asyncio.Task] = set()
+        self._lb_pending: ClusterView | None = None
+        self._lb_applied = -1
+        self._lb_turn = asyncio.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self.dataplane: Dataplane | None = None
@@ -178,11 +181,21 @@ class NodeAgent:
         log.debug("cluster view %d: %d agents, %d tasks", view.version, len(view.agents), len(view.tasks))
         self._spawn(self._overlay_view(view))
         if self.lb is not None:
-            self.lb.on_view(view)
-            # Names go to DNS only once the dataplane has programmed their VIPs.
-            self.dns.set_vips(self.lb.programmed_names())
+            self._lb_pending = view
+            self._spawn(self._lb_view())
         self.dns.set_masters(view.master_ip, [view.master_ip])
         self._spawn(self._refresh_records(view))
+
+    async def _lb_view(self) -> None:
+        """Applies the newest view to the VIP dataplane on a worker thread, one at a time and in
+        order, then publishes the programmed names (never before) to DNS."""
+        async with self._lb_turn:
+            view = self._lb_pending
+            if view is None or view.version == self._lb_applied:
+                return   # the newest view already went through (a reset master may count anew)
+            await asyncio.to_thread(self.lb.on_view, view)
+            self._lb_applied = view.version
+            self.dns.set_vips(self.lb.programmed_names())
 
     async def _refresh_records(self, view: ClusterView) -> None:
         state = await self.link.fetch_json("/master/state")
