@@ -24,6 +24,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from navstar.namespaces import remove_namespace
+
 BACKEND_IPS = [f"10.78.1.{i}" for i in range(2, 12)]
 NODE_IP, CLIENT_IP = "10.78.0.1", "10.78.9.2"
 PORT = 8080
@@ -224,12 +226,7 @@ class Bench:
                 proc.kill()
                 proc.wait()
         for ns in (self.node, self.backend, self.client):
-            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
-                try:
-                    os.kill(int(pid), 9)
-                except ProcessLookupError:
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            remove_namespace(ns)
         subprocess.run(["rm", "-rf", str(self.tmp)])
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +44,21 @@ def _lab(name: str, progress=None):
     except LabError as exc:
         err.print(f"--name: {exc}")
         raise typer.Exit(2) from None
+
+
+@contextlib.contextmanager
+def _node_errors(what: str) -> Iterator[None]:
+    """An unknown node is a usage error (exit 2, naming the nodes); other lab trouble exits 1."""
+    from navstar.lab import LabError, UnknownNode
+
+    try:
+        yield
+    except UnknownNode as exc:
+        err.print(str(exc))
+        raise typer.Exit(2) from None
+    except LabError as exc:
+        err.print(f"[red]{what} failed:[/] {exc}")
+        raise typer.Exit(1) from None
 
 
 def _need_root() -> None:
@@ -199,35 +216,20 @@ def lab_exec(
 ) -> None:
     """Run a command in a node's namespace and cgroup; its exit code is ours."""
     _need_root()
-    from navstar.lab import LabError, UnknownNode
-
-    try:
-        _lab(name).exec(node, command)
-    except UnknownNode as exc:
-        err.print(str(exc))
-        raise typer.Exit(2) from None
-    except LabError as exc:
-        err.print(str(exc))
-        raise typer.Exit(1) from None
-    except FileNotFoundError as exc:
-        err.print(f"cannot run {command[0]!r}: {exc}")
-        raise typer.Exit(127) from None
+    with _node_errors("lab exec"):
+        try:
+            _lab(name).exec(node, command)
+        except FileNotFoundError as exc:
+            err.print(f"cannot run {command[0]!r}: {exc}")
+            raise typer.Exit(127) from None
 
 
 @lab_app.command("restart")
 def lab_restart(node: Annotated[str, typer.Argument(help="master, agent-1, …")], name: LabName = "lab") -> None:
     """Stop a node's process (if it runs) and start it again; waits until it serves."""
     _need_root()
-    from navstar.lab import LabError, UnknownNode
-
-    try:
+    with _node_errors("restart"):
         restarted = _lab(name).restart(node)
-    except UnknownNode as exc:
-        err.print(str(exc))
-        raise typer.Exit(2) from None
-    except LabError as exc:
-        err.print(f"[red]restart failed:[/] {exc}")
-        raise typer.Exit(1) from None
     console.print(f"{restarted.name} restarted, pid {restarted.pid}")
 
 

@@ -36,6 +36,7 @@ from pyroute2 import IPRoute, netns
 
 from control.agent.cgroups import Cgroup
 from control.auth import auth_header
+from navstar.namespaces import namespace_pids
 
 LAB_ROOT = Path(os.environ.get("NAVSTAR_LAB_ROOT", "/var/lib/navstar/labs"))
 NETNS_ETC = Path("/etc/netns")
@@ -197,11 +198,6 @@ def _exists(pid: int) -> bool:
             pass
         return False
     return True
-
-
-def namespace_pids(namespace: str) -> list[int]:
-    result = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True)
-    return [int(p) for p in result.stdout.split()] if result.returncode == 0 else []
 
 
 # -- the lab -----------------------------------------------------------------------------

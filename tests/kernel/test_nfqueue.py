@@ -9,7 +9,6 @@ for backends b1..b3, which answer with their own name.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from control.view import AgentInfo, ClusterView, TaskInfo, TaskPort
+from navstar.namespaces import remove_namespace
 
 NODE_IP = "10.77.0.1"
 VIP = "11.0.0.1"
@@ -187,12 +187,7 @@ class Topology:
                 proc.kill()
                 proc.wait()
         for ns in self.namespaces:
-            for pid in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split():
-                try:
-                    os.kill(int(pid), 9)
-                except ProcessLookupError:
-                    pass
-            subprocess.run(["ip", "netns", "del", ns], check=False)
+            remove_namespace(ns)
         # the node namespace, its agent and all its kernel state go with the netns fixture
 
 
