@@ -640,16 +640,12 @@ class Scheduler:
             if record is None:
                 raise AgentUnavailable(f"agent {task.agent_id} is gone")
             await self.agents.launch(_address(record), message)
-        except LaunchRejected as exc:
-            log.warning("launch of %s rejected: %s", task.task_id, exc)
+        except (LaunchRejected, AgentUnavailable) as exc:
+            # The agent refusing the launch is the app's error; an agent out of reach, a failure.
+            rejected = isinstance(exc, LaunchRejected)
+            log.warning("launch of %s %s: %s", task.task_id, "rejected" if rejected else "failed", exc)
             if not task.terminal:
-                self._set_state(task, "TASK_ERROR", str(exc), self.clock())
-                self._terminated(task, self.clock())
-            return
-        except AgentUnavailable as exc:
-            log.warning("launch of %s failed: %s", task.task_id, exc)
-            if not task.terminal:
-                self._set_state(task, "TASK_FAILED", str(exc), self.clock())
+                self._set_state(task, "TASK_ERROR" if rejected else "TASK_FAILED", str(exc), self.clock())
                 self._terminated(task, self.clock())
             return
         if task.terminal:
