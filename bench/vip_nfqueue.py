@@ -4,7 +4,7 @@ New TCP connections per second and connect latency from a client namespace, thro
 namespace that routes to 10 backend addresses, at 1, 1,000 and 10,000 VIPs; then the time to
 program 10,000 VIPs × 10 backends. Everything runs in namespaces made here and removed after.
 
-    .venv/bin/python -m bench.vip_nfqueue [--workers 4] [--phases 12] [--slice 0.1] [--queues N] [--pin]
+    .venv/bin/python -m bench.vip_nfqueue [--workers 4] [--phases 12] [--slice 0.1] [--queues N] [--no-pin]
 
 Goals: NFQUEUE ≥ 0.6× direct; ≤ 10 % slower at 10,000 VIPs than at 1; programming < 2 s.
 """
@@ -100,7 +100,7 @@ print(json.dumps(out))
 
 
 def child_agent(count: int, state: str, queues: int | None, pin: bool) -> None:
-    """Program ``count`` VIPs × 10 backends into the NFQUEUE dataplane, then serve."""
+    """Start the NFQUEUE dataplane, program ``count`` VIPs × 10 backends into it, then serve."""
     import asyncio
 
     from minuteman.dataplane import Backend, VipEntry, VipKey
@@ -108,26 +108,26 @@ def child_agent(count: int, state: str, queues: int | None, pin: bool) -> None:
     from minuteman.nfqueue import NfqueueDataplane
     from minuteman.reconciler import LoadBalancer
 
-    backends = tuple(Backend(ip, PORT) for ip in BACKEND_IPS)
-    started = time.perf_counter()
-    lookup = maglev_table(backends)
-    table = {VipKey(nfq_vip(i), 80, "tcp"): VipEntry(VipKey(nfq_vip(i), 80, "tcp"), backends, lookup)
-             for i in range(count)}
-    built = time.perf_counter()
-    dataplane = NfqueueDataplane(node_ip=NODE_IP, state_path=Path(state), queues=queues, pin=pin)
-    result = dataplane.apply(table)
-    applied = time.perf_counter()
-    dataplane.apply(table)
-    again = time.perf_counter()
-    assert not result.errors, list(result.errors.items())[:3]
-
     async def serve() -> None:
+        dataplane = NfqueueDataplane(node_ip=NODE_IP, state_path=Path(state), queues=queues, pin=pin)
+        await dataplane.start()
+        backends = tuple(Backend(ip, PORT) for ip in BACKEND_IPS)
+        started = time.perf_counter()
+        lookup = maglev_table(backends)
+        table = {VipKey(nfq_vip(i), 80, "tcp"): VipEntry(VipKey(nfq_vip(i), 80, "tcp"), backends, lookup)
+                 for i in range(count)}
+        built = time.perf_counter()
+        # Programming ends when the workers hold the table too (apply hands it over).
+        result = await asyncio.to_thread(dataplane.apply, table)
+        applied = time.perf_counter()
+        await asyncio.to_thread(dataplane.apply, table)
+        again = time.perf_counter()
+        assert not result.errors, list(result.errors.items())[:3]
         # Served as the agent serves it: the reconciler's loop (health polled every 0.1 s,
         # drift repair) runs alongside the packets.
         lb = LoadBalancer(dataplane, registry=None)
         runner = asyncio.create_task(lb.run())
-        while not dataplane._readers:
-            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)     # the workers have the table (sent before apply returned)
         print(json.dumps({"build": built - started, "apply": applied - built, "reapply": again - applied}),
               flush=True)
         await runner
@@ -235,8 +235,9 @@ def main() -> int:
     parser.add_argument("--phases", type=int, default=12, help="time slices per path (the paths take turns)")
     parser.add_argument("--slice", type=float, default=0.1, help="seconds per time slice")
     parser.add_argument("--workers", type=int, default=4, help="client processes connecting at once (throughput)")
-    parser.add_argument("--queues", type=int, help="NFQUEUE queues (reader threads); default one per CPU")
-    parser.add_argument("--pin", action="store_true", help="each CPU's packets to its own queue, reader pinned to it")
+    parser.add_argument("--queues", type=int, help="NFQUEUE queues (worker processes); default one per CPU")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="spread flows over the queues by hash, workers unpinned (default: by CPU, pinned)")
     parser.add_argument("--child-agent", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_agent:
@@ -246,7 +247,7 @@ def main() -> int:
         print("root is needed (network namespaces, netfilter)", file=sys.stderr)
         return 1
     console = Console()
-    agent_options = ((f"--queues={args.queues}",) if args.queues else ()) + (("--pin",) if args.pin else ())
+    agent_options = ((f"--queues={args.queues}",) if args.queues else ()) + (() if args.pin else ("--no-pin",))
     bench = Bench()
     started = time.monotonic()
     results: dict[int, dict[str, dict]] = {}

@@ -1,28 +1,34 @@
-"""The netfilter seam of the NFQUEUE dataplane: ipsets, rules, VIP routes and conntrack entries.
+"""The netfilter seam of the NFQUEUE dataplane: ipsets, rules, the NAT map, VIP routes, conntrack reads.
 
 ``Netfilter`` is the protocol; ``KernelNetfilter`` the real one (pyroute2's netlink message
-classes for conntrack and ipset, pyroute2 IPRoute for routes, iptables-nft for the few rules);
-``FakeNetfilter`` keeps it all in memory for tests.
+classes for conntrack and ipset, pyroute2 IPRoute for routes, iptables-nft and ``nft`` for the
+few rules); ``FakeNetfilter`` keeps it all in memory for tests.
 
 Kernel state it owns, all in the node's network namespace:
 
 * ipset ``navstar-mm-vips`` (``hash:ip,port``, members ``11.0.0.1,tcp:80``): the VIPs;
-* ipset ``navstar-mm-udp`` (``hash:ip,port,ip`` with timeout): UDP flows already balanced
-  (client ip, client port, VIP) — raw sees every datagram, not just a flow's first;
-* raw chain ``NAVSTAR-MM`` (from PREROUTING and OUTPUT): the first SYN, and UDP datagrams of
-  flows not yet in ``navstar-mm-udp``, to a VIP go to the queue (``--queue-bypass``: if no agent
-  listens the packet goes on un-NATed …);
+* mangle chain ``NAVSTAR-MM`` (from PREROUTING and OUTPUT, after conntrack): the first packet of
+  a new flow (conntrack state NEW, TCP or UDP) to a VIP goes to the queue; the agent's verdict
+  puts a mark on it naming the backend (``--queue-bypass``: with no agent the packet goes on
+  unmarked …);
+* nftables table ``ip navstar-minuteman``: map ``backends`` (backend id → address . port) and NAT
+  chains at the NAT hooks: a marked first packet is DNATed to the backend its mark names (one map
+  lookup, whatever the number of VIPs), and masqueraded when the mark asks for source NAT
+  (hairpin); conntrack then applies that NAT to the rest of the flow;
 * filter chain ``NAVSTAR-MM-REJECT`` (from INPUT, FORWARD, OUTPUT): … and a new VIP flow that was
   not DNATed is rejected at once (TCP reset / ICMP port unreachable) instead of hanging;
-* nat chain ``NAVSTAR-MM-NAT`` (empty, from PREROUTING, OUTPUT, POSTROUTING): its presence
-  registers the NAT hooks, which apply the NAT of the conntrack entries the agent creates;
 * ``local 11.0.0.0/8 dev lo`` (the named-VIP pool) and ``local <vip>/32`` for address VIPs
   outside it (protocol 211, preferred source the node's IP) so VIP packets reach the hooks.
+
+The mark of a first packet: ``MARK_TAG`` in the top byte, ``MARK_SNAT`` for source NAT, the
+backend id in the low 23 bits. It lives on that one packet between the mangle hook and the end
+of POSTROUTING, where it is cleared.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import socket
 import struct
 import subprocess
@@ -34,13 +40,11 @@ from errno import EEXIST, ENOENT
 from typing import NamedTuple, Protocol, TypeVar
 
 from pyroute2 import IPRoute
-from pyroute2.netlink import NETLINK_NETFILTER, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST
+from pyroute2.netlink import NETLINK_NETFILTER, NLM_F_ACK, NLM_F_CREATE, NLM_F_REQUEST
 from pyroute2.netlink.nfnetlink import NFNL_SUBSYS_CTNETLINK, NFNL_SUBSYS_IPSET
 from pyroute2.netlink.nfnetlink.ipset import IPSET_CMD_ADD, IPSET_CMD_DEL, ipset_msg
 from pyroute2.netlink.nfnetlink.nfctsocket import (
-    IPCTNL_MSG_CT_DELETE,
     IPCTNL_MSG_CT_GET,
-    IPCTNL_MSG_CT_NEW,
     NFCTAttrTuple,
     nfct_msg,
 )
@@ -48,13 +52,34 @@ from pyroute2.netlink.nfnetlink.nfctsocket import (
 from minuteman.dataplane import Backend, Protocol_, VipKey
 
 VIP_SET = "navstar-mm-vips"
-UDP_FLOW_SET = "navstar-mm-udp"
-RAW_CHAIN = "NAVSTAR-MM"
+QUEUE_CHAIN = "NAVSTAR-MM"
 REJECT_CHAIN = "NAVSTAR-MM-REJECT"
-NAT_CHAIN = "NAVSTAR-MM-NAT"
+NAT_TABLE = "navstar-minuteman"
+BACKEND_MAP = "backends"
+# Left by earlier versions (raw-table queueing, conntrack entries made by the agent): removed on sight.
+LEGACY_CHAINS = {"raw": ("NAVSTAR-MM", ("PREROUTING", "OUTPUT")),
+                 "nat": ("NAVSTAR-MM-NAT", ("PREROUTING", "OUTPUT", "POSTROUTING"))}
+LEGACY_SETS = ("navstar-mm-udp",)
 ROUTE_PROTO = 211          # marks the VIP routes as ours (rtm_protocol)
-UDP_FLOW_TIMEOUT = 20      # s; below conntrack's 30 s for unreplied UDP, so the entry outlives it
-FLOW_TIMEOUT = 120         # s; the created entry's life until its first packet sets the real one
+
+MARK_TAG, MARK_TAG_MASK = 0x4E000000, 0xFF000000
+MARK_SNAT = 0x00800000
+MARK_ID_MASK = 0x007FFFFF   # backend ids 1 … MARK_ID_MASK
+
+# As ``nft list`` prints them, so that an unchanged table is recognised and left alone.
+_DNAT_RULE = (f"meta l4proto {{ tcp, udp }} meta mark 0x{MARK_TAG:08x}/8 "
+              f"dnat ip to meta mark & 0x{MARK_ID_MASK:08x} map @{BACKEND_MAP}")
+_NAT_CHAINS = {
+    "dnat-prerouting": ("type nat hook prerouting priority dstnat; policy accept;", _DNAT_RULE),
+    "dnat-output": ("type nat hook output priority -100; policy accept;", _DNAT_RULE),
+    "snat-postrouting": ("type nat hook postrouting priority srcnat; policy accept;",
+                         f"meta mark 0x{MARK_TAG | MARK_SNAT:08x}/9 masquerade"),
+    # The mark has done its work once NAT is set up. Cleared, it cannot follow the packet any
+    # further: a VXLAN device keeps the mark on the packet it wraps, whose own way out (through
+    # these same hooks) would otherwise be DNATed by it.
+    "clear-mark": ("type filter hook postrouting priority 200; policy accept;",
+                   f"meta mark 0x{MARK_TAG:08x}/8 meta mark set 0x00000000"),
+}
 
 IPPROTO = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 IPS_SEEN_REPLY = 1 << 1
@@ -78,13 +103,6 @@ class Flow(NamedTuple):
     sport: int
     dst: str
     dport: int
-
-
-class FlowNat(NamedTuple):
-    """One conntrack entry to create: ``flow`` DNATed to ``backend`` (and SNATed to ``snat``)."""
-    flow: Flow
-    backend: Backend
-    snat: str | None = None
 
 
 @dataclass(frozen=True)
@@ -129,19 +147,14 @@ class Netfilter(Protocol):
     def set_routes(self, prefixes: set[str]) -> dict[str, str]:
         """Exactly these prefixes ("11.0.0.0/8", "1.2.3.4/32") have our local routes; errors by prefix."""
 
-    def create_flows(self, requests: list[FlowNat]) -> list[int]:
-        """Conntrack entries that DNAT each flow to its backend (and SNAT to ``snat``), in one
-        round trip. Per request: 0 created, ``EEXIST`` the flow already has one, else the errno."""
+    def backend_ids(self) -> dict[int, Backend]:
+        """The NAT map: backend id (as the mark carries it) → backend."""
+
+    def update_backend_ids(self, add: dict[int, Backend], remove: Iterable[int]) -> None:
+        """Add and remove NAT map entries, in one transaction."""
 
     def flow_states(self, flows: list[Flow]) -> list[FlowState | None]:
         """The conntrack entry of each flow (None: there is none), in one round trip."""
-
-    def replace_flows(self, requests: list[FlowNat]) -> list[int]:
-        """Remove each flow's entry (if any) and create it as asked, all in one round trip; per
-        request what ``create_flows`` returns."""
-
-    def remember_udp_flows(self, flows: list[Flow]) -> None:
-        """Let the rest of these UDP flows skip the queue."""
 
     def route_to(self, ip: str) -> RouteInfo | None:
         """How this node reaches ``ip`` (None: unreachable)."""
@@ -193,12 +206,11 @@ class _Template:
 
 
 _SEQ = struct.Struct("=I")
-_FLAGS = struct.Struct("=H")
 
 
 # Sentinels: TEST-NET-1 addresses and ports that occur nowhere else in the messages.
-_S_CLIENT, _S_VIP, _S_BACKEND, _S_SNAT = "192.0.2.11", "192.0.2.22", "192.0.2.33", "192.0.2.44"
-_S_SPORT, _S_DPORT, _S_BPORT = 0xA1B1, 0xA2B2, 0xA3B3
+_S_CLIENT, _S_VIP = "192.0.2.11", "192.0.2.22"
+_S_SPORT, _S_DPORT = 0xA1B1, 0xA2B2
 
 
 def _ip(address: str) -> bytes:
@@ -231,15 +243,10 @@ class _Netlink:
     def _recv(self) -> bytes:
         return bytes(self._buffer[:self.sock.recv_into(self._buffer)])
 
-    def _send_chunk(self, render: Callable[[T, int], bytes], chunk: list[T], ack_last: bool = False) -> int:
+    def _send_chunk(self, render: Callable[[T, int], bytes], chunk: list[T]) -> int:
         first = self.seq + 1
         self.seq += len(chunk)
-        messages = [render(item, first + i) for i, item in enumerate(chunk)]
-        if ack_last:
-            last = bytearray(messages[-1])
-            _FLAGS.pack_into(last, 6, _FLAGS.unpack_from(last, 6)[0] | NLM_F_ACK)
-            messages[-1] = last
-        self.sock.send(b"".join(messages))
+        self.sock.send(b"".join([render(item, first + i) for i, item in enumerate(chunk)]))
         return first
 
     def batch(self, render: Callable[[T, int], bytes], items: list[T]) -> list[int]:
@@ -256,24 +263,6 @@ class _Netlink:
                             acks[seq] = _errno(message)
                 results.extend(acks.get(first + i, 0) for i in range(len(chunk)))
         return results
-
-    def send(self, render: Callable[[T, int], bytes], items: list[T]) -> dict[int, int]:
-        """Messages that ask for no ack, so the kernel answers only the ones it refuses; the errno
-        of each refused one, by index. The last of each chunk asks for an ack: the kernel answers
-        in order, so that ack closes the answers of the chunk (one ``recv`` when all went in)."""
-        errors: dict[int, int] = {}
-        with self.lock:
-            for start in range(0, len(items), self.CHUNK):
-                chunk = items[start:start + self.CHUNK]
-                first = self._send_chunk(render, chunk, ack_last=True)
-                last = first + len(chunk) - 1
-                while True:
-                    answers = [(seq, _errno(message)) for seq, mtype, message in _messages(self._recv())
-                               if mtype == NLMSG_ERROR and first <= seq <= last]
-                    errors.update((start + seq - first, errno) for seq, errno in answers if errno)
-                    if any(seq == last for seq, _ in answers):
-                        break
-        return errors
 
     def get_many(self, render: Callable[[T, int], bytes], items: list[T]) -> list[bytes | None]:
         """One acked GET per item: each answer's attributes (after the nfgenmsg), None where the
@@ -344,20 +333,9 @@ def _flow_state(answer: bytes) -> FlowState:
     return FlowState(bool(status & IPS_SEEN_REPLY), bool(status & IPS_ASSURED), state)
 
 
-def _tuple(flow: Flow, reverse: bool = False) -> NFCTAttrTuple:
-    if reverse:
-        return NFCTAttrTuple(saddr=flow.dst, daddr=flow.src, proto=IPPROTO[flow.protocol],
-                             sport=flow.dport, dport=flow.sport)
+def _tuple(flow: Flow) -> NFCTAttrTuple:
     return NFCTAttrTuple(saddr=flow.src, daddr=flow.dst, proto=IPPROTO[flow.protocol],
                          sport=flow.sport, dport=flow.dport)
-
-
-def _nat(ip: str, port: int | None = None) -> dict:
-    attrs: list = [["CTA_NAT_V4_MINIP", ip], ["CTA_NAT_V4_MAXIP", ip]]
-    if port is not None:
-        attrs.append(["CTA_NAT_PROTO", {"attrs": [["CTA_PROTONAT_PORT_MIN", port],
-                                                  ["CTA_PROTONAT_PORT_MAX", port]]}])
-    return {"attrs": attrs}
 
 
 def _ipset_entry(set_name: str, data: list) -> ipset_msg:
@@ -387,30 +365,16 @@ class _Templates:
         return self._cache[key]
 
     def _fields(self, *names: str) -> dict[str, bytes]:
-        every = {"client": _ip(_S_CLIENT), "sport": _port(_S_SPORT), "vip": _ip(_S_VIP), "dport": _port(_S_DPORT),
-                 "backend": _ip(_S_BACKEND), "bport": _port(_S_BPORT), "snat": _ip(_S_SNAT)}
+        every = {"client": _ip(_S_CLIENT), "sport": _port(_S_SPORT), "vip": _ip(_S_VIP), "dport": _port(_S_DPORT)}
         return {name: every[name] for name in names}
 
-    def create(self, protocol: Protocol_, snat: bool) -> _Template:
-        def build() -> _Template:
-            flow = Flow(protocol, _S_CLIENT, _S_SPORT, _S_VIP, _S_DPORT)
-            attrs = {"tuple_orig": _tuple(flow), "tuple_reply": _tuple(flow, reverse=True),
-                     "timeout": FLOW_TIMEOUT, "nat_dst": _nat(_S_BACKEND, _S_BPORT)}
-            if snat:
-                attrs["nat_src"] = _nat(_S_SNAT)
-            names = ("client", "sport", "vip", "dport", "backend", "bport") + (("snat",) if snat else ())
-            # No ack asked: sent fire-and-forget (``_Netlink.send``), only refusals come back.
-            return _Template(nfct_msg.create_from(**attrs), NFNL_SUBSYS_CTNETLINK, IPCTNL_MSG_CT_NEW,
-                             NLM_F_REQUEST | NLM_F_CREATE | NLM_F_EXCL, self._fields(*names))
-        return self._get(("create", protocol, snat), build)
-
-    def by_tuple(self, kind: int, protocol: Protocol_, ack: bool = True) -> _Template:
+    def by_tuple(self, kind: int, protocol: Protocol_) -> _Template:
         """GET or DELETE of one entry by its original tuple."""
         def build() -> _Template:
             flow = Flow(protocol, _S_CLIENT, _S_SPORT, _S_VIP, _S_DPORT)
             return _Template(nfct_msg.create_from(tuple_orig=_tuple(flow)), NFNL_SUBSYS_CTNETLINK,
-                             kind, NLM_F_REQUEST | (NLM_F_ACK if ack else 0), self._fields("client", "sport", "vip", "dport"))
-        return self._get(("tuple", kind, protocol, ack), build)
+                             kind, NLM_F_REQUEST | NLM_F_ACK, self._fields("client", "sport", "vip", "dport"))
+        return self._get(("tuple", kind, protocol), build)
 
     def member(self, cmd: int, protocol: Protocol_) -> _Template:
         def build() -> _Template:
@@ -420,14 +384,6 @@ class _Templates:
                              self._fields("vip", "dport"))
         return self._get(("member", cmd, protocol), build)
 
-    def udp_flow(self) -> _Template:
-        def build() -> _Template:
-            msg = _ipset_entry(UDP_FLOW_SET, [
-                ["IPSET_ATTR_IP", _ipv4(_S_CLIENT)], ["IPSET_ATTR_PORT", _S_SPORT],
-                ["IPSET_ATTR_PROTO", socket.IPPROTO_UDP], ["IPSET_ATTR_IP2", _ipv4(_S_VIP)]])
-            return _Template(msg, NFNL_SUBSYS_IPSET, IPSET_CMD_ADD, NLM_F_REQUEST | NLM_F_CREATE,
-                             self._fields("client", "sport", "vip"))
-        return self._get(("udp_flow",), build)
 
 
 def _run(*argv: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
@@ -460,25 +416,21 @@ class KernelNetfilter:
     def _rules(self, queue: int, queues: int = 1, cpu_fanout: bool = False) -> dict[str, dict[str, list[str]]]:
         target = f"--queue-num {queue}" if queues == 1 else f"--queue-balance {queue}:{queue + queues - 1}"
         q = f"-j NFQUEUE {target} --queue-bypass" + (" --queue-cpu-fanout" if cpu_fanout and queues > 1 else "")
-        vip, udp = f"-m set --match-set {VIP_SET} dst,dst", f"-m set --match-set {UDP_FLOW_SET} src,src,dst"
+        vip = f"-m set --match-set {VIP_SET} dst,dst"
         return {
-            "raw": {RAW_CHAIN: [
-                f"-p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN {vip} {q}",
-                f"-p udp {udp} -j SET --add-set {UDP_FLOW_SET} src,src,dst --exist",
-                f"-p udp {udp} -j RETURN",
-                f"-p udp {vip} {q}",
+            "mangle": {QUEUE_CHAIN: [
+                f"-p tcp {vip} -m conntrack --ctstate NEW {q}",
+                f"-p udp {vip} -m conntrack --ctstate NEW {q}",
             ], "from": ["PREROUTING", "OUTPUT"]},
             "filter": {REJECT_CHAIN: [
                 f"-p tcp {vip} -m conntrack --ctstate NEW -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset",
                 f"{vip} -m conntrack --ctstate NEW -m conntrack ! --ctstate DNAT -j REJECT --reject-with icmp-port-unreachable",
             ], "from": ["INPUT", "FORWARD", "OUTPUT"]},
-            "nat": {NAT_CHAIN: [], "from": ["PREROUTING", "OUTPUT", "POSTROUTING"]},
         }
 
     def ensure_base(self, queue: int, queues: int = 1, cpu_fanout: bool = False) -> None:
         _run("ipset", "create", VIP_SET, "hash:ip,port", "maxelem", "1048576", "-exist")
-        _run("ipset", "create", UDP_FLOW_SET, "hash:ip,port,ip", "timeout", str(UDP_FLOW_TIMEOUT),
-             "maxelem", "1048576", "-exist")
+        self._ensure_nat_table()
         for table, spec in self._rules(queue, queues, cpu_fanout).items():
             parents = spec.pop("from")
             (chain, rules), = spec.items()
@@ -490,19 +442,65 @@ class KernelNetfilter:
             for parent in parents:
                 if _run("iptables", "-w", "-t", table, "-C", parent, "-j", chain, check=False).returncode != 0:
                     _run("iptables", "-w", "-t", table, "-I", parent, "1", "-j", chain)
+        self._remove_chains(LEGACY_CHAINS)
+        for name in LEGACY_SETS:
+            _run("ipset", "destroy", name, check=False)
 
-    def remove_base(self) -> None:
-        for table, spec in self._rules(0).items():
-            parents = spec.pop("from")
-            (chain, _), = spec.items()
+    def _ensure_nat_table(self) -> None:
+        """The NAT table as ``_NAT_CHAINS`` says, its map kept: rewritten only when it differs."""
+        listing = _run("nft", "list", "table", "ip", NAT_TABLE, check=False)
+        if listing.returncode == 0 and _nat_chains(listing.stdout) == _NAT_CHAINS:
+            return
+        keep = self.backend_ids() if listing.returncode == 0 else {}
+        chains = "".join(f"  chain {name} {{ {hook} {rule}; }}\n" for name, (hook, rule) in _NAT_CHAINS.items())
+        _run("nft", "-f", "-", stdin=(     # one transaction: no moment without the NAT rules
+            f"table ip {NAT_TABLE}\ndelete table ip {NAT_TABLE}\n"
+            f"table ip {NAT_TABLE} {{\n  map {BACKEND_MAP} {{ type mark : ipv4_addr . inet_service; }}\n{chains}}}\n"))
+        if keep:
+            self.update_backend_ids(keep, ())
+
+    @staticmethod
+    def _remove_chains(chains: dict[str, tuple[str, tuple[str, ...]]]) -> None:
+        for table, (chain, parents) in chains.items():
+            if _run("iptables", "-w", "-t", table, "-S", chain, check=False).returncode != 0:
+                continue
             for parent in parents:
                 while _run("iptables", "-w", "-t", table, "-D", parent, "-j", chain, check=False).returncode == 0:
                     pass
             _run("iptables", "-w", "-t", table, "-F", chain, check=False)
             _run("iptables", "-w", "-t", table, "-X", chain, check=False)
+
+    def remove_base(self) -> None:
+        ours = {table: (chain, tuple(spec["from"])) for table, spec in self._rules(0).items()
+                for chain in spec if chain != "from"}
+        self._remove_chains(ours)
+        self._remove_chains(LEGACY_CHAINS)
+        _run("nft", "delete", "table", "ip", NAT_TABLE, check=False)
         self.set_routes(set())
-        for name in (VIP_SET, UDP_FLOW_SET):
+        for name in (VIP_SET, *LEGACY_SETS):
             _run("ipset", "destroy", name, check=False)
+
+    def backend_ids(self) -> dict[int, Backend]:
+        done = _run("nft", "-j", "list", "map", "ip", NAT_TABLE, BACKEND_MAP, check=False)
+        if done.returncode != 0:
+            return {}
+        ids = {}
+        for item in json.loads(done.stdout).get("nftables", []):
+            for key, value in item.get("map", {}).get("elem", []):
+                address, port = value["concat"]
+                ids[int(key)] = Backend(address, int(port))
+        return ids
+
+    def update_backend_ids(self, add: dict[int, Backend], remove: Iterable[int]) -> None:
+        remove = sorted(set(remove))
+        lines = []
+        if remove:
+            lines.append(f"delete element ip {NAT_TABLE} {BACKEND_MAP} {{ {', '.join(map(str, remove))} }}")
+        if add:
+            elements = ", ".join(f"{key} : {b.ip} . {b.port}" for key, b in sorted(add.items()))
+            lines.append(f"add element ip {NAT_TABLE} {BACKEND_MAP} {{ {elements} }}")
+        if lines:
+            _run("nft", "-f", "-", stdin="\n".join(lines) + "\n")
 
     def vip_members(self) -> set[VipKey]:
         done = _run("ipset", "save", VIP_SET, check=False)
@@ -553,39 +551,10 @@ class KernelNetfilter:
         return self._route_call(sync)
 
     # -- flows ----------------------------------------------------------------------------
-    def _render_create(self, request: FlowNat, seq: int) -> bytes:
-        flow, backend, snat = request
-        values = {"client": _ip(flow.src), "sport": _port(flow.sport), "vip": _ip(flow.dst),
-                  "dport": _port(flow.dport), "backend": _ip(backend.ip), "bport": _port(backend.port)}
-        if snat:
-            values["snat"] = _ip(snat)
-        return self._templates.create(flow.protocol, bool(snat)).render(seq, values)
-
-    def create_flows(self, requests: list[FlowNat]) -> list[int]:
-        refused = self._netlink.send(self._render_create, requests)
-        return [refused.get(i, 0) for i in range(len(requests))]
-
-    def replace_flows(self, requests: list[FlowNat]) -> list[int]:
-        def render(step: tuple[bool, FlowNat], seq: int) -> bytes:
-            delete, request = step
-            if delete:
-                template = self._templates.by_tuple(IPCTNL_MSG_CT_DELETE, request.flow.protocol, ack=False)
-                return template.render(seq, _flow_values(request.flow))
-            return self._render_create(request, seq)
-        # The kernel takes the messages in order: each delete lands before its create.
-        refused = self._netlink.send(render, [step for request in requests for step in ((True, request), (False, request))])
-        return [refused.get(2 * i + 1, 0) for i in range(len(requests))]
-
     def flow_states(self, flows: list[Flow]) -> list[FlowState | None]:
         def render(flow: Flow, seq: int) -> bytes:
             return self._templates.by_tuple(IPCTNL_MSG_CT_GET, flow.protocol).render(seq, _flow_values(flow))
         return [None if answer is None else _flow_state(answer) for answer in self._netlink.get_many(render, flows)]
-
-    def remember_udp_flows(self, flows: list[Flow]) -> None:
-        template = self._templates.udp_flow()
-        refused = self._netlink.send(lambda flow, seq: template.render(seq, _flow_values(flow)), flows)
-        if refused:      # the set is full: those flows' later datagrams are queued (and balanced) again
-            raise NetfilterError(f"ipset add to {UDP_FLOW_SET}: {len(refused)} refused, errno {next(iter(refused.values()))}")
 
     def route_to(self, ip: str) -> RouteInfo | None:
         def lookup(ipr: IPRoute) -> RouteInfo | None:
@@ -644,6 +613,21 @@ def _flow_of(msg) -> Flow | None:
                 ip.get_attr("CTA_IP_V4_DST"), proto.get_attr("CTA_PROTO_DST_PORT"))
 
 
+def _nat_chains(listing: str) -> dict[str, tuple[str, str]]:
+    """Chain name → (hook line, rule) of an ``nft list table`` listing (chains of one rule)."""
+    chains: dict[str, tuple[str, str]] = {}
+    name, lines = None, []
+    for line in (raw.strip() for raw in listing.splitlines()):
+        if line.startswith("chain ") and line.endswith("{"):
+            name, lines = line.split()[1], []
+        elif name and line == "}":
+            chains[name] = (lines[0], lines[1]) if len(lines) == 2 else ("", " ".join(lines))
+            name = None
+        elif name and line:
+            lines.append(line)
+    return chains
+
+
 def _squash(rule: str) -> str:
     return " ".join(rule.split())
 
@@ -654,19 +638,18 @@ def _normalised(listing: str, chain: str) -> list[str]:
 
 @dataclass
 class FakeNetfilter:
-    """In memory: what ``KernelNetfilter`` would hold, with routes given by ``routes``."""
+    """In memory: what ``KernelNetfilter`` would hold, with routes given by ``neighbours``."""
 
     base: bool = False
     queue: tuple[int, int, bool] | None = None     # first queue, how many, CPU fanout
     members: set[VipKey] = field(default_factory=set)
     routes: set[str] = field(default_factory=set)
-    flows: dict[Flow, tuple[Backend, str | None]] = field(default_factory=dict)
+    nat_map: dict[int, Backend] = field(default_factory=dict)
     states: dict[Flow, FlowState] = field(default_factory=dict)
-    udp_flows: set[Flow] = field(default_factory=set)
     neighbours: dict[str, RouteInfo] = field(default_factory=dict)
     closed: list[Flow] = field(default_factory=list)
     writes: int = 0
-    round_trips: int = 0       # create_flows / flow_states calls (each one netlink send in the kernel)
+    round_trips: int = 0       # flow_states calls (each one netlink send in the kernel)
 
     def ensure_base(self, queue: int, queues: int = 1, cpu_fanout: bool = False) -> None:
         if not self.base or self.queue != (queue, queues, cpu_fanout):
@@ -674,7 +657,7 @@ class FakeNetfilter:
             self.writes += 1
 
     def remove_base(self) -> None:
-        self.base, self.members, self.routes = False, set(), set()
+        self.base, self.members, self.routes, self.nat_map = False, set(), set(), {}
 
     def vip_members(self) -> set[VipKey]:
         return set(self.members)
@@ -694,28 +677,18 @@ class FakeNetfilter:
             self.writes += 1
         return {}
 
-    def create_flows(self, requests: list[FlowNat]) -> list[int]:
-        self.round_trips += 1
-        codes = []
-        for flow, backend, snat in requests:
-            codes.append(EEXIST if flow in self.flows else 0)
-            self.flows.setdefault(flow, (backend, snat))
-        return codes
+    def backend_ids(self) -> dict[int, Backend]:
+        return dict(self.nat_map)
+
+    def update_backend_ids(self, add: dict[int, Backend], remove: Iterable[int]) -> None:
+        for key in remove:
+            self.nat_map.pop(key, None)
+        self.nat_map.update(add)
+        self.writes += 1
 
     def flow_states(self, flows: list[Flow]) -> list[FlowState | None]:
         self.round_trips += 1
-        return [self.states.get(flow) or (FlowState(False, False, 1 if flow.protocol == "tcp" else None)
-                                         if flow in self.flows else None) for flow in flows]
-
-    def replace_flows(self, requests: list[FlowNat]) -> list[int]:
-        self.round_trips += 1
-        for flow, backend, snat in requests:
-            self.states.pop(flow, None)
-            self.flows[flow] = (backend, snat)
-        return [0] * len(requests)
-
-    def remember_udp_flows(self, flows: list[Flow]) -> None:
-        self.udp_flows.update(flows)
+        return [self.states.get(flow) for flow in flows]
 
     def route_to(self, ip: str) -> RouteInfo | None:
         if ip in self.neighbours:
@@ -724,8 +697,6 @@ class FakeNetfilter:
 
     def closed_flows(self) -> list[Flow]:
         done, self.closed = self.closed, []
-        for flow in done:
-            self.flows.pop(flow, None)
         return done
 
     def close(self) -> None:

@@ -1,21 +1,24 @@
-"""The NFQUEUE dataplane: the first packet of a VIP flow comes to the agent, the rest stays in the kernel.
+"""The NFQUEUE dataplane: the first packet of a VIP flow comes to a queue worker, the rest stays in the kernel.
 
 ```
-client ─SYN→ 11.0.0.1:80 ─► raw: in navstar-mm-vips? ─► NFQUEUE ─► agent: Maglev slot of the
-                                                                  5-tuple → backend; conntrack
-                                                                  entry with DNAT (+ hairpin SNAT)
-       ◄──────── conntrack carries the rest of the flow (NAT both ways) ◄── accept
-agent down: --queue-bypass lets the SYN on un-NATed → filter REJECT → the client fails at once
+client ─SYN→ 11.0.0.1:80 ─► conntrack (NEW) ─► mangle: in navstar-mm-vips? ─► NFQUEUE (the queue of
+   the CPU handling the packet) ─► worker process pinned to that CPU: Maglev slot of the 5-tuple →
+   backend id → verdict accept + mark ─► nat: DNAT by the mark (nft map: id → backend), masquerade
+   if the mark asks ─► backend
+       ◄──────── conntrack carries the rest of the flow (NAT both ways) ◄──
+agent down: workers die with it; --queue-bypass lets the SYN on unmarked → filter REJECT → the
+client fails at once
 ```
 
-Per-packet cost does not depend on the number of VIPs: one ipset lookup (hash) in raw, and only
-new flows reach userspace. The table and the backends picked live in this process; a state file
-keeps the table across restarts so a restarted agent serves at once and adopts what it finds.
-Each queue (one per CPU by default) has a reader thread (``_QueueReader``): it drains every packet
-queued at a wake-up, balances them with one conntrack send (``handle_batch``) and accepts them with
-one batch verdict, sent without the GIL; the asyncio loop never touches packets. Feeds ``health``
-through ``drain_outcomes`` (a bounded sample of SYNs per backend is checked ``reply_timeout``
-later: answered, refused (entry gone or reset) or unanswered).
+Per-packet cost does not depend on the number of VIPs: one ipset lookup (hash) in mangle, one map
+lookup in nat, and only new flows reach userspace. ``NfqueueDataplane`` lives in the agent: it
+programs the kernel (through the ``Netfilter`` seam), gives each backend a stable id in the NAT
+map, and keeps its queue workers (``Workers``: processes running ``minuteman.nfqueue_worker``,
+or ``InlineWorkers`` in tests) told of the table. Workers report new connections and a bounded
+sample of flows per backend; ``drain_outcomes`` checks those flows in conntrack once their reply
+window has passed (answered, refused (entry gone or reset) or unanswered) for ``health``. A state
+file keeps the table across restarts; the NAT map's ids are read back from the kernel, so a
+restarted agent serves at once and adopts what it finds.
 """
 
 from __future__ import annotations
@@ -26,39 +29,44 @@ import ipaddress
 import json
 import logging
 import os
-import random
-import select
 import signal
 import socket
-import struct
+import subprocess
 import sys
 import threading
 import time
-import zlib
 from collections import Counter, deque
-from collections.abc import Callable
-from errno import EEXIST
 from pathlib import Path
+from typing import Protocol
 
 from minuteman.dataplane import ApplyResult, Backend, VipEntry, VipKey
+from minuteman.flow_balancer import (
+    SAMPLES_PER_BACKEND,
+    FlowBalancer,
+    FrameReader,
+    Report,
+    WorkerVip,
+    frame,
+    lookup_bytes,
+)
 from minuteman.maglev import maglev_table
-from minuteman.netfilter import Flow, FlowNat, KernelNetfilter, Netfilter, NetfilterError, RouteInfo
-from minuteman.p2c import OpenConnections, p2c_choose
+from minuteman.netfilter import (
+    MARK_ID_MASK,
+    MARK_TAG,
+    MARK_TAG_MASK,
+    Flow,
+    KernelNetfilter,
+    Netfilter,
+    NetfilterError,
+)
 
 log = logging.getLogger("navstar.minuteman.nfqueue")
 
 DEFAULT_QUEUE = 50
-PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
-QUEUE_MAXLEN = 8192           # packets the kernel holds for the agent before it drops new ones
-COPY_BYTES = 128              # of each queued packet: the IPv4 header (≤ 60 bytes) and the ports
-BATCH = 64                    # queued packets balanced with one conntrack round trip, at most
-MAX_QUEUES = 4
-NETLINK_NETFILTER = 12
-NLM_F_REQUEST = 1
-MAX_PENDING_CHECKS = 4096     # SYNs awaiting their health check; beyond this they go unchecked
-CHECKS_PER_BACKEND = 32       # … and at most this many per backend: enough for "5 failures in a row"
+MAX_QUEUES = 8
+MAX_PENDING_CHECKS = 4096     # flows awaiting their health check; beyond this they go unchecked
 ROUTE_CACHE_SECONDS = 30.0
-
+WORKER_START_TIMEOUT = 15.0
 
 NAMED_VIP_POOL = ipaddress.ip_network("11.0.0.0/8")
 
@@ -73,42 +81,63 @@ def default_state_path() -> Path:
     return Path("/run/navstar/minuteman") / f"nfqueue-netns-{os.stat('/proc/self/ns/net').st_ino}.json"
 
 
+class Workers(Protocol):
+    """The queue readers. ``start`` and ``update`` take the table as workers need it
+    (``full``: all of it); reports reach ``on_report`` (on any thread)."""
+
+    def start(self, vips: dict[VipKey, WorkerVip], on_report) -> None:
+        """Start the readers (from the thread whose end should end them); returns at once."""
+
+    def wait_ready(self) -> None:
+        """Block until every reader reads its queue (raises NetfilterError if one does not)."""
+
+    def update(self, vips: dict[VipKey, WorkerVip], drop: list[VipKey], full: bool = False) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class NfqueueDataplane:
     name = "nfqueue"
 
     def __init__(self, *, node_ip: str | None = None, queue: int = DEFAULT_QUEUE, queues: int | None = None,
-                 pin: bool = False, netfilter: Netfilter | None = None, state_path: Path | None = None,
-                 reply_timeout: float = 0.4, clock=time.monotonic, rng: random.Random | None = None) -> None:
-        """``queues`` (default: one per CPU, at most 4) from number ``queue`` on, each with a reader
-        thread; with ``pin`` each CPU's packets go to its own queue, read by a thread pinned to it."""
+                 pin: bool = True, netfilter: Netfilter | None = None, workers: Workers | None = None,
+                 state_path: Path | None = None, reply_timeout: float = 0.4, clock=time.monotonic) -> None:
+        """``queues`` (default: one per CPU, at most ``MAX_QUEUES``) from number ``queue`` on, one
+        worker each; with ``pin`` each CPU's packets go to its own queue, read by a worker pinned
+        to it."""
         self.queue = queue
         self.queue_numbers = range(queue, queue + (queues or min(os.cpu_count() or 1, MAX_QUEUES)))
         self.pin = pin
         self.netfilter = netfilter if netfilter is not None else KernelNetfilter(node_ip)
+        self.workers = workers if workers is not None else ProcessWorkers(self.queue_numbers, pin)
         self.state_path = state_path or default_state_path()
         self.reply_timeout = reply_timeout
         self._clock = clock
-        self._rng = rng or random.Random()
-        self._table: dict[VipKey, VipEntry] = {}
-        self._vips: dict[tuple[bytes, int, bytes], VipEntry] = {}   # by (address, protocol, port) as in the packet
-        self._set_table(self._load_state())
+        self._table: dict[VipKey, VipEntry] = self._load_state()
+        self._ids: dict[Backend, int] = {b: i for i, b in self.netfilter.backend_ids().items()}
+        self._next_id = max(self._ids.values(), default=0) + 1
+        self._routes: dict[str, tuple[float, int]] = {}       # backend ip → (until, interface towards it)
+        self._sent: dict[VipKey, WorkerVip] = {}              # what the workers hold
+        self._started = False
         self._counts: Counter[tuple[VipKey, Backend]] = Counter()
-        self._open = OpenConnections()
-        self._flows_to: dict[Flow, Backend] = {}        # P2C flows, to count their end
         self._pending: deque[tuple[float, Flow, Backend]] = deque()
         self._checking: Counter[Backend] = Counter()    # pending checks per backend
-        self._routes: dict[str, tuple[float, RouteInfo | None]] = {}
-        self._lock = threading.Lock()    # the reader threads and the loop share the state above
-        self._readers: list[_QueueReader] = []
+        self._lock = threading.Lock()    # report readers, apply and the loop share the state above
+        self._apply_lock = threading.Lock()
 
     # -- the seam ------------------------------------------------------------------------
     def apply(self, table: dict[VipKey, VipEntry]) -> ApplyResult:
+        with self._apply_lock:
+            return self._apply(table)
+
+    def _apply(self, table: dict[VipKey, VipEntry]) -> ApplyResult:
         result = ApplyResult()
         try:
             self.netfilter.ensure_base(self.queue, len(self.queue_numbers), cpu_fanout=self.pin)
             have = self.netfilter.vip_members()
             errors = self.netfilter.update_vips(set(table) - have, have - set(table))
             route_errors = self.netfilter.set_routes({vip_prefix(key.address) for key in table})
+            stale = self._map_backends({b for entry in table.values() for b in entry.backends})
         except NetfilterError as exc:
             result.errors = {key: str(exc) for key in table}
             return result
@@ -117,25 +146,93 @@ class NfqueueDataplane:
                 result.errors[key] = errors.get(key) or route_errors[vip_prefix(key.address)]
         result.removed = have - set(table)
         result.programmed = set(table) - set(result.errors)
-        self._set_table({key: table[key] for key in result.programmed})
+        self._table = {key: table[key] for key in result.programmed}
         self._save_state()
+        self._tell_workers()
+        if stale:     # now that the workers no longer pick them
+            try:
+                self.netfilter.update_backend_ids({}, stale)
+                self._ids = {b: i for b, i in self._ids.items() if i not in set(stale)}
+            except NetfilterError as exc:
+                log.warning("removing %d backends from the NAT map: %s", len(stale), exc)
         return result
 
-    def _set_table(self, table: dict[VipKey, VipEntry]) -> None:
-        self._table = table
-        self._vips = {(socket.inet_aton(key.address), PROTOCOLS[key.protocol], key.port.to_bytes(2, "big")): entry
-                      for key, entry in table.items()}
+    def _map_backends(self, backends: set[Backend]) -> list[int]:
+        """Give every backend an id in the kernel's NAT map (adding the missing ones now); the
+        ids no longer needed, to remove once the workers have the new table."""
+        kernel = self.netfilter.backend_ids()
+        self._ids = {b: i for i, b in kernel.items() if b in backends or b in self._ids}
+        add = {}
+        for backend in sorted(backends - set(self._ids)):
+            backend_id = self._new_id()
+            self._ids[backend] = backend_id
+            add[backend_id] = backend
+        if add:
+            self.netfilter.update_backend_ids(add, ())
+        return [i for b, i in self._ids.items() if b not in backends]
+
+    def _new_id(self) -> int:
+        used = set(self._ids.values())
+        while self._next_id in used or not 0 < self._next_id <= MARK_ID_MASK:
+            self._next_id = self._next_id + 1 if self._next_id < MARK_ID_MASK else 1
+        backend_id, self._next_id = self._next_id, self._next_id + 1
+        return backend_id
+
+    def _worker_table(self) -> dict[VipKey, WorkerVip]:
+        now = self._clock()
+        vips = {}
+        for key, entry in self._table.items():
+            backends = tuple(b for b in entry.backends if b in self._ids)
+            lookup = entry.lookup if backends == entry.backends else ()
+            if not lookup and backends and entry.lookup:    # a backend without an id: rebuild without it
+                lookup = maglev_table(backends, len(entry.lookup))
+            vips[key] = WorkerVip(key, backends, tuple(self._ids[b] for b in backends),
+                                  tuple(self._oif(b.ip, now) for b in backends), lookup_bytes(lookup))
+        return vips
+
+    def _oif(self, ip: str, now: float) -> int:
+        cached = self._routes.get(ip)
+        if cached is None or cached[0] < now:
+            route = self.netfilter.route_to(ip)
+            cached = (now + ROUTE_CACHE_SECONDS, route.oif if route else 0)
+            self._routes[ip] = cached
+        return cached[1]
+
+    def _tell_workers(self) -> None:
+        if not self._started:
+            return
+        vips = self._worker_table()
+        changed = {key: vip for key, vip in vips.items() if self._sent.get(key) != vip}
+        drop = [key for key in self._sent if key not in vips]
+        if changed or drop:
+            self.workers.update(changed, drop)
+        self._sent = vips
 
     def current(self) -> dict[VipKey, VipEntry]:
-        """VIPs in the ipset, with the backends this agent (or its predecessor) gave them."""
-        return {key: self._table.get(key, VipEntry(key, ())) for key in self.netfilter.vip_members()}
+        """VIPs in the ipset, with the backends this agent (or its predecessor) gave them; a VIP
+        whose backends lost their NAT map entries shows none (drift, repaired by a re-apply)."""
+        mapped = set(self.netfilter.backend_ids().values())
+        out = {}
+        for key in self.netfilter.vip_members():
+            entry = self._table.get(key, VipEntry(key, ()))
+            out[key] = entry if all(b in mapped for b in entry.backends) else VipEntry(key, ())
+        return out
 
     def connection_counts(self) -> dict[tuple[VipKey, Backend], int]:
         with self._lock:
             return dict(self._counts)
 
+    def _on_report(self, report: Report) -> None:
+        deadline = self._clock() + self.reply_timeout
+        with self._lock:
+            self._counts.update(report.connections)
+            for flow, backend in report.samples:
+                if self._checking[backend] < SAMPLES_PER_BACKEND and len(self._pending) < MAX_PENDING_CHECKS:
+                    self._pending.append((deadline, flow, backend))
+                    self._checking[backend] += 1
+
     def drain_outcomes(self) -> list[tuple[Backend, bool]]:
-        """Outcomes of TCP attempts whose reply window has passed (for ``health``), read from
+        """Outcomes of sampled TCP flows whose reply window has passed (for ``health``), read from
         conntrack in one round trip."""
         now, due = self._clock(), []
         with self._lock:
@@ -154,143 +251,32 @@ class NfqueueDataplane:
         # reset (refused); answered flows linger (TIME_WAIT, CLOSE) for longer than this.
         return [(backend, state is not None and state.answered) for (_, backend), state in zip(due, states, strict=True)]
 
+    def backend_of(self, mark: int) -> Backend | None:
+        """The backend a verdict mark names (None: no mark of ours)."""
+        if mark & MARK_TAG_MASK != MARK_TAG:
+            return None
+        backend_id = mark & MARK_ID_MASK
+        return next((b for b, i in self._ids.items() if i == backend_id), None)
+
     async def start(self) -> None:
-        """Bind the queues, one reader thread each (idempotent)."""
-        if self._readers:
+        """Start the queue workers with the table (idempotent); returns once they read their queues."""
+        if self._started:
             return
-        self._readers = [_QueueReader(number, self.handle_batch, cpu=i if self.pin else None)
-                         for i, number in enumerate(self.queue_numbers)]
+        self._started = True
+        self._sent = await asyncio.to_thread(self._worker_table)
+        self.workers.start(self._sent, self._on_report)
+        await asyncio.to_thread(self.workers.wait_ready)
         log.info("NFQUEUE %s bound (%s); %d VIPs", ",".join(map(str, self.queue_numbers)),
-                 "a reader pinned to each CPU" if self.pin else "a reader thread each", len(self._table))
+                 "a worker pinned to each CPU" if self.pin else "a worker each", len(self._table))
 
     def close(self, keep_kernel_state: bool = True) -> None:
-        for reader in self._readers:
-            reader.stop()
-        self._readers = []
+        self.workers.close()
+        self._started = False
         if not keep_kernel_state:
             self.netfilter.remove_base()
             self._table = {}
             self.state_path.unlink(missing_ok=True)
         self.netfilter.close()
-
-    # -- packets -------------------------------------------------------------------------
-    def handle(self, payload: bytes, indev: int = 0) -> Backend | None:
-        """Balance the flow this first packet starts; the backend, or None (it will be rejected)."""
-        return self.handle_batch([(payload, indev)])[0]
-
-    def handle_batch(self, packets: list[tuple[bytes, int]]) -> list[Backend | None]:
-        """Balance the flows these first packets (IPv4 bytes, input interface) start, with one
-        conntrack round trip for all; the backend of each, or None (not a VIP with backends: the
-        packet will be rejected). Thread-safe (the queue readers call it)."""
-        with self._lock:
-            return self._balance(packets)
-
-    def _balance(self, packets: list[tuple[bytes, int]]) -> list[Backend | None]:
-        # Only the header bytes are read, with plain indexing: per packet, anything more
-        # (scapy, struct, string formatting) costs more than all the rest.
-        chosen: list[Backend | None] = [None] * len(packets)
-        requests: list[FlowNat] = []
-        where: list[tuple[int, VipKey]] = []
-        vips, p2c_ready = self._vips, False
-        for i, (payload, indev) in enumerate(packets):
-            ihl = (payload[0] & 0x0F) << 2 if payload else 0
-            if len(payload) < 20 or len(payload) < ihl + 4:
-                continue
-            entry = vips.get((payload[16:20], payload[9], payload[ihl + 2:ihl + 4]))
-            if entry is None or not entry.backends:
-                continue
-            key = entry.key
-            flow = Flow(key.protocol, socket.inet_ntoa(payload[12:16]), payload[ihl] << 8 | payload[ihl + 1],
-                        key.address, key.port)
-            if entry.lookup:
-                # The Maglev slot of the 5-tuple as the packet carries it (addresses, ports).
-                slot = zlib.crc32(payload[12:20] + payload[ihl:ihl + 4]) % len(entry.lookup)
-                backend = entry.backends[entry.lookup[slot]]
-            else:
-                if not p2c_ready:
-                    self._count_closed_flows()
-                    p2c_ready = True
-                backend = self._p2c(entry, flow)
-            snat = None if flow.src != flow.dst and not indev else self._snat(flow, backend, indev)
-            requests.append(FlowNat(flow, backend, snat))
-            where.append((i, key))
-            chosen[i] = backend
-        if not requests:
-            return chosen
-        codes = self.netfilter.create_flows(requests)
-        lingering = [n for n, code in enumerate(codes) if code == EEXIST and requests[n].flow.protocol == "tcp"]
-        if lingering:
-            for n, code in zip(lingering, self._replace_lingering([requests[n] for n in lingering]), strict=True):
-                codes[n] = code
-        udp: list[Flow] = []
-        deadline = self._clock() + self.reply_timeout
-        for (i, key), request, code in zip(where, requests, codes, strict=True):
-            flow, backend, _ = request
-            if code and code != EEXIST:
-                log.warning("conntrack entry %s → %s:%d refused: errno %d", flow, backend.ip, backend.port, code)
-                chosen[i] = None
-                continue
-            if flow.protocol == "udp":
-                udp.append(flow)
-            if code:        # a retransmission, or datagrams of a flow already balanced: not new
-                continue
-            self._counts[key, backend] += 1
-            if (flow.protocol == "tcp" and self._checking[backend] < CHECKS_PER_BACKEND
-                    and len(self._pending) < MAX_PENDING_CHECKS):
-                self._pending.append((deadline, flow, backend))
-                self._checking[backend] += 1
-        if udp:
-            try:
-                self.netfilter.remember_udp_flows(udp)
-            except NetfilterError as exc:
-                log.warning("%s", exc)
-        return chosen
-
-    def _replace_lingering(self, requests: list[FlowNat]) -> list[int]:
-        """SYNs for 5-tuples whose old entries linger (TIME_WAIT, CLOSE: a client reusing its port):
-        conntrack would drop such an entry and start an un-NATed one, so replace them now (two
-        round trips for all of them). A retransmitted SYN keeps its own entry (EEXIST)."""
-        codes = [EEXIST] * len(requests)
-        try:
-            states = self.netfilter.flow_states([request.flow for request in requests])
-            stale = [n for n, state in enumerate(states) if state is None or not state.opening]
-            if stale:
-                for n, code in zip(stale, self.netfilter.replace_flows([requests[n] for n in stale]), strict=True):
-                    codes[n] = code
-        except NetfilterError as exc:
-            log.warning("replacing %d lingering conntrack entries failed: %s", len(requests), exc)
-        return codes
-
-    def _count_closed_flows(self) -> None:
-        for done in self.netfilter.closed_flows():
-            backend = self._flows_to.pop(done, None)
-            if backend is not None:
-                self._open.closed(backend)
-
-    def _p2c(self, entry: VipEntry, flow: Flow) -> Backend:
-        """No Maglev table: power of two choices over flows still open."""
-        chosen = p2c_choose(entry.backends, self._open, self._rng) or entry.backends[0]
-        self._open.opened(chosen)
-        self._flows_to[flow] = chosen
-        return chosen
-
-    def _snat(self, flow: Flow, backend: Backend, indev: int) -> str | None:
-        """Source NAT where replies would otherwise bypass this node: a local client that got the
-        VIP itself as source, or a forwarded client on the backend's own link (hairpin)."""
-        route = self._route(backend.ip)
-        if route is None or not route.src:
-            return None
-        if flow.src == flow.dst or route.oif == indev:
-            return route.src
-        return None
-
-    def _route(self, ip: str) -> RouteInfo | None:
-        now = self._clock()
-        cached = self._routes.get(ip)
-        if cached is None or cached[0] < now:
-            cached = (now + ROUTE_CACHE_SECONDS, self.netfilter.route_to(ip))
-            self._routes[ip] = cached
-        return cached[1]
 
     # -- state kept across restarts --------------------------------------------------------
     def _save_state(self) -> None:
@@ -320,87 +306,119 @@ class NfqueueDataplane:
         return table
 
 
-NF_ACCEPT = 1
-_VERDICT_BATCH = 3 << 8 | 3     # NFNL_SUBSYS_QUEUE, NFQNL_MSG_VERDICT_BATCH
-_NFQA_VERDICT_HDR = 2
+class InlineWorkers:
+    """One ``FlowBalancer`` in this process, fed packets by hand (tests, tools)."""
+
+    def __init__(self, rng=None) -> None:
+        self.balancer = FlowBalancer(rng)
+        self._on_report = None
+        self.updates = 0
+
+    def start(self, vips: dict[VipKey, WorkerVip], on_report) -> None:
+        self._on_report = on_report
+        self.balancer.update(vips, full=True)
+
+    def wait_ready(self) -> None:
+        pass
+
+    def update(self, vips: dict[VipKey, WorkerVip], drop: list[VipKey], full: bool = False) -> None:
+        self.updates += 1
+        self.balancer.update(vips, drop, full)
+
+    def mark_for(self, payload: bytes, indev: int = 0) -> int:
+        return self.balancer.mark_for(payload, indev)
+
+    def flush(self) -> None:
+        """Deliver what the balancer saw, as a worker's periodic report would."""
+        report = self.balancer.take_report()
+        if report and self._on_report is not None:
+            self._on_report(report)
+
+    def close(self) -> None:
+        pass
 
 
-class _QueueReader:
-    """One NFQUEUE, read on a thread of its own: wait for the socket, drain every packet queued
-    (netfilterqueue parses them), balance them in one ``handle_batch``, accept them all with one
-    batch verdict. The verdict is where the kernel carries the packet on (forwarding, the
-    handshake with the backend): sent from Python's socket it runs without the GIL, so the
-    readers of other queues and the agent's loop go on meanwhile. Each packet is accepted even
-    when balancing failed: an un-NATed VIP flow is then rejected by the filter rule, never hung."""
+class ProcessWorkers:
+    """One ``minuteman.nfqueue_worker`` process per queue, each with a socketpair to this one and
+    a thread here that reads its reports. With ``pin`` the worker of queue ``first + i`` is
+    pinned to CPU ``i`` (the rules fan the queues out by CPU)."""
 
-    def __init__(self, number: int, balance: Callable[[list[tuple[bytes, int]]], object],
-                 cpu: int | None = None) -> None:
-        from netfilterqueue import NetfilterQueue
+    def __init__(self, queue_numbers: range, pin: bool) -> None:
+        self.queue_numbers = queue_numbers
+        self.pin = pin
+        self._workers: list[tuple[int, subprocess.Popen, socket.socket, threading.Event]] = []
+        self._table: dict[VipKey, WorkerVip] = {}
+        self._send_lock = threading.Lock()
 
-        self.number = number
-        self._balance = balance
-        self._cpu = cpu
-        self._queued: list[tuple[bytes, int]] = []
-        self._last_id = -1
-        self._nfq = NetfilterQueue()
-        self._nfq.bind(number, self._on_packet, max_len=QUEUE_MAXLEN, range=COPY_BYTES)
-        fd = self._nfq.get_fd()
-        self._fd = fd
-        # The same socket (a dup of its fd), for the batch verdicts netfilterqueue has no call for.
-        self._verdicts = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER, fileno=os.dup(fd))
-        self._verdict = (struct.pack("=IHHII", 32, _VERDICT_BATCH, NLM_F_REQUEST, 0, 0)
-                         + struct.pack("!BBH", socket.AF_UNSPEC, 0, number)
-                         + struct.pack("=HH", 12, _NFQA_VERDICT_HDR) + struct.pack("!I", NF_ACCEPT))
-        self._wake_r, self._wake_w = os.pipe()
-        self._thread = threading.Thread(target=self._run, name=f"nfqueue-{number}", daemon=True)
-        self._thread.start()
+    def start(self, vips: dict[VipKey, WorkerVip], on_report) -> None:
+        cpus = sorted(os.sched_getaffinity(0))
+        self._table = vips
+        for i, number in enumerate(self.queue_numbers):
+            ours, theirs = socket.socketpair()
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            argv = [sys.executable, "-m", "minuteman.nfqueue_worker", "--queue", str(number),
+                    "--control-fd", str(theirs.fileno())]
+            if self.pin and i < len(cpus):
+                argv += ["--cpu", str(cpus[i])]
+            # The parent-death signal follows the thread that starts the worker: the caller's.
+            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), cwd=Path(__file__).resolve().parents[1])
+            theirs.close()
+            ready = threading.Event()
+            reader = threading.Thread(target=self._read, args=(ours, on_report, ready), daemon=True,
+                                      name=f"nfqueue-{number}-reports")
+            reader.start()
+            self._workers.append((number, proc, ours, ready))
 
-    def _run(self) -> None:
-        if self._cpu is not None:
-            try:
-                os.sched_setaffinity(0, {self._cpu})     # this thread only
-            except OSError as exc:
-                log.warning("NFQUEUE %d: cannot pin to CPU %d: %s", self.number, self._cpu, exc)
-        poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        poller.register(self._wake_r, select.POLLIN)
+    def wait_ready(self) -> None:
+        table = frame({"vips": self._table, "full": True})
+        with self._send_lock:
+            for _, _, sock, _ in self._workers:
+                sock.sendall(table)
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        for number, proc, _, ready in self._workers:
+            if not ready.wait(max(0.0, deadline - time.monotonic())):
+                self.close()
+                raise NetfilterError(f"NFQUEUE worker for queue {number} did not start (exit {proc.poll()})")
+
+    def _read(self, sock: socket.socket, on_report, ready: threading.Event) -> None:
+        frames = FrameReader()
         while True:
-            ready = poller.poll()
-            if any(fd == self._wake_r for fd, _ in ready):
-                return
             try:
-                self._nfq.run(False)      # every packet queued now, then EAGAIN
-            except OSError as exc:
-                log.warning("reading NFQUEUE %d: %s", self.number, exc)
-            self._flush()
+                data = sock.recv(1 << 20)
+            except OSError:
+                return
+            if not data:
+                return
+            for message in frames.feed(data):
+                if "ready" in message:
+                    ready.set()
+                elif "report" in message:
+                    on_report(message["report"])
 
-    def _on_packet(self, packet) -> None:
-        self._queued.append((packet.get_payload(), packet.indev))
-        self._last_id = packet.id
-        if len(self._queued) >= BATCH:
-            self._flush()
+    def update(self, vips: dict[VipKey, WorkerVip], drop: list[VipKey], full: bool = False) -> None:
+        data = frame({"vips": vips, "drop": drop, "full": full})
+        with self._send_lock:
+            for number, _, sock, _ in self._workers:
+                try:
+                    sock.sendall(data)
+                except OSError as exc:
+                    log.error("telling the NFQUEUE %d worker of the table failed: %s", number, exc)
 
-    def _flush(self) -> None:
-        if not self._queued:
-            return
-        queued, self._queued = self._queued, []
-        try:
-            self._balance(queued)
-        except Exception:   # a bug must not lose the verdicts
-            log.exception("NFQUEUE %d: balancing %d packets failed", self.number, len(queued))
-        try:
-            # Accepts every packet of this queue up to the last one read.
-            self._verdicts.send(self._verdict + struct.pack("!I", self._last_id))
-        except OSError as exc:
-            log.error("NFQUEUE %d: verdict failed: %s", self.number, exc)
-
-    def stop(self) -> None:
-        os.write(self._wake_w, b"x")
-        self._thread.join(timeout=5)
-        self._nfq.unbind()
-        self._verdicts.close()
-        os.close(self._wake_r)
-        os.close(self._wake_w)
+    def close(self) -> None:
+        for _, _, sock, _ in self._workers:
+            try:
+                sock.sendall(frame({"stop": True}))
+            except OSError:
+                pass
+        for _, proc, _, _ in self._workers:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for _, _, sock, _ in self._workers:
+            sock.close()
+        self._workers = []
 
 
 # -- a standalone node balancer (ops and kernel tests) -------------------------------------
@@ -411,7 +429,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-ip", help="this node's address (source of locally originated VIP flows)")
     parser.add_argument("--queue", type=int, default=DEFAULT_QUEUE, help="first queue number")
     parser.add_argument("--queues", type=int, help=f"how many queues (default: one per CPU, at most {MAX_QUEUES})")
-    parser.add_argument("--pin", action="store_true", help="each CPU's packets to its own queue, reader pinned to it")
+    parser.add_argument("--no-pin", dest="pin", action="store_false",
+                        help="spread flows over the queues by hash instead of by CPU, workers unpinned")
     parser.add_argument("--state-file", type=Path)
     parser.add_argument("--balancing", choices=["maglev", "p2c"], default="maglev")
     parser.add_argument("--api", help="serve /v1/vips on host:port")
@@ -424,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     async def serve() -> None:
         dataplane = NfqueueDataplane(node_ip=args.node_ip, queue=args.queue, queues=args.queues, pin=args.pin,
                                      state_path=args.state_file)
+        await dataplane.start()      # workers reading their queues before "ready"
         lb = LoadBalancer(dataplane, balancing=args.balancing, registry=None)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -163,6 +163,20 @@ class Topology:
     def vips(self) -> list[dict]:
         return json.loads(self.node.run("curl", "-sf", f"http://{API}/v1/vips?detail=true").stdout)
 
+    def connections(self, protocol: str, expect: int | None = None) -> int:
+        """New connections the agent counted; workers report every 0.1 s, so wait (≤ 2 s) for
+        ``expect`` — and a little longer, to catch any count beyond it."""
+        deadline = time.monotonic() + 2
+        while True:
+            total = sum(b["connections"] for v in self.vips() for b in v["backend"] if v["protocol"] == protocol)
+            if expect is None or total > expect or time.monotonic() > deadline:
+                return total
+            if total == expect:
+                time.sleep(0.25)
+                expect = None
+            else:
+                time.sleep(0.05)
+
     def kill_agent(self) -> None:
         self.agent.kill()
         self.agent.wait()
@@ -217,17 +231,16 @@ def test_balances_local_forwarded_and_hairpin_connections(topo):
     vips = {v["vip"]: v for v in topo.vips()}
     web = vips["web.marathon.l4lb.thisdcos.directory:80"]
     assert web["address"] == VIP and web["programmed"]
-    assert sum(b["connections"] for b in web["backend"]) == 450
+    assert topo.connections("tcp", 450) == 450
 
 
 def test_udp_flows_are_balanced_and_stick(topo):
     result = topo.client("client", "udp", 60)
     assert result["failures"] == [] and result["sticky"] is True, result
     assert set(result["counts"]) == set(BACKENDS), result
-    udp = next(v for v in topo.vips() if v["protocol"] == "udp")
     # one queued datagram per flow: the second datagram of the first flow skipped userspace (and
     # so did a socket that got the source port of an earlier one: the same flow for conntrack)
-    assert sum(b["connections"] for b in udp["backend"]) == result["flows"]
+    assert topo.connections("udp", result["flows"]) == result["flows"]
 
 
 def test_agent_down_keeps_flows_rejects_new_ones_fast_and_restart_resumes(topo):
@@ -275,8 +288,10 @@ def test_view_change_reprograms_and_kernel_state_is_ipset_not_rules(topo):
     assert set(topo.client("node", "tcp", 40)["counts"]) == {"b1", "b3"}
     members = topo.node.run("ipset", "list", "navstar-mm-vips").stdout
     assert "11.0.0.1,tcp:80" in members and "11.0.0.1,udp:53" in members
-    raw = topo.node.run("iptables", "-t", "raw", "-S", "NAVSTAR-MM").stdout
-    assert raw.count("NFQUEUE") == 2, "one queue rule per protocol, none per VIP"
+    queueing = topo.node.run("iptables", "-t", "mangle", "-S", "NAVSTAR-MM").stdout
+    assert queueing.count("NFQUEUE") == 2, "one queue rule per protocol, none per VIP"
+    nat = topo.node.run("nft", "list", "table", "ip", "navstar-minuteman").stdout
+    assert nat.count("dnat ip to meta mark") == 2 and "10.77.2.2 . 8080" not in nat, "b2 left the NAT map"
     routes = topo.node.run("ip", "route", "show", "table", "local", "proto", "211").stdout
     assert "local 11.0.0.0/8 dev lo" in routes and f"src {NODE_IP}" in routes
 
@@ -340,43 +355,45 @@ print(json.dumps({"errors": errors, "unfinished": len(pending), "names": sorted(
 
 def test_a_burst_of_simultaneous_connections_all_connect(topo):
     (topo.tmp / "burst.py").write_text(BURST)
-    before = sum(b["connections"] for v in topo.vips() for b in v["backend"] if v["protocol"] == "tcp")
+    before = topo.connections("tcp")
     out = json.loads(sh(f"ip netns exec {topo.ns('client')} {sys.executable} {topo.tmp / 'burst.py'} {VIP} 300").stdout)
     assert out["errors"] == [] and out["unfinished"] == 0 and out["connected"] == 300, out
     assert out["names"] == sorted(BACKENDS)
-    after = sum(b["connections"] for v in topo.vips() for b in v["backend"] if v["protocol"] == "tcp")
-    assert after - before == 300
+    assert topo.connections("tcp", before + 300) - before == 300
 
 
-BATCHES = r"""
-import errno
-from minuteman.dataplane import Backend
-from minuteman.netfilter import Flow, FlowNat, KernelNetfilter
-nf = KernelNetfilter("10.77.0.1")
-nf.ensure_base(50, 2)
-a, b, c = (Flow("tcp", "10.77.9.2", port, "11.0.0.1", 80) for port in (1001, 1002, 1003))
-to = Backend("10.77.1.2", 8080)
-codes = nf.create_flows([FlowNat(a, to), FlowNat(b, to, "10.77.1.1"), FlowNat(a, to)] * 200)
-assert codes[:3] == [0, 0, errno.EEXIST] and set(codes[3:]) == {errno.EEXIST}, codes[:6]
-state_a, state_c = nf.flow_states([a, c])
-assert state_c is None and state_a is not None and state_a.opening and not state_a.seen_reply
-assert nf.flow_states([b] * 300)[-1] is not None
-other = Backend("10.77.2.2", 8080)
-assert nf.replace_flows([FlowNat(a, other), FlowNat(c, other)]) == [0, 0]     # a had an entry, c had none
-assert nf.create_flows([FlowNat(c, to), FlowNat(a, to)]) == [errno.EEXIST] * 2
+SEAM = r"""
 import subprocess
-rules = subprocess.run(["iptables", "-t", "raw", "-S", "NAVSTAR-MM"], capture_output=True, text=True).stdout
-assert rules.count("--queue-balance 50:51") == 2, rules
+from minuteman.dataplane import Backend
+from minuteman.netfilter import Flow, KernelNetfilter
+nf = KernelNetfilter("10.77.0.1")
+nf.ensure_base(50, 2, cpu_fanout=True)
+before = subprocess.run(["nft", "-a", "list", "ruleset"], capture_output=True, text=True).stdout
+nf.ensure_base(50, 2, cpu_fanout=True)
+after = subprocess.run(["nft", "-a", "list", "ruleset"], capture_output=True, text=True).stdout
+assert before == after, "ensure_base writes nothing when all is in place"
+a, b = Backend("10.77.1.2", 8080), Backend("10.77.2.2", 53)
+nf.update_backend_ids({1: a, 7: b}, ())
+assert nf.backend_ids() == {1: a, 7: b}
+subprocess.run(["nft", "flush", "chain", "ip", "navstar-minuteman", "dnat-output"], check=True)
+nf.ensure_base(50, 2, cpu_fanout=True)
+assert nf.backend_ids() == {1: a, 7: b}, "a repaired NAT table keeps its map"
+assert "dnat ip to meta mark" in subprocess.run(["nft", "list", "chain", "ip", "navstar-minuteman", "dnat-output"],
+                                                 capture_output=True, text=True).stdout
+nf.update_backend_ids({}, [1])
+assert nf.backend_ids() == {7: b}
+assert nf.flow_states([Flow("tcp", "10.77.9.2", 1001, "11.0.0.1", 80)] * 300) == [None] * 300
+rules = subprocess.run(["iptables", "-t", "mangle", "-S", "NAVSTAR-MM"], capture_output=True, text=True).stdout
+assert rules.count("--queue-balance 50:51") == 2 and rules.count("--queue-cpu-fanout") == 2, rules
 nf.remove_base()
 nf.close()
 """
 
 
-def test_conntrack_batches_report_each_refusal(netns, tmp_path):
-    """One send carries many entries (more than a chunk); the kernel's refusals come back per entry."""
-    script = tmp_path / "batches.py"
-    script.write_text(BATCHES)
+def test_netfilter_seam_is_idempotent_repairs_and_removes_what_it_made(netns, tmp_path):
+    script = tmp_path / "seam.py"
+    script.write_text(SEAM)
     done = netns.run(sys.executable, str(script), check=False, timeout=60)
     assert done.returncode == 0, done.stderr
-    rules = netns.run("iptables-save", "-t", "raw").stdout
-    assert "NAVSTAR" not in rules
+    assert "NAVSTAR" not in netns.run("iptables-save").stdout
+    assert "navstar" not in netns.run("nft", "list", "ruleset").stdout

@@ -1,0 +1,144 @@
+"""One NFQUEUE queue, read by a process of its own (started by ``minuteman.nfqueue``).
+
+```
+agent ══ socketpair (frames) ══► worker: {"vips", "drop", "full"} → FlowBalancer.update
+kernel ─ first packet of a VIP flow (queue N) ─► worker: mark = FlowBalancer.mark_for(packet)
+       ◄─ verdict: accept, with the mark (the NAT hooks DNAT by it) ─┘
+worker ══ Report every 0.1 s (connections, health samples) ══► agent
+```
+
+A process, not a thread: queue workers of one process would take turns on the GIL, and with the
+queues fanned out by CPU each worker is pinned to the CPU whose packets it reads, so the packet,
+its verdict and the handshake that follows stay on one CPU (no cross-CPU wake-ups). The worker
+ends with the agent (parent-death signal, or end of its socket); the queue then has no reader
+and ``--queue-bypass`` lets new VIP flows through unmarked, to be rejected at once.
+
+    python -m minuteman.nfqueue_worker --queue 50 --control-fd 5 [--cpu 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+from minuteman.flow_balancer import REPORT_INTERVAL, FlowBalancer, FrameReader, frame
+
+log = logging.getLogger("navstar.minuteman.nfqueue_worker")
+
+QUEUE_MAXLEN = 8192           # packets the kernel holds for the worker before it drops new ones
+COPY_BYTES = 128              # of each queued packet: the IPv4 header (≤ 60 bytes) and the ports
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:      # the agent ended before the signal was asked for
+        sys.exit(0)
+
+
+class QueueWorker:
+    def __init__(self, queue: int, control: socket.socket, cpu: int | None = None) -> None:
+        from netfilterqueue import NetfilterQueue
+
+        self.queue = queue
+        self.control = control
+        self.balancer = FlowBalancer()
+        self._frames = FrameReader()
+        self._mark_for = self.balancer.mark_for
+        if cpu is not None:
+            try:
+                os.sched_setaffinity(0, {cpu})
+            except OSError as exc:      # a cpuset without that CPU: serve unpinned
+                log.warning("queue %d: cannot pin to CPU %d: %s", queue, cpu, exc)
+        self._nfq = NetfilterQueue()
+        self._nfq.bind(queue, self._on_packet, max_len=QUEUE_MAXLEN, range=COPY_BYTES)
+        self._closed_flows = None
+
+    def _on_packet(self, packet) -> None:
+        # Every packet gets a verdict, even when balancing fails: unmarked, the filter rule
+        # rejects it rather than leaving the client hanging.
+        try:
+            mark = self._mark_for(packet.get_payload(), packet.indev)
+        except Exception:     # a bug must not lose the verdict
+            log.exception("queue %d: balancing failed", self.queue)
+            mark = 0
+        if mark:
+            packet.set_mark(mark)
+        packet.accept()
+
+    def run(self) -> None:
+        poller = select.poll()
+        nfq_fd, control_fd = self._nfq.get_fd(), self.control.fileno()
+        poller.register(nfq_fd, select.POLLIN)
+        poller.register(control_fd, select.POLLIN)
+        self.control.sendall(frame({"ready": self.queue}))
+        next_report = time.monotonic() + REPORT_INTERVAL
+        while True:
+            for fd, _ in poller.poll(REPORT_INTERVAL * 1000):
+                if fd == nfq_fd:
+                    self._nfq.run(False)      # every packet queued now, then EAGAIN
+                elif not self._read_control():
+                    return
+            now = time.monotonic()
+            if now >= next_report:
+                next_report = now + REPORT_INTERVAL
+                self._report()
+
+    def _read_control(self) -> bool:
+        data = self.control.recv(1 << 20)
+        if not data:
+            return False       # the agent is gone
+        for message in self._frames.feed(data):
+            if message.get("stop"):
+                return False
+            self.balancer.update(message.get("vips", {}), message.get("drop", ()), message.get("full", False))
+        return True
+
+    def _report(self) -> None:
+        if self.balancer.needs_closed_flows:
+            self._follow_closed_flows()
+        report = self.balancer.take_report()
+        if report:
+            self.control.sendall(frame({"report": report}))
+
+    def _follow_closed_flows(self) -> None:
+        if self._closed_flows is None:
+            from minuteman.netfilter import KernelNetfilter
+
+            self._closed_flows = KernelNetfilter()
+        self.balancer.flows_closed(self._closed_flows.closed_flows())
+
+    def close(self) -> None:
+        self._nfq.unbind()
+        if self._closed_flows is not None:
+            self._closed_flows.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m minuteman.nfqueue_worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--queue", type=int, required=True)
+    parser.add_argument("--control-fd", type=int, required=True, help="the agent's end of a socketpair")
+    parser.add_argument("--cpu", type=int, help="pin to this CPU (the queue gets this CPU's packets)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s queue {args.queue} %(levelname)s %(message)s")
+    die_with_parent()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    control = socket.socket(fileno=args.control_fd)
+    worker = QueueWorker(args.queue, control, args.cpu)
+    try:
+        worker.run()
+    finally:
+        worker.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
