@@ -3,12 +3,14 @@
 bcc compiles one translation unit per attach point (``sock_*.c``) with the feature ``-D`` flags
 and loads it as a ``BPF_PROG_TYPE_CGROUP_SOCK_ADDR`` program. Everything after loading goes
 through libbpf (the library bcc itself links) by file descriptor: cgroup attach/detach/query,
-pinning, and batched map operations on the ctypes structs of ``bpf/maps.py``.
+pinning, and batched map operations on the ctypes structs of ``bpf/maps.py``. The connect-outcome
+programs (``trace_outcomes.c``) are raw tracepoint programs instead, attached as BPF links.
 
 Lifetime: maps are pinned under ``pin_dir`` (``BPF_TABLE_PINNED``) and programs are pinned next
 to them and attached the classic way with ``BPF_F_ALLOW_MULTI``, so both outlive this process:
 VIPs keep working while the agent is down, and a restarted agent opens the same maps. Only
-``teardown`` (or removing the cgroup) detaches.
+``teardown`` (or removing the cgroup) detaches. The tracepoint links are pinned in ``pin_dir`` too,
+so they live exactly as long as the pins.
 
 This module and ``minuteman/ebpf.py`` are the only importers of bcc.
 """
@@ -29,9 +31,11 @@ from bpf import maps
 BPF_DIR = Path(__file__).resolve().parent
 BPF_F_ALLOW_MULTI = 1 << 1
 BPF_PROG_TYPE_SOCK_OPS = 13
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_PROG_TYPE_CGROUP_SOCK_ADDR = 18
 BPF_ANY = 0
 PROG_PIN_PREFIX = "prog_"
+LINK_PIN_PREFIX = "link_"
 _PIN_DIR_OK = re.compile(r"^/[A-Za-z0-9_./-]+$")
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
 
@@ -63,7 +67,27 @@ ATTACH_POINTS: dict[str, AttachPoint] = {
         AttachPoint("sendmsg4", "sock_sendmsg4.c", "nv_sendmsg4", 14),        # CGROUP_UDP4_SENDMSG
         AttachPoint("recvmsg4", "sock_recvmsg4.c", "nv_recvmsg4", 19),        # CGROUP_UDP4_RECVMSG
         AttachPoint("getpeername4", "sock_getpeername4.c", "nv_getpeername4", 29),  # CGROUP_INET4_GETPEERNAME
-        AttachPoint("sock_ops", "sock_ops.c", "nv_sockops", 3, BPF_PROG_TYPE_SOCK_OPS),  # CGROUP_SOCK_OPS
+    )
+}
+# Attach points earlier builds used: an upgraded agent still finds and detaches their programs.
+RETIRED_ATTACH_POINTS: dict[str, AttachPoint] = {
+    "sock_ops": AttachPoint("sock_ops", "", "nv_sockops", 3, BPF_PROG_TYPE_SOCK_OPS),  # CGROUP_SOCK_OPS
+}
+
+
+@dataclass(frozen=True)
+class TracePoint:
+    """A raw tracepoint program: global (not per cgroup), so it filters by socket cookie."""
+
+    tracepoint: str    # "tcp_receive_reset"
+    source: str
+    function: str
+
+
+TRACEPOINTS: dict[str, TracePoint] = {
+    tp.tracepoint: tp for tp in (
+        TracePoint("tcp_receive_reset", "trace_outcomes.c", "nv_tcp_reset"),
+        TracePoint("tcp_retransmit_skb", "trace_outcomes.c", "nv_tcp_retrans"),
     )
 }
 
@@ -74,7 +98,7 @@ class Features:
 
     udp: bool = True                 # sendmsg4 + recvmsg4: unconnected UDP and its replies
     peername: bool = True            # getpeername4: connected sockets see the VIP as their peer
-    outcomes: bool = True            # sock_ops: TCP connect outcomes per backend, for health
+    outcomes: bool = True            # tracepoints: failed TCP connects per backend, for health
     random_slot: bool = False        # random slot per connection instead of the socket-cookie hash
     count_connections: bool = True   # per-backend new-connection counters
     chunk_slots: int = maps.DEFAULT_CHUNK_SLOTS   # slots per nv_maglev element
@@ -92,11 +116,17 @@ class Features:
 
     def attach_points(self) -> list[AttachPoint]:
         names = ["connect4"] + (["sendmsg4", "recvmsg4"] if self.udp else []) + (
-            ["getpeername4"] if self.peername else []) + (["sock_ops"] if self.outcomes else [])
+            ["getpeername4"] if self.peername else [])
         return [ATTACH_POINTS[n] for n in names]
 
+    def tracepoints(self) -> list[TracePoint]:
+        return list(TRACEPOINTS.values()) if self.outcomes else []
+
     def cflags(self, pin_dir: Path) -> list[str]:
-        return [
+        from bpf.btf import sock_offsets  # noqa: PLC0415 - reads the kernel's BTF, only when needed
+
+        offsets = sock_offsets() if self.outcomes else {}
+        return [f"-D{name}={value}" for name, value in offsets.items()] + [
             f'-DNAVSTAR_PIN_DIR="{pin_dir}"',
             f"-DNAVSTAR_LB_CHUNK_SLOTS={self.chunk_slots}",
             f"-DNAVSTAR_MAX_SERVICES={self.max_services}",
@@ -140,6 +170,7 @@ def _libbpf() -> ctypes.CDLL:
         "bpf_prog_attach": [i, i, i, ctypes.c_uint],
         "bpf_prog_detach2": [i, i, i],
         "bpf_prog_query": [i, i, u32, u32p, u32p, u32p],
+        "bpf_raw_tracepoint_open": [ctypes.c_char_p, i],
         "bpf_prog_get_fd_by_id": [u32],
         "bpf_map_lookup_elem": [i, p, p],
         "bpf_map_update_elem": [i, p, p, ctypes.c_uint64],
@@ -355,6 +386,9 @@ class AttachedProgram:
     attach_point: str
 
 
+_ALL_ATTACH_POINTS = (*ATTACH_POINTS.values(), *RETIRED_ATTACH_POINTS.values())
+
+
 def _mounts(fstype: str) -> list[Path]:
     found = []
     for line in Path("/proc/self/mounts").read_text().splitlines():
@@ -398,11 +432,11 @@ def _open_dir(path: Path) -> int:
 
 def attached_programs(cgroup: Path) -> list[AttachedProgram]:
     """The socket-LB programs (ours, by name) attached directly to ``cgroup``."""
-    ours = {ap.function: ap.name for ap in ATTACH_POINTS.values()}
+    ours = {ap.function: ap.name for ap in _ALL_ATTACH_POINTS}
     found = []
     fd = _open_dir(Path(cgroup))
     try:
-        for ap in ATTACH_POINTS.values():
+        for ap in _ALL_ATTACH_POINTS:
             for prog_id in _query(fd, ap.attach_type):
                 name = _prog_name(prog_id)
                 if ours.get(name) == ap.name:
@@ -449,7 +483,7 @@ def detach(cgroup: Path, keep: dict[str, int] | None = None) -> int:
     detached = 0
     fd = _open_dir(Path(cgroup))
     try:
-        for ap in ATTACH_POINTS.values():
+        for ap in _ALL_ATTACH_POINTS:
             for prog_id in _query(fd, ap.attach_type):
                 if prog_id != keep.get(ap.name) and _prog_name(prog_id) == ap.function:
                     _detach_by_id(fd, prog_id, ap.attach_type)
@@ -459,9 +493,16 @@ def detach(cgroup: Path, keep: dict[str, int] | None = None) -> int:
     return detached
 
 
+def attached_tracepoints(pin_dir: Path) -> list[str]:
+    """Tracepoints with one of our links pinned under ``pin_dir`` (so attached)."""
+    pin_dir = Path(pin_dir)
+    return sorted(tp for tp in TRACEPOINTS if (pin_dir / f"{LINK_PIN_PREFIX}{tp}").exists())
+
+
 def teardown(cgroup: Path | None, pin_dir: Path) -> None:
-    """Detach our programs from ``cgroup`` and remove every pin under ``pin_dir``. Idempotent;
-    needs no compiler, so clean-up works even where loading would not."""
+    """Detach our programs from ``cgroup`` and remove every pin under ``pin_dir`` (which also
+    detaches the tracepoint links). Idempotent; needs no compiler, so clean-up works even where
+    loading would not."""
     if cgroup is not None and Path(cgroup).is_dir():
         detach(Path(cgroup))
     pin_dir = Path(pin_dir)
@@ -481,6 +522,8 @@ class SocketLB:
     features: Features
     maps: dict[str, MapHandle] = field(default_factory=dict)
     programs: dict[str, int] = field(default_factory=dict)   # attach point → loaded prog fd
+    trace_programs: dict[str, int] = field(default_factory=dict)   # tracepoint → loaded prog fd
+    _links: list[int] = field(default_factory=list)
     _modules: list = field(default_factory=list)
 
     @classmethod
@@ -505,6 +548,17 @@ class SocketLB:
                     raise LoaderError(f"{ap.source}: {exc}") from exc
                 lb._modules.append(module)
                 lb.programs[ap.name] = function.fd
+            modules: dict[str, object] = {}
+            for tp in features.tracepoints():
+                try:
+                    if tp.source not in modules:
+                        modules[tp.source] = BPF(text=translation_unit(BPF_DIR / tp.source).encode(),
+                                                 cflags=features.cflags(pin_dir))
+                        lb._modules.append(modules[tp.source])
+                    function = modules[tp.source].load_func(tp.function.encode(), BPF_PROG_TYPE_RAW_TRACEPOINT)
+                except Exception as exc:  # bcc raises bare Exception
+                    raise LoaderError(f"{tp.source}: {exc}") from exc
+                lb.trace_programs[tp.tracepoint] = function.fd
             lb._open_maps(specs)
         except BaseException:
             lb.close()
@@ -550,23 +604,45 @@ class SocketLB:
         finally:
             os.close(fd)
         detach(cgroup, keep={name: prog_info(pfd).id for name, pfd in self.programs.items()})
-        for ap in ATTACH_POINTS.values():
+        for ap in _ALL_ATTACH_POINTS:
             pin = self.pin_dir / f"{PROG_PIN_PREFIX}{ap.name}"
             pin.unlink(missing_ok=True)
             if ap.name in self.programs:
                 rc = libbpf().bpf_obj_pin(self.programs[ap.name], str(pin).encode())
                 if rc < 0:
                     raise LoaderError(f"pin {pin}: {os.strerror(_err(rc))}")
+        self._attach_tracepoints()
+
+    def _attach_tracepoints(self) -> None:
+        """Replace a previous agent's tracepoint links with ours. The old link goes first (its
+        pin was its last reference), so a failure is never counted twice; one in the gap of a
+        few microseconds is missed."""
+        for tp in TRACEPOINTS:
+            pin = self.pin_dir / f"{LINK_PIN_PREFIX}{tp}"
+            pin.unlink(missing_ok=True)
+            if tp not in self.trace_programs:
+                continue
+            fd = libbpf().bpf_raw_tracepoint_open(tp.encode(), self.trace_programs[tp])
+            if fd < 0:
+                raise LoaderError(f"attach {TRACEPOINTS[tp].function} to tracepoint {tp}: {os.strerror(_err(fd))}")
+            self._links.append(fd)
+            rc = libbpf().bpf_obj_pin(fd, str(pin).encode())
+            if rc < 0:
+                raise LoaderError(f"pin {pin}: {os.strerror(_err(rc))}")
 
     def close(self) -> None:
         """Release this process's handles; attachments and pins stay."""
         for handle in self.maps.values():
             handle.close()
         self.maps.clear()
+        for fd in self._links:
+            os.close(fd)   # the pins keep the links attached
+        self._links.clear()
         for module in self._modules:
             module.cleanup()
         self._modules.clear()
         self.programs.clear()
+        self.trace_programs.clear()
 
 
 def probe() -> tuple[bool, str]:

@@ -93,8 +93,8 @@ class Lb4Peer(ctypes.Structure):
 class Lb4Outcomes(ctypes.Structure):
     C_NAME = "lb4_outcomes"
     _fields_ = [
-        ("established", ctypes.c_uint64),
-        ("failed", ctypes.c_uint64),
+        ("refused", ctypes.c_uint64),
+        ("unanswered", ctypes.c_uint64),
     ]
 
 

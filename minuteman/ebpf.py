@@ -17,8 +17,11 @@ active backend gets one slot: the kernel has no connection counts to balance on,
 connections are spread evenly instead.
 
 Feeds for the reconciler: ``connection_counts()`` (new connections per VIP and backend, from
-per-CPU counters) and ``outcome_totals()`` (refused/unanswered/established TCP connects per
-backend, from the sock_ops program) for ``minuteman.health``.
+per-CPU counters) and ``outcome_totals()`` (established and failed TCP connects per backend) for
+``minuteman.health``. The kernel reports only failures (refused: a RST answered the SYN;
+unanswered: the SYN had to be retransmitted), from two raw tracepoints that cost nothing while
+connects succeed; once a (VIP, backend) pair has failed, its established connects are its new
+connections that have not failed ``OUTCOME_WINDOW`` later (``PairOutcomes``).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ from __future__ import annotations
 import array
 import socket
 import struct
-from collections import defaultdict
-from collections.abc import Iterable
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +39,7 @@ from bpf import loader, maps
 from bpf.loader import Features, LoaderError, MapError, MapHandle, SocketLB
 from minuteman.dataplane import ApplyResult, Backend, VipEntry, VipKey
 
-__all__ = ["EbpfDataplane", "Features", "LoaderError", "ebpf_available"]
+__all__ = ["OUTCOME_WINDOW", "EbpfDataplane", "Features", "LoaderError", "PairOutcomes", "ebpf_available"]
 
 MAX_TABLE_SIZE = 1 << 20   # slots per VIP; Maglev tables are ~100 per backend
 MAX_BACKENDS_PER_VIP = 0xFFFF   # table slots are u16
@@ -46,6 +50,11 @@ BACKEND_KEY = struct.Struct("=II")      # lb4_backend_key: service_id, index
 BACKEND = struct.Struct("=IHBBI")       # lb4_backend: address, port, flags, pad, counter_id
 MAGLEV_KEY = struct.Struct("=II")       # lb4_maglev_key: service_id, chunk
 COUNTER_ID = struct.Struct("=I")
+OUTCOMES = struct.Struct("=QQ")         # lb4_outcomes: refused, unanswered
+
+# Seconds after which a connect that has not failed counts as established: the latest failure
+# signal is the first SYN retransmission, 1 s (the initial RTO) after the SYN.
+OUTCOME_WINDOW = 1.5
 
 
 def ebpf_available() -> tuple[bool, str]:
@@ -92,6 +101,34 @@ class _Ids:
             raise ValueError(f"no free {self.what} id (limit {self.limit})")
         self.used.add(self.next_id)
         return self.next_id
+
+
+class PairOutcomes:
+    """Established and failed connects of one (VIP, backend) pair, from two monotonic counters
+    sampled at each poll: its new connections (nv_conns) and its failures (nv_outcomes).
+
+    A connect made ``window`` seconds before a poll has either failed by then or is counted
+    established: established = connects as of the newest sample at least ``window`` old, minus
+    failures now, minus what came before following began (connects still in flight then that
+    fail later only make it smaller). Never decreases. A connect the application abandons
+    before any answer and before the first SYN retransmission counts as established.
+    """
+
+    def __init__(self, now: float, connects: int, failed: int, window: float = OUTCOME_WINDOW) -> None:
+        self.window = window
+        self.samples: deque[tuple[float, int]] = deque([(now, connects)])
+        self.before = connects - failed
+        self.established = 0
+        self.failed = failed
+
+    def update(self, now: float, connects: int, failed: int) -> tuple[int, int]:
+        self.samples.append((now, connects))
+        while len(self.samples) > 1 and self.samples[1][0] <= now - self.window:
+            self.samples.popleft()
+        settled = self.samples[0][1]   # the first sample stands in while none is old enough
+        self.established = max(self.established, settled - failed - self.before)
+        self.failed = max(self.failed, failed)
+        return self.established, self.failed
 
 
 @dataclass
@@ -146,8 +183,10 @@ class EbpfDataplane:
     name = "ebpf"
 
     def __init__(self, cgroup_path: str | Path, pin_dir: str | Path, *, features: Features = Features(),
-                 attach: bool = True, allow_root_cgroup: bool = False) -> None:
+                 attach: bool = True, allow_root_cgroup: bool = False,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cgroup_path = Path(cgroup_path)
+        self.clock = clock
         self.pin_dir = Path(pin_dir)
         self.features = features
         if attach:
@@ -167,10 +206,11 @@ class EbpfDataplane:
         # The last plan per VIP, reused while its entry is unchanged and the kernel still holds
         # its backends exactly: saves re-encoding 10,000 tables when one VIP changes.
         self._plans: dict[VipKey, tuple[VipEntry, int, _Plan]] = {}
-        # Passive health: counter id → backend, and what nv_outcomes showed last, so totals per
-        # backend stay monotonic when a pair's counter goes away or its id is reused.
+        # Passive health: counter id → backend, the followed pairs, and what pairs that went away
+        # had counted, so totals per backend stay monotonic when a pair's counter goes away or
+        # its id is reused.
         self._counter_backend: dict[int, Backend] = {}
-        self._outcomes_seen: dict[int, tuple[int, int]] = {}
+        self._pairs: dict[int, PairOutcomes] = {}
         self._outcomes_retired: dict[Backend, tuple[int, int]] = {}
 
     # -- Dataplane ------------------------------------------------------------------------------
@@ -292,32 +332,40 @@ class EbpfDataplane:
 
     def outcome_totals(self) -> dict[Backend, tuple[int, int]]:
         """(established, failed) TCP connects through any VIP, per backend, monotonic; only
-        backends that have failed at least once (for ``minuteman.health``). Cheap: reads the
-        small nv_outcomes map."""
-        current = {COUNTER_ID.unpack(k)[0]: struct.unpack("=QQ", v) for k, v in self._maps["nv_outcomes"].items()}
-        for counter_id in [c for c in self._outcomes_seen if c not in current]:
+        backends that have failed at least once (for ``minuteman.health``). Failures show at
+        once, established connects ``OUTCOME_WINDOW`` after a poll that saw them made. Cheap:
+        reads the small nv_outcomes map and one counter per pair in it."""
+        now = self.clock()
+        current = {COUNTER_ID.unpack(k)[0]: OUTCOMES.unpack(v) for k, v in self._maps["nv_outcomes"].items()}
+        for counter_id in [c for c in self._pairs if c not in current]:
             self._retire_outcomes(counter_id)
         if any(c not in self._counter_backend for c in current):
             for value in self._maps["nv_backends"].items():
                 counter_id = BACKEND.unpack(value[1])[4]
                 self._counter_backend.setdefault(counter_id, self._public_backend(value[1]))
         totals = dict(self._outcomes_retired)
-        for counter_id, (established, failed) in current.items():
+        conns = self._maps["nv_conns"]
+        for counter_id, (refused, unanswered) in current.items():
             backend = self._counter_backend.get(counter_id)
             if backend is None:
                 continue
-            self._outcomes_seen[counter_id] = (established, failed)
+            raw = conns.lookup(COUNTER_ID.pack(counter_id))
+            connects = sum(array.array("Q", raw)) if raw else 0
+            pair = self._pairs.get(counter_id)
+            if pair is None:
+                pair = self._pairs[counter_id] = PairOutcomes(now, connects, refused + unanswered)
+            established, failed = pair.update(now, connects, refused + unanswered)
             ok, bad = totals.get(backend, (0, 0))
             totals[backend] = (ok + established, bad + failed)
         return totals
 
     def _retire_outcomes(self, counter_id: int) -> None:
         """Fold what a counter id counted into its backend's base before the id goes or is reused."""
-        seen = self._outcomes_seen.pop(counter_id, None)
+        pair = self._pairs.pop(counter_id, None)
         backend = self._counter_backend.get(counter_id)
-        if seen and backend is not None:
+        if pair and backend is not None:
             ok, bad = self._outcomes_retired.get(backend, (0, 0))
-            self._outcomes_retired[backend] = (ok + seen[0], bad + seen[1])
+            self._outcomes_retired[backend] = (ok + pair.established, bad + pair.failed)
 
     def close(self, keep_kernel_state: bool = True) -> None:
         """Release this process's handles. By default programs stay attached and maps pinned, so
@@ -331,8 +379,10 @@ class EbpfDataplane:
         self.close(keep_kernel_state=False)
 
     def attached(self) -> list[str]:
-        """Attach points with one of our programs on the cgroup right now."""
-        return sorted({p.attach_point for p in loader.attached_programs(self.cgroup_path)})
+        """Attach points with one of our programs on the cgroup right now, then the tracepoints
+        with one of our links."""
+        return (sorted({p.attach_point for p in loader.attached_programs(self.cgroup_path)})
+                + loader.attached_tracepoints(self.pin_dir))
 
     # -- map form ---------------------------------------------------------------------------------
     def _plan(self, entry: VipEntry, service_id: int, counters: dict[tuple[int, int], int],

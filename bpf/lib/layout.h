@@ -100,14 +100,14 @@ struct lb4_peer {
 	__be32 backend_address;
 	__be16 vip_port;
 	__be16 backend_port;
-	__u32 counter_id;    /* the (VIP, backend) pair, for nv_outcomes */
+	__u32 counter_id;    /* the (VIP, backend) pair, for nv_outcomes; 0 once an outcome is counted */
 };
 
-/* nv_outcomes value, keyed by counter id: how TCP connects through the VIP to that backend
- * ended. Created at a pair's first failure (healthy pairs cost nothing), then kept counting. */
+/* nv_outcomes value, keyed by counter id: TCP connects through the VIP to that backend that
+ * failed. Created at a pair's first failure (healthy pairs cost nothing), then kept counting. */
 struct lb4_outcomes {
-	__u64 established;
-	__u64 failed;        /* refused, reset, or no SYN-ACK before the first SYN retransmission */
+	__u64 refused;       /* a RST answered the SYN */
+	__u64 unanswered;    /* no SYN-ACK before the first SYN retransmission */
 };
 
 /* nv_revnat key: which backend an unconnected socket sent to ... */

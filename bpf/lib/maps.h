@@ -28,7 +28,7 @@ BPF_TABLE_PINNED("lru_hash", struct lb4_revnat_key, struct lb4_revnat, nv_revnat
  * allocation each. */
 BPF_TABLE_PINNED("array", __u32, struct lb4_peer, nv_peers, NAVSTAR_PEER_SLOTS, NAVSTAR_PIN_DIR "/nv_peers");
 
-/* Connect outcomes of (VIP, backend) pairs that have failed at least once; feeds passive
+/* Failed TCP connects of (VIP, backend) pairs that have failed at least once; feeds passive
  * health. Small by construction, so the agent can read all of it often. */
 BPF_TABLE_PINNED("hash", __u32, struct lb4_outcomes, nv_outcomes, NAVSTAR_MAX_BACKENDS,
 		 NAVSTAR_PIN_DIR "/nv_outcomes", BPF_F_NO_PREALLOC);

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -21,12 +22,15 @@ import pytest
 from bpf import loader
 from bpf.loader import Features, LoaderError
 from minuteman.dataplane import Backend, VipEntry, VipKey
-from minuteman.ebpf import EbpfDataplane, ebpf_available
+from minuteman.ebpf import OUTCOME_WINDOW, EbpfDataplane, ebpf_available
+from minuteman.health import BackendHealth, HealthConfig
 
 PIN_ROOT = Path("/sys/fs/bpf/navstar-test")
 BACKEND_IPS = ("10.77.0.1", "10.77.0.2", "10.77.0.3")
 VIP = VipKey("11.0.0.10", 80, "tcp")
 UDP_VIP = VipKey("11.0.0.10", 53, "udp")
+CGROUP_POINTS = ["connect4", "getpeername4", "recvmsg4", "sendmsg4"]
+TRACEPOINTS = ["tcp_receive_reset", "tcp_retransmit_skb"]
 
 SERVER = r"""
 import socket, sys, threading
@@ -132,6 +136,30 @@ def client(ns, mode: str, vip: VipKey | tuple[str, int], count: int, timeout: fl
     return json.loads(result.stdout)
 
 
+def link_ids(pin_dir: Path) -> dict[str, int]:
+    """Kernel ids of the tracepoint links pinned under ``pin_dir``."""
+    ids = {}
+    for tp in loader.attached_tracepoints(pin_dir):
+        shown = subprocess.run(["bpftool", "--json", "link", "show", "pinned", str(pin_dir / f"link_{tp}")],
+                               capture_output=True, text=True, check=True)
+        ids[tp] = json.loads(shown.stdout)["id"]
+    return ids
+
+
+def link_exists(link_id: int) -> bool:
+    return subprocess.run(["bpftool", "link", "show", "id", str(link_id)], capture_output=True).returncode == 0
+
+
+class Clock:
+    """A monotonic clock the test moves by hand (the outcome window without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def backends(port: int) -> tuple[Backend, ...]:
     return tuple(Backend(ip, port) for ip in BACKEND_IPS)
 
@@ -139,6 +167,9 @@ def backends(port: int) -> tuple[Backend, ...]:
 def answered_by(replies: list[dict]) -> Counter:
     assert all("error" not in r for r in replies), [r for r in replies if "error" in r][:3]
     return Counter(r["answer"].split()[0] for r in replies)
+
+
+needs_bpftool = pytest.mark.skipif(shutil.which("bpftool") is None, reason="bpftool is installed by scripts/setup.sh")
 
 
 def test_probe_says_available():
@@ -202,12 +233,20 @@ def test_draining_takes_no_new_connections_and_empty_vips_refuse(dataplane, lab)
 
 
 def test_connect_outcomes_feed_passive_health(dataplane, lab):
+    clock = dataplane.clock = Clock()
     live, dead = Backend(BACKEND_IPS[0], 8080), Backend(BACKEND_IPS[2], 8099)   # nothing on :8099
     dataplane.apply({VIP: VipEntry(VIP, (live, dead))})
     replies = client(lab, "tcp", VIP, 40)
     refused = sum(1 for r in replies if r.get("errno") == errno.ECONNREFUSED)
     assert 5 < refused < 35 and refused + len([r for r in replies if "answer" in r]) == 40
     # Only backends that failed are followed; the live one costs nothing.
+    assert dataplane.outcome_totals() == {dead: (0, refused)}
+    # Refused connects that did not go through a VIP are not ours: from this cgroup to the
+    # backend's address, and from outside the cgroup.
+    assert client(lab, "tcp", (dead.ip, dead.port), 3)[0]["errno"] == errno.ECONNREFUSED
+    outside = subprocess.run(["ip", "netns", "exec", lab.name, sys.executable, "-c", CLIENT, "tcp",
+                              dead.ip, str(dead.port), "3"], capture_output=True, text=True, check=True)
+    assert json.loads(outside.stdout)[0]["errno"] == errno.ECONNREFUSED
     assert dataplane.outcome_totals() == {dead: (0, refused)}
 
     # Unanswered: SYNs to b1 dropped, so the first SYN retransmission counts as a failure ...
@@ -217,9 +256,12 @@ def test_connect_outcomes_feed_passive_health(dataplane, lab):
     dataplane.apply({VIP: VipEntry(VIP, (silent,))})
     assert client(lab, "tcp", VIP, 1, timeout=1.6)[0]["error"] == "TimeoutError"
     assert dataplane.outcome_totals()[silent] == (0, 1)
-    # ... and once it answers again, the success is counted too.
+    # ... and once it answers again, connects that have not failed within the outcome window
+    # count as established.
     lab.run("iptables", "-D", *drop)
     answered_by(client(lab, "tcp", VIP, 2))
+    assert dataplane.outcome_totals()[silent] == (0, 1)   # not yet: they might still fail
+    clock.now += OUTCOME_WINDOW
     assert dataplane.outcome_totals()[silent] == (2, 1)
 
     # Totals stay monotonic when a backend leaves its VIP and comes back under a new counter.
@@ -227,6 +269,18 @@ def test_connect_outcomes_feed_passive_health(dataplane, lab):
     again = sum(1 for r in client(lab, "tcp", VIP, 20) if r.get("errno") == errno.ECONNREFUSED)
     assert again > 0
     assert dataplane.outcome_totals()[dead] == (0, refused + again)
+
+
+def test_health_takes_a_refused_backend_out(dataplane, lab):
+    live, dead = Backend(BACKEND_IPS[0], 8080), Backend(BACKEND_IPS[2], 8099)   # nothing on :8099
+    dataplane.apply({VIP: VipEntry(VIP, (live, dead))})
+    health = BackendHealth(HealthConfig(failures=5))
+    health.poll(dataplane)
+    assert not health.out()
+    replies = client(lab, "tcp", VIP, 30)
+    assert sum(1 for r in replies if r.get("errno") == errno.ECONNREFUSED) >= 5
+    health.poll(dataplane)
+    assert health.out() == {dead}
 
 
 def test_apply_is_idempotent_minimal_and_reports_bad_vips(dataplane, lab):
@@ -262,6 +316,7 @@ def test_apply_is_idempotent_minimal_and_reports_bad_vips(dataplane, lab):
     assert client(lab, "tcp", VIP, 1)[0]["error"]   # no VIP any more: nothing rewrites it
 
 
+@needs_bpftool
 def test_restart_keeps_serving_then_adopts(lab, pins):
     table = {VIP: VipEntry(VIP, backends(8080)), UDP_VIP: VipEntry(UDP_VIP, backends(5353))}
     first = EbpfDataplane(lab.cgroup.unified_path, pins)
@@ -271,7 +326,9 @@ def test_restart_keeps_serving_then_adopts(lab, pins):
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "11.0.0.10:80"
     counted = first.connection_counts()
-    first.close()   # the agent goes away; programs and maps stay
+    old_links = link_ids(pins)
+    first.close()   # the agent goes away; programs, links and maps stay
+    assert all(map(link_exists, old_links.values()))
 
     assert len(answered_by(client(lab, "tcp", VIP, 30))) == 3
     assert {r["source"] for r in client(lab, "udp", UDP_VIP, 5)} == {"11.0.0.10:53"}
@@ -286,9 +343,11 @@ def test_restart_keeps_serving_then_adopts(lab, pins):
         assert second.last_writes == 0
         now = second.connection_counts()
         assert sum(now.values()) == sum(counted.values()) + 30 + 5
-        # The new programs replaced the old ones: one of ours per attach point.
+        # The new programs replaced the old ones: one of ours per attach point and tracepoint.
         attached = loader.attached_programs(lab.cgroup.unified_path)
-        assert sorted(p.attach_point for p in attached) == ["connect4", "getpeername4", "recvmsg4", "sendmsg4", "sock_ops"]
+        assert sorted(p.attach_point for p in attached) == CGROUP_POINTS
+        links = link_ids(pins)
+        assert sorted(links) == TRACEPOINTS and not any(map(link_exists, old_links.values()))
         assert len(answered_by(client(lab, "tcp", VIP, 30))) == 3
         # A connection made before the restart still reports the VIP to the new programs.
         holder.stdin.write("again\n")
@@ -300,12 +359,15 @@ def test_restart_keeps_serving_then_adopts(lab, pins):
         second.close()
 
 
+@needs_bpftool
 def test_detach_all_leaves_nothing(lab, pins):
     dp = EbpfDataplane(lab.cgroup.unified_path, pins)
     dp.apply({VIP: VipEntry(VIP, backends(8080))})
-    assert dp.attached() == ["connect4", "getpeername4", "recvmsg4", "sendmsg4", "sock_ops"]
+    assert dp.attached() == CGROUP_POINTS + TRACEPOINTS
+    links = link_ids(pins)
     dp.detach_all()
     assert loader.attached_programs(lab.cgroup.unified_path) == []
+    assert not any(map(link_exists, links.values()))
     assert not pins.exists()
     assert client(lab, "tcp", VIP, 1)[0]["error"]
     assert answered_by(client(lab, "tcp", (BACKEND_IPS[0], 8080), 3)) == Counter({"b0": 3})
@@ -316,6 +378,7 @@ def test_features_switch_attach_points_and_a_layout_change_is_refused(netns, pin
     dp = EbpfDataplane(netns.cgroup.unified_path, pins, features=tcp_only)
     dp.close()
     assert [p.attach_point for p in loader.attached_programs(netns.cgroup.unified_path)] == ["connect4"]
+    assert loader.attached_tracepoints(pins) == []
     with pytest.raises(LoaderError, match="nv_maglev"):
         EbpfDataplane(netns.cgroup.unified_path, pins, features=Features(chunk_slots=251))
 
