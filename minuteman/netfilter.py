@@ -418,13 +418,15 @@ class KernelNetfilter:
         q = f"-j NFQUEUE {target} --queue-bypass" + (" --queue-cpu-fanout" if cpu_fanout and queues > 1 else "")
         vip = f"-m set --match-set {VIP_SET} dst,dst"
         return {
+            # Every packet passes these chains: the conntrack state (read off the packet) is
+            # tested before the set (a hash lookup), so a flow's later packets skip the lookup.
             "mangle": {QUEUE_CHAIN: [
-                f"-p tcp {vip} -m conntrack --ctstate NEW {q}",
-                f"-p udp {vip} -m conntrack --ctstate NEW {q}",
+                f"-p tcp -m conntrack --ctstate NEW {vip} {q}",
+                f"-p udp -m conntrack --ctstate NEW {vip} {q}",
             ], "from": ["PREROUTING", "OUTPUT"]},
             "filter": {REJECT_CHAIN: [
-                f"-p tcp {vip} -m conntrack --ctstate NEW -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset",
-                f"{vip} -m conntrack --ctstate NEW -m conntrack ! --ctstate DNAT -j REJECT --reject-with icmp-port-unreachable",
+                f"-p tcp -m conntrack --ctstate NEW {vip} -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset",
+                f"-m conntrack --ctstate NEW {vip} -m conntrack ! --ctstate DNAT -j REJECT --reject-with icmp-port-unreachable",
             ], "from": ["INPUT", "FORWARD", "OUTPUT"]},
         }
 

@@ -41,7 +41,6 @@ from typing import Protocol
 
 from minuteman.dataplane import ApplyResult, Backend, VipEntry, VipKey
 from minuteman.flow_balancer import (
-    SAMPLES_PER_BACKEND,
     FlowBalancer,
     FrameReader,
     Report,
@@ -65,6 +64,7 @@ log = logging.getLogger("navstar.minuteman.nfqueue")
 DEFAULT_QUEUE = 50
 MAX_QUEUES = 8
 MAX_PENDING_CHECKS = 4096     # flows awaiting their health check; beyond this they go unchecked
+CHECKS_PER_BACKEND = 32       # … and at most this many per backend: enough for "5 failures in a row"
 ROUTE_CACHE_SECONDS = 30.0
 WORKER_START_TIMEOUT = 15.0
 
@@ -227,7 +227,7 @@ class NfqueueDataplane:
         with self._lock:
             self._counts.update(report.connections)
             for flow, backend in report.samples:
-                if self._checking[backend] < SAMPLES_PER_BACKEND and len(self._pending) < MAX_PENDING_CHECKS:
+                if self._checking[backend] < CHECKS_PER_BACKEND and len(self._pending) < MAX_PENDING_CHECKS:
                     self._pending.append((deadline, flow, backend))
                     self._checking[backend] += 1
 

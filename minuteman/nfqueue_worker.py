@@ -26,6 +26,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 from minuteman.flow_balancer import REPORT_INTERVAL, FlowBalancer, FrameReader, frame
@@ -61,12 +62,14 @@ class QueueWorker:
         self._nfq = NetfilterQueue()
         self._nfq.bind(queue, self._on_packet, max_len=QUEUE_MAXLEN, range=COPY_BYTES)
         self._closed_flows = None
+        self._lock = threading.Lock()     # the balancer: packets on one thread, table and reports on another
 
     def _on_packet(self, packet) -> None:
         # Every packet gets a verdict, even when balancing fails: unmarked, the filter rule
         # rejects it rather than leaving the client hanging.
         try:
-            mark = self._mark_for(packet.get_payload(), packet.indev)
+            with self._lock:
+                mark = self._mark_for(packet.get_payload(), packet.indev)
         except Exception:     # a bug must not lose the verdict
             log.exception("queue %d: balancing failed", self.queue)
             mark = 0
@@ -75,22 +78,28 @@ class QueueWorker:
         packet.accept()
 
     def run(self) -> None:
-        poller = select.poll()
-        nfq_fd, control_fd = self._nfq.get_fd(), self.control.fileno()
-        poller.register(nfq_fd, select.POLLIN)
-        poller.register(control_fd, select.POLLIN)
+        """Packets on this thread (a blocking read loop, without the GIL while it waits: two
+        system calls per packet, the read and the verdict); the table and the reports on another."""
         self.control.sendall(frame({"ready": self.queue}))
+        threading.Thread(target=self._control_loop, name="control", daemon=True).start()
+        self._nfq.run(True)
+
+    def _control_loop(self) -> None:
+        poller = select.poll()
+        poller.register(self.control.fileno(), select.POLLIN)
         next_report = time.monotonic() + REPORT_INTERVAL
         while True:
-            for fd, _ in poller.poll(REPORT_INTERVAL * 1000):
-                if fd == nfq_fd:
-                    self._nfq.run(False)      # every packet queued now, then EAGAIN
-                elif not self._read_control():
-                    return
+            try:
+                if poller.poll(REPORT_INTERVAL * 1000) and not self._read_control():
+                    break
+            except OSError:
+                break
             now = time.monotonic()
             if now >= next_report:
                 next_report = now + REPORT_INTERVAL
                 self._report()
+        # The agent is gone or asked us to stop: the queue unbinds as the process ends.
+        os._exit(0)
 
     def _read_control(self) -> bool:
         data = self.control.recv(1 << 20)
@@ -99,27 +108,26 @@ class QueueWorker:
         for message in self._frames.feed(data):
             if message.get("stop"):
                 return False
-            self.balancer.update(message.get("vips", {}), message.get("drop", ()), message.get("full", False))
+            with self._lock:
+                self.balancer.update(message.get("vips", {}), message.get("drop", ()), message.get("full", False))
         return True
 
     def _report(self) -> None:
         if self.balancer.needs_closed_flows:
-            self._follow_closed_flows()
-        report = self.balancer.take_report()
+            closed = self._closed_flows_source().closed_flows()
+            with self._lock:
+                self.balancer.flows_closed(closed)
+        with self._lock:
+            report = self.balancer.take_report()
         if report:
             self.control.sendall(frame({"report": report}))
 
-    def _follow_closed_flows(self) -> None:
+    def _closed_flows_source(self):
         if self._closed_flows is None:
             from minuteman.netfilter import KernelNetfilter
 
             self._closed_flows = KernelNetfilter()
-        self.balancer.flows_closed(self._closed_flows.closed_flows())
-
-    def close(self) -> None:
-        self._nfq.unbind()
-        if self._closed_flows is not None:
-            self._closed_flows.close()
+        return self._closed_flows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,11 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     die_with_parent()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     control = socket.socket(fileno=args.control_fd)
-    worker = QueueWorker(args.queue, control, args.cpu)
-    try:
-        worker.run()
-    finally:
-        worker.close()
+    QueueWorker(args.queue, control, args.cpu).run()
     return 0
 
 

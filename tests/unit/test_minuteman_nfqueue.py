@@ -18,7 +18,7 @@ from minuteman.flow_balancer import (
 )
 from minuteman.maglev import maglev_table
 from minuteman.netfilter import MARK_SNAT, MARK_TAG, FakeNetfilter, Flow, FlowState, RouteInfo
-from minuteman.nfqueue import InlineWorkers, NfqueueDataplane
+from minuteman.nfqueue import CHECKS_PER_BACKEND, InlineWorkers, NfqueueDataplane
 
 WEB = VipKey("11.0.0.1", 80, "tcp")
 DNS = VipKey("11.0.0.1", 53, "udp")
@@ -140,9 +140,15 @@ async def test_health_samples_are_bounded_per_backend(tmp_path):
     clock.now = 1.0
     assert len(dp.drain_outcomes()) == SAMPLES_PER_BACKEND, "500 SYNs in one report: a bounded sample is checked"
     assert dp.netfilter.round_trips == 1, "all of them in one conntrack round trip"
-    dp.workers.mark_for(syn(sport=2000))
-    dp.workers.flush()
+    for report in range(6):       # reports come faster than the reply window: the agent bounds the checks
+        for p in range(100):
+            dp.workers.mark_for(syn(sport=2000 + 100 * report + p))
+        dp.workers.flush()
     clock.now = 2.0
+    assert len(dp.drain_outcomes()) == CHECKS_PER_BACKEND
+    dp.workers.mark_for(syn(sport=9000))
+    dp.workers.flush()
+    clock.now = 3.0
     assert len(dp.drain_outcomes()) == 1, "sampled again in the next report"
 
 
