@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import ipaddress
 import json
 import logging
@@ -71,6 +72,7 @@ WORKER_START_TIMEOUT = 15.0
 NAMED_VIP_POOL = ipaddress.ip_network("11.0.0.0/8")
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def vip_prefix(address: str) -> str:
     """The local route that carries a VIP: one for the whole named pool, /32 for the others."""
     return str(NAMED_VIP_POOL) if ipaddress.ip_address(address) in NAMED_VIP_POOL else f"{address}/32"
@@ -118,6 +120,10 @@ class NfqueueDataplane:
         self._next_id = max(self._ids.values(), default=0) + 1
         self._routes: dict[str, tuple[float, int]] = {}       # backend ip → (until, interface towards it)
         self._sent: dict[VipKey, WorkerVip] = {}              # what the workers hold
+        self._lookups: dict[int, tuple[tuple[int, ...], bytes]] = {}
+        self._worker_cache: dict[VipKey, tuple[VipEntry, WorkerVip]] = {}
+        self._worker_oifs: dict[str, int] = {}
+        self._worker_ids: dict[Backend, int] = {}
         self._started = False
         self._counts: Counter[tuple[VipKey, Backend]] = Counter()
         self._pending: deque[tuple[float, Flow, Backend]] = deque()
@@ -146,8 +152,10 @@ class NfqueueDataplane:
                 result.errors[key] = errors.get(key) or route_errors[vip_prefix(key.address)]
         result.removed = have - set(table)
         result.programmed = set(table) - set(result.errors)
-        self._table = {key: table[key] for key in result.programmed}
-        self._save_state()
+        programmed = {key: table[key] for key in result.programmed}
+        if programmed != self._table or not self.state_path.exists():
+            self._table = programmed
+            self._save_state()
         self._tell_workers()
         if stale:     # now that the workers no longer pick them
             try:
@@ -179,16 +187,40 @@ class NfqueueDataplane:
         return backend_id
 
     def _worker_table(self) -> dict[VipKey, WorkerVip]:
+        """The table as workers need it. Built per VIP only when its entry, the backend ids or
+        the routes changed: an apply that changes nothing costs a comparison per VIP."""
         now = self._clock()
+        oifs = {ip: self._oif(ip, now) for ip in {b.ip for entry in self._table.values() for b in entry.backends}}
+        if oifs != self._worker_oifs or self._ids != self._worker_ids:
+            self._worker_oifs, self._worker_ids = oifs, dict(self._ids)
+            self._worker_cache = {}
         vips = {}
         for key, entry in self._table.items():
-            backends = tuple(b for b in entry.backends if b in self._ids)
-            lookup = entry.lookup if backends == entry.backends else ()
-            if not lookup and backends and entry.lookup:    # a backend without an id: rebuild without it
-                lookup = maglev_table(backends, len(entry.lookup))
-            vips[key] = WorkerVip(key, backends, tuple(self._ids[b] for b in backends),
-                                  tuple(self._oif(b.ip, now) for b in backends), lookup_bytes(lookup))
+            cached = self._worker_cache.get(key)
+            if cached is None or not (cached[0] is entry or cached[0] == entry):
+                cached = (entry, self._worker_vip(entry, oifs))
+                self._worker_cache[key] = cached
+            vips[key] = cached[1]
+        for key in set(self._worker_cache) - set(vips):
+            del self._worker_cache[key]
         return vips
+
+    def _worker_vip(self, entry: VipEntry, oifs: dict[str, int]) -> WorkerVip:
+        backends = tuple(b for b in entry.backends if b in self._ids)
+        lookup = entry.lookup if backends == entry.backends else ()
+        if not lookup and backends and entry.lookup:    # a backend without an id: rebuild without it
+            lookup = maglev_table(backends, len(entry.lookup))
+        return WorkerVip(entry.key, backends, tuple(self._ids[b] for b in backends),
+                         tuple(oifs[b.ip] for b in backends), self._lookup_bytes(lookup))
+
+    def _lookup_bytes(self, lookup: tuple[int, ...]) -> bytes:
+        """Maglev tables are shared between VIPs with the same backends (``maglev_table`` caches
+        them): convert each once, by identity."""
+        cached = self._lookups.get(id(lookup))
+        if cached is None or cached[0] is not lookup:
+            cached = (lookup, lookup_bytes(lookup))
+            self._lookups[id(lookup)] = cached
+        return cached[1]
 
     def _oif(self, ip: str, now: float) -> int:
         cached = self._routes.get(ip)
@@ -202,6 +234,8 @@ class NfqueueDataplane:
         if not self._started:
             return
         vips = self._worker_table()
+        live = {id(entry.lookup) for entry in self._table.values()}
+        self._lookups = {key: value for key, value in self._lookups.items() if key in live}
         changed = {key: vip for key, vip in vips.items() if self._sent.get(key) != vip}
         drop = [key for key in self._sent if key not in vips]
         if changed or drop:
