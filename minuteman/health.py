@@ -6,8 +6,8 @@ seconds, then given another chance. Any success resets its run of failures.
 
 Dataplanes feed it in one of two ways, checked by duck typing so neither needs the other:
 
-* ``OutcomeSource.drain_outcomes()`` — one (backend, ok) per attempt, in order (NFQUEUE sees
-  each SYN and checks its conntrack entry ``reply_timeout`` later);
+* ``OutcomeSource.drain_outcomes()`` — one (backend, ok) per attempt, in order (NFQUEUE checks
+  the conntrack entries of a bounded sample of SYNs per backend ``reply_timeout`` later);
 * ``OutcomeCounters.outcome_totals()`` — monotonic (succeeded, failed) totals per backend (the
   eBPF dataplane's per-backend counters); deltas are fed as outcomes, successes first.
 

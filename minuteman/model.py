@@ -151,8 +151,8 @@ def _vip_for(view: ClusterView, model: VipModel, task: TaskInfo, port: TaskPort,
 
 def _backend(task: TaskInfo, port: TaskPort, problems: list[Problem], node_ip: str | None = None) -> Backend | None:
     if task.network == "bridge" and task.agent_ip == node_ip and task.ip_addresses and port.container_port:
-        # On the task's own node a flow whose VIP translation is already set (NFQUEUE's
-        # conntrack entry) never passes the host-port DNAT, so go to the container directly.
+        # On the task's own node a flow already translated for the VIP (NFQUEUE's DNAT takes
+        # the flow's one NAT binding) never passes the host-port DNAT: go to the container.
         return Backend(task.ip_addresses[0], port.container_port)
     if task.network == "container":
         number = port.container_port or port.host_port
