@@ -54,6 +54,12 @@ class LayeredDataplane:
         totals = getattr(self.socket_lb, "outcome_totals", None)
         return totals() if totals is not None else {}
 
+    def maintain(self) -> None:
+        for layer in (self.socket_lb, self.packet_lb):
+            maintain = getattr(layer, "maintain", None)
+            if maintain is not None:
+                maintain()
+
     def close(self, keep_kernel_state: bool = True) -> None:
         self.socket_lb.close(keep_kernel_state=keep_kernel_state)
         self.packet_lb.close(keep_kernel_state=keep_kernel_state)

@@ -37,6 +37,7 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -92,6 +93,9 @@ class Workers(Protocol):
 
     def wait_ready(self) -> None:
         """Block until every reader reads its queue (raises NetfilterError if one does not)."""
+
+    def revive(self) -> None:
+        """Replace readers that ended (from the thread that started them)."""
 
     def update(self, vips: dict[VipKey, WorkerVip], drop: list[VipKey], full: bool = False) -> None: ...
 
@@ -303,6 +307,12 @@ class NfqueueDataplane:
         log.info("NFQUEUE %s bound (%s); %d VIPs", ",".join(map(str, self.queue_numbers)),
                  "a worker pinned to each CPU" if self.pin else "a worker each", len(self._table))
 
+    def maintain(self) -> None:
+        """Periodic care on the agent's loop (the thread that started the workers): a queue
+        worker that died is replaced, so new flows are balanced again within a poll."""
+        if self._started:
+            self.workers.revive()
+
     def close(self, keep_kernel_state: bool = True) -> None:
         self.workers.close()
         self._started = False
@@ -355,6 +365,9 @@ class InlineWorkers:
     def wait_ready(self) -> None:
         pass
 
+    def revive(self) -> None:
+        pass
+
     def update(self, vips: dict[VipKey, WorkerVip], drop: list[VipKey], full: bool = False) -> None:
         self.updates += 1
         self.balancer.update(vips, drop, full)
@@ -372,86 +385,109 @@ class InlineWorkers:
         pass
 
 
+@dataclass
+class _Worker:
+    number: int
+    cpu: int | None
+    proc: subprocess.Popen
+    sock: socket.socket
+    ready: threading.Event
+
+
 class ProcessWorkers:
     """One ``minuteman.nfqueue_worker`` process per queue, each with a socketpair to this one and
-    a thread here that reads its reports. With ``pin`` the worker of queue ``first + i`` is
-    pinned to CPU ``i`` (the rules fan the queues out by CPU)."""
+    a thread here that gives it the table and reads its reports. With ``pin`` the worker of
+    queue ``first + i`` is pinned to CPU ``i`` (the rules fan the queues out by CPU). A worker
+    that dies is replaced by ``revive`` (called from the thread that started them)."""
 
     def __init__(self, queue_numbers: range, pin: bool) -> None:
         self.queue_numbers = queue_numbers
         self.pin = pin
-        self._workers: list[tuple[int, subprocess.Popen, socket.socket, threading.Event]] = []
-        self._table: dict[VipKey, WorkerVip] = {}
+        self._workers: list[_Worker] = []
+        self._table: dict[VipKey, WorkerVip] = {}       # all of it, as the workers have it
         self._send_lock = threading.Lock()
+        self._on_report = None
+        self.revived = 0
 
     def start(self, vips: dict[VipKey, WorkerVip], on_report) -> None:
         cpus = sorted(os.sched_getaffinity(0))
-        self._table = vips
+        self._table, self._on_report = dict(vips), on_report
         for i, number in enumerate(self.queue_numbers):
-            ours, theirs = socket.socketpair()
-            ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-            argv = [sys.executable, "-m", "minuteman.nfqueue_worker", "--queue", str(number),
-                    "--control-fd", str(theirs.fileno())]
-            if self.pin and i < len(cpus):
-                argv += ["--cpu", str(cpus[i])]
-            # The parent-death signal follows the thread that starts the worker: the caller's.
-            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), cwd=Path(__file__).resolve().parents[1])
-            theirs.close()
-            ready = threading.Event()
-            reader = threading.Thread(target=self._read, args=(ours, on_report, ready), daemon=True,
-                                      name=f"nfqueue-{number}-reports")
-            reader.start()
-            self._workers.append((number, proc, ours, ready))
+            self._workers.append(self._spawn(number, cpus[i] if self.pin and i < len(cpus) else None))
 
-    def wait_ready(self) -> None:
-        table = frame({"vips": self._table, "full": True})
-        with self._send_lock:
-            for _, _, sock, _ in self._workers:
-                sock.sendall(table)
-        deadline = time.monotonic() + WORKER_START_TIMEOUT
-        for number, proc, _, ready in self._workers:
-            if not ready.wait(max(0.0, deadline - time.monotonic())):
-                self.close()
-                raise NetfilterError(f"NFQUEUE worker for queue {number} did not start (exit {proc.poll()})")
+    def _spawn(self, number: int, cpu: int | None) -> _Worker:
+        ours, theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        argv = [sys.executable, "-m", "minuteman.nfqueue_worker", "--queue", str(number),
+                "--control-fd", str(theirs.fileno())] + (["--cpu", str(cpu)] if cpu is not None else [])
+        # The parent-death signal follows the thread that starts the worker: the caller's.
+        proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), cwd=Path(__file__).resolve().parents[1])
+        theirs.close()
+        worker = _Worker(number, cpu, proc, ours, threading.Event())
+        threading.Thread(target=self._serve, args=(worker,), daemon=True, name=f"nfqueue-{number}").start()
+        return worker
 
-    def _read(self, sock: socket.socket, on_report, ready: threading.Event) -> None:
+    def _serve(self, worker: _Worker) -> None:
+        """The whole table first, then the worker's messages until it ends."""
+        try:
+            with self._send_lock:
+                worker.sock.sendall(frame({"vips": self._table, "full": True}))
+        except OSError:
+            return
         frames = FrameReader()
         while True:
             try:
-                data = sock.recv(1 << 20)
+                data = worker.sock.recv(1 << 20)
             except OSError:
                 return
             if not data:
                 return
             for message in frames.feed(data):
                 if "ready" in message:
-                    ready.set()
+                    worker.ready.set()
                 elif "report" in message:
-                    on_report(message["report"])
+                    self._on_report(message["report"])
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + WORKER_START_TIMEOUT
+        for worker in self._workers:
+            if not worker.ready.wait(max(0.0, deadline - time.monotonic())):
+                self.close()
+                raise NetfilterError(f"NFQUEUE worker for queue {worker.number} did not start "
+                                     f"(exit {worker.proc.poll()})")
+
+    def revive(self) -> None:
+        for i, worker in enumerate(self._workers):
+            if worker.proc.poll() is not None:
+                log.error("NFQUEUE worker for queue %d ended (exit %s): starting another", worker.number,
+                          worker.proc.returncode)
+                worker.sock.close()
+                self._workers[i] = self._spawn(worker.number, worker.cpu)
+                self.revived += 1
 
     def update(self, vips: dict[VipKey, WorkerVip], drop: list[VipKey], full: bool = False) -> None:
         data = frame({"vips": vips, "drop": drop, "full": full})
         with self._send_lock:
-            for number, _, sock, _ in self._workers:
+            self._table = dict(vips) if full else {k: v for k, v in {**self._table, **vips}.items() if k not in drop}
+            for worker in self._workers:
                 try:
-                    sock.sendall(data)
+                    worker.sock.sendall(data)
                 except OSError as exc:
-                    log.error("telling the NFQUEUE %d worker of the table failed: %s", number, exc)
+                    log.error("telling the NFQUEUE %d worker of the table failed: %s", worker.number, exc)
 
     def close(self) -> None:
-        for _, _, sock, _ in self._workers:
+        for worker in self._workers:
             try:
-                sock.sendall(frame({"stop": True}))
+                worker.sock.sendall(frame({"stop": True}))
             except OSError:
                 pass
-        for _, proc, _, _ in self._workers:
+        for worker in self._workers:
             try:
-                proc.wait(timeout=5)
+                worker.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for _, _, sock, _ in self._workers:
-            sock.close()
+                worker.proc.kill()
+                worker.proc.wait()
+            worker.sock.close()
         self._workers = []
 
 

@@ -173,6 +173,7 @@ class LoadBalancer:
             started = start()
             if inspect.isawaitable(started):
                 await started
+        maintain = getattr(self.dataplane, "maintain", None)      # periodic care, on this loop
         loop = asyncio.get_running_loop()
         next_repair = next_probe = loop.time()
         probe_every = self.health.config.probe_interval
@@ -185,6 +186,11 @@ class LoadBalancer:
             if probe_every is not None and now >= next_probe:
                 next_probe = now + probe_every
                 await self.health.probe({b for e in self._desired.values() for b in e.backends})
+            if maintain is not None:
+                try:
+                    maintain()
+                except Exception:
+                    log.exception("%s dataplane maintenance failed", self.dataplane.name)
             self.poll_health()
             await asyncio.sleep(HEALTH_POLL_INTERVAL)
 

@@ -9,6 +9,8 @@ for backends b1..b3, which answer with their own name.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -263,6 +265,28 @@ def test_agent_down_keeps_flows_rejects_new_ones_fast_and_restart_resumes(topo):
     holder.stdin.write("and after\n")
     holder.stdin.flush()
     assert holder.stdout.readline().strip() == "and after"
+
+
+def worker_pids(agent: subprocess.Popen) -> set[int]:
+    """The agent's queue workers (children of the agent this test started)."""
+    found = subprocess.run(["pgrep", "-P", str(agent.pid), "-f", "minuteman.nfqueue_worker"],
+                           capture_output=True, text=True).stdout.split()
+    return {int(pid) for pid in found}
+
+
+def test_a_killed_queue_worker_is_replaced_and_flows_are_balanced_again(topo):
+    workers = worker_pids(topo.agent)
+    assert len(workers) == min(os.cpu_count() or 1, 8), workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 3
+    while len(replaced := worker_pids(topo.agent) - workers) < len(workers):
+        assert time.monotonic() < deadline, replaced
+        time.sleep(0.05)
+    time.sleep(1.0)        # the new workers bind their queues and take the table
+    result = topo.client("client", "tcp", 60)
+    assert result["failures"] == [] and set(result["counts"]) == set(BACKENDS), result
+    assert "starting another" in (topo.tmp / "agent.log").read_text()
 
 
 def test_killed_backend_is_taken_out_within_two_seconds(topo):
