@@ -47,7 +47,7 @@ from minuteman.maglev import maglev_table
 
 SCALES = (1, 1000, 10000)
 BACKENDS_PER_VIP = 10
-ROUNDS = 30
+ROUNDS = 60
 CONNECTS = 1000
 SERVER_IP = "10.88.0.1"
 PORTS = tuple(range(9000, 9000 + BACKENDS_PER_VIP))
