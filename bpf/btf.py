@@ -83,16 +83,17 @@ class Btf:
 
 
 @functools.cache
-def kernel_btf(path: Path = VMLINUX) -> Btf:
+def kernel_btf(path: Path | None = None) -> Btf:
+    path = path or VMLINUX
     try:
         return Btf(path.read_bytes())
     except OSError as exc:
-        raise BtfError(f"cannot read the kernel's BTF at {path}: {exc}") from exc
+        raise BtfError(f"cannot read the kernel's BTF at {path} ({exc.strerror})") from exc
 
 
 def sock_offsets() -> dict[str, int]:
     """Where ``struct sock`` keeps the TCP state and the socket cookie, in this kernel."""
-    btf = kernel_btf()
+    btf = kernel_btf(VMLINUX)
     common = btf.offset("sock", "__sk_common")
     return {"NAVSTAR_SK_STATE_OFFSET": common + btf.offset("sock_common", "skc_state"),
             "NAVSTAR_SK_COOKIE_OFFSET": common + btf.offset("sock_common", "skc_cookie")}

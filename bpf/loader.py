@@ -123,9 +123,12 @@ class Features:
         return list(TRACEPOINTS.values()) if self.outcomes else []
 
     def cflags(self, pin_dir: Path) -> list[str]:
-        from bpf.btf import sock_offsets  # noqa: PLC0415 - reads the kernel's BTF, only when needed
+        from bpf.btf import BtfError, sock_offsets  # noqa: PLC0415 - reads the kernel's BTF, only when needed
 
-        offsets = sock_offsets() if self.outcomes else {}
+        try:
+            offsets = sock_offsets() if self.outcomes else {}
+        except BtfError as exc:
+            raise LoaderError(f"connect outcomes (Features.outcomes) need the kernel's BTF: {exc}") from exc
         return [f"-D{name}={value}" for name, value in offsets.items()] + [
             f'-DNAVSTAR_PIN_DIR="{pin_dir}"',
             f"-DNAVSTAR_LB_CHUNK_SLOTS={self.chunk_slots}",

@@ -359,6 +359,33 @@ def test_restart_keeps_serving_then_adopts(lab, pins):
         second.close()
 
 
+OLD_SOCK_OPS = """
+__attribute__((section("sockops"), used)) int nv_sockops(void *skops) { return 1; }
+char _license[] __attribute__((section("license"), used)) = "GPL";
+"""
+
+
+@needs_bpftool
+@pytest.mark.skipif(shutil.which("clang") is None, reason="clang is installed by scripts/setup.sh")
+def test_an_upgrade_detaches_the_sock_ops_program_of_an_earlier_build(netns, pins, tmp_path):
+    # What an agent of the previous build left: its sock_ops program attached and pinned.
+    (tmp_path / "old.c").write_text(OLD_SOCK_OPS)
+    subprocess.run(["clang", "-O2", "-target", "bpf", "-c", str(tmp_path / "old.c"), "-o", str(tmp_path / "old.o")],
+                   check=True, capture_output=True)
+    pins.mkdir(parents=True)
+    old_pin = pins / "prog_sock_ops"
+    subprocess.run(["bpftool", "prog", "load", str(tmp_path / "old.o"), str(old_pin), "type", "sockops"],
+                   check=True, capture_output=True)
+    subprocess.run(["bpftool", "cgroup", "attach", str(netns.cgroup.unified_path), "sock_ops", "pinned",
+                    str(old_pin), "multi"], check=True, capture_output=True)
+    assert [p.attach_point for p in loader.attached_programs(netns.cgroup.unified_path)] == ["sock_ops"]
+
+    dp = EbpfDataplane(netns.cgroup.unified_path, pins)
+    dp.close()
+    assert dp.attached() == CGROUP_POINTS + TRACEPOINTS
+    assert not old_pin.exists()
+
+
 @needs_bpftool
 def test_detach_all_leaves_nothing(lab, pins):
     dp = EbpfDataplane(lab.cgroup.unified_path, pins)

@@ -4,10 +4,12 @@ encoding) and the running kernel's own, which the tracepoint programs are compil
 from __future__ import annotations
 
 import struct
+from pathlib import Path
 
 import pytest
 
 from bpf import btf
+from bpf.loader import Features, LoaderError
 
 
 def blob() -> bytes:
@@ -52,3 +54,10 @@ def test_the_running_kernels_sock_fields():
     assert kernel.offset("sock", "__sk_common") == 0
     assert offsets["NAVSTAR_SK_STATE_OFFSET"] == kernel.offset("sock_common", "skc_family") + 2
     assert offsets["NAVSTAR_SK_COOKIE_OFFSET"] % 8 == 0
+
+
+def test_without_btf_outcomes_are_refused_by_name_and_the_rest_still_builds(monkeypatch, tmp_path):
+    monkeypatch.setattr(btf, "VMLINUX", tmp_path / "vmlinux")
+    with pytest.raises(LoaderError, match="Features.outcomes.*kernel's BTF"):
+        Features().cflags(Path("/sys/fs/bpf/x"))
+    assert not any("SK_" in flag for flag in Features(outcomes=False).cflags(Path("/sys/fs/bpf/x")))
