@@ -212,6 +212,10 @@ class EbpfDataplane:
         self._counter_backend: dict[int, Backend] = {}
         self._pairs: dict[int, PairOutcomes] = {}
         self._outcomes_retired: dict[Backend, tuple[int, int]] = {}
+        # Failures the kernel counted before this agent: old news, not fed to health again (a
+        # restarted agent would otherwise take out a backend for failures long past).
+        self._failed_before_start = {COUNTER_ID.unpack(k)[0]: sum(OUTCOMES.unpack(v))
+                                     for k, v in self._maps["nv_outcomes"].items()}
 
     # -- Dataplane ------------------------------------------------------------------------------
     def apply(self, table: dict[VipKey, VipEntry]) -> ApplyResult:
@@ -351,16 +355,18 @@ class EbpfDataplane:
                 continue
             raw = conns.lookup(COUNTER_ID.pack(counter_id))
             connects = sum(array.array("Q", raw)) if raw else 0
+            failed = refused + unanswered - self._failed_before_start.get(counter_id, 0)
             pair = self._pairs.get(counter_id)
             if pair is None:
-                pair = self._pairs[counter_id] = PairOutcomes(now, connects, refused + unanswered)
-            established, failed = pair.update(now, connects, refused + unanswered)
+                pair = self._pairs[counter_id] = PairOutcomes(now, connects, failed)
+            established, failed = pair.update(now, connects, failed)
             ok, bad = totals.get(backend, (0, 0))
             totals[backend] = (ok + established, bad + failed)
         return totals
 
     def _retire_outcomes(self, counter_id: int) -> None:
         """Fold what a counter id counted into its backend's base before the id goes or is reused."""
+        self._failed_before_start.pop(counter_id, None)
         pair = self._pairs.pop(counter_id, None)
         backend = self._counter_backend.get(counter_id)
         if pair and backend is not None:

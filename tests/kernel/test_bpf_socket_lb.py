@@ -271,6 +271,23 @@ def test_connect_outcomes_feed_passive_health(dataplane, lab):
     assert dataplane.outcome_totals()[dead] == (0, refused + again)
 
 
+def test_a_restarted_agent_reports_only_failures_after_its_start(lab, pins):
+    dead = Backend(BACKEND_IPS[2], 8099)   # nothing listens there
+    first = EbpfDataplane(lab.cgroup.unified_path, pins)
+    first.apply({VIP: VipEntry(VIP, (dead,))})
+    assert {r.get("errno") for r in client(lab, "tcp", VIP, 6)} == {errno.ECONNREFUSED}
+    assert first.outcome_totals() == {dead: (0, 6)}
+    first.close()
+
+    second = EbpfDataplane(lab.cgroup.unified_path, pins)
+    try:
+        assert second.outcome_totals() == {dead: (0, 0)}   # old news: not fed to health again
+        client(lab, "tcp", VIP, 2)
+        assert second.outcome_totals() == {dead: (0, 2)}
+    finally:
+        second.close()
+
+
 def test_health_takes_a_refused_backend_out(dataplane, lab):
     live, dead = Backend(BACKEND_IPS[0], 8080), Backend(BACKEND_IPS[2], 8099)   # nothing on :8099
     dataplane.apply({VIP: VipEntry(VIP, (live, dead))})
