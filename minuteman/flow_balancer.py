@@ -22,6 +22,7 @@ import pickle
 import random
 import socket
 import struct
+import time
 import zlib
 from array import array
 from collections import Counter
@@ -36,6 +37,7 @@ PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 SAMPLES_PER_BACKEND = 8       # health samples per backend per report (80/s): plenty for "5 failures in a row"
 MAX_SAMPLES = 4096
 REPORT_INTERVAL = 0.1         # s
+RECENT_FLOWS_SECONDS = 1.0    # how long a decided flow is remembered (a generation; two are kept)
 
 
 class WorkerVip(NamedTuple):
@@ -79,7 +81,7 @@ class _Entry:
 
 
 class FlowBalancer:
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self, rng: random.Random | None = None, clock=time.monotonic) -> None:
         self._vips: dict[tuple[bytes, int, bytes], _Entry] = {}
         self._touched: set[_Entry] = set()
         self._sampled: Counter[int] = Counter()       # samples per backend id this report
@@ -89,6 +91,14 @@ class FlowBalancer:
         self._open = OpenConnections()
         self._flows_to: dict[Flow, Backend] = {}
         self.needs_closed_flows = False
+        # Flows decided lately (protocol, addresses, ports → mark). Until a flow's first reply
+        # conntrack calls each of its packets NEW, and packets that arrive before the first
+        # verdict are queued too (a burst of datagrams, a SYN retransmitted meanwhile): they
+        # get the same backend and are not counted again.
+        self._recent: dict[bytes, int] = {}
+        self._older: dict[bytes, int] = {}
+        self._clock = clock
+        self._recent_since = clock()
 
     # -- the table (from the agent) ---------------------------------------------------------
     def update(self, vips: dict[VipKey, WorkerVip], drop: list[VipKey] = (), full: bool = False) -> None:
@@ -105,6 +115,7 @@ class FlowBalancer:
             if old is not None:
                 self._fold([old])
             self._vips[packet_key(key)] = _Entry(vip)
+        self._recent, self._older = {}, {}     # marks may name backends that are gone
         self.needs_closed_flows = any(entry.p2c for entry in self._vips.values())
 
     # -- packets -----------------------------------------------------------------------------
@@ -119,10 +130,15 @@ class FlowBalancer:
         entry = self._vips.get((payload[16:20], payload[9], payload[ihl + 2:ihl + 4]))
         if entry is None or not entry.counts:
             return 0
+        flow = payload[12:20] + payload[ihl:ihl + 4]
+        decided = flow + payload[9:10]
+        seen = self._recent.get(decided) or self._older.get(decided)
+        if seen:
+            return seen
         vip = entry.vip
         if entry.lookup is not None:
             # The Maglev slot of the 5-tuple as the packet carries it (addresses, ports).
-            index = entry.lookup[zlib.crc32(payload[12:20] + payload[ihl:ihl + 4]) % entry.size]
+            index = entry.lookup[zlib.crc32(flow) % entry.size]
         else:
             index = self._p2c(entry, payload, ihl)
         backend_id = vip.ids[index]
@@ -133,10 +149,11 @@ class FlowBalancer:
             mark |= MARK_SNAT
         entry.counts[index] += 1
         self._touched.add(entry)
+        self._recent[decided] = mark
         if payload[9] == socket.IPPROTO_TCP and self._sampled[backend_id] < SAMPLES_PER_BACKEND \
                 and len(self._samples) < MAX_SAMPLES:
             self._sampled[backend_id] += 1
-            self._samples.append((payload[12:20] + payload[ihl:ihl + 4], index, entry))
+            self._samples.append((flow, index, entry))
         return mark
 
     def _p2c(self, entry: _Entry, payload: bytes, ihl: int) -> int:
@@ -164,6 +181,9 @@ class FlowBalancer:
 
     def take_report(self) -> Report:
         """Everything seen since the last report."""
+        now = self._clock()
+        if now - self._recent_since >= RECENT_FLOWS_SECONDS:
+            self._older, self._recent, self._recent_since = self._recent, {}, now
         self._fold(list(self._touched))
         for tuple_bytes, index, entry in self._samples:
             self._pending.samples.append((_flow(entry.vip.key, tuple_bytes), entry.vip.backends[index]))

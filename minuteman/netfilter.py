@@ -420,9 +420,11 @@ class KernelNetfilter:
         return {
             # Every packet passes these chains: the conntrack state (read off the packet) is
             # tested before the set (a hash lookup), so a flow's later packets skip the lookup.
+            # A flow stays NEW until its first reply; one already DNATed (a SYN retransmitted to
+            # a slow backend, the next datagram of one-way UDP) goes on without userspace.
             "mangle": {QUEUE_CHAIN: [
-                f"-p tcp -m conntrack --ctstate NEW {vip} {q}",
-                f"-p udp -m conntrack --ctstate NEW {vip} {q}",
+                f"-p tcp -m conntrack --ctstate NEW -m conntrack ! --ctstate DNAT {vip} {q}",
+                f"-p udp -m conntrack --ctstate NEW -m conntrack ! --ctstate DNAT {vip} {q}",
             ], "from": ["PREROUTING", "OUTPUT"]},
             "filter": {REJECT_CHAIN: [
                 f"-p tcp -m conntrack --ctstate NEW {vip} -m conntrack ! --ctstate DNAT -j REJECT --reject-with tcp-reset",

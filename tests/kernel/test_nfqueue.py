@@ -245,6 +245,32 @@ def test_udp_flows_are_balanced_and_stick(topo):
     assert topo.connections("udp", result["flows"]) == result["flows"]
 
 
+ONE_WAY = r"""
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect((sys.argv[1], 53))
+s.send(b"?")
+time.sleep(0.3)           # decided by now: the rest must not be queued at all
+for _ in range(int(sys.argv[2])):
+    s.send(b"?")
+"""
+
+
+def test_a_flow_without_replies_goes_to_userspace_once(topo):
+    # Conntrack calls a flow NEW until its first reply: a one-way UDP flow (or a SYN retransmitted
+    # to a slow backend) must still be decided, and counted, only once.
+    for role in BACKENDS:
+        sh(f"ip netns exec {topo.ns(role)} iptables -A INPUT -p udp --dport 5353 -j DROP")
+    (topo.tmp / "one_way.py").write_text(ONE_WAY)
+    sh(f"ip netns exec {topo.ns('client')} {sys.executable} {topo.tmp / 'one_way.py'} {VIP} 20")
+    assert topo.connections("udp", 1) == 1
+    flows = topo.node.run("conntrack", "-L", "-p", "udp", "--orig-dst", VIP, check=False).stdout
+    assert flows.count("UNREPLIED") == 1, flows
+    rules = topo.node.run("iptables", "-t", "mangle", "-L", "NAVSTAR-MM", "-v", "-x", "-n").stdout
+    queued = [int(line.split()[0]) for line in rules.splitlines() if "NFQUEUE" in line and line.split()[3] in ("17", "udp")]
+    assert queued == [1], rules
+
+
 def test_agent_down_keeps_flows_rejects_new_ones_fast_and_restart_resumes(topo):
     holder = topo.holder("client")
     backend = holder.stdout.readline().strip()

@@ -84,7 +84,7 @@ async def test_first_packet_gets_a_maglev_backend_by_mark(tmp_path):
     assert mark & 0xFF000000 == MARK_TAG and not mark & MARK_SNAT
     assert dp.netfilter.nat_map[mark & 0x7FFFFF] == pick(dp, syn(sport=30000))
     dp.workers.flush()
-    assert sum(dp.connection_counts().values()) == 3004, "every packet balanced counts"
+    assert sum(dp.connection_counts().values()) == 3000, "every flow balanced counts, once"
 
 
 async def test_unknown_vip_short_or_odd_packets_get_no_mark(tmp_path):
@@ -210,6 +210,26 @@ def test_counts_of_a_replaced_vip_are_not_lost():
     report = balancer.take_report()
     assert report.connections == {(WEB, BACKENDS[0]): 2} and len(report.samples) == 2
     assert not balancer.take_report()
+
+
+def test_packets_of_a_flow_queued_before_its_first_verdict_count_once():
+    clock = Clock()
+    balancer = FlowBalancer(rng=random.Random(3), clock=clock)
+    vip = WorkerVip(WEB, BACKENDS, (1, 2, 3), (0, 0, 0))     # p2c: a second choice could differ
+    balancer.update({WEB: vip})
+    marks = {balancer.mark_for(syn(sport=7)) for _ in range(20)}
+    assert len(marks) == 1
+    udp = bytes(IP(src="10.0.9.2", dst="11.0.0.1") / UDP(sport=7, dport=80))
+    assert balancer.mark_for(udp) == 0, "the same ports over UDP are another flow (and no VIP)"
+    (mark,) = marks
+    assert balancer.take_report().connections == {(WEB, BACKENDS[(mark & 0x7FFFFF) - 1]): 1}
+    clock.now = 1.5
+    balancer.take_report()
+    assert balancer.mark_for(syn(sport=7)) in marks, "still remembered a generation later"
+    clock.now = 3.0
+    balancer.take_report()
+    balancer.mark_for(syn(sport=7))
+    assert sum(balancer.take_report().connections.values()) == 1, "forgotten after two: a new flow"
 
 
 def test_frames_survive_being_split_anywhere():
