@@ -35,6 +35,7 @@ from control.protocol import HealthCheckSpec, TaskLaunch
 from control.registry import AgentRegistration, AgentResources, PortRange
 from control.view import ClusterView, TaskPort
 from minuteman.dataplane import Dataplane
+from minuteman.health import HealthConfig
 from minuteman.reconciler import LoadBalancer
 from navstar import logs
 from navstar.localnet import ensure_loopback_addresses
@@ -60,6 +61,8 @@ class AgentOptions:
     metrics_listen: str | None = None      # default <ip>:61091
     work_dir: str = "/var/lib/navstar/agent"
     lb: str = "auto"
+    balancing: str = "maglev"               # or "p2c": power of two choices, least connections
+    health: HealthConfig = field(default_factory=HealthConfig)
     cpus: float | None = None
     mem: float | None = None
     ports: str = "31000-32000"
@@ -237,7 +240,8 @@ class NodeAgent:
 
     async def _start_dataplane(self) -> None:
         self.dataplane = await make_dataplane(self.opts)
-        self.lb = LoadBalancer(self.dataplane, node_ip=self.opts.ip)
+        self.lb = LoadBalancer(self.dataplane, node_ip=self.opts.ip, balancing=self.opts.balancing,
+                               health=self.opts.health)
         log.info("VIP dataplane: %s", self.dataplane.name)
 
     async def run(self) -> None:
@@ -293,7 +297,7 @@ async def make_dataplane(opts: AgentOptions) -> Dataplane:
 async def _nfqueue(opts: AgentOptions) -> Dataplane:
     from minuteman.nfqueue import NfqueueDataplane
 
-    dataplane = NfqueueDataplane(node_ip=opts.ip)
+    dataplane = NfqueueDataplane(node_ip=opts.ip, reply_timeout=opts.health.reply_timeout)
     await dataplane.start()
     return dataplane
 

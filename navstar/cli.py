@@ -111,6 +111,11 @@ def agent(
     metrics_listen: Annotated[str | None, typer.Option(help="Prometheus metrics (default <ip>:61091)")] = None,
     work_dir: Annotated[str, typer.Option(help="sandboxes and local state")] = "/var/lib/navstar/agent",
     lb: Annotated[str, typer.Option(help="VIP dataplane: ebpf, nfqueue or auto")] = "auto",
+    lb_balancing: Annotated[str, typer.Option(help="backend choice: maglev (consistent hashing) or p2c (least connections)")] = "maglev",
+    lb_reply_timeout: Annotated[float, typer.Option(help="seconds without a reply that fail a VIP connection attempt (the eBPF socket LB sees the first SYN retransmit, at 1 s)")] = 0.4,
+    lb_failures: Annotated[int, typer.Option(help="failed attempts in a row that take a backend out")] = 5,
+    lb_quarantine: Annotated[float, typer.Option(help="seconds a failing backend stays out")] = 30.0,
+    lb_probe_interval: Annotated[float | None, typer.Option(help="also probe every backend every N seconds (default: passive only)")] = None,
     cpus: Annotated[float | None, typer.Option(help="CPUs to offer (default: all)")] = None,
     mem: Annotated[float | None, typer.Option(help="MiB to offer (default: all)")] = None,
     ports: Annotated[str, typer.Option(help="host-port range to offer")] = "31000-32000",
@@ -132,18 +137,34 @@ def agent(
     if lb not in ("ebpf", "nfqueue", "auto"):
         err.print(f"--lb: expected ebpf, nfqueue or auto, got {lb!r}")
         raise typer.Exit(2)
+    if lb_balancing not in ("maglev", "p2c"):
+        err.print(f"--lb-balancing: expected maglev or p2c, got {lb_balancing!r}")
+        raise typer.Exit(2)
+    health = _health_config(lb_reply_timeout, lb_failures, lb_quarantine, lb_probe_interval)
     begin, _, end = ports.partition("-")
     if not re.fullmatch(r"\d+-\d+", ports) or not 0 < int(begin) <= int(end) < 65536:
         err.print(f"--ports: expected BEGIN-END with 0 < BEGIN <= END < 65536, got {ports!r}")
         raise typer.Exit(2)
     run_agent(AgentOptions(
         master=master, ip=ip, agent_id=agent_id or "", token_file=token_file, api_listen=api_listen,
-        agent_listen=agent_listen, metrics_listen=metrics_listen, work_dir=work_dir, lb=lb, cpus=cpus,
+        agent_listen=agent_listen, metrics_listen=metrics_listen, work_dir=work_dir, lb=lb,
+        balancing=lb_balancing, health=health, cpus=cpus,
         mem=mem, ports=ports, heartbeat_interval=heartbeat_interval, cgroup=cgroup,
         netns_prefix=netns_prefix, node_netns=node_netns, bpf_pin_dir=bpf_pin_dir, image_map=image_map, task_user=task_user or None,
         overlay_interval=overlay_interval, upstreams=upstream or None,
         forward_zones=_forward_zones(forward_zone or []), resolv_conf=resolv_conf,
     ))
+
+
+def _health_config(reply_timeout: float, failures: int, quarantine: float, probe_interval: float | None):
+    from minuteman.health import HealthConfig
+
+    try:
+        return HealthConfig(reply_timeout=reply_timeout, failures=failures, quarantine=quarantine,
+                            probe_interval=probe_interval)
+    except ValueError as exc:       # names the field: "failures must be >= 1, got 0"
+        err.print(f"--lb-{str(exc).split()[0].replace('_', '-')}: {exc}")
+        raise typer.Exit(2) from None
 
 
 def _forward_zones(specs: list[str]) -> dict[str, list[str]]:

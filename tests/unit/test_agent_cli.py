@@ -1,0 +1,44 @@
+"""``navstar agent`` options: the load balancer's health settings reach the agent, bad ones are
+refused with the option named (exit 2) before anything starts."""
+
+import pytest
+from typer.testing import CliRunner
+
+import navstar.agent_main
+from minuteman.health import HealthConfig
+from navstar.cli import app
+
+
+@pytest.fixture
+def started(monkeypatch):
+    runs = []
+    monkeypatch.setattr(navstar.agent_main, "run_agent", runs.append)
+    return runs
+
+
+def test_health_and_balancing_options_reach_the_agent(started):
+    result = CliRunner().invoke(app, ["agent", "--lb", "nfqueue", "--lb-balancing", "p2c", "--lb-reply-timeout", "0.25",
+                                      "--lb-failures", "3", "--lb-quarantine", "10", "--lb-probe-interval", "2"])
+    assert result.exit_code == 0, result.output
+    (opts,) = started
+    assert opts.lb == "nfqueue" and opts.balancing == "p2c"
+    assert opts.health == HealthConfig(reply_timeout=0.25, failures=3, quarantine=10, probe_interval=2)
+
+
+def test_defaults_are_dcos_minuteman_s(started):
+    assert CliRunner().invoke(app, ["agent"]).exit_code == 0
+    assert started[0].health == HealthConfig(reply_timeout=0.4, failures=5, quarantine=30, probe_interval=None)
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--lb-failures", "0"], "--lb-failures"),
+    (["--lb-reply-timeout", "0"], "--lb-reply-timeout"),
+    (["--lb-quarantine", "-1"], "--lb-quarantine"),
+    (["--lb-probe-interval", "0"], "--lb-probe-interval"),
+    (["--lb-balancing", "round-robin"], "--lb-balancing"),
+    (["--lb", "ipvs"], "--lb"),
+])
+def test_bad_options_are_refused_naming_the_option(started, argv, named):
+    result = CliRunner().invoke(app, ["agent", *argv])
+    assert result.exit_code == 2 and result.output.startswith(f"{named}:"), result.output
+    assert started == []
