@@ -164,6 +164,7 @@ class MarathonApi:
         app = app.model_copy(update={"version": version, "version_info": info})
         deployment = self.scheduler.put_app(app, action)
         self.master.sync_vips()
+        self.master.report_vip_labels(app)
         return app, deployment
 
     def _next_version(self, previous: AppDefinition | None) -> str:

@@ -250,6 +250,11 @@ class AppDefinition(_Model):
             return [m.labels for m in self.port_mappings]
         return [d.labels for d in self.port_definitions or []]
 
+    def port_protocols(self) -> list[str]:
+        """The protocol of each port, as its tasks carry it (``tcp`` or ``udp``)."""
+        ports = self.port_mappings if self.uses_port_mappings else self.port_definitions or []
+        return ["udp" if port.protocol == "udp" else "tcp" for port in ports]
+
     def config_without_scaling(self) -> dict[str, Any]:
         """Everything that, when changed, needs the tasks replaced (not ``instances``)."""
         return self.model_dump(by_alias=True, exclude={"instances", "version", "version_info"})

@@ -36,7 +36,7 @@ from control.registry import AgentRegistration, AgentRegistry
 from control.scheduler import Scheduler
 from control.store import Store
 from control.view import AgentInfo, ClusterView, OverlayConfig, TaskInfo
-from control.vips import VipAllocator, named_vip
+from control.vips import VipAllocator, named_vip, vip_label_problems
 
 log = logging.getLogger("navstar.master")
 
@@ -118,6 +118,14 @@ class Master:
             self.store.put("meta", "vip_next_address", self.vips.next_address)
             log.info("named VIPs: %s", self.vips.allocations)
             self.view_changed()
+
+    def report_vip_labels(self, app) -> None:
+        """Problems with an app's VIP labels go on the event bus (``vip_label_problem_event``, for
+        each app concerned) and into the log as the app is stored; agents skip what they cannot serve."""
+        others = {other.id: (other.port_labels(), other.port_protocols()) for other in self.scheduler.apps.values()}
+        for problem in vip_label_problems(app.id, app.port_labels(), app.port_protocols(), others):
+            log.warning("app %s: %s", problem.app_id, problem.message)
+            self.events.publish("vip_label_problem_event", appId=problem.app_id, message=problem.message)
 
     def view(self) -> ClusterView:
         if self._view_cache is not None and self._view_cache.version == self.view_version:

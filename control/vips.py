@@ -11,24 +11,68 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
+from typing import NamedTuple
+
+from minuteman.labels import VipLabelError, is_vip_label_key, parse_vip
 
 NAMED_VIP_POOL = ipaddress.IPv4Network("11.0.0.0/8")
 _NAMED = re.compile(r"^/?(?P<name>[A-Za-z0-9][A-Za-z0-9._/-]*):(?P<port>\d{1,5})$")
 
 
 def named_vip(label_key: str, label_value: str) -> str | None:
-    """``("VIP_0", "/shop/web:80")`` → ``"/shop/web"``; ``None`` for other labels or IP VIPs."""
-    if not label_key.lower().startswith("vip"):
+    """``("VIP_0", "/shop/web:80")`` → ``"/shop/web"``; ``None`` for other labels, address VIPs
+    and values agents could not serve (no address is spent on those)."""
+    if not is_vip_label_key(label_key):
         return None
-    match = _NAMED.match(label_value.strip())
-    if match is None:
-        return None
-    name = match.group("name").strip("/")
     try:
-        ipaddress.ip_address(name)
-        return None  # "1.2.3.4:80" is an IP VIP: it needs no allocation
-    except ValueError:
-        return "/" + name
+        return parse_vip(label_value).name
+    except VipLabelError:
+        return None
+
+
+class VipLabelProblem(NamedTuple):
+    app_id: str
+    message: str
+
+
+def vip_label_problems(app_id: str, port_labels: list[dict[str, str]], protocols: list[str],
+                       others: dict[str, tuple[list[dict[str, str]], list[str]]]) -> list[VipLabelProblem]:
+    """What agents will report about the VIP labels of one app, each message naming the label:
+    values they cannot serve (skipped there; the app's other VIPs keep working), and address VIPs
+    that another app (``others``: app id → its port labels and protocols) also claims — served as
+    one VIP with the union of their backends, as DC/OS did, and reported to both apps."""
+    problems: list[VipLabelProblem] = []
+    mine: dict[tuple[str, int, str], str] = {}
+    for index, key, value, protocol in _vip_labels(port_labels, protocols):
+        try:
+            spec = parse_vip(value)
+        except VipLabelError as exc:
+            problems.append(VipLabelProblem(app_id, f"port {index} label {key}: {exc}; this VIP is skipped"))
+            continue
+        if spec.address is not None:
+            mine.setdefault((spec.address, spec.port, protocol), f"port {index} label {key}")
+    clashes: set[tuple[str, tuple[str, int, str]]] = set()
+    for other_id, (other_labels, other_protocols) in sorted(others.items()):
+        for _, _, value, protocol in _vip_labels(other_labels, other_protocols) if other_id != app_id else ():
+            try:
+                spec = parse_vip(value)
+            except VipLabelError:
+                continue
+            claim = (spec.address or "", spec.port, protocol)
+            if claim in mine and (other_id, claim) not in clashes:
+                clashes.add((other_id, claim))
+                vip = f"address VIP {claim[0]}:{claim[1]}/{protocol}"
+                union = "served as one VIP with the union of their backends"
+                problems.append(VipLabelProblem(app_id, f"{mine[claim]}: {vip} is also claimed by {other_id}; {union}"))
+                problems.append(VipLabelProblem(other_id, f"{vip} is also claimed by {app_id}; {union}"))
+    return problems
+
+
+def _vip_labels(port_labels: list[dict[str, str]], protocols: list[str]):
+    for index, (labels, protocol) in enumerate(zip(port_labels, protocols, strict=True)):
+        for key, value in sorted(labels.items()):
+            if is_vip_label_key(key):
+                yield index, key, value, protocol
 
 
 class VipAllocator:

@@ -206,6 +206,32 @@ async def test_event_stream_over_http_sends_sse_frames(cluster):
     await frames.aclose()
 
 
+async def test_bad_vip_labels_and_address_clashes_are_reported_on_the_apps_events(cluster):
+    bus = cluster.master.events
+    queue = bus.subscribe()
+
+    def reported() -> list[dict]:
+        events = [queue.get_nowait() for _ in range(queue.qsize())]
+        return [e for e in events if e["eventType"] == "vip_label_problem_event"]
+
+    ports = [{"port": 0, "labels": {"VIP_0": "/good:80"}}, {"port": 0, "labels": {"VIP_1": "/bad:99999"}},
+             {"port": 0, "protocol": "udp", "labels": {"VIP_2": "10.9.9.9:53"}}]
+    assert (await cluster.post_app({"id": "/a", "cmd": "true", "portDefinitions": ports})).status_code == 201
+    (first,) = reported()
+    assert first["appId"] == "/a" and first["message"].startswith("port 1 label VIP_1:") and "99999" in first["message"]
+    assert "marathon:/good" in cluster.master.vips.allocations, "the app's other VIP is still served"
+    assert "marathon:/bad" not in cluster.master.vips.allocations
+    # the same address VIP over TCP is another VIP; over UDP it is a clash, told to both apps
+    other = [{"port": 0, "labels": {"VIP_0": "10.9.9.9:53"}},
+             {"port": 0, "protocol": "udp", "labels": {"vip": "10.9.9.9:53"}}]
+    assert (await cluster.post_app({"id": "/b", "cmd": "true", "portDefinitions": other})).status_code == 201
+    clash = reported()
+    assert [(e["appId"], e["message"].split(" is also claimed by ")[1].split(";")[0]) for e in clash] == [
+        ("/b", "/a"), ("/a", "/b")]
+    assert clash[0]["message"].startswith("port 1 label vip: address VIP 10.9.9.9:53/udp"), clash
+    bus.unsubscribe(queue)
+
+
 async def test_token_protects_everything_but_ping():
     c = Cluster(secret="s3cret")
     try:

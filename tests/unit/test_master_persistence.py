@@ -139,6 +139,7 @@ def test_named_vip_labels_and_address_reuse():
     assert named_vip("VIP_0", "1.2.3.4:80") is None        # an IP VIP needs no allocation
     assert named_vip("HAPROXY_GROUP", "/x:80") is None
     assert named_vip("VIP_0", "garbage") is None
+    assert named_vip("VIP_0", "/web:99999") is None         # agents would skip it: no address spent
     vips = VipAllocator()
     assert vips.sync(["/a", "/b"]) and vips.allocations == {"marathon:/a": "11.0.0.1", "marathon:/b": "11.0.0.2"}
     assert not vips.sync(["/a", "/b"])                      # idempotent
