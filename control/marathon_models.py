@@ -142,6 +142,11 @@ class VersionInfo(_Model):
     last_config_change_at: str
 
 
+def task_protocol(marathon_protocol: str) -> str:
+    """Marathon's ``tcp``, ``udp``, ``udp,tcp`` or ``tcp,udp`` as a task port carries it."""
+    return "udp,tcp" if "," in marathon_protocol else marathon_protocol
+
+
 class AppDefinition(_Model):
     id: str
     cmd: str | None = Field(default=None, min_length=1)
@@ -251,9 +256,9 @@ class AppDefinition(_Model):
         return [d.labels for d in self.port_definitions or []]
 
     def port_protocols(self) -> list[str]:
-        """The protocol of each port, as its tasks carry it (``tcp`` or ``udp``)."""
+        """The protocol of each port, as its tasks carry it (``tcp``, ``udp`` or ``udp,tcp``)."""
         ports = self.port_mappings if self.uses_port_mappings else self.port_definitions or []
-        return ["udp" if port.protocol == "udp" else "tcp" for port in ports]
+        return [task_protocol(port.protocol) for port in ports]
 
     def config_without_scaling(self) -> dict[str, Any]:
         """Everything that, when changed, needs the tasks replaced (not ``instances``)."""

@@ -59,10 +59,11 @@ def task_json(task: TaskRecord, framework_id: str) -> dict[str, Any]:
         number = port.container_port if task.network == "container" and port.container_port else port.host_port
         if number is None:
             continue
-        entry = {"number": number, "protocol": port.protocol, "name": port.name or f"port{index}"}
-        if port.labels:
-            entry["labels"] = _labels(port.labels)
-        discovery_ports.append(entry)
+        for protocol in port.protocols:     # as Marathon does: a udp,tcp port is two discovery ports
+            entry = {"number": number, "protocol": protocol, "name": port.name or f"port{index}"}
+            if port.labels:
+                entry["labels"] = _labels(port.labels)
+            discovery_ports.append(entry)
     return {
         "id": task.task_id,
         "name": name,

@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field
 from control.agent_client import AgentAddress, AgentClient, AgentUnavailable, LaunchRejected
 from control.drf import Allocator, Offer
 from control.events import EventBus, iso_now
-from control.marathon_models import AppDefinition, marathon_task_name, marathon_task_prefix
+from control.marathon_models import AppDefinition, marathon_task_name, marathon_task_prefix, task_protocol
 from control.placement import (
     AgentSlot,
     choose_host_ports,
@@ -586,15 +586,14 @@ class Scheduler:
         service_ports: list[int] = []
         if app.uses_port_mappings:
             for mapping, host_port in zip(app.port_mappings, host_ports, strict=True):
-                protocol = "udp" if mapping.protocol == "udp" else "tcp"
                 ports.append(TaskPort(host_port=host_port, container_port=mapping.container_port or None,
-                                      protocol=protocol, name=mapping.name, labels=mapping.labels))
+                                      protocol=task_protocol(mapping.protocol), name=mapping.name,
+                                      labels=mapping.labels))
                 service_ports.append(mapping.service_port)
         else:
             for definition, host_port in zip(app.port_definitions or [], host_ports, strict=True):
-                protocol = "udp" if definition.protocol == "udp" else "tcp"
-                ports.append(TaskPort(host_port=host_port, protocol=protocol, name=definition.name,
-                                      labels=definition.labels))
+                ports.append(TaskPort(host_port=host_port, protocol=task_protocol(definition.protocol),
+                                      name=definition.name, labels=definition.labels))
                 service_ports.append(definition.port)
         task = TaskRecord(
             task_id=f"{marathon_task_prefix(app.id)}.{uuid.uuid4()}",

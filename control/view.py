@@ -57,9 +57,14 @@ class TaskPort(BaseModel):
 
     host_port: int | None = None       # on the agent's IP (HOST and BRIDGE networking)
     container_port: int | None = None  # on the container IP (container networks)
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: Literal["tcp", "udp", "udp,tcp"] = "tcp"    # "udp,tcp": one port number, both protocols
     name: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """Each protocol the port serves: a VIP, a DNS service and a port mapping for each."""
+        return ("tcp", "udp") if self.protocol == "udp,tcp" else (self.protocol,)
 
 
 class TaskInfo(BaseModel):

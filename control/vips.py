@@ -65,14 +65,16 @@ def vip_label_problems(app_id: str, port_labels: list[dict[str, str]], protocols
                 union = "served as one VIP with the union of their backends"
                 problems.append(VipLabelProblem(app_id, f"{mine[claim]}: {vip} is also claimed by {other_id}; {union}"))
                 problems.append(VipLabelProblem(other_id, f"{vip} is also claimed by {app_id}; {union}"))
-    return problems
+    return list(dict.fromkeys(problems))     # a udp,tcp port's bad label is one problem
 
 
 def _vip_labels(port_labels: list[dict[str, str]], protocols: list[str]):
+    """(port index, key, value, protocol) of every VIP label; a ``udp,tcp`` port gives one of each."""
     for index, (labels, protocol) in enumerate(zip(port_labels, protocols, strict=True)):
         for key, value in sorted(labels.items()):
             if is_vip_label_key(key):
-                yield index, key, value, protocol
+                for single in sorted(protocol.split(",")):
+                    yield index, key, value, single
 
 
 class VipAllocator:

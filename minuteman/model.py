@@ -92,16 +92,18 @@ def vip_model(view: ClusterView, node_ip: str | None = None) -> VipModel:
             except VipLabelError as exc:
                 model.problems.append(Problem(task.app_id, str(exc), task.task_id))
                 continue
-            vip = _vip_for(view, model, task, port, spec)
-            if vip is None:
-                continue
-            backend = _backend(task, port, model.problems, node_ip)
-            if backend is None:
-                continue
-            claims.setdefault(vip.key, set()).add(task.app_id)
-            vip.apps.add(task.app_id)
-            vip.backends.append(BackendInfo(backend, _state(task, unreachable), task.task_id,
-                                            task.app_id, task.agent_id))
+            backend: Backend | None = None
+            for protocol in port.protocols:      # a udp,tcp port: one VIP for each
+                vip = _vip_for(view, model, task, protocol, spec)
+                if vip is None:
+                    continue
+                backend = backend or _backend(task, port, model.problems, node_ip)
+                if backend is None:
+                    break
+                claims.setdefault(vip.key, set()).add(task.app_id)
+                vip.apps.add(task.app_id)
+                vip.backends.append(BackendInfo(backend, _state(task, unreachable), task.task_id,
+                                                task.app_id, task.agent_id))
     for key, apps in claims.items():
         vip = model.vips[key]
         if len(apps) > 1 and vip.name is None:
@@ -133,14 +135,14 @@ def _vip_labels(task: TaskInfo, problems: list[Problem]) -> Iterator[tuple[TaskP
             yield task.ports[index], value
 
 
-def _vip_for(view: ClusterView, model: VipModel, task: TaskInfo, port: TaskPort, spec: VipSpec) -> Vip | None:
+def _vip_for(view: ClusterView, model: VipModel, task: TaskInfo, protocol: str, spec: VipSpec) -> Vip | None:
     if spec.name is None:
-        key = VipKey(spec.address or "", spec.port, port.protocol)
+        key = VipKey(spec.address or "", spec.port, protocol)
         return model.vips.setdefault(key, Vip(key))
     address = view.vip_addresses.get(vip_address_key(spec.name, task.framework))
     if address is None:
         return None   # the master has not allocated it yet; it appears with the next view
-    key = VipKey(address, spec.port, port.protocol)
+    key = VipKey(address, spec.port, protocol)
     vip = model.vips.setdefault(key, Vip(key, spec.name, task.framework, vip_dns_name(spec.name, task.framework)))
     if vip.name is None:     # an address VIP already claimed the named VIP's address
         vip.name, vip.framework, vip.dns_name = spec.name, task.framework, vip_dns_name(spec.name, task.framework)

@@ -90,11 +90,11 @@ class OverlayNetworks:
         self.overlay = overlay
 
     def attach(self, task_id: str, netns: str, launch: TaskLaunch) -> tuple[list[str], list[TaskPort]]:
-        mappings = [(p.host_port or 0, p.container_port or 0, p.protocol) for p in launch.ports
-                    if launch.network == "bridge" and p.container_port]
+        mappings = [(p.host_port or 0, p.container_port or 0, protocol) for p in launch.ports
+                    if launch.network == "bridge" and p.container_port for protocol in p.protocols]
         attachment = self.overlay.attach_container(task_id, netns, bridge_for(launch), mappings)
         bound = {(m.container_port, m.protocol): m.host_port for m in attachment.port_mappings}
-        ports = [p.model_copy(update={"host_port": bound.get((p.container_port, p.protocol), p.host_port)})
+        ports = [p.model_copy(update={"host_port": bound.get((p.container_port, p.protocols[0]), p.host_port)})
                  if launch.network == "bridge" else p for p in launch.ports]
         return [attachment.ip], ports
 

@@ -230,17 +230,26 @@ class ContainerNetworks:
         used |= {(h, p) for h, _c, p in requested if h}
         previous = {(m.container_port, m.protocol): m.host_port
                     for m in (self.tasks[task_id].port_mappings if task_id in self.tasks else [])}
+        # A container port mapped for both protocols (Marathon's "udp,tcp") gets one host port
+        # number, free for both.
+        protocols_of: dict[int, set[str]] = {}
+        for host, container, proto in requested:
+            if not host:
+                protocols_of.setdefault(container, set()).add(proto)
+        chosen: dict[int, int] = {}
         mappings = []
         for host, container, proto in requested:
             if not host:
-                host = previous.get((container, proto)) or self._free_port(used, proto)
+                host = previous.get((container, proto)) or chosen.get(container) \
+                    or self._free_port(used, protocols_of[container])
+                chosen.setdefault(container, host)
                 used.add((host, proto))
             mappings.append(PortMapping(host, ip, container, proto))
         return mappings
 
-    def _free_port(self, used: set[tuple[int, str]], proto: str) -> int:
+    def _free_port(self, used: set[tuple[int, str]], protocols: set[str]) -> int:
         begin, end = self.host_ports
         for port in range(begin, end + 1):
-            if (port, proto) not in used:
+            if all((port, proto) not in used for proto in protocols):
                 return port
-        raise ContainerNetworkError(f"host_port: no free {proto} port left in {begin}-{end}")
+        raise ContainerNetworkError(f"host_port: no free {'/'.join(sorted(protocols))} port left in {begin}-{end}")

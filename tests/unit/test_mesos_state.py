@@ -88,3 +88,17 @@ async def test_agent_reported_ports_keep_the_apps_labels(cluster):
     (info,) = (await cluster.mesos.get("/v1/view")).json()["tasks"]
     assert info["ports"][0]["host_port"] == 31099
     assert info["ports"][0]["labels"] == {"VIP_0": "/shop/web:80"} and info["ports"][0]["name"] == "http"
+
+
+async def test_a_udp_tcp_port_is_two_discovery_ports_and_srv_names_for_both(cluster):
+    dns = {"id": "/ns", "cmd": "true", "cpus": 0.1, "mem": 16,
+           "portDefinitions": [{"port": 0, "name": "dns", "protocol": "udp,tcp", "labels": {"VIP_0": "/ns:53"}}]}
+    assert (await cluster.post_app(dns)).status_code == 201
+    (task,) = [t for f in (await cluster.mesos.get("/master/state")).json()["frameworks"] for t in f["tasks"]]
+    ports = task["discovery"]["ports"]["ports"]
+    assert [p["protocol"] for p in ports] == ["tcp", "udp"] and len({p["number"] for p in ports}) == 1
+    records = generate((await cluster.mesos.get("/master/state")).json())
+    tcp, udp = (records.by_name(f"_ns._{proto}.marathon.mesos.", "SRV") for proto in ("tcp", "udp"))
+    assert tcp and udp and {r.srv()[1] for r in tcp} == {r.srv()[1] for r in udp} == {ports[0]["number"]}
+    (info,) = (await cluster.mesos.get("/v1/view")).json()["tasks"]
+    assert info["ports"][0]["protocol"] == "udp,tcp"

@@ -125,3 +125,14 @@ def test_bridge_task_on_this_node_is_reached_at_its_container_address():
     here = [b.backend for vip in vip_model(view, "198.18.0.11").vips.values() for b in vip.backends]
     assert [(b.ip, b.port) for b in elsewhere] == [("198.18.0.11", 31001)]
     assert [(b.ip, b.port) for b in here] == [("9.0.1.130", 80)]
+
+
+def test_a_udp_tcp_port_is_a_vip_for_each_protocol():
+    both = task(1, protocol="udp,tcp", port_labels={"VIP_0": "/web:53", "VIP_1": "10.1.1.1:53"})
+    model = vip_model(view(both))
+    assert set(model.vips) == {VipKey("11.0.0.1", 53, "tcp"), VipKey("11.0.0.1", 53, "udp"),
+                               VipKey("10.1.1.1", 53, "tcp"), VipKey("10.1.1.1", 53, "udp")}
+    assert all(v.in_state("up") == [Backend("198.18.0.11", 31001)] for v in model.vips.values())
+    assert model.problems == []
+    no_port = task(2, protocol="udp,tcp", network="container", container_port=None, host_port=None)
+    assert len(vip_model(view(no_port)).problems) == 1, "one problem for the port, not one per protocol"

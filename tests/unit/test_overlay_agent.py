@@ -74,6 +74,14 @@ def test_bridge_port_mappings_become_nat_rules(tmp_path: Path) -> None:
     agent.detach_container("web")   # again: nothing happens
 
 
+def test_a_port_mapped_for_both_protocols_gets_one_host_port_free_for_both(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path)
+    agent.on_view(make_view(2))
+    agent.attach_container("dns", "task-a", "d-dcos", [(31000, 5353, "udp")])     # 31000/udp taken
+    both = agent.attach_container("ns", "task-b", "d-dcos", [(0, 53, "tcp"), (0, 53, "udp")])
+    assert [(m.host_port, m.protocol) for m in both.port_mappings] == [(31001, "tcp"), (31001, "udp")]
+
+
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"bridge": "docker0"}, "bridge: 'docker0' is not one of m-dcos, d-dcos"),
     ({"port_mappings": [(70000, 80, "tcp")]}, r"port_mappings\[0\].host_port: 70000 is outside 0-65535"),
