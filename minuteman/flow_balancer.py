@@ -115,7 +115,8 @@ class FlowBalancer:
             if old is not None:
                 self._fold([old])
             self._vips[packet_key(key)] = _Entry(vip)
-        self._recent, self._older = {}, {}     # marks may name backends that are gone
+        # The recent flows' marks stay good: a removed backend's id stays in the kernel's map
+        # for longer (nfqueue.ID_GRACE_SECONDS) than a flow is remembered.
         self.needs_closed_flows = any(entry.p2c for entry in self._vips.values())
 
     # -- packets -----------------------------------------------------------------------------

@@ -144,8 +144,14 @@ class Netfilter(Protocol):
     def update_vips(self, add: Iterable[VipKey], remove: Iterable[VipKey]) -> dict[VipKey, str]:
         """Add and remove ipset members; returns errors by VIP."""
 
+    def base_intact(self, queue: int, queues: int = 1, cpu_fanout: bool = False) -> bool:
+        """Whether what ``ensure_base`` makes is all there (read only: repair's drift check)."""
+
     def set_routes(self, prefixes: set[str]) -> dict[str, str]:
         """Exactly these prefixes ("11.0.0.0/8", "1.2.3.4/32") have our local routes; errors by prefix."""
+
+    def local_routes(self) -> set[str]:
+        """The prefixes that have our local routes."""
 
     def backend_ids(self) -> dict[int, Backend]:
         """The NAT map: backend id (as the mark carries it) → backend."""
@@ -386,6 +392,22 @@ class _Templates:
 
 
 
+def _our_routes(ipr) -> set[str]:
+    return {f"{r.get_attr('RTA_DST')}/{r['dst_len']}" for r in ipr.get_routes(table=255, proto=ROUTE_PROTO)}
+
+
+def _map_changes(add: dict[int, Backend], remove: Iterable[int]) -> list[str]:
+    """nft commands that take ``remove`` out of the NAT map and put ``add`` in."""
+    remove = sorted(set(remove))
+    lines = []
+    if remove:
+        lines.append(f"delete element ip {NAT_TABLE} {BACKEND_MAP} {{ {', '.join(map(str, remove))} }}")
+    if add:
+        elements = ", ".join(f"{key} : {b.ip} . {b.port}" for key, b in sorted(add.items()))
+        lines.append(f"add element ip {NAT_TABLE} {BACKEND_MAP} {{ {elements} }}")
+    return lines
+
+
 def _run(*argv: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run(argv, input=stdin, capture_output=True, text=True)
     if check and done.returncode != 0:
@@ -435,20 +457,41 @@ class KernelNetfilter:
     def ensure_base(self, queue: int, queues: int = 1, cpu_fanout: bool = False) -> None:
         _run("ipset", "create", VIP_SET, "hash:ip,port", "maxelem", "1048576", "-exist")
         self._ensure_nat_table()
-        for table, spec in self._rules(queue, queues, cpu_fanout).items():
-            parents = spec.pop("from")
-            (chain, rules), = spec.items()
-            want = [f"-A {chain} {rule}" for rule in rules]
-            have = _run("iptables", "-w", "-t", table, "-S", chain, check=False)
-            if have.returncode != 0 or _normalised(have.stdout, chain) != [_squash(r) for r in want]:
+        for table, chain, want, parents in self._chains(queue, queues, cpu_fanout):
+            if not self._chain_is(table, chain, want):
                 text = f"*{table}\n:{chain} - [0:0]\n" + "".join(f"{r}\n" for r in want) + "COMMIT\n"
                 _run("iptables-restore", "-w", "--noflush", stdin=text)
             for parent in parents:
-                if _run("iptables", "-w", "-t", table, "-C", parent, "-j", chain, check=False).returncode != 0:
+                if not self._jumps(table, parent, chain):
                     _run("iptables", "-w", "-t", table, "-I", parent, "1", "-j", chain)
         self._remove_chains(LEGACY_CHAINS)
         for name in LEGACY_SETS:
             _run("ipset", "destroy", name, check=False)
+
+    def base_intact(self, queue: int, queues: int = 1, cpu_fanout: bool = False) -> bool:
+        if _run("ipset", "list", "-n", VIP_SET, check=False).returncode != 0:
+            return False
+        listing = _run("nft", "list", "table", "ip", NAT_TABLE, check=False)
+        if listing.returncode != 0 or _nat_chains(listing.stdout) != _NAT_CHAINS:
+            return False
+        return all(self._chain_is(table, chain, want) and all(self._jumps(table, p, chain) for p in parents)
+                   for table, chain, want, parents in self._chains(queue, queues, cpu_fanout))
+
+    def _chains(self, queue: int, queues: int, cpu_fanout: bool):
+        """(table, chain, its rules as ``iptables -S`` prints them, the chains that jump to it)."""
+        for table, spec in self._rules(queue, queues, cpu_fanout).items():
+            parents = spec.pop("from")
+            (chain, rules), = spec.items()
+            yield table, chain, [f"-A {chain} {rule}" for rule in rules], parents
+
+    @staticmethod
+    def _chain_is(table: str, chain: str, want: list[str]) -> bool:
+        have = _run("iptables", "-w", "-t", table, "-S", chain, check=False)
+        return have.returncode == 0 and _normalised(have.stdout, chain) == [_squash(r) for r in want]
+
+    @staticmethod
+    def _jumps(table: str, parent: str, chain: str) -> bool:
+        return _run("iptables", "-w", "-t", table, "-C", parent, "-j", chain, check=False).returncode == 0
 
     def _ensure_nat_table(self) -> None:
         """The NAT table as ``_NAT_CHAINS`` says, its map kept: rewritten only when it differs."""
@@ -457,11 +500,10 @@ class KernelNetfilter:
             return
         keep = self.backend_ids() if listing.returncode == 0 else {}
         chains = "".join(f"  chain {name} {{ {hook} {rule}; }}\n" for name, (hook, rule) in _NAT_CHAINS.items())
-        _run("nft", "-f", "-", stdin=(     # one transaction: no moment without the NAT rules
+        _run("nft", "-f", "-", stdin=(     # one transaction: no moment without the NAT rules or the map
             f"table ip {NAT_TABLE}\ndelete table ip {NAT_TABLE}\n"
-            f"table ip {NAT_TABLE} {{\n  map {BACKEND_MAP} {{ type mark : ipv4_addr . inet_service; }}\n{chains}}}\n"))
-        if keep:
-            self.update_backend_ids(keep, ())
+            f"table ip {NAT_TABLE} {{\n  map {BACKEND_MAP} {{ type mark : ipv4_addr . inet_service; }}\n{chains}}}\n"
+            + "".join(f"{line}\n" for line in _map_changes(keep, ()))))
 
     @staticmethod
     def _remove_chains(chains: dict[str, tuple[str, tuple[str, ...]]]) -> None:
@@ -487,7 +529,10 @@ class KernelNetfilter:
     def backend_ids(self) -> dict[int, Backend]:
         done = _run("nft", "-j", "list", "map", "ip", NAT_TABLE, BACKEND_MAP, check=False)
         if done.returncode != 0:
-            return {}
+            if "No such file or directory" in done.stderr:
+                return {}      # no map yet
+            # Not "empty": every backend would get a second id, and the first ones would stay.
+            raise NetfilterError(f"nft list map {BACKEND_MAP}: {done.stderr.strip()}")
         ids = {}
         for item in json.loads(done.stdout).get("nftables", []):
             for key, value in item.get("map", {}).get("elem", []):
@@ -496,13 +541,7 @@ class KernelNetfilter:
         return ids
 
     def update_backend_ids(self, add: dict[int, Backend], remove: Iterable[int]) -> None:
-        remove = sorted(set(remove))
-        lines = []
-        if remove:
-            lines.append(f"delete element ip {NAT_TABLE} {BACKEND_MAP} {{ {', '.join(map(str, remove))} }}")
-        if add:
-            elements = ", ".join(f"{key} : {b.ip} . {b.port}" for key, b in sorted(add.items()))
-            lines.append(f"add element ip {NAT_TABLE} {BACKEND_MAP} {{ {elements} }}")
+        lines = _map_changes(add, remove)
         if lines:
             _run("nft", "-f", "-", stdin="\n".join(lines) + "\n")
 
@@ -529,10 +568,13 @@ class KernelNetfilter:
                     errors[key] = f"ipset {'add' if cmd == IPSET_CMD_ADD else 'del'} failed: errno {code}"
         return errors
 
+    def local_routes(self) -> set[str]:
+        return self._route_call(_our_routes)
+
     def set_routes(self, prefixes: set[str]) -> dict[str, str]:
         def sync(ipr: IPRoute) -> dict[str, str]:
             lo = ipr.link_lookup(ifname="lo")[0]
-            have = {f"{r.get_attr('RTA_DST')}/{r['dst_len']}" for r in ipr.get_routes(table=255, proto=ROUTE_PROTO)}
+            have = _our_routes(ipr)
             errors: dict[str, str] = {}
             for prefix in have - prefixes:
                 try:
@@ -662,6 +704,12 @@ class FakeNetfilter:
 
     def remove_base(self) -> None:
         self.base, self.members, self.routes, self.nat_map = False, set(), set(), {}
+
+    def base_intact(self, queue: int, queues: int = 1, cpu_fanout: bool = False) -> bool:
+        return self.base and self.queue == (queue, queues, cpu_fanout)
+
+    def local_routes(self) -> set[str]:
+        return set(self.routes)
 
     def vip_members(self) -> set[VipKey]:
         return set(self.members)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import ipaddress
 import json
@@ -32,6 +33,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -69,6 +71,9 @@ MAX_PENDING_CHECKS = 4096     # flows awaiting their health check; beyond this t
 CHECKS_PER_BACKEND = 32       # … and at most this many per backend: enough for "5 failures in a row"
 ROUTE_CACHE_SECONDS = 30.0
 WORKER_START_TIMEOUT = 15.0
+WORKER_SEND_TIMEOUT = 2.0     # s a worker may take to make room for its table; then it is replaced
+REVIVE_BACKOFF_MAX = 10.0     # s between restarts of a worker that keeps ending at once
+ID_GRACE_SECONDS = 3.0        # a backend id leaves the NAT map this long after the workers' table
 
 NAMED_VIP_POOL = ipaddress.ip_network("11.0.0.0/8")
 
@@ -120,7 +125,11 @@ class NfqueueDataplane:
         self.reply_timeout = reply_timeout
         self._clock = clock
         self._table: dict[VipKey, VipEntry] = self._load_state()
-        self._ids: dict[Backend, int] = {b: i for i, b in self.netfilter.backend_ids().items()}
+        try:
+            self._ids: dict[Backend, int] = {b: i for i, b in self.netfilter.backend_ids().items()}
+        except NetfilterError as exc:     # the first apply reads them again (and fails until it can)
+            log.warning("reading the NAT map's backend ids: %s", exc)
+            self._ids = {}
         self._next_id = max(self._ids.values(), default=0) + 1
         self._routes: dict[str, tuple[float, int]] = {}       # backend ip → (until, interface towards it)
         self._sent: dict[VipKey, WorkerVip] = {}              # what the workers hold
@@ -132,6 +141,7 @@ class NfqueueDataplane:
         self._counts: Counter[tuple[VipKey, Backend]] = Counter()
         self._pending: deque[tuple[float, Flow, Backend]] = deque()
         self._checking: Counter[Backend] = Counter()    # pending checks per backend
+        self._retiring: deque[tuple[float, list[int]]] = deque()   # (when, ids) to leave the NAT map
         self._lock = threading.Lock()    # report readers, apply and the loop share the state above
         self._apply_lock = threading.Lock()
 
@@ -159,15 +169,38 @@ class NfqueueDataplane:
         programmed = {key: table[key] for key in result.programmed}
         if programmed != self._table or not self.state_path.exists():
             self._table = programmed
+            self._forget_unused()
             self._save_state()
         self._tell_workers()
-        if stale:     # now that the workers no longer pick them
-            try:
-                self.netfilter.update_backend_ids({}, stale)
-                self._ids = {b: i for b, i in self._ids.items() if i not in set(stale)}
-            except NetfilterError as exc:
-                log.warning("removing %d backends from the NAT map: %s", len(stale), exc)
+        if stale:
+            # Not yet: a worker may still be reading the frame that drops them, and a packet
+            # it marks meanwhile must find its backend in the map.
+            self._retiring.append((self._clock() + ID_GRACE_SECONDS, stale))
+        self._retire_ids()
         return result
+
+    def _retire_ids(self) -> None:
+        """Take ids out of the NAT map once their grace is over (unless a backend got them back)."""
+        now, due = self._clock(), set()
+        while self._retiring and self._retiring[0][0] <= now:
+            due.update(self._retiring.popleft()[1])
+        due -= set(self._ids.values())
+        if not due:
+            return
+        try:
+            self.netfilter.update_backend_ids({}, due)
+        except NetfilterError as exc:
+            log.warning("removing %d backends from the NAT map: %s", len(due), exc)
+            self._retiring.append((now + ID_GRACE_SECONDS, sorted(due)))
+
+    def _forget_unused(self) -> None:
+        """Per-backend bookkeeping of backends no VIP has any more."""
+        backends = {b for entry in self._table.values() for b in (*entry.backends, *entry.draining)}
+        ips = {b.ip for b in backends}
+        with self._lock:
+            self._counts = Counter({k: n for k, n in self._counts.items() if k[0] in self._table and k[1] in backends})
+            self._checking = Counter({b: n for b, n in self._checking.items() if n > 0})
+        self._routes = {ip: route for ip, route in self._routes.items() if ip in ips}
 
     def _map_backends(self, backends: set[Backend]) -> list[int]:
         """Give every backend an id in the kernel's NAT map (adding the missing ones now); the
@@ -175,16 +208,20 @@ class NfqueueDataplane:
         kernel = self.netfilter.backend_ids()
         self._ids = {b: i for i, b in kernel.items() if b in backends or b in self._ids}
         add = {}
+        used = set(kernel) | {i for _, ids in self._retiring for i in ids}
         for backend in sorted(backends - set(self._ids)):
-            backend_id = self._new_id()
+            backend_id = self._new_id(used)
+            used.add(backend_id)
             self._ids[backend] = backend_id
             add[backend_id] = backend
         if add:
             self.netfilter.update_backend_ids(add, ())
-        return [i for b, i in self._ids.items() if b not in backends]
+        stale = [i for b, i in self._ids.items() if b not in backends]
+        if stale:
+            self._ids = {b: i for b, i in self._ids.items() if b in backends}
+        return stale
 
-    def _new_id(self) -> int:
-        used = set(self._ids.values())
+    def _new_id(self, used: set[int]) -> int:
         while self._next_id in used or not 0 < self._next_id <= MARK_ID_MASK:
             self._next_id = self._next_id + 1 if self._next_id < MARK_ID_MASK else 1
         backend_id, self._next_id = self._next_id, self._next_id + 1
@@ -248,12 +285,18 @@ class NfqueueDataplane:
 
     def current(self) -> dict[VipKey, VipEntry]:
         """VIPs in the ipset, with the backends this agent (or its predecessor) gave them; a VIP
-        whose backends lost their NAT map entries shows none (drift, repaired by a re-apply)."""
+        whose backends lost their NAT map entries, or whose rules or route are gone, shows none
+        (drift, repaired by a re-apply)."""
         mapped = set(self.netfilter.backend_ids().values())
+        # Rules, chains or routes gone (a firewall reload, ``iptables -F``) break every VIP
+        # they carry: shown as drift, so that repair re-applies.
+        intact = self.netfilter.base_intact(self.queue, len(self.queue_numbers), cpu_fanout=self.pin)
+        routes = self.netfilter.local_routes()
         out = {}
         for key in self.netfilter.vip_members():
             entry = self._table.get(key, VipEntry(key, ()))
-            out[key] = entry if all(b in mapped for b in entry.backends) else VipEntry(key, ())
+            whole = intact and vip_prefix(key.address) in routes and all(b in mapped for b in entry.backends)
+            out[key] = entry if whole else VipEntry(key, ())
         return out
 
     def connection_counts(self) -> dict[tuple[VipKey, Backend], int]:
@@ -300,10 +343,10 @@ class NfqueueDataplane:
         """Start the queue workers with the table (idempotent); returns once they read their queues."""
         if self._started:
             return
-        self._started = True
         self._sent = await asyncio.to_thread(self._worker_table)
         self.workers.start(self._sent, self._on_report)
         await asyncio.to_thread(self.workers.wait_ready)
+        self._started = True
         log.info("NFQUEUE %s bound (%s); %d VIPs", ",".join(map(str, self.queue_numbers)),
                  "a worker pinned to each CPU" if self.pin else "a worker each", len(self._table))
 
@@ -312,6 +355,11 @@ class NfqueueDataplane:
         worker that died is replaced, so new flows are balanced again within a poll."""
         if self._started:
             self.workers.revive()
+        if self._retiring and self._retiring[0][0] <= self._clock() and self._apply_lock.acquire(blocking=False):
+            try:      # an apply holds the lock: it retires them itself
+                self._retire_ids()
+            finally:
+                self._apply_lock.release()
 
     def close(self, keep_kernel_state: bool = True) -> None:
         self.workers.close()
@@ -328,10 +376,15 @@ class NfqueueDataplane:
                     "backends": [[b.ip, b.port] for b in e.backends],
                     "draining": [[b.ip, b.port] for b in e.draining], "table_size": len(e.lookup)}
                    for k, e in sorted(self._table.items())]
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"version": 1, "vips": entries}))
-        tmp.replace(self.state_path)
+        try:     # only a restart's head start depends on it: the kernel state is what serves
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps({"version": 1, "vips": entries}))
+            tmp.replace(self.state_path)
+        except OSError as exc:
+            log.warning("cannot keep the VIP table in %s: %s", self.state_path, exc)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     def _load_state(self) -> dict[VipKey, VipEntry]:
         try:
@@ -341,12 +394,26 @@ class NfqueueDataplane:
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable state %s: %s", self.state_path, exc)
             return {}
+        items = data.get("vips") if isinstance(data, dict) and data.get("version") == 1 else None
+        if not isinstance(items, list):
+            log.warning("ignoring state %s: not a version 1 VIP table", self.state_path)
+            return {}
         table = {}
-        for item in data.get("vips", []):
-            key = VipKey(item["address"], item["port"], item["protocol"])
-            backends = tuple(Backend(ip, port) for ip, port in item["backends"])
-            lookup = maglev_table(backends, item["table_size"]) if item["table_size"] else ()
-            table[key] = VipEntry(key, backends, lookup, tuple(Backend(ip, p) for ip, p in item["draining"]))
+        for n, item in enumerate(items):
+            try:
+                key = VipKey(str(item["address"]), int(item["port"]), item["protocol"])
+                if key.protocol not in ("tcp", "udp"):
+                    raise ValueError(f"protocol {key.protocol!r}")
+                backends = tuple(Backend(str(ip), int(port)) for ip, port in item["backends"])
+                size = int(item["table_size"])
+                if not 0 <= size <= 1 << 20:
+                    raise ValueError(f"table_size {size}")
+                lookup = maglev_table(backends, size) if size and backends else ()
+                draining = tuple(Backend(str(ip), int(port)) for ip, port in item["draining"])
+            except (KeyError, TypeError, ValueError) as exc:
+                log.warning("state %s: skipping vips[%d]: %s", self.state_path, n, exc)
+                continue
+            table[key] = VipEntry(key, backends, lookup, draining)
         return table
 
 
@@ -392,6 +459,7 @@ class _Worker:
     proc: subprocess.Popen
     sock: socket.socket
     ready: threading.Event
+    started: float = 0.0
 
 
 class ProcessWorkers:
@@ -407,23 +475,40 @@ class ProcessWorkers:
         self._table: dict[VipKey, WorkerVip] = {}       # all of it, as the workers have it
         self._send_lock = threading.Lock()
         self._on_report = None
+        self._backoff: dict[int, tuple[float, float]] = {}    # queue → (next start, delay)
         self.revived = 0
 
     def start(self, vips: dict[VipKey, WorkerVip], on_report) -> None:
-        cpus = sorted(os.sched_getaffinity(0))
         self._table, self._on_report = dict(vips), on_report
-        for i, number in enumerate(self.queue_numbers):
-            self._workers.append(self._spawn(number, cpus[i] if self.pin and i < len(cpus) else None))
+        with self._send_lock:
+            for number in self.queue_numbers:
+                self._workers.append(self._spawn(number, self._cpu_of(number) if self.pin else None))
+
+    def _cpu_of(self, number: int) -> int | None:
+        """The CPU whose packets ``--queue-cpu-fanout`` sends to this queue (CPU c → queue
+        first + c mod n), if this process may run there."""
+        index, count = number - self.queue_numbers[0], len(self.queue_numbers)
+        return next((cpu for cpu in sorted(os.sched_getaffinity(0)) if cpu % count == index), None)
 
     def _spawn(self, number: int, cpu: int | None) -> _Worker:
+        """A worker, registered by the caller under ``_send_lock``; its thread sends it the table
+        once that lock is free, so no update falls between the two."""
         ours, theirs = socket.socketpair()
-        ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        argv = [sys.executable, "-m", "minuteman.nfqueue_worker", "--queue", str(number),
-                "--control-fd", str(theirs.fileno())] + (["--cpu", str(cpu)] if cpu is not None else [])
-        # The parent-death signal follows the thread that starts the worker: the caller's.
-        proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), cwd=Path(__file__).resolve().parents[1])
-        theirs.close()
-        worker = _Worker(number, cpu, proc, ours, threading.Event())
+        try:
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            # A worker that stops reading must not block the agent's updates: its sends fail
+            # after this long, and the worker is replaced.
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(WORKER_SEND_TIMEOUT))
+            argv = [sys.executable, "-m", "minuteman.nfqueue_worker", "--queue", str(number),
+                    "--control-fd", str(theirs.fileno())] + (["--cpu", str(cpu)] if cpu is not None else [])
+            # The parent-death signal follows the thread that starts the worker: the caller's.
+            proc = subprocess.Popen(argv, pass_fds=(theirs.fileno(),), cwd=Path(__file__).resolve().parents[1])
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        worker = _Worker(number, cpu, proc, ours, threading.Event(), time.monotonic())
         threading.Thread(target=self._serve, args=(worker,), daemon=True, name=f"nfqueue-{number}").start()
         return worker
 
@@ -432,21 +517,34 @@ class ProcessWorkers:
         try:
             with self._send_lock:
                 worker.sock.sendall(frame({"vips": self._table, "full": True}))
-        except OSError:
+        except OSError as exc:
+            self._give_up(worker, exc)
             return
         frames = FrameReader()
         while True:
             try:
                 data = worker.sock.recv(1 << 20)
-            except OSError:
+                messages = frames.feed(data)
+            except Exception as exc:    # a broken stream: this worker's reports are lost
+                self._give_up(worker, exc)
                 return
             if not data:
                 return
-            for message in frames.feed(data):
-                if "ready" in message:
-                    worker.ready.set()
-                elif "report" in message:
-                    self._on_report(message["report"])
+            for message in messages:
+                try:
+                    if "ready" in message:
+                        worker.ready.set()
+                    elif "report" in message:
+                        self._on_report(message["report"])
+                except Exception:
+                    log.exception("NFQUEUE worker %d: a report could not be taken", worker.number)
+
+    @staticmethod
+    def _give_up(worker: _Worker, exc: BaseException) -> None:
+        """A worker we cannot talk to is ended; ``revive`` starts another with the whole table."""
+        if worker.proc.poll() is None:
+            log.error("NFQUEUE worker for queue %d is out of touch (%s): replacing it", worker.number, exc)
+            worker.proc.kill()
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + WORKER_START_TIMEOUT
@@ -457,23 +555,38 @@ class ProcessWorkers:
                                      f"(exit {worker.proc.poll()})")
 
     def revive(self) -> None:
+        now = time.monotonic()
         for i, worker in enumerate(self._workers):
-            if worker.proc.poll() is not None:
-                log.error("NFQUEUE worker for queue %d ended (exit %s): starting another", worker.number,
-                          worker.proc.returncode)
-                worker.sock.close()
+            if worker.proc.poll() is None:
+                continue
+            # One that ends at once again (its queue taken, a broken install) is retried later
+            # and later, up to REVIVE_BACKOFF_MAX, not at every poll.
+            next_start, delay = self._backoff.get(worker.number, (0.0, 0.0))
+            if now < next_start:
+                continue
+            delay = min(REVIVE_BACKOFF_MAX, max(0.2, delay * 2)) if now - worker.started < 5.0 else 0.0
+            self._backoff[worker.number] = (now + delay, delay)
+            log.error("NFQUEUE worker for queue %d ended (exit %s): starting another", worker.number,
+                      worker.proc.returncode)
+            worker.sock.close()
+            with self._send_lock:
                 self._workers[i] = self._spawn(worker.number, worker.cpu)
-                self.revived += 1
+            self.revived += 1
 
     def update(self, vips: dict[VipKey, WorkerVip], drop: list[VipKey], full: bool = False) -> None:
         data = frame({"vips": vips, "drop": drop, "full": full})
         with self._send_lock:
-            self._table = dict(vips) if full else {k: v for k, v in {**self._table, **vips}.items() if k not in drop}
+            if full:
+                self._table = dict(vips)
+            else:
+                self._table.update(vips)
+                for key in drop:
+                    self._table.pop(key, None)
             for worker in self._workers:
                 try:
                     worker.sock.sendall(data)
-                except OSError as exc:
-                    log.error("telling the NFQUEUE %d worker of the table failed: %s", worker.number, exc)
+                except OSError as exc:     # a partial frame leaves the stream unusable
+                    self._give_up(worker, exc)
 
     def close(self) -> None:
         for worker in self._workers:
@@ -489,6 +602,10 @@ class ProcessWorkers:
                 worker.proc.wait()
             worker.sock.close()
         self._workers = []
+
+
+def _timeval(seconds: float) -> bytes:
+    return struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
 
 
 # -- a standalone node balancer (ops and kernel tests) -------------------------------------

@@ -53,16 +53,22 @@ class QueueWorker:
         self.control = control
         self.balancer = FlowBalancer()
         self._frames = FrameReader()
+        self._closed_flows = None
+        self._lock = threading.Lock()     # the balancer: packets on one thread, table and reports on another
         self._mark_for = self.balancer.mark_for
         if cpu is not None:
             try:
                 os.sched_setaffinity(0, {cpu})
             except OSError as exc:      # a cpuset without that CPU: serve unpinned
                 log.warning("queue %d: cannot pin to CPU %d: %s", queue, cpu, exc)
+        # The table before the queue: a worker that read packets with an empty table would
+        # reject every new VIP flow until the table came.
+        while (took_table := self._read_control()) is False:
+            pass
+        if took_table is None:
+            sys.exit(0)
         self._nfq = NetfilterQueue()
         self._nfq.bind(queue, self._on_packet, max_len=QUEUE_MAXLEN, range=COPY_BYTES)
-        self._closed_flows = None
-        self._lock = threading.Lock()     # the balancer: packets on one thread, table and reports on another
 
     def _on_packet(self, packet) -> None:
         # Every packet gets a verdict, even when balancing fails: unmarked, the filter rule
@@ -85,32 +91,41 @@ class QueueWorker:
         self._nfq.run(True)
 
     def _control_loop(self) -> None:
-        poller = select.poll()
-        poller.register(self.control.fileno(), select.POLLIN)
-        next_report = time.monotonic() + REPORT_INTERVAL
-        while True:
-            try:
-                if poller.poll(REPORT_INTERVAL * 1000) and not self._read_control():
+        """Until the agent goes or asks us to stop; the queue unbinds as the process ends. Any
+        failure here ends the process too (the agent starts another, which gets the whole table
+        afresh): a worker must never go on marking packets with a table it no longer gets."""
+        status = 1
+        try:
+            poller = select.poll()
+            poller.register(self.control.fileno(), select.POLLIN)
+            next_report = time.monotonic() + REPORT_INTERVAL
+            while True:
+                if poller.poll(REPORT_INTERVAL * 1000) and self._read_control() is None:
+                    status = 0
                     break
-            except OSError:
-                break
-            now = time.monotonic()
-            if now >= next_report:
-                next_report = now + REPORT_INTERVAL
-                self._report()
-        # The agent is gone or asked us to stop: the queue unbinds as the process ends.
-        os._exit(0)
+                now = time.monotonic()
+                if now >= next_report:
+                    next_report = now + REPORT_INTERVAL
+                    self._report()
+        except BaseException:
+            log.exception("queue %d: control failed; ending", self.queue)
+        finally:
+            os._exit(status)
 
-    def _read_control(self) -> bool:
+    def _read_control(self) -> bool | None:
+        """Take what the agent sent: True once a whole table was taken, None when told to stop
+        (or the agent is gone), False otherwise."""
         data = self.control.recv(1 << 20)
         if not data:
-            return False       # the agent is gone
+            return None        # the agent is gone
+        full = False
         for message in self._frames.feed(data):
             if message.get("stop"):
-                return False
+                return None
             with self._lock:
                 self.balancer.update(message.get("vips", {}), message.get("drop", ()), message.get("full", False))
-        return True
+            full = full or bool(message.get("full"))
+        return full
 
     def _report(self) -> None:
         if self.balancer.needs_closed_flows:

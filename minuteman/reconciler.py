@@ -181,7 +181,10 @@ class LoadBalancer:
             now = loop.time()
             if now >= next_repair:
                 # Reading the kernel back (ipset save, map dumps) is no work for the loop.
-                await asyncio.to_thread(self.repair)
+                try:
+                    await asyncio.to_thread(self.repair)
+                except Exception:
+                    log.exception("repairing the %s dataplane failed", self.dataplane.name)
                 next_repair = loop.time() + repair_interval
             if probe_every is not None and now >= next_probe:
                 next_probe = now + probe_every
@@ -191,7 +194,12 @@ class LoadBalancer:
                     maintain()
                 except Exception:
                     log.exception("%s dataplane maintenance failed", self.dataplane.name)
-            self.poll_health()
+            try:
+                # Off the loop: a backend going out re-applies the table (kernel calls), and a
+                # failure here must not end the agent.
+                await asyncio.to_thread(self.poll_health)
+            except Exception:
+                log.exception("polling the %s dataplane for backend health failed", self.dataplane.name)
             await asyncio.sleep(HEALTH_POLL_INTERVAL)
 
     def close(self, keep_kernel_state: bool = True) -> None:

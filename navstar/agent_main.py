@@ -264,7 +264,8 @@ class NodeAgent:
                             self.overlay.run(), self.lb.run()],
             )
         finally:
-            # Kernel state stays: a restarted agent adopts it and VIPs keep serving meanwhile.
+            # Kernel state stays for a restarted agent to adopt: established flows continue, and with
+            # eBPF new VIP connections too (NFQUEUE rejects new ones until the agent is back).
             self.lb.close(keep_kernel_state=True)
             await self.dns.stop()
 

@@ -340,10 +340,27 @@ def test_view_change_reprograms_and_kernel_state_is_ipset_not_rules(topo):
     assert "11.0.0.1,tcp:80" in members and "11.0.0.1,udp:53" in members
     queueing = topo.node.run("iptables", "-t", "mangle", "-S", "NAVSTAR-MM").stdout
     assert queueing.count("NFQUEUE") == 2, "one queue rule per protocol, none per VIP"
-    nat = topo.node.run("nft", "list", "table", "ip", "navstar-minuteman").stdout
-    assert nat.count("dnat ip to meta mark") == 2 and "10.77.2.2 . 8080" not in nat, "b2 left the NAT map"
     routes = topo.node.run("ip", "route", "show", "table", "local", "proto", "211").stdout
     assert "local 11.0.0.0/8 dev lo" in routes and f"src {NODE_IP}" in routes
+    nat = topo.node.run("nft", "list", "table", "ip", "navstar-minuteman").stdout
+    assert nat.count("dnat ip to meta mark") == 2
+    # b2 leaves the NAT map once workers can no longer hand out its id (nfqueue.ID_GRACE_SECONDS)
+    deadline = time.monotonic() + 5
+    while "10.77.2.2 . 8080" in topo.node.run("nft", "list", "map", "ip", "navstar-minuteman", "backends").stdout:
+        assert time.monotonic() < deadline, "b2 stayed in the NAT map"
+        time.sleep(0.1)
+
+
+def test_flushed_rules_are_put_back_by_drift_repair(topo):
+    topo.node.run("iptables", "-t", "mangle", "-F", "NAVSTAR-MM")          # a firewall reload, say
+    topo.node.run("ip", "route", "del", "local", "11.0.0.0/8", "dev", "lo", "table", "local")
+    deadline = time.monotonic() + 6          # the standalone agent repairs every 2 s
+    while topo.node.run("iptables", "-t", "mangle", "-S", "NAVSTAR-MM").stdout.count("NFQUEUE") != 2:
+        assert time.monotonic() < deadline, "the queue rules were not put back"
+        time.sleep(0.1)
+    result = topo.client("client", "tcp", 30)
+    assert result["failures"] == [] and set(result["counts"]) == set(BACKENDS), result
+    assert "drifted" in (topo.tmp / "agent.log").read_text()
 
 
 REMOVE = r"""

@@ -1,6 +1,7 @@
 """The NFQUEUE dataplane's decisions, above the netfilter seam (FakeNetfilter) with the flow
 balancer in this process (InlineWorkers); packets from scapy."""
 
+import json
 import random
 from collections import Counter
 
@@ -60,7 +61,8 @@ def pick(dp, payload, indev=0):
 
 
 def test_apply_is_idempotent_and_programs_sets_routes_and_the_nat_map(tmp_path):
-    dp = dataplane(tmp_path)
+    clock = Clock()
+    dp = dataplane(tmp_path, clock=clock)
     result = dp.apply(table())
     assert result.programmed == {WEB, DNS} and not result.errors
     nf = dp.netfilter
@@ -72,6 +74,12 @@ def test_apply_is_idempotent_and_programs_sets_routes_and_the_nat_map(tmp_path):
     assert dp.current() == table()
     removed = dp.apply({DNS: table()[DNS]})
     assert removed.removed == {WEB} and nf.members == {DNS}
+    assert len(nf.nat_map) == 3, "a worker may still mark flows for them: they stay a while"
+    clock.now = 2.9
+    dp.maintain()
+    assert len(nf.nat_map) == 3
+    clock.now = 3.0
+    dp.maintain()
     assert list(nf.nat_map.values()) == [BACKENDS[0]], "backends no VIP uses leave the map"
 
 
@@ -245,3 +253,53 @@ def test_frames_survive_being_split_anywhere():
 def test_truncated_headers_get_no_mark(bad):
     balancer = FlowBalancer()
     assert balancer.mark_for(bad) == 0
+
+
+async def test_an_unwritable_state_file_does_not_keep_the_table_from_the_workers(tmp_path):
+    (tmp_path / "not-a-dir").write_text("")
+    dp = NfqueueDataplane(netfilter=FakeNetfilter(), workers=InlineWorkers(rng=random.Random(1)),
+                          state_path=tmp_path / "not-a-dir" / "state.json")
+    await dp.start()
+    assert dp.apply(table()).programmed == {WEB, DNS}
+    assert pick(dp, syn()) in BACKENDS, "the workers have the table"
+
+
+@pytest.mark.parametrize("text", ["[]", '{"version": 1, "vips": null}', '{"version": 2, "vips": []}', '"x"'])
+def test_a_state_file_of_another_shape_is_ignored(tmp_path, text):
+    (tmp_path / "state.json").write_text(text)
+    assert dataplane(tmp_path).current() == {}
+
+
+def test_bad_entries_of_the_state_file_are_skipped_the_rest_adopted(tmp_path):
+    good = {"address": "11.0.0.1", "port": 80, "protocol": "tcp", "backends": [["10.0.1.2", 8080]],
+            "draining": [], "table_size": 1021}
+    bad = [{**good, "protocol": "sctp"}, {**good, "port": "eighty"}, {**good, "backends": [["10.0.1.2"]]},
+           {**good, "table_size": 10 ** 9}, {"address": "11.0.0.2"}]
+    (tmp_path / "state.json").write_text(json.dumps({"version": 1, "vips": [*bad, good]}))
+    dp = dataplane(tmp_path, netfilter=FakeNetfilter(members={WEB}))
+    assert dp.current() == {WEB: VipEntry(WEB, ())}, "adopted; its backend has no id in this (fake) kernel yet"
+    assert dp._table[WEB].backends == (Backend("10.0.1.2", 8080),)
+
+
+async def test_a_backend_back_within_the_grace_keeps_its_id(tmp_path):
+    clock = Clock()
+    dp = await started(tmp_path, clock=clock)
+    before = dict(dp.netfilter.nat_map)
+    dp.apply({WEB: VipEntry(WEB, BACKENDS[:2], maglev_table(BACKENDS[:2]))})
+    clock.now = 1.0
+    dp.apply(table())
+    clock.now = 10.0
+    dp.maintain()
+    assert dp.netfilter.nat_map == before
+
+
+@pytest.mark.parametrize("lose", ["rules", "routes"])
+async def test_lost_rules_or_routes_are_drift_and_a_reapply_restores_them(tmp_path, lose):
+    dp = await started(tmp_path)
+    if lose == "rules":
+        dp.netfilter.base = False           # e.g. a firewall reload flushed our chains
+    else:
+        dp.netfilter.routes = set()
+    assert dp.current() == {WEB: VipEntry(WEB, ()), DNS: VipEntry(DNS, ())}
+    dp.apply(table())
+    assert dp.current() == table() and dp.netfilter.base and dp.netfilter.routes == {"11.0.0.0/8"}

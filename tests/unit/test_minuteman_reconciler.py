@@ -199,6 +199,23 @@ async def test_run_repairs_and_polls(lb):
     assert WEB in lb.dataplane.table
 
 
+async def test_run_survives_a_failing_health_feed_and_a_failing_repair(lb, caplog):
+    lb.on_view(view(task(1)))
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise OSError("netlink went away")
+
+    lb.dataplane.drain_outcomes = broken
+    lb.dataplane.current = broken
+    runner = asyncio.create_task(lb.run(repair_interval=0.05))
+    await asyncio.sleep(0.35)
+    assert not runner.done(), "the load balancer keeps serving"
+    runner.cancel()
+    assert len(calls) >= 4 and "polling the fake dataplane for backend health failed" in caplog.text
+
+
 def test_cli_lists_vips_from_a_real_agent_api(lb):
     lb.on_view(view(task(1)))
     with socket.socket() as s:
