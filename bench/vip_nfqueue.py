@@ -4,7 +4,7 @@ New TCP connections per second and connect latency from a client namespace, thro
 namespace that routes to 10 backend addresses, at 1, 1,000 and 10,000 VIPs; then the time to
 program 10,000 VIPs × 10 backends. Everything runs in namespaces made here and removed after.
 
-    .venv/bin/python -m bench.vip_nfqueue [--workers 4] [--phases 12] [--slice 0.1] [--queues N] [--no-pin]
+    .venv/bin/python -m bench.vip_nfqueue [--workers 4] [--phases 12] [--slice 0.1] [--queues N] [--no-pin] [--worker-nice N]
 
 Goals: NFQUEUE ≥ 0.6× direct; ≤ 10 % slower at 10,000 VIPs than at 1; programming < 2 s.
 """
@@ -99,7 +99,7 @@ print(json.dumps(out))
 """
 
 
-def child_agent(count: int, state: str, queues: int | None, pin: bool) -> None:
+def child_agent(count: int, state: str, queues: int | None, pin: bool, nice: int | None) -> None:
     """Start the NFQUEUE dataplane, program ``count`` VIPs × 10 backends into it, then serve."""
     import asyncio
 
@@ -109,7 +109,8 @@ def child_agent(count: int, state: str, queues: int | None, pin: bool) -> None:
     from minuteman.reconciler import LoadBalancer
 
     async def serve() -> None:
-        dataplane = NfqueueDataplane(node_ip=NODE_IP, state_path=Path(state), queues=queues, pin=pin)
+        dataplane = NfqueueDataplane(node_ip=NODE_IP, state_path=Path(state), queues=queues, pin=pin,
+                                     **({} if nice is None else {"worker_nice": nice}))
         await dataplane.start()
         backends = tuple(Backend(ip, PORT) for ip in BACKEND_IPS)
         started = time.perf_counter()
@@ -238,16 +239,18 @@ def main() -> int:
     parser.add_argument("--queues", type=int, help="NFQUEUE queues (worker processes); default one per CPU")
     parser.add_argument("--no-pin", dest="pin", action="store_false",
                         help="spread flows over the queues by hash, workers unpinned (default: by CPU, pinned)")
+    parser.add_argument("--worker-nice", type=int, help="queue workers' niceness (default: the dataplane's)")
     parser.add_argument("--child-agent", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_agent:
-        child_agent(int(args.child_agent[0]), args.child_agent[1], args.queues, args.pin)
+        child_agent(int(args.child_agent[0]), args.child_agent[1], args.queues, args.pin, args.worker_nice)
         return 0
     if os.geteuid() != 0:
         print("root is needed (network namespaces, netfilter)", file=sys.stderr)
         return 1
     console = Console()
-    agent_options = ((f"--queues={args.queues}",) if args.queues else ()) + (() if args.pin else ("--no-pin",))
+    agent_options = ((f"--queues={args.queues}",) if args.queues else ()) + (() if args.pin else ("--no-pin",)) \
+        + ((f"--worker-nice={args.worker_nice}",) if args.worker_nice is not None else ())
     bench = Bench()
     started = time.monotonic()
     results: dict[int, dict[str, dict]] = {}

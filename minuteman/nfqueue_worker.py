@@ -150,9 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queue", type=int, required=True)
     parser.add_argument("--control-fd", type=int, required=True, help="the agent's end of a socketpair")
     parser.add_argument("--cpu", type=int, help="pin to this CPU (the queue gets this CPU's packets)")
+    parser.add_argument("--nice", type=int, help="scheduling niceness (new connections wait on this process)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s queue {args.queue} %(levelname)s %(message)s")
     die_with_parent()
+    if args.nice is not None:
+        try:     # before any thread starts: threads take their creator's niceness
+            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
+        except OSError as exc:
+            log.warning("queue %d: cannot run at nice %d: %s", args.queue, args.nice, exc)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     control = socket.socket(fileno=args.control_fd)
     QueueWorker(args.queue, control, args.cpu).run()
