@@ -36,6 +36,7 @@ from minuteman.p2c import OpenConnections, p2c_choose
 PROTOCOLS = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
 SAMPLES_PER_BACKEND = 8       # health samples per backend per report (80/s): plenty for "5 failures in a row"
 MAX_SAMPLES = 4096
+MAX_OPEN_FLOWS = 1 << 18      # p2c: flows followed until conntrack says they ended
 REPORT_INTERVAL = 0.1         # s
 RECENT_FLOWS_SECONDS = 1.0    # how long a decided flow is remembered (a generation; two are kept)
 
@@ -163,6 +164,10 @@ class FlowBalancer:
         chosen = p2c_choose(backends, self._open, self._rng) or backends[0]
         self._open.opened(chosen)
         self._flows_to[_flow(entry.vip.key, payload[12:20] + payload[ihl:ihl + 4])] = chosen
+        if len(self._flows_to) > MAX_OPEN_FLOWS:
+            # The oldest is taken as ended: its end was missed (a SYN that was never confirmed,
+            # a destroy event lost to a full socket buffer) or it is long-lived either way.
+            self._open.closed(self._flows_to.pop(next(iter(self._flows_to))))
         return backends.index(chosen)
 
     def flows_closed(self, flows: list[Flow]) -> None:

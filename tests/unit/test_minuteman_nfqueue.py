@@ -303,3 +303,15 @@ async def test_lost_rules_or_routes_are_drift_and_a_reapply_restores_them(tmp_pa
     assert dp.current() == {WEB: VipEntry(WEB, ()), DNS: VipEntry(DNS, ())}
     dp.apply(table())
     assert dp.current() == table() and dp.netfilter.base and dp.netfilter.routes == {"11.0.0.0/8"}
+
+
+def test_p2c_follows_a_bounded_number_of_flows(monkeypatch):
+    import minuteman.flow_balancer as fb
+
+    monkeypatch.setattr(fb, "MAX_OPEN_FLOWS", 100)
+    balancer = FlowBalancer(rng=random.Random(2))
+    balancer.update({WEB: WorkerVip(WEB, BACKENDS, (1, 2, 3), (0, 0, 0))})
+    for port in range(1000, 1500):
+        balancer.mark_for(syn(sport=port))
+    assert len(balancer._flows_to) == 100
+    assert sum(balancer._open(b) for b in BACKENDS) == 100, "flows taken as ended no longer count as open"
