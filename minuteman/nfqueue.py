@@ -144,6 +144,7 @@ class NfqueueDataplane:
         self._worker_oifs: dict[str, int] = {}
         self._worker_ids: dict[Backend, int] = {}
         self._started = False
+        self._closed = False
         self._counts: Counter[tuple[VipKey, Backend]] = Counter()
         self._pending: deque[tuple[float, Flow, Backend]] = deque()
         self._checking: Counter[Backend] = Counter()    # pending checks per backend
@@ -368,13 +369,20 @@ class NfqueueDataplane:
                 self._apply_lock.release()
 
     def close(self, keep_kernel_state: bool = True) -> None:
-        self.workers.close()
-        self._started = False
-        if not keep_kernel_state:
-            self.netfilter.remove_base()
-            self._table = {}
-            self.state_path.unlink(missing_ok=True)
-        self.netfilter.close()
+        """Stop the workers; with ``keep_kernel_state=False`` also remove all kernel state and the
+        state file. Once is enough: a second call does nothing."""
+        with self._apply_lock:     # not in the middle of an apply
+            if self._closed:
+                return
+            self._closed = True
+            self.workers.close()
+            self._started = False
+            if not keep_kernel_state:
+                self.netfilter.remove_base()
+                self._table = {}
+                self.state_path.unlink(missing_ok=True)
+                self.state_path.with_suffix(".tmp").unlink(missing_ok=True)
+            self.netfilter.close()
 
     # -- state kept across restarts --------------------------------------------------------
     def _save_state(self) -> None:

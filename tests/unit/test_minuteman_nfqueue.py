@@ -186,6 +186,7 @@ async def test_a_restarted_agent_adopts_the_table_and_the_backend_ids(tmp_path):
     assert third.current() == {WEB: VipEntry(WEB, ())}
     first.close(keep_kernel_state=False)
     assert not first.netfilter.base and not first.netfilter.nat_map and not (tmp_path / "state.json").exists()
+    first.close(keep_kernel_state=False)     # again: nothing to do
 
 
 async def test_a_lost_nat_map_entry_is_drift_and_a_reapply_restores_it(tmp_path):
