@@ -9,6 +9,7 @@ backend's state, connection and failure counts (what ``navstar vip list`` shows)
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
@@ -31,7 +32,8 @@ def vip_routes(lb: LoadBalancer) -> list[Route]:
         detail = request.query_params.get("detail", "").lower()
         if detail not in _TRUE | _FALSE:
             return JSONResponse({"error": f"detail: expected true or false, got {detail!r}"}, status_code=400)
-        return JSONResponse(lb.vips_detail() if detail in _TRUE else lb.vips_json())
+        # The detail reads the dataplane's counters (kernel calls): off the loop.
+        return JSONResponse(await asyncio.to_thread(lb.vips_detail) if detail in _TRUE else lb.vips_json())
 
     return [Route("/v1/vips", vips, methods=["GET"])]
 
@@ -51,6 +53,6 @@ def legacy_vips(lb: LoadBalancer) -> dict:
 
 def legacy_app(lb: LoadBalancer) -> Starlette:
     async def vips(request: Request) -> JSONResponse:
-        return JSONResponse(legacy_vips(lb))
+        return JSONResponse(await asyncio.to_thread(legacy_vips, lb))
 
     return Starlette(routes=[Route("/vips", vips, methods=["GET"])])

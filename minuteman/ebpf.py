@@ -39,7 +39,8 @@ from bpf import loader, maps
 from bpf.loader import Features, LoaderError, MapError, MapHandle, SocketLB
 from minuteman.dataplane import ApplyResult, Backend, VipEntry, VipKey
 
-__all__ = ["OUTCOME_WINDOW", "EbpfDataplane", "Features", "LoaderError", "PairOutcomes", "ebpf_available"]
+__all__ = ["OUTCOME_WINDOW", "EbpfDataplane", "Features", "LoaderError", "MapError", "PairOutcomes", "ebpf_available",
+           "remove_socket_lb"]
 
 MAX_TABLE_SIZE = 1 << 20   # slots per VIP; Maglev tables are ~100 per backend
 MAX_BACKENDS_PER_VIP = 0xFFFF   # table slots are u16
@@ -60,6 +61,12 @@ OUTCOME_WINDOW = 1.5
 def ebpf_available() -> tuple[bool, str]:
     """Whether ``--lb auto`` may pick eBPF here, and why (not)."""
     return loader.probe()
+
+
+def remove_socket_lb(cgroup_path: Path, pin_dir: Path) -> None:
+    """Detach the programs and remove the pins an earlier socket LB left, for an agent that runs
+    without one: left attached, they would go on translating VIP connects with a frozen table."""
+    loader.teardown(cgroup_path, pin_dir)
 
 
 def _address(text: str, what: str) -> int:
@@ -212,6 +219,9 @@ class EbpfDataplane:
         self._counter_backend: dict[int, Backend] = {}
         self._pairs: dict[int, PairOutcomes] = {}
         self._outcomes_retired: dict[Backend, tuple[int, int]] = {}
+        # Counter ids in nv_outcomes that no backend in the maps holds (pairs removed before a
+        # restart): looked for once, not at every poll, until an apply hands out ids again.
+        self._unattributed: set[int] = set()
         # Failures the kernel counted before this agent: old news, not fed to health again (a
         # restarted agent would otherwise take out a backend for failures long past).
         self._failed_before_start = {COUNTER_ID.unpack(k)[0]: sum(OUTCOMES.unpack(v))
@@ -267,6 +277,7 @@ class EbpfDataplane:
                 counters.add(key, COUNTER_ID.pack(counter_id), self._zero_count)
                 self._retire_outcomes(counter_id)
             self._counter_backend.update(plan.counters)
+            self._unattributed.difference_update(plan.counters)
             for backend_key, value in () if backends_match else plan.backends.items():
                 if snap.backends.get(backend_key) != value:
                     backends.add(key, BACKEND_KEY.pack(*backend_key), value)
@@ -343,10 +354,11 @@ class EbpfDataplane:
         current = {COUNTER_ID.unpack(k)[0]: OUTCOMES.unpack(v) for k, v in self._maps["nv_outcomes"].items()}
         for counter_id in [c for c in self._pairs if c not in current]:
             self._retire_outcomes(counter_id)
-        if any(c not in self._counter_backend for c in current):
+        if any(c not in self._counter_backend and c not in self._unattributed for c in current):
             for value in self._maps["nv_backends"].items():
                 counter_id = BACKEND.unpack(value[1])[4]
                 self._counter_backend.setdefault(counter_id, self._public_backend(value[1]))
+            self._unattributed.update(c for c in current if c not in self._counter_backend)
         totals = dict(self._outcomes_retired)
         conns = self._maps["nv_conns"]
         for counter_id, (refused, unanswered) in current.items():

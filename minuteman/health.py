@@ -60,7 +60,6 @@ class _Record:
     out_until: float = 0.0
     succeeded: int = 0
     failed: int = 0
-    seen_totals: tuple[int, int] = (0, 0)
 
 
 @dataclass
@@ -68,6 +67,10 @@ class BackendHealth:
     config: HealthConfig = field(default_factory=HealthConfig)
     clock: Callable[[], float] = time.monotonic
     _records: dict[Backend, _Record] = field(default_factory=dict)
+    # The counters' totals last seen per backend. Kept when a backend's record is forgotten:
+    # totals never go down, so a backend that comes back at the same address must not have its
+    # old attempts fed again (thousands of successes, then its old failures in a row).
+    _seen_totals: dict[Backend, tuple[int, int]] = field(default_factory=dict)
 
     def record(self, backend: Backend, ok: bool) -> None:
         rec = self._records.setdefault(backend, _Record())
@@ -83,11 +86,13 @@ class BackendHealth:
 
     def observe_totals(self, totals: dict[Backend, tuple[int, int]]) -> None:
         for backend, (succeeded, failed) in totals.items():
-            rec = self._records.setdefault(backend, _Record())
-            old_ok, old_failed = rec.seen_totals
-            rec.seen_totals = (succeeded, failed)
-            for _ in range(max(0, succeeded - old_ok)):
+            old_ok, old_failed = self._seen_totals.get(backend, (0, 0))
+            if (succeeded, failed) == (old_ok, old_failed):
+                continue
+            self._seen_totals[backend] = (succeeded, failed)
+            if succeeded > old_ok:          # successes first; any one resets the run of failures
                 self.record(backend, True)
+                self._records[backend].succeeded += succeeded - old_ok - 1
             for _ in range(max(0, failed - old_failed)):
                 self.record(backend, False)
 

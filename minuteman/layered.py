@@ -13,8 +13,11 @@ A VIP counts as programmed only when both layers hold it, so DNS publishes it on
 from __future__ import annotations
 
 import inspect
+import logging
 
 from minuteman.dataplane import ApplyResult, Backend, Dataplane, VipEntry, VipKey
+
+log = logging.getLogger("navstar.minuteman.layered")
 
 
 class LayeredDataplane:
@@ -30,7 +33,9 @@ class LayeredDataplane:
                 await started
 
     def apply(self, table: dict[VipKey, VipEntry]) -> ApplyResult:
-        first, second = self.socket_lb.apply(table), self.packet_lb.apply(table)
+        # Each layer on its own: one that fails outright (a map error, say) must not keep the
+        # other from being programmed, and its VIPs fail with the reason.
+        first, second = (_apply_layer(layer, table) for layer in (self.socket_lb, self.packet_lb))
         errors = {**second.errors, **first.errors}
         return ApplyResult(programmed=(first.programmed & second.programmed) - set(errors),
                            removed=first.removed | second.removed, errors=errors)
@@ -61,5 +66,15 @@ class LayeredDataplane:
                 maintain()
 
     def close(self, keep_kernel_state: bool = True) -> None:
-        self.socket_lb.close(keep_kernel_state=keep_kernel_state)
-        self.packet_lb.close(keep_kernel_state=keep_kernel_state)
+        try:
+            self.socket_lb.close(keep_kernel_state=keep_kernel_state)
+        finally:
+            self.packet_lb.close(keep_kernel_state=keep_kernel_state)
+
+
+def _apply_layer(layer: Dataplane, table: dict[VipKey, VipEntry]) -> ApplyResult:
+    try:
+        return layer.apply(table)
+    except Exception as exc:
+        log.exception("the %s layer failed to apply %d VIPs", layer.name, len(table))
+        return ApplyResult(errors={key: f"{layer.name}: {exc}" for key in table})

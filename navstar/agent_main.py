@@ -234,7 +234,9 @@ class NodeAgent:
     @staticmethod
     def metrics_app() -> Starlette:
         async def metrics(_request: Request) -> Response:
-            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+            # Collecting reads the dataplane's counters (a map lookup per backend with eBPF):
+            # off the loop, which also answers DNS.
+            return Response(await asyncio.to_thread(generate_latest), media_type=CONTENT_TYPE_LATEST)
 
         return Starlette(routes=[Route("/metrics", metrics)])
 
@@ -274,14 +276,14 @@ async def make_dataplane(opts: AgentOptions) -> Dataplane:
     """``--lb``: ebpf, nfqueue, or auto (eBPF when this kernel and cgroup allow it)."""
     choice = opts.lb
     if choice in ("ebpf", "auto"):
-        from minuteman.ebpf import EbpfDataplane, LoaderError, ebpf_available
+        from minuteman.ebpf import EbpfDataplane, LoaderError, MapError, ebpf_available
 
         ok, reason = ebpf_available()
         if ok:
             try:
                 socket_lb = await asyncio.to_thread(EbpfDataplane, Cgroup(opts.cgroup).unified_path,
                                                     opts.bpf_pin_dir)
-            except LoaderError as exc:
+            except (LoaderError, MapError) as exc:
                 reason = str(exc)
             else:
                 # NFQUEUE still serves what the socket LB cannot see: forwarded packets and
@@ -292,7 +294,20 @@ async def make_dataplane(opts: AgentOptions) -> Dataplane:
         if choice == "ebpf":
             raise SystemExit(f"--lb ebpf: {reason}")
         log.warning("eBPF socket LB unavailable (%s): using NFQUEUE", reason)
+    await asyncio.to_thread(_remove_socket_lb, opts)
     return await _nfqueue(opts)
+
+
+def _remove_socket_lb(opts: AgentOptions) -> None:
+    """An agent without the socket LB takes away one an earlier agent left in its cgroup."""
+    try:
+        from minuteman.ebpf import remove_socket_lb
+
+        remove_socket_lb(Cgroup(opts.cgroup).unified_path, Path(opts.bpf_pin_dir))
+    except ImportError:
+        pass       # no BPF tooling here: nothing of ours can be attached either
+    except Exception:
+        log.exception("removing an earlier socket LB from %s failed", opts.cgroup)
 
 
 async def _nfqueue(opts: AgentOptions) -> Dataplane:

@@ -98,3 +98,20 @@ async def test_active_probe_finds_refusing_and_listening_backends():
         await health.probe([listening, closed])
     server.close()
     assert health.out() == {closed}
+
+
+def test_a_backend_back_at_the_same_address_is_not_judged_on_its_old_attempts():
+    clock = Clock()
+    health = BackendHealth(clock=clock)
+    b = Backend("10.0.0.5", 31000)
+    health.observe_totals({b: (49_000, 0)})
+    health.observe_totals({b: (49_000, 6)})
+    assert health.is_out(b)
+    clock.now += 31                           # quarantine over
+    health.forget(())                         # it left every VIP…
+    health.observe_totals({b: (49_000, 6)})   # …and is back: the counters still hold its totals
+    assert not health.is_out(b) and health.failed_total(b) == 0
+    health.observe_totals({b: (49_010, 6)})
+    assert health._records[b].succeeded == 10
+    health.observe_totals({b: (49_010, 11)})
+    assert health.is_out(b), "new failures still count"

@@ -30,3 +30,15 @@ def test_counts_add_up_and_close_reaches_both():
     assert layered.connection_counts() == {(KEY, backend): 5}
     layered.close(keep_kernel_state=False)
     assert socket_lb.table == {} and packet_lb.table == {}
+
+
+def test_a_layer_that_fails_outright_does_not_keep_the_other_from_its_table():
+    socket_lb, packet_lb = FakeDataplane(), FakeDataplane()
+
+    def broken(table):
+        raise OSError("map update failed")
+
+    socket_lb.apply = broken
+    result = LayeredDataplane(socket_lb, packet_lb).apply({KEY: ENTRY})
+    assert result.programmed == set() and result.errors == {KEY: "fake: map update failed"}
+    assert packet_lb.table == {KEY: ENTRY}, "NFQUEUE still serves it"
