@@ -93,21 +93,27 @@ def _backend_ident(backend: Backend) -> tuple[int, int]:
 
 
 class _Ids:
-    """Hands out ids not in ``used``, from 1 up to ``limit`` inclusive."""
+    """Hands out ids not in ``used``, from 1 up to ``limit`` inclusive, going round from
+    ``start``: a freed id comes back only after all the others (a program on another CPU, or a
+    socket's remembered peer, may still hold it for a moment)."""
 
-    def __init__(self, used: Iterable[int], limit: int, what: str) -> None:
+    def __init__(self, used: Iterable[int], limit: int, what: str, start: int = 0) -> None:
         self.used = set(used)
         self.limit = limit
         self.what = what
-        self.next_id = 1
+        # 0: after the highest id in use (an agent that has just adopted the maps)
+        start = start or max(self.used, default=0) + 1
+        self.next_id = start if 1 <= start <= limit else 1
 
     def take(self) -> int:
-        while self.next_id in self.used:
-            self.next_id += 1
-        if self.next_id > self.limit:
+        if len(self.used) >= self.limit:
             raise ValueError(f"no free {self.what} id (limit {self.limit})")
-        self.used.add(self.next_id)
-        return self.next_id
+        while self.next_id in self.used:
+            self.next_id = self.next_id + 1 if self.next_id < self.limit else 1
+        taken = self.next_id
+        self.used.add(taken)
+        self.next_id = taken + 1 if taken < self.limit else 1
+        return taken
 
 
 class PairOutcomes:
@@ -222,6 +228,7 @@ class EbpfDataplane:
         # Counter ids in nv_outcomes that no backend in the maps holds (pairs removed before a
         # restart): looked for once, not at every poll, until an apply hands out ids again.
         self._unattributed: set[int] = set()
+        self._next_ids = (0, 0)     # where the service and counter id searches resume (_Ids)
         # Failures the kernel counted before this agent: old news, not fed to health again (a
         # restarted agent would otherwise take out a backend for failures long past).
         self._failed_before_start = {COUNTER_ID.unpack(k)[0]: sum(OUTCOMES.unpack(v))
@@ -233,9 +240,10 @@ class EbpfDataplane:
         result = ApplyResult()
         snap = self._snapshot()
         members = snap.by_service()
-        service_ids = _Ids((SERVICE.unpack(v)[0] for v in snap.services.values()), 2**32 - 1, "service")
+        service_ids = _Ids((SERVICE.unpack(v)[0] for v in snap.services.values()), 2**32 - 1, "service",
+                           self._next_ids[0])
         counter_ids = _Ids((BACKEND.unpack(v)[4] for v in snap.backends.values()),
-                           self.features.max_backends - 1, "backend counter")
+                           self.features.max_backends - 1, "backend counter", self._next_ids[1])
 
         counters = _Writes(self._maps["nv_conns"])
         backends = _Writes(self._maps["nv_backends"])
@@ -312,6 +320,7 @@ class EbpfDataplane:
         writes += self._delete(self._maps["nv_backends"],
                                [BACKEND_KEY.pack(*k) for k in snap.backends if k not in keep_backends])
         self.last_writes = writes
+        self._next_ids = (service_ids.next_id, counter_ids.next_id)
         return result
 
     def current(self) -> dict[VipKey, VipEntry]:

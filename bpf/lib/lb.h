@@ -106,11 +106,11 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, bool connect
 	__be32 vip_address = ctx->user_ip4;
 	__be16 vip_port = (__be16)ctx->user_port;
 	__u8 protocol = (__u8)ctx->protocol;
-	struct lb4_service *service;
+	struct lb4_service *service, svc;
 	struct lb4_maglev_key chunk = {};
 	struct lb4_backend_key member = {};
 	struct lb4_maglev *table;
-	struct lb4_backend *backend;
+	struct lb4_backend *backend, be;
 	__u32 slot, index;
 	__u64 cookie;
 
@@ -119,11 +119,15 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, bool connect
 	service = lb4_lookup_service(vip_address, vip_port, protocol);
 	if (!service)
 		return SOCK_ADDR_ALLOW;
-	if (service->backend_count == 0 || service->table_size == 0)
+	/* One read of the value, used throughout: the agent may rewrite the element in place
+	 * meanwhile (preallocated hash elements are recycled), and fields from two versions
+	 * must not mix. */
+	svc = *service;
+	if (svc.backend_count == 0 || svc.table_size == 0)
 		return SOCK_ADDR_REFUSE;
 	cookie = bpf_get_socket_cookie(ctx);
-	slot = lb4_flow_hash(cookie) % service->table_size;
-	chunk.service_id = service->id;
+	slot = lb4_flow_hash(cookie) % svc.table_size;
+	chunk.service_id = svc.id;
 	chunk.chunk = slot / NAVSTAR_LB_CHUNK_SLOTS;
 	table = nv_maglev.lookup(&chunk);
 	if (!table)
@@ -139,19 +143,20 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, bool connect
 	backend = nv_backends.lookup(&member);
 	if (!backend)
 		return SOCK_ADDR_REFUSE;
+	be = *backend;     /* one read, as for the service */
 
 	if (connecting)
-		lb4_remember_peer(cookie, backend, vip_address, vip_port);
+		lb4_remember_peer(cookie, &be, vip_address, vip_port);
 	else
-		lb4_record_revnat(cookie, backend, vip_address, vip_port);
+		lb4_record_revnat(cookie, &be, vip_address, vip_port);
 #if NAVSTAR_COUNT_CONNECTIONS
-	__u32 counter_id = backend->counter_id;
+	__u32 counter_id = be.counter_id;
 	__u64 *connections = nv_conns.lookup(&counter_id);
 	if (connections)
 		*connections += 1;
 #endif
-	ctx->user_ip4 = backend->address;
-	ctx->user_port = backend->port;
+	ctx->user_ip4 = be.address;
+	ctx->user_port = be.port;
 	return SOCK_ADDR_ALLOW;
 }
 

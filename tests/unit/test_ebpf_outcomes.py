@@ -3,6 +3,8 @@ counters, sampled at polls (the kernel reports failures only)."""
 
 from __future__ import annotations
 
+import pytest
+
 from minuteman.ebpf import OUTCOME_WINDOW, PairOutcomes
 
 W = OUTCOME_WINDOW
@@ -36,3 +38,14 @@ def test_never_decreases_and_works_with_sparse_polls():
     assert pair.update(20.1, 60, 20) == (45, 20)   # late failures do not take successes back
     assert pair.update(30.0, 70, 20) == (45, 20)
     assert pair.update(40.0, 80, 20) == (50, 20)
+
+
+def test_ids_come_back_only_after_all_the_others():
+    from minuteman.ebpf import _Ids
+
+    ids = _Ids({1, 2}, limit=5, what="counter")
+    assert [ids.take(), ids.take()] == [3, 4], "after the highest in use (an adopted map)"
+    again = _Ids({1, 2}, limit=5, what="counter", start=ids.next_id)     # 3 and 4 were freed since
+    assert [again.take(), again.take(), again.take()] == [5, 3, 4]
+    with pytest.raises(ValueError, match="no free counter id"):
+        again.take()
