@@ -181,3 +181,60 @@ def test_agent_kill9_keeps_connections_and_restart_adopts_the_vip_table(lab: Lab
         wait_vip_serves(lab, WEB, web)
         assert_balanced(lab, node, address, {t["id"] for t in web})
 
+
+
+# Answers its task id on one port number over TCP (then closes) and over UDP.
+BOTH_PROTOCOLS_SERVER = r"""import os, socket, threading
+T = os.environ["MESOS_TASK_ID"].encode(); P = int(os.environ["PORT0"])
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("", P))
+def udp():
+    while True:
+        _, a = u.recvfrom(512); u.sendto(T, a)
+threading.Thread(target=udp, daemon=True).start()
+t = socket.create_server(("", P))
+while True:
+    c, _ = t.accept(); c.sendall(T); c.close()
+"""
+
+# N new TCP connections and N new UDP sockets to name:53; who answered, per protocol.
+BOTH_PROTOCOLS_CLIENT = r"""import collections, json, socket, sys
+name, n = sys.argv[1], int(sys.argv[2]); out = {"tcp": collections.Counter(), "udp": collections.Counter()}
+for _ in range(n):
+    try:
+        with socket.create_connection((name, 53), timeout=2) as s:
+            out["tcp"][s.recv(200).decode()] += 1
+    except OSError as e:
+        out["tcp"]["error " + type(e).__name__] += 1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(2)
+        try:
+            s.connect((name, 53)); s.send(b"?"); out["udp"][s.recv(200).decode()] += 1
+        except OSError as e:
+            out["udp"]["error " + type(e).__name__] += 1
+print(json.dumps(out))
+"""
+
+
+def test_a_udp_tcp_port_is_one_vip_name_for_both_protocols(lab: LabHandle):
+    # Marathon's "udp,tcp": one port number, both protocols; DC/OS made a VIP of each.
+    app = {"id": "/ns", "instances": 2, "cpus": 0.05, "mem": 32, "cmd": f"exec python3 -c '{BOTH_PROTOCOLS_SERVER}'",
+           "portDefinitions": [{"port": 0, "protocol": "udp,tcp", "name": "dns", "labels": {"VIP_0": "/ns:53"}}],
+           "constraints": [["hostname", "UNIQUE"]]}
+    name = "ns.marathon.l4lb.thisdcos.directory"
+    with deployed(lab, app):
+        tasks = {t["id"] for t in lab.running("/ns", 2)}
+
+        def programmed_for_both(node: str) -> bool:
+            out = lab.exec(node, "curl", "-s", "http://127.0.0.1:62080/v1/vips?detail=true").stdout
+            vips = [v for v in json.loads(out or "[]") if v["name"] == name and v["programmed"]]
+            return sorted(v["protocol"] for v in vips) == ["tcp", "udp"] and \
+                all(len([b for b in v["backend"] if b["state"] == "up"]) == 2 for v in vips)
+
+        wait_until(lambda: all(programmed_for_both(node) for node in lab.agents), 20,
+                   what=f"{name} programmed for tcp and udp on every agent")
+        for node in lab.agents:
+            done = lab.exec(node, "python3", "-c", BOTH_PROTOCOLS_CLIENT, name, "30", timeout=60)
+            answers = json.loads(done.stdout)
+            for protocol in ("tcp", "udp"):
+                assert set(answers[protocol]) == tasks, (node, protocol, answers)
+                assert sum(answers[protocol].values()) == 30, (node, protocol, answers)
