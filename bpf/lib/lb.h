@@ -79,7 +79,9 @@ static __always_inline void lb4_remember_peer(__u64 cookie, const struct lb4_bac
 	peer->counter_id = backend->counter_id;
 }
 
-/* sendmsg4: this unconnected socket sent to this backend for this VIP. */
+/* sendmsg4: this unconnected socket sent to this backend for this VIP (and connect4 for a UDP
+ * socket, whose replies recvmsg4 must keep showing from the VIP after its nv_peers slot has gone
+ * to a newer connect). */
 static __always_inline void lb4_record_revnat(__u64 cookie, const struct lb4_backend *backend,
 					      __be32 vip_address, __be16 vip_port)
 {
@@ -147,7 +149,7 @@ static __always_inline int lb4_xlate_fwd(struct bpf_sock_addr *ctx, bool connect
 
 	if (connecting)
 		lb4_remember_peer(cookie, &be, vip_address, vip_port);
-	else
+	if (!connecting || protocol == IPPROTO_UDP)
 		lb4_record_revnat(cookie, &be, vip_address, vip_port);
 #if NAVSTAR_COUNT_CONNECTIONS
 	__u32 counter_id = be.counter_id;

@@ -8,9 +8,11 @@ fixture removes the namespace and cgroup.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import shutil
+import struct
 import subprocess
 import sys
 import uuid
@@ -19,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from bpf import loader
+from bpf import loader, maps
 from bpf.loader import Features, LoaderError
 from minuteman.dataplane import Backend, VipEntry, VipKey
 from minuteman.ebpf import OUTCOME_WINDOW, EbpfDataplane, ebpf_available, remove_socket_lb
@@ -64,6 +66,16 @@ import json, socket, sys
 mode, ip, port, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 5.0
 out = []
+if mode == "udp-hold":   # a connected UDP socket: its cookie, then after a line on stdin one reply's source
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    s.connect((ip, port))
+    print(int.from_bytes(s.getsockopt(socket.SOL_SOCKET, 57, 8), "little"), flush=True)   # SO_COOKIE
+    sys.stdin.readline()
+    s.send(b"ping")
+    data, source = s.recvfrom(2048)
+    print("%s:%d" % source, flush=True)
+    sys.exit()
 if mode == "hold":   # one long-lived connection: its peer now, and again after a line on stdin
     s = socket.create_connection((ip, port), timeout=5)
     print("%s:%d" % s.getpeername(), flush=True)
@@ -210,6 +222,20 @@ def test_udp_request_and_reply_come_from_the_vip(dataplane, lab):
     assert len(answered_by(connected)) >= 2
     # A TCP VIP on the same address and port number is a different service.
     assert client(lab, "tcp", ("11.0.0.10", 53), 1)[0]["error"]
+
+
+def test_a_connected_udp_socket_keeps_the_vip_as_source_after_its_peer_slot_is_taken(dataplane, lab):
+    dataplane.apply({UDP_VIP: VipEntry(UDP_VIP, backends(5353))})
+    holder = lab.popen(sys.executable, "-c", CLIENT, "udp-hold", UDP_VIP.address, str(UDP_VIP.port), "1",
+                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    cookie = int(holder.stdout.readline())
+    # About a million newer VIP connects later, another socket holds this one's slot.
+    peers = dataplane._maps["nv_peers"]
+    peers.update(struct.pack("=I", cookie % maps.DEFAULT_PEER_SLOTS), bytes(ctypes.sizeof(maps.Lb4Peer)))
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    assert holder.stdout.readline().strip() == "11.0.0.10:53", "the reply still comes from the VIP"
+    holder.wait(timeout=5)
 
 
 def test_draining_takes_no_new_connections_and_empty_vips_refuse(dataplane, lab):
