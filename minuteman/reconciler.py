@@ -204,7 +204,8 @@ class LoadBalancer:
 
     def close(self, keep_kernel_state: bool = True) -> None:
         self.metrics.unregister()
-        self.dataplane.close(keep_kernel_state=keep_kernel_state)
+        with self._lock:       # after an apply or repair still running on a worker thread
+            self.dataplane.close(keep_kernel_state=keep_kernel_state)
 
     # -- what others read ---------------------------------------------------------------
     def programmed_names(self) -> dict[str, str]:
