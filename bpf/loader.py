@@ -113,6 +113,10 @@ class Features:
             raise ValueError(f"peer_slots {self.peer_slots}: must be a power of two")
         if not 0 < self.chunk_slots <= 32768:
             raise ValueError(f"chunk_slots {self.chunk_slots}: must be in 1-32768")
+        if self.outcomes and not self.count_connections:
+            # Established connects are the counted ones that did not fail: without the counters
+            # health would see only failures, and any five ever would take a backend out.
+            raise ValueError("outcomes needs count_connections")
 
     def attach_points(self) -> list[AttachPoint]:
         names = ["connect4"] + (["sendmsg4", "recvmsg4"] if self.udp else []) + (

@@ -6,8 +6,9 @@
 
 ``apply`` reads the maps back, compares byte for byte with the desired map form and writes only
 what differs, batched, in make-before-break order: counters and backends first, then table
-chunks, then services; deletions last. A VIP whose writes fail keeps whatever it had and is
-reported in ``ApplyResult.errors``; the others go ahead.
+chunks, then services; deletions last. A VIP whose writes fail is reported in
+``ApplyResult.errors`` and the others go ahead; the failed VIP may then hold part of its new
+backends and table under its old service entry (drift, which the next apply or repair fixes).
 
 Tables: a VIP's Maglev ``lookup`` (indices into its ``backends``) is stored as is, whatever its
 length, in chunks of ``Features.chunk_slots`` u16 slots (2016: one 4 KiB kernel allocation; one

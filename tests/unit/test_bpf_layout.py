@@ -103,6 +103,9 @@ def test_features_refuse_sizes_the_programs_cannot_use():
 
     with pytest.raises(ValueError, match="power of two"):
         Features(peer_slots=1000)
+    with pytest.raises(ValueError, match="outcomes needs count_connections"):
+        Features(count_connections=False)
+    assert not Features(count_connections=False, outcomes=False).outcomes
     assert "-DNAVSTAR_PEER_SLOTS=1024" in Features(peer_slots=1024).cflags(Path("/sys/fs/bpf/x"))
 
 
