@@ -240,7 +240,8 @@ class ContainerNetworks:
         mappings = []
         for host, container, proto in requested:
             if not host:
-                host = previous.get((container, proto)) or chosen.get(container) \
+                same = chosen.get(container)
+                host = previous.get((container, proto)) or (same if (same, proto) not in used else None) \
                     or self._free_port(used, protocols_of[container])
                 chosen.setdefault(container, host)
                 used.add((host, proto))
