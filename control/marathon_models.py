@@ -18,6 +18,7 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from control.agent.images import ImageMap
+from control.view import protocols_of
 
 # What the overlay knows; anything else would leave a task waiting forever.
 KNOWN_NETWORKS = ("dcos",)
@@ -255,10 +256,10 @@ class AppDefinition(_Model):
             return [m.labels for m in self.port_mappings]
         return [d.labels for d in self.port_definitions or []]
 
-    def port_protocols(self) -> list[str]:
-        """The protocol of each port, as its tasks carry it (``tcp``, ``udp`` or ``udp,tcp``)."""
+    def port_protocols(self) -> list[tuple[str, ...]]:
+        """The protocols of each port (two for ``udp,tcp``)."""
         ports = self.port_mappings if self.uses_port_mappings else self.port_definitions or []
-        return [task_protocol(port.protocol) for port in ports]
+        return [protocols_of(port.protocol) for port in ports]
 
     def config_without_scaling(self) -> dict[str, Any]:
         """Everything that, when changed, needs the tasks replaced (not ``instances``)."""

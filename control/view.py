@@ -64,7 +64,12 @@ class TaskPort(BaseModel):
     @property
     def protocols(self) -> tuple[str, ...]:
         """Each protocol the port serves: a VIP, a DNS service and a port mapping for each."""
-        return ("tcp", "udp") if self.protocol == "udp,tcp" else (self.protocol,)
+        return protocols_of(self.protocol)
+
+
+def protocols_of(protocol: str) -> tuple[str, ...]:
+    """Marathon's port protocol (``tcp``, ``udp``, ``udp,tcp`` or ``tcp,udp``) as single protocols."""
+    return ("tcp", "udp") if "," in protocol else (protocol,)
 
 
 class TaskInfo(BaseModel):

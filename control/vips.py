@@ -9,14 +9,12 @@ same (it travels in the cluster view) and that survives master restarts (the cal
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Iterable
 from typing import NamedTuple
 
 from minuteman.labels import VipLabelError, is_vip_label_key, parse_vip
 
 NAMED_VIP_POOL = ipaddress.IPv4Network("11.0.0.0/8")
-_NAMED = re.compile(r"^/?(?P<name>[A-Za-z0-9][A-Za-z0-9._/-]*):(?P<port>\d{1,5})$")
 
 
 def named_vip(label_key: str, label_value: str) -> str | None:
@@ -35,8 +33,8 @@ class VipLabelProblem(NamedTuple):
     message: str
 
 
-def vip_label_problems(app_id: str, port_labels: list[dict[str, str]], protocols: list[str],
-                       others: dict[str, tuple[list[dict[str, str]], list[str]]]) -> list[VipLabelProblem]:
+def vip_label_problems(app_id: str, port_labels: list[dict[str, str]], protocols: list[tuple[str, ...]],
+                       others: dict[str, tuple[list[dict[str, str]], list[tuple[str, ...]]]]) -> list[VipLabelProblem]:
     """What agents will report about the VIP labels of one app, each message naming the label:
     values they cannot serve (skipped there; the app's other VIPs keep working), and address VIPs
     that another app (``others``: app id → its port labels and protocols) also claims — served as
@@ -51,7 +49,6 @@ def vip_label_problems(app_id: str, port_labels: list[dict[str, str]], protocols
             continue
         if spec.address is not None:
             mine.setdefault((spec.address, spec.port, protocol), f"port {index} label {key}")
-    clashes: set[tuple[str, tuple[str, int, str]]] = set()
     for other_id, (other_labels, other_protocols) in sorted(others.items()):
         for _, _, value, protocol in _vip_labels(other_labels, other_protocols) if other_id != app_id else ():
             try:
@@ -59,22 +56,21 @@ def vip_label_problems(app_id: str, port_labels: list[dict[str, str]], protocols
             except VipLabelError:
                 continue
             claim = (spec.address or "", spec.port, protocol)
-            if claim in mine and (other_id, claim) not in clashes:
-                clashes.add((other_id, claim))
+            if claim in mine:
                 vip = f"address VIP {claim[0]}:{claim[1]}/{protocol}"
                 union = "served as one VIP with the union of their backends"
                 problems.append(VipLabelProblem(app_id, f"{mine[claim]}: {vip} is also claimed by {other_id}; {union}"))
                 problems.append(VipLabelProblem(other_id, f"{vip} is also claimed by {app_id}; {union}"))
-    return list(dict.fromkeys(problems))     # a udp,tcp port's bad label is one problem
+    return list(dict.fromkeys(problems))     # once each (a udp,tcp port's bad label, a VIP claimed twice)
 
 
-def _vip_labels(port_labels: list[dict[str, str]], protocols: list[str]):
+def _vip_labels(port_labels: list[dict[str, str]], protocols: list[tuple[str, ...]]):
     """(port index, key, value, protocol) of every VIP label; a ``udp,tcp`` port gives one of each."""
-    for index, (labels, protocol) in enumerate(zip(port_labels, protocols, strict=True)):
+    for index, (labels, port_protocols) in enumerate(zip(port_labels, protocols, strict=True)):
         for key, value in sorted(labels.items()):
             if is_vip_label_key(key):
-                for single in sorted(protocol.split(",")):
-                    yield index, key, value, single
+                for protocol in port_protocols:
+                    yield index, key, value, protocol
 
 
 class VipAllocator:

@@ -40,8 +40,7 @@ from bpf import loader, maps
 from bpf.loader import Features, LoaderError, MapError, MapHandle, SocketLB
 from minuteman.dataplane import ApplyResult, Backend, VipEntry, VipKey
 
-__all__ = ["OUTCOME_WINDOW", "EbpfDataplane", "Features", "LoaderError", "MapError", "PairOutcomes", "ebpf_available",
-           "remove_socket_lb"]
+__all__ = ["OUTCOME_WINDOW", "EbpfDataplane", "Features", "LoaderError", "MapError", "PairOutcomes", "ebpf_available"]
 
 MAX_TABLE_SIZE = 1 << 20   # slots per VIP; Maglev tables are ~100 per backend
 MAX_BACKENDS_PER_VIP = 0xFFFF   # table slots are u16
@@ -62,12 +61,6 @@ OUTCOME_WINDOW = 1.5
 def ebpf_available() -> tuple[bool, str]:
     """Whether ``--lb auto`` may pick eBPF here, and why (not)."""
     return loader.probe()
-
-
-def remove_socket_lb(cgroup_path: Path, pin_dir: Path) -> None:
-    """Detach the programs and remove the pins an earlier socket LB left, for an agent that runs
-    without one: left attached, they would go on translating VIP connects with a frozen table."""
-    loader.teardown(cgroup_path, pin_dir)
 
 
 def _address(text: str, what: str) -> int:

@@ -299,11 +299,12 @@ async def make_dataplane(opts: AgentOptions) -> Dataplane:
 
 
 def _remove_socket_lb(opts: AgentOptions) -> None:
-    """An agent without the socket LB takes away one an earlier agent left in its cgroup."""
+    """An agent without the socket LB takes away one an earlier agent left in its cgroup: left
+    attached, it would go on translating VIP connects with a frozen table."""
     try:
-        from minuteman.ebpf import remove_socket_lb
+        from bpf.loader import teardown
 
-        remove_socket_lb(Cgroup(opts.cgroup).unified_path, Path(opts.bpf_pin_dir))
+        teardown(Cgroup(opts.cgroup).unified_path, Path(opts.bpf_pin_dir))
     except ImportError:
         pass       # no BPF tooling here: nothing of ours can be attached either
     except Exception:

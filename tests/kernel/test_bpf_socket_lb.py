@@ -24,7 +24,7 @@ import pytest
 from bpf import loader, maps
 from bpf.loader import Features, LoaderError
 from minuteman.dataplane import Backend, VipEntry, VipKey
-from minuteman.ebpf import OUTCOME_WINDOW, EbpfDataplane, ebpf_available, remove_socket_lb
+from minuteman.ebpf import OUTCOME_WINDOW, EbpfDataplane, ebpf_available
 from minuteman.health import BackendHealth, HealthConfig
 
 PIN_ROOT = Path("/sys/fs/bpf/navstar-test")
@@ -450,10 +450,10 @@ def test_an_agent_without_the_socket_lb_removes_the_one_an_earlier_agent_left(ne
     links = link_ids(pins)
     dp.close(keep_kernel_state=True)           # as an agent stopping: everything stays to be adopted
     assert loader.attached_programs(netns.cgroup.unified_path)
-    remove_socket_lb(netns.cgroup.unified_path, pins)     # the next agent runs --lb nfqueue
+    loader.teardown(netns.cgroup.unified_path, pins)     # the next agent runs --lb nfqueue (agent_main)
     assert loader.attached_programs(netns.cgroup.unified_path) == []
     assert not any(map(link_exists, links.values())) and not pins.exists()
-    remove_socket_lb(netns.cgroup.unified_path, pins)     # nothing left: nothing to do
+    loader.teardown(netns.cgroup.unified_path, pins)     # nothing left: nothing to do
 
 
 def test_features_switch_attach_points_and_a_layout_change_is_refused(netns, pins):
