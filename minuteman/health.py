@@ -72,10 +72,11 @@ class BackendHealth:
     # old attempts fed again (thousands of successes, then its old failures in a row).
     _seen_totals: dict[Backend, tuple[int, int]] = field(default_factory=dict)
 
-    def record(self, backend: Backend, ok: bool) -> None:
+    def record(self, backend: Backend, ok: bool, successes: int = 1) -> None:
+        """One attempt's outcome (``successes`` of them at once when ``ok``: any resets the run)."""
         rec = self._records.setdefault(backend, _Record())
         if ok:
-            rec.succeeded += 1
+            rec.succeeded += successes
             rec.in_a_row = 0
             return
         rec.failed += 1
@@ -90,9 +91,8 @@ class BackendHealth:
             if (succeeded, failed) == (old_ok, old_failed):
                 continue
             self._seen_totals[backend] = (succeeded, failed)
-            if succeeded > old_ok:          # successes first; any one resets the run of failures
-                self.record(backend, True)
-                self._records[backend].succeeded += succeeded - old_ok - 1
+            if succeeded > old_ok:          # successes first
+                self.record(backend, True, succeeded - old_ok)
             for _ in range(max(0, failed - old_failed)):
                 self.record(backend, False)
 
