@@ -26,8 +26,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from control.ipam import OverlayIpam
-from control.view import AgentInfo, ClusterView
+from cluster.ipam import OverlayIpam
+from cluster.view import AgentInfo, ClusterView
 from overlay.agent import OverlayAgent
 from overlay.desired import desired_state
 from overlay.metrics import OverlayMetrics

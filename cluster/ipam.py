@@ -15,10 +15,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterator
 
-from control.view import OverlayAllocation, OverlayConfig
+from cluster.addresses import VTEP_MAC_PREFIX
+from cluster.view import OverlayAllocation, OverlayConfig
 
 SNAPSHOT_VERSION = 1
-DEFAULT_MAC_PREFIX = "70:b3:d5"
+DEFAULT_MAC_PREFIX = VTEP_MAC_PREFIX
 
 
 class IpamError(ValueError):

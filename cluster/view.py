@@ -15,23 +15,24 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-TaskState = Literal[
-    "TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING", "TASK_KILLED",
-    "TASK_FINISHED", "TASK_FAILED", "TASK_LOST", "TASK_UNREACHABLE", "TASK_ERROR",
-]
+from cluster import addresses
+from cluster.tasks import TaskState
+
+__all__ = ["AgentInfo", "ClusterView", "OverlayAllocation", "OverlayConfig", "TaskInfo", "TaskPort", "TaskState",
+           "protocols_of"]
 
 
 class OverlayConfig(BaseModel):
     """The one overlay network, ``dcos``, as DC/OS configured it."""
 
-    name: str = "dcos"
-    subnet: str = "9.0.0.0/8"
-    agent_prefixlen: int = 24
-    vtep_subnet: str = "44.128.0.0/20"
-    vtep_name: str = "vtep1024"
-    vni: int = Field(default=1024, ge=1, le=(1 << 24) - 1)
-    port: int = Field(default=64000, ge=1, le=65535)
-    mtu: int = Field(default=1420, ge=576, le=9000)
+    name: str = addresses.OVERLAY_NAME
+    subnet: str = addresses.OVERLAY_SUBNET
+    agent_prefixlen: int = addresses.OVERLAY_AGENT_PREFIXLEN
+    vtep_subnet: str = addresses.VTEP_SUBNET
+    vtep_name: str = addresses.VTEP_DEVICE
+    vni: int = Field(default=addresses.VTEP_VNI, ge=1, le=(1 << 24) - 1)
+    port: int = Field(default=addresses.VTEP_PORT, ge=1, le=65535)
+    mtu: int = Field(default=addresses.CONTAINER_MTU, ge=576, le=9000)
 
 
 class OverlayAllocation(BaseModel):

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 L4LB_DOMAIN = "l4lb.thisdcos.directory"
 
@@ -90,3 +92,102 @@ def vip_dns_name(name: str, framework: str) -> str:
 def vip_address_key(name: str, framework: str) -> str:
     """The key of ``ClusterView.vip_addresses`` for a named VIP: ``"marathon:/web"``."""
     return f"{framework}:{name if name.startswith('/') else '/' + name}"
+
+
+def named_vip(label_key: str, label_value: str) -> str | None:
+    """``("VIP_0", "/shop/web:80")`` → ``"/shop/web"``; ``None`` for other labels, address VIPs
+    and values agents could not serve (no address is spent on those)."""
+    if not is_vip_label_key(label_key):
+        return None
+    try:
+        return parse_vip(label_value).name
+    except VipLabelError:
+        return None
+
+
+# -- problems: the one checker the master (as an app is stored) and agents (as they build their
+#    VIP table) both use, so both tell users the same thing ------------------------------------
+class VipLabelProblem(NamedTuple):
+    app_id: str
+    message: str
+
+
+class VipClaim(NamedTuple):
+    """An app's claim on an address VIP; ``where`` names the label in messages ("" if unknown)."""
+
+    app_id: str
+    address: str
+    port: int
+    protocol: str
+    where: str = ""
+
+    @property
+    def vip(self) -> tuple[str, int, str]:
+        return self.address, self.port, self.protocol
+
+
+SHARED_ADDRESS_VIP = "served as one VIP with the union of their backends"
+
+
+def address_vip_clashes(claims: Iterable[VipClaim], concerning: str | None = None) -> list[VipLabelProblem]:
+    """Address VIPs claimed by more than one app: one problem for each app concerned, naming the
+    others. Such a VIP is served once with the union of the apps' backends, as DC/OS did.
+    With ``concerning``, only the VIPs that app claims, its own problem first."""
+    apps_by_vip: dict[tuple[str, int, str], dict[str, str]] = {}
+    for claim in claims:
+        where = apps_by_vip.setdefault(claim.vip, {})
+        if not where.get(claim.app_id):
+            where[claim.app_id] = claim.where
+    problems: list[VipLabelProblem] = []
+    for (address, port, protocol), apps in sorted(apps_by_vip.items()):
+        if len(apps) < 2 or (concerning is not None and concerning not in apps):
+            continue
+        order = sorted(apps, key=lambda app: (app != concerning, app))
+        for app_id in order:
+            others = ", ".join(sorted(set(apps) - {app_id}))
+            prefix = f"{apps[app_id]}: " if apps[app_id] else ""
+            problems.append(VipLabelProblem(
+                app_id, f"{prefix}address VIP {address}:{port}/{protocol} is also claimed by {others}; "
+                        f"{SHARED_ADDRESS_VIP}"))
+    return problems
+
+
+def app_vip_claims(app_id: str, port_labels: Sequence[Mapping[str, str]],
+                   protocols: Sequence[tuple[str, ...]]) -> tuple[list[VipClaim], list[VipLabelProblem]]:
+    """An app's port VIP labels: its address-VIP claims, and a problem for each value agents
+    cannot serve (skipped there; the app's other VIPs keep working)."""
+    claims: list[VipClaim] = []
+    problems: list[VipLabelProblem] = []
+    for index, key, value, protocol in _port_vip_labels(port_labels, protocols):
+        try:
+            spec = parse_vip(value)
+        except VipLabelError as exc:
+            problems.append(VipLabelProblem(app_id, f"port {index} label {key}: {exc}; this VIP is skipped"))
+            continue
+        if spec.address is not None:
+            claims.append(VipClaim(app_id, spec.address, spec.port, protocol, f"port {index} label {key}"))
+    return claims, list(dict.fromkeys(problems))     # a udp,tcp port's bad label once
+
+
+def vip_label_problems(app_id: str, port_labels: Sequence[Mapping[str, str]], protocols: Sequence[tuple[str, ...]],
+                       others: Mapping[str, tuple[Sequence[Mapping[str, str]], Sequence[tuple[str, ...]]]],
+                       ) -> list[VipLabelProblem]:
+    """What agents will report about one app's VIP labels: values they cannot serve, and address
+    VIPs that another app (``others``: app id → its port labels and protocols) also claims —
+    reported to both apps."""
+    claims, problems = app_vip_claims(app_id, port_labels, protocols)
+    every = list(claims)
+    for other_id, (other_labels, other_protocols) in others.items():
+        if other_id != app_id:
+            every += [c._replace(where="") for c in app_vip_claims(other_id, other_labels, other_protocols)[0]]
+    return problems + address_vip_clashes(every, concerning=app_id)
+
+
+def _port_vip_labels(port_labels: Sequence[Mapping[str, str]],
+                     protocols: Sequence[tuple[str, ...]]) -> Iterator[tuple[int, str, str, str]]:
+    """(port index, key, value, protocol) of every VIP label; a ``udp,tcp`` port gives one of each."""
+    for index, (labels, port_protocols) in enumerate(zip(port_labels, protocols, strict=True)):
+        for key, value in sorted(labels.items()):
+            if is_vip_label_key(key):
+                for protocol in port_protocols:
+                    yield index, key, value, protocol

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import httpx
 
+from cluster.tasks import TERMINAL_STATES
 from control.auth import auth_header
 from control.protocol import TaskLaunch, TaskStatus
 
@@ -133,7 +134,7 @@ class FakeAgents:
         previous = agent.tasks.get(task_id)
         base = previous.model_dump() if previous else {"task_id": task_id}
         status = TaskStatus.model_validate({**base, **extra, "state": state, "timestamp": time.time()})
-        if state in ("TASK_KILLED", "TASK_FINISHED", "TASK_FAILED", "TASK_LOST", "TASK_ERROR"):
+        if state in TERMINAL_STATES:
             agent.tasks.pop(task_id, None)
         else:
             agent.tasks[task_id] = status

@@ -1,7 +1,7 @@
 """``navstar app|task|node …``: the master's Marathon and Mesos APIs from a terminal.
 
 Every command takes ``--master URL`` (the Marathon API; default: the running lab's master, read
-from ``navstar.lab.LabState``), ``--token`` (default: ``$NAVSTAR_TOKEN``, then the lab's secret)
+through ``use_lab_master``), ``--token`` (default: ``$NAVSTAR_TOKEN``, then the lab's secret)
 and ``--json`` (the API's answer as it came).
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -34,20 +35,30 @@ _STATE_STYLE = {"TASK_RUNNING": "green", "TASK_STAGING": "yellow", "TASK_STARTIN
 err = Console(stderr=True)
 
 
+# Where a lab's master is and its API secret, by lab name (None: no such lab is up). Set by
+# the composition root (``navstar.cli``), which knows about labs; this package does not.
+LabMaster = Callable[[str], tuple[str, str | None] | None]
+_lab_master: LabMaster | None = None
+
+
+def use_lab_master(locate: LabMaster) -> None:
+    """How commands find the master when ``--master`` is not given."""
+    global _lab_master
+    _lab_master = locate
+
+
 class Api:
     """Where the master is and how to call it; failures become a message and exit code 1."""
 
     def __init__(self, master: str | None, lab: str, token: str | None, mesos: str | None = None) -> None:
         secret = token or os.environ.get("NAVSTAR_TOKEN")
         if master is None:
-            from navstar.lab import LabState
-
-            state = LabState.load(lab)
-            if state is None:
+            found = _lab_master(lab) if _lab_master is not None else None
+            if found is None:
                 err.print(f"[red]no --master given and lab {lab!r} is not up[/] (start it with `navstar lab up`)")
                 raise typer.Exit(2)
-            master = state.master_url
-            secret = secret or state.secret()
+            master, lab_secret = found
+            secret = secret or lab_secret
         self.marathon = master.rstrip("/")
         parts = urlsplit(self.marathon)
         self.mesos = (mesos or urlunsplit((parts.scheme, f"{parts.hostname}:5050", "", "", ""))).rstrip("/")

@@ -17,8 +17,8 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
+from cluster.view import protocols_of
 from control.agent.images import ImageMap
-from control.view import protocols_of
 
 # What the overlay knows; anything else would leave a task waiting forever.
 KNOWN_NETWORKS = ("dcos",)

@@ -23,20 +23,21 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from cluster.ipam import IpamError, OverlayIpam
+from cluster.view import AgentInfo, ClusterView, OverlayConfig, TaskInfo
+from cluster.vip_labels import named_vip, vip_label_problems
 from control.agent.images import ImageMap
 from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
 from control.api_auth import TokenAuth
 from control.drf import Allocator
 from control.events import EventBus
-from control.ipam import IpamError, OverlayIpam
 from control.master_metrics import MasterMetrics
 from control.mesos_state import mesos_state
 from control.protocol import TaskStatus
 from control.registry import AgentRegistration, AgentRegistry
 from control.scheduler import Scheduler
 from control.store import Store
-from control.view import AgentInfo, ClusterView, OverlayConfig, TaskInfo
-from control.vips import VipAllocator, named_vip, vip_label_problems
+from control.vips import VipAllocator
 
 log = logging.getLogger("navstar.master")
 

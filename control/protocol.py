@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from control.view import TaskPort, TaskState
+from cluster.view import TaskPort, TaskState
 
 
 class HealthCheckSpec(BaseModel):

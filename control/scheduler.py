@@ -29,6 +29,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from cluster.tasks import TERMINAL_STATES as TERMINAL
+from cluster.view import TaskPort
 from control.agent_client import AgentAddress, AgentClient, AgentUnavailable, LaunchRejected
 from control.drf import Allocator, Offer
 from control.events import EventBus, iso_now
@@ -44,12 +46,9 @@ from control.placement import (
 from control.protocol import HealthCheckSpec, TaskLaunch, TaskStatus
 from control.registry import AgentRecord, AgentRegistry
 from control.store import Store
-from control.view import TaskPort
 
 log = logging.getLogger("navstar.scheduler")
 
-TERMINAL = frozenset({"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR", "TASK_GONE",
-                      "TASK_DROPPED"})
 # A task that ran this long before failing resets its app's backoff: it was not a crash loop.
 STABLE_RUN_SECONDS = 60.0
 # Killed tasks whose agent never confirms are asked again after their grace period plus this.

@@ -1,76 +1,16 @@
-"""Named-VIP addresses: one address from ``11.0.0.0/8`` per name, allocated once by the master.
+"""Named-VIP addresses: one address from the named-VIP pool per name, allocated once by the master.
 
-A port label whose key starts with ``VIP``/``vip`` and whose value is ``/name:port`` (or
-``name:port``) names a VIP; the key ``marathon:/name`` gets an address that every agent sees the
-same (it travels in the cluster view) and that survives master restarts (the caller persists
-``allocations``). When no app uses a name anymore its address is freed.
+A named VIP (``cluster.vip_labels.named_vip``) ``marathon:/name`` gets an address that every
+agent sees the same (it travels in the cluster view) and that survives master restarts (the
+caller persists ``allocations``). When no app uses a name anymore its address is freed.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import NamedTuple
 
-from minuteman.labels import VipLabelError, is_vip_label_key, parse_vip
-
-NAMED_VIP_POOL = ipaddress.IPv4Network("11.0.0.0/8")
-
-
-def named_vip(label_key: str, label_value: str) -> str | None:
-    """``("VIP_0", "/shop/web:80")`` → ``"/shop/web"``; ``None`` for other labels, address VIPs
-    and values agents could not serve (no address is spent on those)."""
-    if not is_vip_label_key(label_key):
-        return None
-    try:
-        return parse_vip(label_value).name
-    except VipLabelError:
-        return None
-
-
-class VipLabelProblem(NamedTuple):
-    app_id: str
-    message: str
-
-
-def vip_label_problems(app_id: str, port_labels: list[dict[str, str]], protocols: list[tuple[str, ...]],
-                       others: dict[str, tuple[list[dict[str, str]], list[tuple[str, ...]]]]) -> list[VipLabelProblem]:
-    """What agents will report about the VIP labels of one app, each message naming the label:
-    values they cannot serve (skipped there; the app's other VIPs keep working), and address VIPs
-    that another app (``others``: app id → its port labels and protocols) also claims — served as
-    one VIP with the union of their backends, as DC/OS did, and reported to both apps."""
-    problems: list[VipLabelProblem] = []
-    mine: dict[tuple[str, int, str], str] = {}
-    for index, key, value, protocol in _vip_labels(port_labels, protocols):
-        try:
-            spec = parse_vip(value)
-        except VipLabelError as exc:
-            problems.append(VipLabelProblem(app_id, f"port {index} label {key}: {exc}; this VIP is skipped"))
-            continue
-        if spec.address is not None:
-            mine.setdefault((spec.address, spec.port, protocol), f"port {index} label {key}")
-    for other_id, (other_labels, other_protocols) in sorted(others.items()):
-        for _, _, value, protocol in _vip_labels(other_labels, other_protocols) if other_id != app_id else ():
-            try:
-                spec = parse_vip(value)
-            except VipLabelError:
-                continue
-            claim = (spec.address or "", spec.port, protocol)
-            if claim in mine:
-                vip = f"address VIP {claim[0]}:{claim[1]}/{protocol}"
-                union = "served as one VIP with the union of their backends"
-                problems.append(VipLabelProblem(app_id, f"{mine[claim]}: {vip} is also claimed by {other_id}; {union}"))
-                problems.append(VipLabelProblem(other_id, f"{vip} is also claimed by {app_id}; {union}"))
-    return list(dict.fromkeys(problems))     # once each (a udp,tcp port's bad label, a VIP claimed twice)
-
-
-def _vip_labels(port_labels: list[dict[str, str]], protocols: list[tuple[str, ...]]):
-    """(port index, key, value, protocol) of every VIP label; a ``udp,tcp`` port gives one of each."""
-    for index, (labels, port_protocols) in enumerate(zip(port_labels, protocols, strict=True)):
-        for key, value in sorted(labels.items()):
-            if is_vip_label_key(key):
-                for protocol in port_protocols:
-                    yield index, key, value, protocol
+from cluster.addresses import NAMED_VIP_POOL
 
 
 class VipAllocator:

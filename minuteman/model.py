@@ -13,22 +13,22 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
-from control.view import ClusterView, TaskInfo, TaskPort
-from minuteman.dataplane import Backend, VipKey
-from minuteman.labels import (
+from cluster.tasks import SERVING_STATES
+from cluster.view import ClusterView, TaskInfo, TaskPort
+from cluster.vip_labels import (
+    VipClaim,
     VipLabelError,
     VipSpec,
+    address_vip_clashes,
     is_vip_label_key,
     parse_vip,
     task_label_port_index,
     vip_address_key,
     vip_dns_name,
 )
+from minuteman.dataplane import Backend, VipKey
 
 BackendState = Literal["up", "draining", "unhealthy", "unreachable"]
-
-# States whose tasks still answer: RUNNING serves, KILLING drains.
-_SERVING = {"TASK_RUNNING": "up", "TASK_KILLING": "draining"}
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def vip_model(view: ClusterView, node_ip: str | None = None) -> VipModel:
     unreachable = {a.agent_id for a in view.agents if not a.reachable}
     claims: dict[VipKey, set[str]] = {}
     for task in view.tasks:
-        if task.state not in _SERVING:
+        if task.state not in SERVING_STATES:
             continue
         for port, value in _vip_labels(task, model.problems):
             try:
@@ -104,13 +104,9 @@ def vip_model(view: ClusterView, node_ip: str | None = None) -> VipModel:
                 vip.apps.add(task.app_id)
                 vip.backends.append(BackendInfo(backend, _state(task, unreachable), task.task_id,
                                                 task.app_id, task.agent_id))
-    for key, apps in claims.items():
-        vip = model.vips[key]
-        if len(apps) > 1 and vip.name is None:
-            model.problems.extend(
-                Problem(app, f"address VIP {key.address}:{key.port}/{key.protocol} is also claimed by "
-                             f"{', '.join(sorted(apps - {app}))}; serving the union of their backends")
-                for app in sorted(apps))
+    address_claims = [VipClaim(app, key.address, key.port, key.protocol)
+                      for key, apps in claims.items() if model.vips[key].name is None for app in apps]
+    model.problems.extend(Problem(clash.app_id, clash.message) for clash in address_vip_clashes(address_claims))
     for vip in model.vips.values():
         _keep_unreachable_if_nothing_else(vip)
     return model

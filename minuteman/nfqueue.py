@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from cluster.addresses import NAMED_VIP_POOL
 from minuteman.dataplane import ApplyResult, Backend, VipEntry, VipKey
 from minuteman.flow_balancer import (
     FlowBalancer,
@@ -80,7 +81,6 @@ ID_GRACE_SECONDS = 3.0        # a backend id leaves the NAT map this long after 
 # its rate (0.48-0.59x): a real-time worker preempting its client moves the client to another CPU.
 WORKER_NICE = -20
 
-NAMED_VIP_POOL = ipaddress.ip_network("11.0.0.0/8")
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -640,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
-    from control.view import ClusterView
+    from cluster.view import ClusterView
     from minuteman.reconciler import LoadBalancer
 
     async def serve() -> None:

@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from control.view import ClusterView
+from cluster.view import ClusterView
 from minuteman import api
 from minuteman.dataplane import Backend, Dataplane, VipEntry, VipKey
 from minuteman.health import BackendHealth, HealthConfig

@@ -24,6 +24,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from cluster.addresses import RESOLVER_ADDRESSES, resolv_conf
+from cluster.tasks import TERMINAL_STATES
+from cluster.view import ClusterView, TaskPort
 from control.agent.api import agent_api
 from control.agent.cgroups import Cgroup
 from control.agent.executor import Executor, bridge_for
@@ -33,7 +36,6 @@ from control.agent.runtime import MasterLink
 from control.auth import read_secret
 from control.protocol import HealthCheckSpec, TaskLaunch
 from control.registry import AgentRegistration, AgentResources, PortRange
-from control.view import ClusterView, TaskPort
 from minuteman.dataplane import Dataplane
 from minuteman.health import HealthConfig
 from minuteman.reconciler import LoadBalancer
@@ -47,7 +49,6 @@ from spartan_dns.service import DnsService
 
 log = logging.getLogger("navstar.agent")
 
-RESOLVERS = ("198.51.100.1", "198.51.100.2", "198.51.100.3")
 
 
 @dataclass
@@ -74,7 +75,7 @@ class AgentOptions:
     image_map: str | None = None
     task_user: str | None = "nobody"
     overlay_interval: float = 30.0
-    dns_listen: tuple[str, ...] = RESOLVERS
+    dns_listen: tuple[str, ...] = RESOLVER_ADDRESSES
     dns_port: int = 53
     upstreams: list[str] | None = None          # None: the resolvers in resolv_conf
     resolv_conf: str = "/etc/resolv.conf"
@@ -124,7 +125,7 @@ class NodeAgent:
             Path(opts.work_dir), opts.ip, self._on_status, cgroup_scope=opts.cgroup,
             netns_prefix=opts.netns_prefix, user=opts.task_user, image_map=ImageMap.load(opts.image_map),
             networks=OverlayNetworks(self.overlay), node_netns=opts.node_netns,
-            resolv_conf="".join(f"nameserver {a}\n" for a in RESOLVERS) + "options timeout:1 attempts:2\n",
+            resolv_conf=resolv_conf(),
         )
         self.link = MasterLink(opts.master, registration, self.secret, opts.heartbeat_interval,
                                live_statuses=self.executor.statuses)
@@ -150,7 +151,7 @@ class NodeAgent:
             loop.call_soon_threadsafe(self._on_status, status)
             return
         self.link.send_status(status)
-        if status.state in ("TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR"):
+        if status.state in TERMINAL_STATES:
             checker = self._health.pop(status.task_id, None)
             if checker is not None:
                 checker.cancel()

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from control.cli import app_cli, node_cli, task_cli
+from control.cli import app_cli, node_cli, task_cli, use_lab_master
 from minuteman.cli import vip_app
 from spartan_dns.cli import dns_app
 
@@ -23,11 +23,22 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="navstar: DC/OS networking (VIPs, overlay, DNS) and a compact Mesos/Marathon.")
 lab_app = typer.Typer(no_args_is_help=True, help="A sealed multi-node lab in network namespaces.")
 app.add_typer(lab_app, name="lab")
+
 app.add_typer(dns_app, name="dns")
 app.add_typer(vip_app, name="vip")
 app.add_typer(app_cli, name="app")
 app.add_typer(task_cli, name="task")
 app.add_typer(node_cli, name="node")
+
+
+def _lab_master(lab: str) -> tuple[str, str | None] | None:
+    from navstar.lab import LabState
+
+    state = LabState.load(lab)
+    return None if state is None else (state.master_url, state.secret())
+
+
+use_lab_master(_lab_master)
 
 console = Console()
 err = Console(stderr=True)
@@ -85,13 +96,13 @@ def master(
     """Run the master (Marathon API, Mesos API, allocator)."""
     from pydantic import ValidationError
 
-    from control.view import OverlayConfig
+    from cluster.view import OverlayConfig
     from navstar.master_main import run_master
 
     try:
         overlay = OverlayConfig(subnet=overlay_subnet, agent_prefixlen=overlay_prefixlen, vtep_subnet=vtep_subnet,
                                 vni=vni, port=vxlan_port, mtu=overlay_mtu)
-        from control.ipam import OverlayIpam
+        from cluster.ipam import OverlayIpam
 
         OverlayIpam(overlay)   # checks the ranges and prefix lengths fit together
     except (ValidationError, ValueError) as exc:

@@ -34,6 +34,7 @@ from pathlib import Path
 import httpx
 from pyroute2 import IPRoute, netns
 
+from cluster.addresses import resolv_conf
 from control.agent.cgroups import Cgroup
 from control.auth import auth_header
 from navstar.namespaces import namespace_pids
@@ -44,7 +45,6 @@ BPFFS_ROOT = Path("/sys/fs/bpf/navstar")
 DEFAULT_UNDERLAY = "198.18.0.0/24"
 MARATHON_PORT = 8080
 MESOS_PORT = 5050
-DNS_ADDRESSES = ("198.51.100.1", "198.51.100.2", "198.51.100.3")
 
 
 class LabError(Exception):
@@ -295,9 +295,7 @@ class Lab:
             ipr.link("set", index=idx, state="up")
         etc = NETNS_ETC / node.namespace
         etc.mkdir(parents=True, exist_ok=True)
-        (etc / "resolv.conf").write_text(
-            "".join(f"nameserver {a}\n" for a in DNS_ADDRESSES) + "options timeout:1 attempts:2\n"
-        )
+        (etc / "resolv.conf").write_text(resolv_conf())
         cgroup_for(self.name, node.name).create()
 
     def _start(self, state: LabState) -> None:

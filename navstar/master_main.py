@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from cluster.view import OverlayConfig
 from control.agent.images import ImageMap
 from control.auth import read_secret
 from control.master import Master
-from control.view import OverlayConfig
 from navstar import logs
 from navstar.servers import Listen, serve
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from control.view import ClusterView, OverlayAllocation, OverlayConfig
+from cluster.view import ClusterView, OverlayAllocation, OverlayConfig
 from overlay.container import DEFAULT_HOST_PORTS, ContainerAttachment, ContainerNetworks
 from overlay.desired import BRIDGES, DesiredState, OverlayNotReady, desired_state, plan_mtu
 from overlay.metrics import OverlayMetrics

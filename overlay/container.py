@@ -15,8 +15,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from control.ipam import ContainerIpam
-from control.view import OverlayAllocation
+from cluster.ipam import ContainerIpam
+from cluster.view import OverlayAllocation
 from overlay.desired import BRIDGES, D_DCOS, M_DCOS
 from overlay.netfilter import PortMapping
 from overlay.netlink import ContainerVeth, OverlayKernelError, OverlayNetlink

@@ -21,7 +21,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from control.view import AgentInfo, ClusterView, OverlayAllocation, OverlayConfig
+from cluster.view import AgentInfo, ClusterView, OverlayAllocation, OverlayConfig
 from overlay.netlink import MAIN_TABLE, OVERLAY_TABLE, FdbEntry, Link, Neighbour, Route, Rule
 
 M_DCOS = "m-dcos"

@@ -8,17 +8,27 @@ problem.
 from __future__ import annotations
 
 import re
+from importlib import metadata
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from navstar import __version__
 from spartan_dns.http_shapes import hosts, records_json, services
 
 if TYPE_CHECKING:
     from spartan_dns.service import DnsService
+
+
+
+def _build_version() -> str:
+    """The installed navstar's version (what ``/v1/version`` reports)."""
+    try:
+        return metadata.version("navstar")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
 
 _LABEL = re.compile(r"^[a-z0-9_*]([a-z0-9_*-]{0,61}[a-z0-9_*])?$")
 
@@ -45,7 +55,7 @@ def routes(service: DnsService) -> list[Route]:
         return JSONResponse(shape(service.recordset(), value))
 
     async def version(_request: Request) -> JSONResponse:
-        return JSONResponse({"Service": "Mesos-DNS", "Version": f"navstar-{__version__}",
+        return JSONResponse({"Service": "Mesos-DNS", "Version": f"navstar-{_build_version()}",
                              "URL": "https://github.com/mesosphere/mesos-dns"})
 
     async def host(request: Request) -> JSONResponse:

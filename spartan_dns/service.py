@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from prometheus_client import REGISTRY, CollectorRegistry
 from starlette.routing import Route
 
+from cluster.addresses import OVERLAY_SUBNET, RESOLVER_ADDRESSES
 from spartan_dns.cache import ResponseCache
 from spartan_dns.handlers import Chain, Forward, Guard, LocalZones
 from spartan_dns.message import Reply
@@ -51,8 +52,8 @@ from spartan_dns.zones import (
 
 log = logging.getLogger("navstar.dns")
 
-DEFAULT_LISTEN = ("198.51.100.1", "198.51.100.2", "198.51.100.3")
-DEFAULT_TASK_NETWORKS = ("9.0.0.0/8",)     # the dcos overlay: containers on m-dcos / d-dcos
+DEFAULT_LISTEN = RESOLVER_ADDRESSES
+DEFAULT_TASK_NETWORKS = (OVERLAY_SUBNET,)     # the dcos overlay: containers on m-dcos / d-dcos
 LOOPBACK = ("127.0.0.0/8", "::1/128")
 DCOS_SOA = SoaNames("ns.spartan", "support.mesosphere.com")
 

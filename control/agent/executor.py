@@ -26,15 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from cluster.view import TaskPort
 from control.agent.cgroups import Cgroup
 from control.agent.images import NGINX, ImageMap, prepare_nginx
 from control.protocol import TaskLaunch, TaskStatus
-from control.view import TaskPort
 
 log = logging.getLogger("navstar.executor")
 
 StatusSink = Callable[[TaskStatus], None]
-TERMINAL = {"TASK_FINISHED", "TASK_FAILED", "TASK_KILLED", "TASK_LOST", "TASK_ERROR"}
 
 
 class ContainerNetworks(Protocol):

@@ -15,10 +15,10 @@ from collections.abc import Callable
 
 import httpx
 
+from cluster.view import ClusterView
 from control.auth import auth_header
 from control.protocol import TaskStatus
 from control.registry import AgentRegistration
-from control.view import ClusterView
 
 log = logging.getLogger("navstar.agent")
 

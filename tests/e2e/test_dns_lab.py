@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from navstar.lab import DNS_ADDRESSES
+from cluster.addresses import RESOLVER_ADDRESSES
 from tests.e2e.conftest import NAVSTAR, LabHandle, wait_until
 from tests.e2e.traffic import (
     app_tasks,
@@ -48,7 +48,7 @@ def test_vip_and_mesos_names_answer_and_curl_by_name_works(lab: LabHandle):
         address = wait_vip_serves(lab, WEB, web)
 
         for node in lab.agents:
-            for server in DNS_ADDRESSES:
+            for server in RESOLVER_ADDRESSES:
                 assert dig(lab, node, WEB, server=server) == [address], f"{WEB} @{server} on {node}"
 
         node = "agent-2"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from cluster.view import TaskPort
 from control.agent.cgroups import Cgroup
 from control.agent.executor import Executor
 from control.protocol import TaskLaunch
-from control.view import TaskPort
 
 
 def wait_for(predicate, timeout=10.0, step=0.05):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from control.view import AgentInfo, ClusterView, TaskInfo, TaskPort
+from cluster.view import AgentInfo, ClusterView, TaskInfo, TaskPort
 from navstar.namespaces import remove_namespace
 
 NODE_IP = "10.77.0.1"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from control.ipam import OverlayIpam
-from control.view import AgentInfo, ClusterView
+from cluster.ipam import OverlayIpam
+from cluster.view import AgentInfo, ClusterView
 from overlay.agent import OverlayAgent
 from overlay.container import host_ifname
 from overlay.netfilter import IptablesNetfilter

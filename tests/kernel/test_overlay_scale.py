@@ -11,8 +11,8 @@ import time
 
 from prometheus_client import CollectorRegistry
 
-from control.ipam import OverlayIpam
-from control.view import AgentInfo, ClusterView, OverlayConfig
+from cluster.ipam import OverlayIpam
+from cluster.view import AgentInfo, ClusterView, OverlayConfig
 from overlay.desired import desired_state
 from overlay.metrics import OverlayMetrics
 from overlay.netlink import PyRoute2Netlink

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from control.ipam import AddressPoolExhausted, ContainerIpam, IpamError, OverlayIpam, vtep_mac
-from control.view import OverlayConfig
+from cluster.ipam import AddressPoolExhausted, ContainerIpam, IpamError, OverlayIpam, vtep_mac
+from cluster.view import OverlayConfig
 
 
 def test_first_agent_gets_dcos_defaults() -> None:

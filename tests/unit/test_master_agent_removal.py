@@ -22,8 +22,8 @@ async def test_removed_agent_frees_its_overlay_subnet_and_tasks_move():
 
 
 def test_overlay_settings_reach_the_view(tmp_path):
+    from cluster.view import OverlayConfig
     from control.master import Master
-    from control.view import OverlayConfig
 
     master = Master(state_dir=str(tmp_path), overlay=OverlayConfig(subnet="10.200.0.0/16", vni=77, mtu=1400))
     view = master.view()

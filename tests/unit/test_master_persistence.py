@@ -132,7 +132,8 @@ async def test_task_decided_but_never_sent_is_lost_and_replaced_after_restart(tm
 
 
 def test_named_vip_labels_and_address_reuse():
-    from control.vips import VipAllocator, named_vip
+    from cluster.vip_labels import named_vip
+    from control.vips import VipAllocator
 
     assert named_vip("VIP_0", "/shop/web:80") == "/shop/web"
     assert named_vip("vip_1", "db:5432") == "/db"

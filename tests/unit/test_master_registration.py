@@ -4,10 +4,10 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from cluster.view import OverlayConfig
 from control.agent_client import FakeAgents
 from control.master import Master
 from control.registry import PortRange
-from control.view import OverlayConfig
 from tests.unit.master_harness import registration
 
 

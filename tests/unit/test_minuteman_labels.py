@@ -1,6 +1,6 @@
 import pytest
 
-from minuteman.labels import (
+from cluster.vip_labels import (
     VipLabelError,
     dns_label,
     is_vip_label_key,

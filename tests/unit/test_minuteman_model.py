@@ -1,4 +1,4 @@
-from control.view import AgentInfo, ClusterView, TaskInfo, TaskPort
+from cluster.view import AgentInfo, ClusterView, TaskInfo, TaskPort
 from minuteman.dataplane import Backend, VipKey
 from minuteman.model import vip_model
 
@@ -112,7 +112,7 @@ def test_framework_is_part_of_the_name_and_address_key():
 
 
 def test_bridge_task_on_this_node_is_reached_at_its_container_address():
-    from control.view import AgentInfo, ClusterView, TaskInfo, TaskPort
+    from cluster.view import AgentInfo, ClusterView, TaskInfo, TaskPort
     from minuteman.model import vip_model
 
     task = TaskInfo(task_id="nginx.1", app_id="/nginx", name="nginx", agent_id="agent-1",

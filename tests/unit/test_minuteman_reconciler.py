@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from starlette.applications import Starlette
 from typer.testing import CliRunner
 
-from control.view import AgentInfo, ClusterView, TaskInfo, TaskPort
+from cluster.view import AgentInfo, ClusterView, TaskInfo, TaskPort
 from minuteman.dataplane import Backend, FakeDataplane, VipKey
 from minuteman.health import HealthConfig
 from minuteman.maglev import maglev_table

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from control.ipam import AddressPoolExhausted
+from cluster.ipam import AddressPoolExhausted
 from overlay.agent import OverlayAgent
 from overlay.container import ContainerNetworkError, host_ifname
 from overlay.desired import OverlayNotReady

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from control.ipam import OverlayIpam
-from control.view import AgentInfo, ClusterView, OverlayAllocation, OverlayConfig
+from cluster.ipam import OverlayIpam
+from cluster.view import AgentInfo, ClusterView, OverlayAllocation, OverlayConfig
 from overlay.desired import OverlayNotReady, desired_state, plan_mtu
 from overlay.netlink import FdbEntry, Neighbour, Route, Rule
 
