@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 from cluster import addresses
 from cluster.tasks import TaskState
 
-__all__ = ["AgentInfo", "ClusterView", "OverlayAllocation", "OverlayConfig", "TaskInfo", "TaskPort", "TaskState",
+__all__ = ["AgentInfo", "ClusterView", "FrameworkInfo", "OverlayAllocation", "OverlayConfig", "TaskInfo", "TaskPort", "TaskState",
            "protocols_of"]
 
 
@@ -49,6 +49,7 @@ class AgentInfo(BaseModel):
     agent_id: str
     hostname: str
     ip: str                 # underlay IP
+    port: int = addresses.AGENT_API_PORT     # the agent's API (Mesos' ``slave(1)@ip:port``)
     reachable: bool = True
     overlay: OverlayAllocation | None = None
 
@@ -88,9 +89,24 @@ class TaskInfo(BaseModel):
     labels: dict[str, str] = Field(default_factory=dict)    # task labels (e.g. vip_port0)
 
 
+class FrameworkInfo(BaseModel):
+    """A framework whose tasks are in the view (Mesos-DNS names them ``<task>.<framework>.mesos``)."""
+
+    framework_id: str
+    name: str = "marathon"
+    hostname: str                       # where its scheduler runs
+    ip: str
+    port: int = addresses.MARATHON_PORT
+
+
 class ClusterView(BaseModel):
+    """Everything a node needs: overlay peers, VIP backends and the data its DNS records come
+    from (Mesos-DNS's rules applied to agents, frameworks and tasks), in one document."""
+
     version: int = 0
     master_ip: str = "127.0.0.1"
+    master_port: int = addresses.MESOS_MASTER_PORT
+    frameworks: list[FrameworkInfo] = Field(default_factory=list)
     agents: list[AgentInfo] = Field(default_factory=list)
     tasks: list[TaskInfo] = Field(default_factory=list)
     # Named VIPs → allocated address from 11.0.0.0/8, keyed "<framework>:<label>" (e.g. "marathon:/web").

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from cluster.ipam import IpamError, OverlayIpam
-from cluster.view import AgentInfo, ClusterView, OverlayConfig, TaskInfo
+from cluster.view import AgentInfo, ClusterView, FrameworkInfo, OverlayConfig, TaskInfo
 from cluster.vip_labels import named_vip, vip_label_problems
 from control.agent.images import ImageMap
 from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
@@ -128,19 +128,27 @@ class Master:
             log.warning("app %s: %s", problem.app_id, problem.message)
             self.events.publish("vip_label_problem_event", appId=problem.app_id, message=problem.message)
 
+    @property
+    def marathon_framework_id(self) -> str:
+        """Marathon's Mesos framework id, as ``/master/state`` and the view name it."""
+        return f"{self.master_id}-0000"
+
     def view(self) -> ClusterView:
         if self._view_cache is not None and self._view_cache.version == self.view_version:
             return self._view_cache
         agents = [
             AgentInfo(agent_id=r.registration.agent_id, hostname=r.registration.hostname, ip=r.registration.ip,
-                      reachable=r.reachable, overlay=self.ipam.get(r.registration.agent_id))
+                      port=r.registration.port, reachable=r.reachable, overlay=self.ipam.get(r.registration.agent_id))
             for r in self.registry.all()]
         tasks = [
             TaskInfo(task_id=t.task_id, app_id=t.app_id, name=_task_name(t.app_id), agent_id=t.agent_id,
                      agent_ip=t.agent_ip, state=t.state, healthy=t.healthy, network=t.network,  # type: ignore[arg-type]
                      ip_addresses=t.ip_addresses, ports=t.ports, labels=t.labels)
             for t in sorted(self.scheduler.tasks.values(), key=lambda t: t.task_id) if t.state in LIVE_STATES]
-        self._view_cache = ClusterView(version=self.view_version, master_ip=self.advertise_ip, agents=agents,
+        marathon = FrameworkInfo(framework_id=self.marathon_framework_id, name="marathon", hostname=self.advertise_ip,
+                                 ip=self.advertise_ip, port=self.marathon_port)
+        self._view_cache = ClusterView(version=self.view_version, master_ip=self.advertise_ip,
+                                       master_port=self.mesos_port, frameworks=[marathon], agents=agents,
                                        tasks=tasks, vip_addresses=dict(self.vips.allocations),
                                        overlay=self.overlay)
         return self._view_cache

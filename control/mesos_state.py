@@ -82,7 +82,7 @@ def task_json(task: TaskRecord, framework_id: str) -> dict[str, Any]:
 def mesos_state(master: Master) -> dict[str, Any]:
     ip, port = master.advertise_ip, master.mesos_port
     scheduler = master.scheduler
-    framework_id = f"{master.master_id}-0000"
+    framework_id = master.marathon_framework_id
     slaves = []
     for record in master.registry.all():
         reg = record.registration
