@@ -32,7 +32,7 @@ from overlay.agent import OverlayAgent
 from overlay.desired import desired_state
 from overlay.metrics import OverlayMetrics
 from overlay.netfilter import IptablesNetfilter
-from overlay.netlink import PyRoute2Netlink
+from overlay.netlink_kernel import PyRoute2Netlink
 from overlay.reconciler import OverlayReconciler
 from overlay.testbed import Testbed
 

@@ -43,7 +43,7 @@ from navstar import logs
 from navstar.localnet import ensure_loopback_addresses
 from navstar.servers import Listen, serve
 from overlay.agent import OverlayAgent
-from overlay.netlink import PyRoute2Netlink
+from overlay.netlink_kernel import PyRoute2Netlink
 from spartan_dns.records import MesosStateError, generate
 from spartan_dns.service import DnsService
 

@@ -21,7 +21,7 @@ from cluster.view import AgentInfo, ClusterView
 from overlay.agent import OverlayAgent
 from overlay.container import host_ifname
 from overlay.netfilter import IptablesNetfilter
-from overlay.netlink import PyRoute2Netlink
+from overlay.netlink_kernel import PyRoute2Netlink
 from overlay.testbed import Testbed
 
 SERVER = """

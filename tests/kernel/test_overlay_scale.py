@@ -15,7 +15,7 @@ from cluster.ipam import OverlayIpam
 from cluster.view import AgentInfo, ClusterView, OverlayConfig
 from overlay.desired import desired_state
 from overlay.metrics import OverlayMetrics
-from overlay.netlink import PyRoute2Netlink
+from overlay.netlink_kernel import PyRoute2Netlink
 from overlay.reconciler import OverlayReconciler
 
 PEERS = 1000

@@ -14,7 +14,7 @@ from overlay.agent import OverlayAgent
 from overlay.container import ContainerNetworkError, host_ifname
 from overlay.desired import OverlayNotReady
 from overlay.netfilter import FakeNetfilter, NatRules, PortMapping, parse, render
-from overlay.netlink import FakeNetlink
+from overlay.netlink_fake import FakeNetlink
 from tests.unit.test_overlay_desired import make_view
 
 UNDERLAY = "198.18.7.11"

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from overlay.netlink import Change, FdbEntry, Neighbour, Route, Rule, TemplateEncoder, _encode
+from overlay.netlink import Change, FdbEntry, Neighbour, Route, Rule
+from overlay.netlink_kernel import ChangeEncoder, _encode
 
 ipv4 = st.ip_addresses(v=4).map(str)
 mac = st.binary(min_size=6, max_size=6).map(lambda b: ":".join(f"{x:02x}" for x in b))
@@ -30,7 +31,7 @@ def entries(draw):
 @given(st.lists(st.tuples(entries(), st.sampled_from(["add", "delete"]), st.integers(1, 5000),
                           st.integers(1, 2**31 - 1)), min_size=1, max_size=20))
 def test_template_bytes_equal_pyroute2_bytes(items) -> None:
-    encoder = TemplateEncoder()        # shared across items: prototypes are reused
+    encoder = ChangeEncoder()        # shared across items: prototypes are reused
     for entry, action, index, seq in items:
         change = Change(action, entry)
         assert encoder.encode(change, index, seq) == _encode(change, index, seq)

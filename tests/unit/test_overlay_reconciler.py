@@ -9,7 +9,8 @@ from prometheus_client import CollectorRegistry
 
 from overlay.desired import desired_state
 from overlay.metrics import OverlayMetrics
-from overlay.netlink import FakeNetlink, FdbEntry, Neighbour, Route, Rule
+from overlay.netlink import FdbEntry, Neighbour, Route, Rule
+from overlay.netlink_fake import FakeNetlink
 from overlay.reconciler import OverlayReconciler
 from tests.unit.test_overlay_desired import make_view
 
@@ -47,19 +48,19 @@ def test_second_pass_changes_nothing(metrics: OverlayMetrics) -> None:
     kernel = FakeNetlink()
     reconciler = OverlayReconciler(kernel, metrics)
     reconciler.reconcile(desired())
-    writes = kernel.writes
+    mark = len(kernel.calls)
     result = reconciler.reconcile(desired())
     assert result.ok and result.changes == 0
-    assert kernel.writes == writes
+    assert kernel.called(mark) == ["read"]        # asked for nothing, not "asked for what was there"
 
 
 def test_adopts_what_a_previous_run_left(metrics: OverlayMetrics) -> None:
     kernel = FakeNetlink()
     OverlayReconciler(kernel, metrics).reconcile(desired())
-    writes = kernel.writes
+    mark = len(kernel.calls)
     # a new process, a new reconciler: nothing rebuilt
     result = OverlayReconciler(kernel, metrics).reconcile(desired())
-    assert result.changes == 0 and kernel.writes == writes
+    assert result.changes == 0 and kernel.called(mark) == ["read"]
 
 
 def test_repairs_drift_and_counts_it(metrics: OverlayMetrics) -> None:
@@ -71,8 +72,14 @@ def test_repairs_drift_and_counts_it(metrics: OverlayMetrics) -> None:
     kernel.fdb.discard(FdbEntry("70:b3:d5:80:00:03", "198.18.7.13"))
     kernel.routes[("198.18.7.12/32", 42)] = "44.128.0.9"        # altered by hand
     kernel.links["m-dcos"] = replace(kernel.links["m-dcos"], mtu=9000)
+    mark = len(kernel.calls)
     result = reconciler.reconcile(desired())
     assert result.ok and result.repairs == 5
+    asked = kernel.calls[mark:]
+    assert [c.method for c in asked] == ["read", "update_link", "apply"]
+    assert asked[1].args[0].name == "m-dcos"
+    assert sorted((c.action, type(c.entry).__name__) for c in asked[2].args[1]) == [
+        ("add", "FdbEntry"), ("add", "Neighbour"), ("add", "Route"), ("add", "Route")]
     assert kernel.routes[("9.0.2.0/24", 254)] == "44.128.0.3"
     assert kernel.routes[("198.18.7.12/32", 42)] == "44.128.0.2"
     assert kernel.neighbours["44.128.0.2"] == "70:b3:d5:80:00:02"
