@@ -24,6 +24,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from cluster.view import ClusterView, OverlayAllocation, OverlayConfig
+from kernel.offloop import KernelThread
 from overlay.container import DEFAULT_HOST_PORTS, ContainerAttachment, ContainerNetworks
 from overlay.desired import BRIDGES, DesiredState, OverlayNotReady, desired_state, plan_mtu
 from overlay.metrics import OverlayMetrics
@@ -61,6 +62,8 @@ class OverlayAgent:
         self._view: ClusterView | None = None
         self._nat_programmed: NatRules | None = None
         self._lock = threading.RLock()
+        # Where passes run for coroutines (kernel.offloop): one at a time, off the loop.
+        self._kernel_thread = KernelThread("overlay-agent")
         self._load()
 
     # -- the cluster view
@@ -93,11 +96,15 @@ class OverlayAgent:
             self.last_result = result
             return result
 
+    async def apply_view(self, view: ClusterView) -> ReconcileResult:
+        """``on_view`` for a coroutine: the pass runs on the overlay's kernel thread."""
+        return await self._kernel_thread.run(self.on_view, view)
+
     async def run(self) -> None:
         """Reconcile every ``reconcile_interval`` seconds, off the event loop, until cancelled."""
         while True:
             try:
-                await asyncio.to_thread(self.reconcile)
+                await self._kernel_thread.run(self.reconcile)
             except Exception:   # a bug must not end drift repair for good
                 log.exception("overlay: reconcile pass failed")
             await asyncio.sleep(self.reconcile_interval)

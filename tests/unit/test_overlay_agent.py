@@ -166,6 +166,12 @@ def test_nat_drift_is_repaired(tmp_path: Path) -> None:
     assert result.repairs == 1 and agent.netfilter.rules.port_mappings
 
 
+async def test_apply_view_programs_from_a_coroutine(tmp_path: Path) -> None:
+    agent = make_agent(tmp_path)
+    result = await agent.apply_view(make_view(2))
+    assert result.ok and set(agent.netlink.neighbours) == {"44.128.0.2"}
+
+
 async def test_run_repairs_on_its_period(tmp_path: Path) -> None:
     agent = make_agent(tmp_path, reconcile_interval=0.05)
     agent.on_view(make_view(3))
