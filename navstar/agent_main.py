@@ -46,6 +46,7 @@ from overlay.agent import OverlayAgent
 from overlay.netlink_kernel import PyRoute2Netlink
 from spartan_dns.records import MesosStateError, generate
 from spartan_dns.service import DnsService
+from spartan_dns.view_state import state_of_view
 
 log = logging.getLogger("navstar.agent")
 
@@ -202,13 +203,15 @@ class NodeAgent:
             self.dns.set_vips(self.lb.programmed_names())
 
     async def _refresh_records(self, view: ClusterView) -> None:
-        state = await self.link.fetch_json("/master/state")
-        if state is None or view.version < self._records_version:
-            return
+        """Mesos-DNS records from the view itself (the agent's one source of cluster data),
+        generated off the loop; a view older than the one already served is dropped."""
         try:
-            records = generate(state, masters=[f"{view.master_ip}:5050"], listener=self.opts.ip)
+            records = await asyncio.to_thread(
+                generate, state_of_view(view), masters=[f"{view.master_ip}:{view.master_port}"], listener=self.opts.ip)
         except (MesosStateError, ValueError) as exc:
-            log.warning("master state gave no DNS records: %s", exc)
+            log.warning("cluster view %d gave no DNS records: %s", view.version, exc)
+            return
+        if view.version < self._records_version:
             return
         self._records_version = view.version
         self.dns.set_mesos_records(records)

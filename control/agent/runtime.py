@@ -110,12 +110,5 @@ class MasterLink:
                 log.info("master unreachable, keeping view %d: %s", version, exc)
             await asyncio.sleep(1.0)
 
-    async def fetch_json(self, path: str) -> dict | None:
-        try:
-            resp = await self._client.get(f"{self.master_url}{path}")
-            return resp.json() if resp.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
-            return None
-
     async def close(self) -> None:
         await self._client.aclose()
