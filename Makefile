@@ -5,7 +5,7 @@ NAVSTAR := $(VENV)/bin/navstar
 AGENTS ?= 3
 LB ?= auto
 
-.PHONY: setup lab lab-down test lint unit kernel e2e bench clean
+.PHONY: setup lab lab-down test lint typecheck unit kernel e2e bench clean
 
 setup:
 	@scripts/setup.sh
@@ -21,9 +21,14 @@ lab-down:
 lint: setup
 	$(VENV)/bin/ruff check .
 
-# ruff, then the whole suite; pytest prints its summary line and its exit code is ours.
+# The contract package and the seams, strictly typed (the list is in pyproject.toml).
+typecheck: setup
+	$(PY) -m mypy
+
+# ruff, mypy, then the whole suite; pytest prints its summary line and its exit code is ours.
 test: setup
 	$(VENV)/bin/ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest -q tests
 
 unit: setup

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
+from typing import Any
 
 from cluster.addresses import VTEP_MAC_PREFIX
 from cluster.view import OverlayAllocation, OverlayConfig
@@ -124,7 +125,7 @@ class OverlayIpam:
             self._subnets_used.pop(allocation.subnet, None)
 
     # -- persistence
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         return {
             "version": SNAPSHOT_VERSION,
             "config": self.config.model_dump(),
@@ -133,7 +134,7 @@ class OverlayIpam:
         }
 
     @classmethod
-    def restore(cls, data: dict, config: OverlayConfig | None = None) -> OverlayIpam:
+    def restore(cls, data: dict[str, Any], config: OverlayConfig | None = None) -> OverlayIpam:
         """Rebuild from ``snapshot()``. ``config`` (default: the one in the snapshot) must contain
         every restored allocation; a conflict raises ``IpamError`` naming the agent and field."""
         if not isinstance(data, dict) or data.get("version") != SNAPSHOT_VERSION:
@@ -248,12 +249,12 @@ class ContainerIpam:
         if address is not None:
             self._used.pop(address, None)
 
-    def snapshot(self) -> dict:
+    def snapshot(self) -> dict[str, Any]:
         return {"pool": str(self.pool), "name": self.name, "next": str(ipaddress.IPv4Address(self._next)),
                 "owners": dict(sorted(self._owners.items()))}
 
     @classmethod
-    def restore(cls, data: dict) -> ContainerIpam:
+    def restore(cls, data: dict[str, Any]) -> ContainerIpam:
         if not isinstance(data, dict) or "pool" not in data:
             raise IpamError("snapshot: expected a dict with 'pool'")
         ipam = cls(data["pool"], name=data.get("name"))
