@@ -126,7 +126,7 @@ def child_agent(count: int, state: str, queues: int | None, pin: bool, nice: int
         assert not result.errors, list(result.errors.items())[:3]
         # Served as the agent serves it: the reconciler's loop (health polled every 0.1 s,
         # drift repair) runs alongside the packets.
-        lb = LoadBalancer(dataplane, registry=None)
+        lb = LoadBalancer(dataplane)
         runner = asyncio.create_task(lb.run())
         await asyncio.sleep(0.2)     # the workers have the table (sent before apply returned)
         print(json.dumps({"build": built - started, "apply": applied - built, "reapply": again - applied}),

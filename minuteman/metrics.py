@@ -6,6 +6,9 @@ navstar_minuteman_backends{vip,protocol,state}                    backends by st
 navstar_minuteman_vips{status}                                    VIPs programmed / in error / pending
 navstar_minuteman_drift_repairs_total                             re-applies after the kernel drifted
 navstar_minuteman_reconcile_duration_seconds                      time to apply a table (histogram)
+
+The composition root makes one per load balancer and registers it; the load balancer knows
+nothing of Prometheus (it only calls its ``apply_listeners``).
 """
 
 from __future__ import annotations
@@ -24,16 +27,20 @@ STATES = ("up", "quarantined", "draining", "unhealthy", "unreachable")
 
 
 class MinutemanMetrics:
-    def __init__(self, lb: LoadBalancer, registry: CollectorRegistry | None) -> None:
+    def __init__(self, lb: LoadBalancer, registry: CollectorRegistry | None = None) -> None:
+        """Collects from ``lb`` at scrape time; registers in ``registry`` if one is given."""
         self._lb = lb
-        self._registry = registry
+        self._registry: CollectorRegistry | None = None
         self.reconcile_duration = Histogram(
             "navstar_minuteman_reconcile_duration_seconds", "Time to apply the VIP table to the dataplane",
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5), registry=None)
+        lb.apply_listeners.append(self.reconcile_duration.observe)
         if registry is not None:
             registry.register(self)
+            self._registry = registry
 
     def unregister(self) -> None:
+        """Leave the registry (idempotent)."""
         if self._registry is not None:
             self._registry.unregister(self)
             self._registry = None

@@ -647,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         dataplane = NfqueueDataplane(node_ip=args.node_ip, queue=args.queue, queues=args.queues, pin=args.pin,
                                      state_path=args.state_file)
         await dataplane.start()      # workers reading their queues before "ready"
-        lb = LoadBalancer(dataplane, balancing=args.balancing, registry=None)
+        lb = LoadBalancer(dataplane, balancing=args.balancing)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
@@ -658,8 +658,10 @@ def main(argv: list[str] | None = None) -> int:
             import uvicorn
             from starlette.applications import Starlette
 
+            from minuteman.api import vip_routes
+
             host, port = args.api.rsplit(":", 1)
-            server = uvicorn.Server(uvicorn.Config(Starlette(routes=lb.http_routes()), host=host,
+            server = uvicorn.Server(uvicorn.Config(Starlette(routes=vip_routes(lb)), host=host,
                                                    port=int(port), log_level="warning"))
             asyncio.create_task(server.serve())
         while not stop.is_set():

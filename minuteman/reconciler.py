@@ -14,19 +14,14 @@ import inspect
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from prometheus_client import REGISTRY, CollectorRegistry
-from starlette.applications import Starlette
-from starlette.routing import Route
-
 from cluster.view import ClusterView
-from minuteman import api
 from minuteman.dataplane import Backend, Dataplane, VipEntry, VipKey
 from minuteman.health import BackendHealth, HealthConfig
 from minuteman.maglev import DEFAULT_MIN_TABLE_SIZE, maglev_table
-from minuteman.metrics import MinutemanMetrics
 from minuteman.model import Problem, Vip, VipModel, vip_model
 
 log = logging.getLogger("navstar.minuteman")
@@ -49,7 +44,7 @@ class LbStatus:
 class LoadBalancer:
     def __init__(self, dataplane: Dataplane, *, balancing: Balancing = "maglev",
                  health: HealthConfig | None = None, min_table_size: int = DEFAULT_MIN_TABLE_SIZE,
-                 registry: CollectorRegistry | None = REGISTRY, node_ip: str | None = None) -> None:
+                 node_ip: str | None = None) -> None:
         if balancing not in ("maglev", "p2c"):
             raise ValueError(f"balancing: expected 'maglev' or 'p2c', got {balancing!r}")
         self.dataplane = dataplane
@@ -68,7 +63,8 @@ class LoadBalancer:
         self._programmed: set[VipKey] = set(self._desired)
         self._out: frozenset[Backend] = frozenset()
         self.status.adopted = len(self._desired)
-        self.metrics = MinutemanMetrics(self, registry)
+        # Called with each apply's duration in seconds (the metrics' histogram subscribes here).
+        self.apply_listeners: list[Callable[[float], None]] = []
         if self._desired:
             log.info("adopted %d VIPs from the %s dataplane", len(self._desired), dataplane.name)
 
@@ -106,7 +102,9 @@ class LoadBalancer:
             self._programmed = set()
             return
         finally:
-            self.metrics.reconcile_duration.observe(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            for listener in self.apply_listeners:
+                listener(elapsed)
         self.status.applies += 1
         self.status.last_apply = time.time()
         for key, message in result.errors.items():
@@ -203,7 +201,6 @@ class LoadBalancer:
             await asyncio.sleep(HEALTH_POLL_INTERVAL)
 
     def close(self, keep_kernel_state: bool = True) -> None:
-        self.metrics.unregister()
         with self._lock:       # after an apply or repair still running on a worker thread
             self.dataplane.close(keep_kernel_state=keep_kernel_state)
 
@@ -248,11 +245,3 @@ class LoadBalancer:
                             for b in sorted({i.backend for i in vip.backends})],
             })
         return out
-
-    def http_routes(self) -> list[Route]:
-        """``/v1/vips`` for the agent's local API (127.0.0.1:62080)."""
-        return api.vip_routes(self)
-
-    def legacy_app(self) -> Starlette:
-        """The legacy minuteman API (``:61421/vips``)."""
-        return api.legacy_app(self)

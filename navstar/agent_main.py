@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,8 +36,10 @@ from control.agent.runtime import MasterLink
 from control.auth import read_secret
 from control.protocol import HealthCheckSpec, TaskLaunch
 from control.registry import AgentRegistration, AgentResources, PortRange
+from minuteman import api as vip_api
 from minuteman.dataplane import Dataplane
 from minuteman.health import HealthConfig
+from minuteman.metrics import MinutemanMetrics
 from minuteman.reconciler import LoadBalancer
 from navstar import logs
 from navstar.localnet import ensure_loopback_addresses
@@ -139,6 +141,7 @@ class NodeAgent:
         self._loop_thread: int | None = None
         self.dataplane: Dataplane | None = None
         self.lb: LoadBalancer | None = None
+        self.lb_metrics: MinutemanMetrics | None = None
         self.dns = DnsService(list(opts.dns_listen), opts.dns_port, upstreams=opts.upstreams,
                               forward_zones=opts.forward_zones or None, node_ip=opts.ip,
                               resolv_conf=opts.resolv_conf)
@@ -232,7 +235,7 @@ class NodeAgent:
         """``/v1/vips`` (minuteman) and the Mesos-DNS-style ``/v1/version|hosts|services|records``."""
         routes = list(self.dns.http_routes())
         if self.lb is not None:
-            routes += self.lb.http_routes()
+            routes += vip_api.vip_routes(self.lb)
         return Starlette(routes=routes)
 
     @staticmethod
@@ -248,6 +251,7 @@ class NodeAgent:
         self.dataplane = await make_dataplane(self.opts)
         self.lb = LoadBalancer(self.dataplane, node_ip=self.opts.ip, balancing=self.opts.balancing,
                                health=self.opts.health)
+        self.lb_metrics = MinutemanMetrics(self.lb, REGISTRY)
         log.info("VIP dataplane: %s", self.dataplane.name)
 
     async def run(self) -> None:
@@ -265,7 +269,7 @@ class NodeAgent:
                  (agent_api(self.opts.agent_id, self.executor, self.secret, self._on_launch),
                   Listen.parse(self.opts.agent_listen)),
                  (self.metrics_app(), metrics),
-                 (self.lb.legacy_app(), Listen.parse(self.opts.legacy_vips_listen))],
+                 (vip_api.legacy_app(self.lb), Listen.parse(self.opts.legacy_vips_listen))],
                 background=[self.link.run(), self.link.watch_view(self.on_view), self.executor.run(),
                             self.overlay.run(), self.lb.run()],
             )
@@ -273,6 +277,7 @@ class NodeAgent:
             # Kernel state stays for a restarted agent to adopt: established flows continue, and with
             # eBPF new VIP connections too (NFQUEUE rejects new ones until the agent is back).
             self.lb.close(keep_kernel_state=True)
+            self.lb_metrics.unregister()
             await self.dns.stop()
 
 

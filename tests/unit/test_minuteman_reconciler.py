@@ -12,9 +12,11 @@ from starlette.applications import Starlette
 from typer.testing import CliRunner
 
 from cluster.view import AgentInfo, ClusterView, TaskInfo, TaskPort
+from minuteman.api import legacy_app, vip_routes
 from minuteman.dataplane import Backend, FakeDataplane, VipKey
 from minuteman.health import HealthConfig
 from minuteman.maglev import maglev_table
+from minuteman.metrics import MinutemanMetrics
 from minuteman.reconciler import LoadBalancer
 
 WEB = VipKey("11.0.0.1", 80, "tcp")
@@ -38,7 +40,7 @@ def b(n):
 
 @pytest.fixture
 def lb():
-    balancer = LoadBalancer(FakeDataplane(), registry=CollectorRegistry())
+    balancer = LoadBalancer(FakeDataplane())
     yield balancer
     balancer.close()
 
@@ -77,11 +79,11 @@ def test_draining_and_unhealthy(lb):
 
 def test_adopts_kernel_state_and_serves_it_until_the_first_view():
     dp = FakeDataplane()
-    first = LoadBalancer(dp, registry=None)
+    first = LoadBalancer(dp)
     first.on_view(view(task(1), task(2)))
     first.close()                     # keep_kernel_state: the table stays
     writes = dp.writes
-    second = LoadBalancer(dp, registry=None)
+    second = LoadBalancer(dp)
     assert second.status.adopted == 1
     assert not second.repair() and not second.poll_health()   # nothing torn down before a view
     second.on_view(view(task(1), task(2)))
@@ -128,7 +130,7 @@ class OutcomeDataplane(FakeDataplane):
 
 def test_passively_failing_backend_is_taken_out_then_all_out_fails_open():
     dp = OutcomeDataplane()
-    lb = LoadBalancer(dp, health=HealthConfig(failures=3), registry=None)
+    lb = LoadBalancer(dp, health=HealthConfig(failures=3))
     lb.on_view(view(task(1), task(2)))
     dp.outcomes = [(b(1), False)] * 3
     assert lb.poll_health()
@@ -140,11 +142,11 @@ def test_passively_failing_backend_is_taken_out_then_all_out_fails_open():
 
 
 def test_p2c_leaves_the_lookup_empty():
-    lb = LoadBalancer(FakeDataplane(), balancing="p2c", registry=None)
+    lb = LoadBalancer(FakeDataplane(), balancing="p2c")
     lb.on_view(view(task(1), task(2)))
     assert lb.dataplane.table[WEB].lookup == () and len(lb.dataplane.table[WEB].backends) == 2
     with pytest.raises(ValueError, match="balancing"):
-        LoadBalancer(FakeDataplane(), balancing="round-robin", registry=None)
+        LoadBalancer(FakeDataplane(), balancing="round-robin")
 
 
 def test_label_problems_are_status(lb, caplog):
@@ -160,7 +162,7 @@ def client(app):
 async def test_http_api_shapes_and_bad_input(lb):
     lb.on_view(view(task(1), task(3, vip="1.2.3.4:5000")))
     lb.dataplane.counts[(WEB, b(1))] = 7
-    api = client(Starlette(routes=lb.http_routes()))
+    api = client(Starlette(routes=vip_routes(lb)))
     assert (await api.get("/v1/vips")).json() == [
         {"vip": "1.2.3.4:5000", "protocol": "tcp", "backend": [{"ip": "198.18.0.11", "port": 31003}]},
         {"vip": "web.marathon.l4lb.thisdcos.directory:80", "protocol": "tcp",
@@ -171,13 +173,14 @@ async def test_http_api_shapes_and_bad_input(lb):
     bad = await api.get("/v1/vips?detail=maybe")
     assert bad.status_code == 400 and "detail" in bad.json()["error"]
     assert (await api.get("/v1/vips?vip=x")).status_code == 400
-    legacy = (await client(lb.legacy_app()).get("/vips")).json()
+    legacy = (await client(legacy_app(lb)).get("/vips")).json()
     assert legacy["vips"]["11.0.0.1:80"]["198.18.0.11:31001"]["total_successes"] == 7
 
 
 def test_metrics():
     registry = CollectorRegistry()
-    lb = LoadBalancer(FakeDataplane(), registry=registry)
+    lb = LoadBalancer(FakeDataplane())
+    metrics = MinutemanMetrics(lb, registry)
     lb.on_view(view(task(1), task(2, state="TASK_KILLING")))
     lb.dataplane.counts[(WEB, b(1))] = 3
     text = generate_latest(registry).decode()
@@ -186,7 +189,7 @@ def test_metrics():
     assert f'navstar_minuteman_backends{{protocol="tcp",state="draining",{vip}}} 1.0' in text
     assert 'navstar_minuteman_vips{status="programmed"} 1.0' in text
     assert "navstar_minuteman_reconcile_duration_seconds_count 1.0" in text
-    lb.close()
+    metrics.unregister()
     assert "navstar_minuteman" not in generate_latest(registry).decode()
 
 
@@ -221,7 +224,7 @@ def test_cli_lists_vips_from_a_real_agent_api(lb):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=lb.http_routes()), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(Starlette(routes=vip_routes(lb)), host="127.0.0.1", port=port,
                                            log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
