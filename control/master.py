@@ -1,38 +1,27 @@
-"""The master: agent registry, scheduler, cluster view and persistence behind two HTTP ports.
+"""The master: agent registry, scheduler, cluster view, named VIPs and persistence.
 
-``mesos_app()`` (default :5050): agent registration, heartbeats and task statuses, the cluster
-view agents long-poll (``/v1/view``), Mesos ``/master/state``. ``marathon_app()`` (default
-:8080): the Marathon REST API (``control/marathon_api.py``). ``background()`` gives the loops the
-composition root runs next to the servers: the scheduler cycle and the agent pinger.
+The domain object its HTTP faces (``control/http``) take: it holds no routes. ``background()``
+gives the loops the composition root runs next to the servers: the scheduler cycle and the
+agent pinger.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from pydantic import ValidationError
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
-
-from cluster.ipam import IpamError, OverlayIpam
+from cluster.ipam import OverlayIpam
 from cluster.view import AgentInfo, ClusterView, FrameworkInfo, OverlayConfig, TaskInfo
 from cluster.vip_labels import named_vip, vip_label_problems
 from control.agent.images import ImageMap
 from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
-from control.api_auth import TokenAuth
 from control.drf import Allocator
 from control.events import EventBus
-from control.master_metrics import MasterMetrics
-from control.mesos_state import mesos_state
+from control.marathon_models import marathon_task_name
 from control.protocol import TaskStatus
 from control.registry import AgentRegistration, AgentRegistry
 from control.scheduler import Scheduler
@@ -61,7 +50,7 @@ class Master:
         # Without --mesos-listen host the address is learnt from the first request that reaches
         # us over a real interface (what agents and operators connect to).
         self.advertise_ip = advertise_ip or "127.0.0.1"
-        self._learn_address = advertise_ip is None
+        self.learning_address = advertise_ip is None
         self.mesos_port = mesos_port
         self.marathon_port = marathon_port
         self.store = Store(state_dir)
@@ -85,7 +74,6 @@ class Master:
         self._view_cache: ClusterView | None = None
         self.rejected_statuses = 0
         self._load()
-        self.metrics = MasterMetrics(self)
 
     # ---- state ---------------------------------------------------------------------------
     def _load(self) -> None:
@@ -128,6 +116,13 @@ class Master:
             log.warning("app %s: %s", problem.app_id, problem.message)
             self.events.publish("vip_label_problem_event", appId=problem.app_id, message=problem.message)
 
+    def learn_address(self, host: str) -> None:
+        """The address clients reach us on, learnt once (without ``--mesos-listen`` host)."""
+        if self.learning_address and host != self.advertise_ip:
+            self.advertise_ip = host
+            self.view_changed()
+        self.learning_address = False
+
     @property
     def marathon_framework_id(self) -> str:
         """Marathon's Mesos framework id, as ``/master/state`` and the view name it."""
@@ -141,7 +136,7 @@ class Master:
                       port=r.registration.port, reachable=r.reachable, overlay=self.ipam.get(r.registration.agent_id))
             for r in self.registry.all()]
         tasks = [
-            TaskInfo(task_id=t.task_id, app_id=t.app_id, name=_task_name(t.app_id), agent_id=t.agent_id,
+            TaskInfo(task_id=t.task_id, app_id=t.app_id, name=marathon_task_name(t.app_id), agent_id=t.agent_id,
                      agent_ip=t.agent_ip, state=t.state, healthy=t.healthy, network=t.network,  # type: ignore[arg-type]
                      ip_addresses=t.ip_addresses, ports=t.ports, labels=t.labels)
             for t in sorted(self.scheduler.tasks.values(), key=lambda t: t.task_id) if t.state in LIVE_STATES]
@@ -177,10 +172,12 @@ class Master:
         self.store.put("allocations", "overlay", self.ipam.snapshot())
         if previous is None or not previous.reachable or previous.registration != registration:
             self.view_changed()
-        self.scheduler._spawn(self.scheduler.reconcile(registration.agent_id))
+        self.scheduler.reconcile_soon(registration.agent_id)
         self.scheduler.poke()
 
-    def _agent_seen(self, agent_id: str) -> bool:
+    def agent_heard(self, agent_id: str) -> bool:
+        """Something came from the agent (heartbeat, status, ping answer): it is reachable; one
+        back from unreachable is offered again and reconciled. Idempotent; False for an unknown agent."""
         record = self.registry.get(agent_id)
         if record is None:
             return False
@@ -189,10 +186,19 @@ class Master:
         if not was_reachable:
             log.info("agent %s is reachable again", agent_id)
             self.allocator.add_agent(agent_id, _totals(record.registration))
-            self.scheduler._spawn(self.scheduler.reconcile(agent_id))
+            self.scheduler.reconcile_soon(agent_id)
             self.view_changed()
             self.scheduler.poke()
         return True
+
+    async def task_status(self, agent_id: str, status: TaskStatus) -> str:
+        """One task status from an agent (which is thereby heard from). Returns what happened."""
+        self.agent_heard(agent_id)
+        return await self.scheduler.on_status(agent_id, status)
+
+    def count_rejected_agent_message(self) -> None:
+        """An agent sent garbage (counted in ``navstar_master_rejected_agent_messages_total``)."""
+        self.rejected_statuses += 1
 
     def remove_agent(self, agent_id: str, force: bool = False) -> str | None:
         """Removes an agent for good: its tasks are lost and replaced, its overlay allocation is
@@ -234,7 +240,7 @@ class Master:
         async def one(record) -> None:
             reg = record.registration
             if await self.agent_client.ping(AgentAddress(reg.agent_id, reg.ip, reg.port)):
-                self._agent_seen(reg.agent_id)
+                self.agent_heard(reg.agent_id)
 
         await asyncio.gather(*(one(r) for r in records))
 
@@ -252,108 +258,6 @@ class Master:
     def background(self) -> list[Coroutine[Any, Any, None]]:
         return [self.scheduler.run(), self.watch_agents()]
 
-    # ---- Mesos port ----------------------------------------------------------------------
-    async def _register(self, request: Request) -> JSONResponse:
-        try:
-            body = await request.json()
-        except ValueError:
-            return JSONResponse({"message": "malformed JSON"}, status_code=400)
-        try:
-            registration = AgentRegistration.model_validate(body)
-        except ValidationError as exc:
-            log.warning("rejected registration from %s: %s", request.client, exc.errors())
-            return JSONResponse({"message": "Object is not valid", "details": _details(exc)}, status_code=422)
-        try:
-            self.register_agent(registration)
-        except IpamError as exc:
-            log.warning("refused agent %s from %s: %s", registration.agent_id, registration.ip, exc)
-            return JSONResponse({"message": str(exc)}, status_code=409)
-        log.info("agent %s registered from %s", registration.agent_id, registration.ip)
-        return JSONResponse({"agent_id": registration.agent_id})
-
-    async def _heartbeat(self, request: Request) -> JSONResponse:
-        agent_id = request.path_params["agent_id"]
-        if not self._agent_seen(agent_id):
-            # Unknown (e.g. the master lost it): the agent re-registers on 404.
-            return JSONResponse({"message": f"agent {agent_id} is not registered"}, status_code=404)
-        return JSONResponse({"ok": True})
-
-    async def _status(self, request: Request) -> JSONResponse:
-        agent_id = request.path_params["agent_id"]
-        if self.registry.get(agent_id) is None:
-            return JSONResponse({"message": f"agent {agent_id} is not registered"}, status_code=404)
-        try:
-            body = await request.json()
-        except ValueError:
-            self.rejected_statuses += 1
-            log.warning("garbage status from %s (%s): not JSON", agent_id, request.client)
-            return JSONResponse({"message": "malformed JSON"}, status_code=400)
-        try:
-            status = TaskStatus.model_validate(body)
-        except ValidationError as exc:
-            self.rejected_statuses += 1
-            log.warning("garbage status from %s (%s): %s", agent_id, request.client, exc.errors())
-            return JSONResponse({"message": "Object is not valid", "details": _details(exc)}, status_code=422)
-        self._agent_seen(agent_id)
-        outcome = await self.scheduler.on_status(agent_id, status)
-        return JSONResponse({"task_id": status.task_id, "result": outcome})
-
-    async def _agents(self, _request: Request) -> JSONResponse:
-        return JSONResponse({"agents": self.registry.as_json()})
-
-    async def _remove_agent(self, request: Request) -> JSONResponse:
-        agent_id = request.path_params["agent_id"]
-        why_not = self.remove_agent(agent_id, force=request.query_params.get("force") == "true")
-        if why_not is None:
-            return JSONResponse({"agent_id": agent_id, "removed": True})
-        status = 404 if self.registry.get(agent_id) is None else 409
-        return JSONResponse({"message": why_not}, status_code=status)
-
-    async def _view(self, request: Request) -> JSONResponse:
-        try:
-            since = int(request.query_params.get("since", "0"))
-            wait = float(request.query_params.get("wait", "0"))
-        except ValueError:
-            return JSONResponse({"message": "since: expected an integer version, wait: expected seconds"},
-                                status_code=400)
-        view = await self.wait_view(since, wait)
-        return JSONResponse(view.model_dump())
-
-    async def _state(self, _request: Request) -> JSONResponse:
-        return JSONResponse(mesos_state(self))
-
-    async def _metrics(self, _request: Request) -> Response:
-        body, content_type = self.metrics.render()
-        return Response(body, media_type=content_type)
-
-    def mesos_app(self) -> Starlette:
-        app = Starlette(routes=[
-            Route("/ping", _pong),
-            Route("/v1/agents", self._register, methods=["POST"]),
-            Route("/v1/agents", self._agents, methods=["GET"]),
-            Route("/v1/agents/{agent_id}", self._remove_agent, methods=["DELETE"]),
-            Route("/v1/agents/{agent_id}/heartbeat", self._heartbeat, methods=["POST"]),
-            Route("/v1/agents/{agent_id}/status", self._status, methods=["POST"]),
-            Route("/v1/view", self._view),
-            Route("/master/state", self._state),
-            Route("/master/state.json", self._state),
-            Route("/state", self._state),
-            Route("/state.json", self._state),
-            Route("/metrics", self._metrics),
-        ])
-        app.add_middleware(TokenAuth, secret=self.secret, open_paths=("/ping",))
-        app.add_middleware(_LearnAddress, master=self)
-        return app
-
-    # ---- Marathon port -------------------------------------------------------------------
-    def marathon_app(self) -> Starlette:
-        from control.marathon_api import marathon_api
-
-        app = marathon_api(self)
-        app.add_middleware(TokenAuth, secret=self.secret, open_paths=("/ping",))
-        app.add_middleware(_LearnAddress, master=self)
-        return app
-
     def close(self) -> None:
         self.store.close()
 
@@ -363,38 +267,3 @@ def _totals(registration: AgentRegistration) -> dict[str, float]:
     totals = {"cpus": res.cpus, "mem": res.mem, "disk": res.disk, "gpus": res.gpus}
     return {k: float(v) for k, v in totals.items() if v > 0}
 
-
-def _task_name(app_id: str) -> str:
-    from control.marathon_models import marathon_task_name
-
-    return marathon_task_name(app_id)
-
-
-def _details(exc: ValidationError) -> list[dict[str, Any]]:
-    return [{"path": "/" + "/".join(map(str, e["loc"])), "errors": [e["msg"]]} for e in exc.errors()]
-
-
-class _LearnAddress:
-    """ASGI wrapper: tells the master which local address its clients reach it on."""
-
-    def __init__(self, app: ASGIApp, master: Master) -> None:
-        self.app = app
-        self.master = master
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.master._learn_address and scope["type"] == "http" and scope.get("server"):
-            host = scope["server"][0]
-            if host and not host.startswith("127.") and host not in ("::1", "0.0.0.0", "localhost"):
-                try:
-                    ipaddress.IPv4Address(host)
-                except ValueError:
-                    pass
-                else:
-                    self.master.advertise_ip = host
-                    self.master._learn_address = False
-                    self.master.view_changed()
-        await self.app(scope, receive, send)
-
-
-async def _pong(_request: Request) -> PlainTextResponse:
-    return PlainTextResponse("pong")

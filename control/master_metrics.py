@@ -60,7 +60,7 @@ class MasterMetrics:
         self.cycle_seconds = Histogram(
             "navstar_master_allocation_cycle_seconds", "Duration of one scheduler/allocation cycle",
             registry=self.registry, buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-        master.scheduler.cycle_observer = self.cycle_seconds.observe
+        master.scheduler.observe_cycles(self.cycle_seconds.observe)
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -160,7 +160,7 @@ class Scheduler:
         self.offers_declined = 0
         self.last_cycle_seconds = 0.0
         self._pending_io: set[asyncio.Task] = set()
-        self.cycle_observer: Callable[[float], None] = lambda _seconds: None
+        self._cycle_observers: list[Callable[[float], None]] = []
 
     # ---- persistence ---------------------------------------------------------------------
     def load(self) -> None:
@@ -265,7 +265,16 @@ class Scheduler:
                  "succeeded" if success else "was superseded")
 
     def poke(self) -> None:
+        """Runs the next cycle now rather than at the next tick. Idempotent."""
         self.wake.set()
+
+    def observe_cycles(self, observer: Callable[[float], None]) -> None:
+        """Calls ``observer(seconds)`` after every cycle (metrics)."""
+        self._cycle_observers.append(observer)
+
+    def reconcile_soon(self, agent_id: str) -> None:
+        """Starts ``reconcile(agent_id)`` in the background (``settle()`` waits for it)."""
+        self._spawn(self.reconcile(agent_id))
 
     # ---- queries -------------------------------------------------------------------------
     def _add_task(self, task: TaskRecord) -> None:
@@ -332,7 +341,8 @@ class Scheduler:
         await self._dispatch(launches)
         self._check_deployments()
         self.last_cycle_seconds = time.perf_counter() - started
-        self.cycle_observer(self.last_cycle_seconds)
+        for observe in self._cycle_observers:
+            observe(self.last_cycle_seconds)
 
     def _plan(self, app: AppDefinition) -> tuple[list[TaskRecord], int]:
         """What to kill and how many to launch for one app (scale, rolling upgrade)."""

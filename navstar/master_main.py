@@ -8,6 +8,7 @@ import logging
 from cluster.view import OverlayConfig
 from control.agent.images import ImageMap
 from control.auth import read_secret
+from control.http import master_apps
 from control.master import Master
 from navstar import logs
 from navstar.servers import Listen, serve
@@ -26,6 +27,7 @@ def run_master(marathon_listen: str, mesos_listen: str, state_dir: str | None,
                     image_map=ImageMap.load(image_map), overlay=overlay)
     log.info("master: Marathon API on %s:%d, Mesos API on %s:%d",
              marathon.host, marathon.port, mesos.host, mesos.port)
-    asyncio.run(serve([(master.marathon_app(), marathon), (master.mesos_app(), mesos)],
+    apps = master_apps(master)
+    asyncio.run(serve([(apps.marathon, marathon), (apps.mesos, mesos)],
                       background=master.background()))
     master.close()

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from control.events import iso_now, parse_iso
+from control.http.common import guard, metrics_endpoint, pong
 from control.marathon_models import (
     AppDefinition,
     AppInvalid,
@@ -26,10 +27,9 @@ from control.marathon_models import (
     normalize_app_id,
     parse_app,
 )
+from control.master import Master
+from control.master_metrics import MasterMetrics
 from control.scheduler import TaskRecord
-
-if TYPE_CHECKING:
-    from control.master import Master
 
 log = logging.getLogger("navstar.marathon")
 
@@ -318,10 +318,6 @@ class MarathonApi:
     async def leader(self, _request: Request) -> JSONResponse:
         return JSONResponse({"leader": f"{self.master.advertise_ip}:{self.master.marathon_port}"})
 
-    async def metrics(self, _request: Request) -> Response:
-        body, content_type = self.master.metrics.render()
-        return Response(body, media_type=content_type)
-
 
 def _label_matches(labels: dict[str, str], selector: str) -> bool:
     for clause in selector.split(","):
@@ -355,7 +351,8 @@ def _with_ports_of(app: AppDefinition, previous: AppDefinition) -> AppDefinition
     return candidate
 
 
-def marathon_api(master: Master) -> Starlette:
+def marathon_app(master: Master, metrics: MasterMetrics) -> Starlette:
+    """The Marathon port's app, behind the token check (``/ping`` open)."""
     api = MarathonApi(master)
 
     def guarded(handler):
@@ -368,11 +365,8 @@ def marathon_api(master: Master) -> Starlette:
                 return JSONResponse(exc.body(), status_code=422)
         return endpoint
 
-    async def pong(_request: Request) -> PlainTextResponse:
-        return PlainTextResponse("pong")
-
     app_path = "/v2/apps/{app_id:path}"
-    return Starlette(routes=[
+    return guard(Starlette(routes=[
         Route("/ping", pong),
         Route("/v2/apps", guarded(api.list_apps), methods=["GET"]),
         Route("/v2/apps", guarded(api.create_app), methods=["POST"]),
@@ -388,5 +382,5 @@ def marathon_api(master: Master) -> Starlette:
         Route("/v2/events", guarded(api.events), methods=["GET"]),
         Route("/v2/info", guarded(api.info), methods=["GET"]),
         Route("/v2/leader", guarded(api.leader), methods=["GET"]),
-        Route("/metrics", guarded(api.metrics), methods=["GET"]),
-    ])
+        Route("/metrics", metrics_endpoint(metrics), methods=["GET"]),
+    ]), master)

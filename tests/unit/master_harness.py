@@ -15,6 +15,7 @@ import httpx
 import uvicorn
 
 from control.agent_client import FakeAgents
+from control.http import master_apps
 from control.master import Master
 from control.registry import AgentRegistration
 
@@ -47,9 +48,10 @@ class Cluster:
                              agent_client=self.fake, clock=self.clock, advertise_ip="198.18.0.2")
         self.fake.sink = self.master.scheduler.on_status
         headers = {"Authorization": f"token={secret}"} if secret else {}
-        self.marathon = httpx.AsyncClient(transport=httpx.ASGITransport(self.master.marathon_app()),
+        self.apps = master_apps(self.master)
+        self.marathon = httpx.AsyncClient(transport=httpx.ASGITransport(self.apps.marathon),
                                           base_url="http://master:8080", headers=headers)
-        self.mesos = httpx.AsyncClient(transport=httpx.ASGITransport(self.master.mesos_app()),
+        self.mesos = httpx.AsyncClient(transport=httpx.ASGITransport(self.apps.mesos),
                                        base_url="http://master:5050", headers=headers)
 
     @property
@@ -112,7 +114,7 @@ class ServedMaster:
         self.url, self.mesos_url = (f"http://127.0.0.1:{s.getsockname()[1]}" for s in self.socks)
         self.loop = asyncio.new_event_loop()
         self.servers = [uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
-                        for app in (self.master.marathon_app(), self.master.mesos_app())]
+                        for app in master_apps(self.master)]
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10

@@ -5,6 +5,7 @@ from pydantic import ValidationError
 from starlette.testclient import TestClient
 
 from control.auth import token_from_header
+from control.http import master_apps
 from control.master import Master
 from control.registry import AgentRegistration, AgentRegistry
 from navstar.lab import operator_link, plan_nodes
@@ -55,7 +56,8 @@ def test_registration_rejects_garbage():
 
 def test_master_registration_needs_the_secret_and_keeps_state_on_garbage():
     master = Master(secret="s3cret")
-    client = TestClient(master.mesos_app())
+    apps = master_apps(master)
+    client = TestClient(apps.mesos)
     assert client.post("/v1/agents", json=REG).status_code == 401
     ok = client.post("/v1/agents", json=REG, headers={"Authorization": "token=s3cret"})
     assert ok.status_code == 200
@@ -66,7 +68,7 @@ def test_master_registration_needs_the_secret_and_keeps_state_on_garbage():
     assert invalid.json()["details"][0]["path"] == "/ip"
     agents = client.get("/v1/agents", headers={"Authorization": "Bearer s3cret"}).json()["agents"]
     assert [a["ip"] for a in agents] == ["198.18.0.11"]
-    assert TestClient(master.marathon_app()).get("/ping").text == "pong"
+    assert TestClient(apps.marathon).get("/ping").text == "pong"
 
 
 def test_agent_api_refuses_task_ids_that_are_paths(tmp_path):

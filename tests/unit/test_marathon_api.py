@@ -104,7 +104,7 @@ async def test_unknown_network_is_a_clear_422(cluster):
 
 
 async def test_service_ports_running_out_is_a_422_naming_port_definitions(cluster, monkeypatch):
-    monkeypatch.setattr("control.marathon_api.SERVICE_PORT_RANGE", (10000, 10002))
+    monkeypatch.setattr("control.http.marathon.SERVICE_PORT_RANGE", (10000, 10002))
     two_ports = {"cmd": "sleep 100", "cpus": 0.1, "mem": 16, "instances": 0,
                  "portDefinitions": [{"port": 0}, {"port": 0}]}
     assert (await cluster.post_app({"id": "/first", **two_ports})).status_code == 201
@@ -237,12 +237,12 @@ async def test_token_protects_everything_but_ping():
     try:
         import httpx
 
-        anonymous = httpx.AsyncClient(transport=httpx.ASGITransport(c.master.marathon_app()), base_url="http://m")
+        anonymous = httpx.AsyncClient(transport=httpx.ASGITransport(c.apps.marathon), base_url="http://m")
         assert (await anonymous.get("/ping")).status_code == 200
         assert (await anonymous.get("/v2/apps")).status_code == 401
         bearer = await anonymous.get("/v2/apps", headers={"Authorization": "Bearer s3cret"})
         assert bearer.status_code == 200
-        mesos = httpx.AsyncClient(transport=httpx.ASGITransport(c.master.mesos_app()), base_url="http://m")
+        mesos = httpx.AsyncClient(transport=httpx.ASGITransport(c.apps.mesos), base_url="http://m")
         assert (await mesos.get("/master/state")).status_code == 401
         assert (await mesos.get("/v1/view")).status_code == 401
         assert (await c.mesos.get("/master/state")).status_code == 200
@@ -256,10 +256,11 @@ def test_image_without_command_must_be_in_the_image_map():
     from starlette.testclient import TestClient
 
     from control.agent.images import ImageMap
+    from control.http import master_apps
     from control.master import Master
 
     master = Master(image_map=ImageMap({"nginx*": "@nginx"}))
-    client = TestClient(master.marathon_app())
+    client = TestClient(master_apps(master).marathon)
     unknown = {"id": "/thing", "container": {"type": "DOCKER", "docker": {"image": "acme/thing:1"}}}
     resp = client.post("/v2/apps", json=unknown)
     assert resp.status_code == 422

@@ -6,6 +6,7 @@ from pydantic import ValidationError
 
 from cluster.view import OverlayConfig
 from control.agent_client import FakeAgents
+from control.http import master_apps
 from control.master import Master
 from control.registry import PortRange
 from tests.unit.master_harness import registration
@@ -16,7 +17,7 @@ async def test_agent_beyond_the_overlay_pool_gets_409_and_is_not_registered(tmp_
     master = Master(state_dir=str(tmp_path), agent_client=FakeAgents(), advertise_ip="198.18.0.2",
                     overlay=OverlayConfig(subnet="10.200.0.0/23", agent_prefixlen=24))
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(master.mesos_app()),
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(master_apps(master).mesos),
                                      base_url="http://master:5050") as mesos:
             for index in (1, 2):
                 assert (await mesos.post("/v1/agents", json=registration(index))).status_code == 200
@@ -52,7 +53,7 @@ def test_port_range_begin_after_end_is_rejected_naming_the_range():
 async def test_registration_with_a_reversed_port_range_is_a_422_naming_it(tmp_path):
     master = Master(state_dir=str(tmp_path), agent_client=FakeAgents(), advertise_ip="198.18.0.2")
     try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(master.mesos_app()),
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(master_apps(master).mesos),
                                      base_url="http://master:5050") as mesos:
             resp = await mesos.post("/v1/agents", json=registration(1, ports=(31100, 31000)))
             assert resp.status_code == 422, resp.text
