@@ -16,7 +16,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -42,7 +42,7 @@ class MessageTemplate:
     family AF_INET), or None for rtnetlink and other families whose type is ``kind`` alone.
     """
 
-    def __init__(self, msg, subsys: int | None, kind: int, flags: int, fields: dict[str, bytes]) -> None:
+    def __init__(self, msg: Any, subsys: int | None, kind: int, flags: int, fields: dict[str, bytes]) -> None:
         if subsys is None:
             msg["header"]["type"] = kind
         else:
@@ -59,7 +59,7 @@ class MessageTemplate:
             while at >= 0:
                 spots.append((at, name, len(sentinel)))
                 at = self.data.find(sentinel, at + 1)
-        pieces: list[bytes | str] = []
+        pieces: list[bytes | str] = []   # constant bytes, and field names where values go
         at = 0
         for offset, name, size in sorted(spots):
             pieces += [self.data[at:offset], name]
@@ -72,16 +72,17 @@ class MessageTemplate:
         """The message with sequence number ``seq`` and ``values`` (a field not given keeps its
         sentinel)."""
         values = {**self._defaults, **values, "seq": _SEQ.pack(seq)}
-        return b"".join([values[piece] if piece.__class__ is str else piece for piece in self._pieces])
+        return b"".join([values[piece] if piece.__class__ is str else piece  # type: ignore[misc]
+                         for piece in self._pieces])
 
 
 class MessageTemplates:
     """Templates by shape, each built (by pyroute2) the first time that shape is asked for."""
 
     def __init__(self) -> None:
-        self._cache: dict[tuple, MessageTemplate] = {}
+        self._cache: dict[tuple[Any, ...], MessageTemplate] = {}
 
-    def get(self, shape: tuple, build: Callable[[], MessageTemplate]) -> MessageTemplate:
+    def get(self, shape: tuple[Any, ...], build: Callable[[], MessageTemplate]) -> MessageTemplate:
         template = self._cache.get(shape)
         if template is None:
             template = self._cache[shape] = build()
@@ -184,7 +185,8 @@ def messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
 
 def errno_of(message: bytes) -> int:
     """The errno of an NLMSG_ERROR message (0: the ack of a request that went in)."""
-    return -struct.unpack_from("=i", message, NLMSG_HEADER)[0]
+    code: int = struct.unpack_from("=i", message, NLMSG_HEADER)[0]
+    return -code
 
 
 def attrs(data: bytes) -> dict[int, bytes]:

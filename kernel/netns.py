@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TypeVar, cast
 
 T = TypeVar("T")
 
@@ -20,7 +20,7 @@ def in_netns(netns: str | None, work: Callable[[], T]) -> T:
         return work()
     from pyroute2.netns import setns
 
-    result: list = []
+    result: list[object] = []
 
     def target() -> None:
         try:
@@ -41,4 +41,4 @@ def in_netns(netns: str | None, work: Callable[[], T]) -> T:
     thread.join()
     if isinstance(result[0], BaseException):
         raise result[0]
-    return result[0]
+    return cast(T, result[0])

@@ -48,7 +48,8 @@ class KernelThread:
         """Run ``fn`` on the thread; the awaiting loop stays free meanwhile."""
         if threading.get_ident() == self._ident:
             return fn(*args, **kwargs)
-        return await asyncio.wrap_future(self._executor.submit(fn, *args, **kwargs))
+        result: T = await asyncio.wrap_future(self._executor.submit(fn, *args, **kwargs))
+        return result
 
     def close(self) -> None:
         """Wait for the call under way, then end the thread. Idempotent."""
@@ -60,6 +61,7 @@ def on_kernel_thread(method: Callable[..., T]) -> Callable[..., T]:
 
     @functools.wraps(method)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> T:
-        return self.kernel_thread.call(method, self, *args, **kwargs)
+        thread: KernelThread = self.kernel_thread
+        return thread.call(method, self, *args, **kwargs)
 
     return wrapper

@@ -47,7 +47,7 @@ class Link:
     local: str | None = None
     learning: bool | None = None
 
-    def identity(self) -> tuple:
+    def identity(self) -> tuple[str, int | None, int | None, str | None, bool | None]:
         return (self.kind, self.vni, self.port, self.local, self.learning)
 
 
