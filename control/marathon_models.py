@@ -43,6 +43,24 @@ class AppInvalid(Exception):
         return {"message": "Object is not valid", "details": self.details}
 
 
+class AppExists(Exception):
+    """Marathon's 409 for creating an app whose id is taken."""
+
+    def __init__(self, app_id: str) -> None:
+        super().__init__(f"An app with id [{app_id}] already exists.")
+        self.app_id = app_id
+
+
+class AppLocked(Exception):
+    """Marathon's 409 for changing an app while deployments run (``?force=true`` overrides)."""
+
+    def __init__(self, app_id: str, deployment_ids: list[str]) -> None:
+        super().__init__("App is locked by one or more deployments. Override with the option "
+                         f"'?force=true'. View details at '/v2/deployments/{deployment_ids[0]}'.")
+        self.app_id = app_id
+        self.deployment_ids = deployment_ids
+
+
 class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
 

@@ -19,12 +19,13 @@ from cluster.view import AgentInfo, ClusterView, FrameworkInfo, OverlayConfig, T
 from cluster.vip_labels import named_vip, vip_label_problems
 from control.agent.images import ImageMap
 from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
+from control.app_changes import stamp_app
 from control.drf import Allocator
 from control.events import EventBus
-from control.marathon_models import marathon_task_name
+from control.marathon_models import AppDefinition, AppExists, AppLocked, marathon_task_name
 from control.protocol import TaskStatus
 from control.registry import AgentRegistration, AgentRegistry
-from control.scheduler import Scheduler
+from control.scheduler import Deployment, Scheduler
 from control.store import Store
 from control.vips import VipAllocator
 
@@ -108,7 +109,51 @@ class Master:
             log.info("named VIPs: %s", self.vips.allocations)
             self.view_changed()
 
-    def report_vip_labels(self, app) -> None:
+    # ---- apps (the Marathon API, and any other caller, go through these) ------------------
+    def put_app(self, app: AppDefinition, *, create: bool = False, restart: bool = False,
+                force: bool = False) -> tuple[AppDefinition, Deployment]:
+        """Stores a validated app, new or changed, and starts its deployment; returns the app as
+        stored (version, service ports) and the deployment. A change of ``instances`` alone
+        scales (tasks keep running); anything else, or ``restart``, replaces the tasks. Named
+        VIPs get their addresses and label problems are published before it returns.
+
+        Raises ``AppExists`` with ``create`` when the id is taken, ``AppLocked`` when the app
+        has a deployment running (unless ``force``), ``AppInvalid`` when no service port is left;
+        nothing changes then."""
+        previous = self.scheduler.apps.get(app.id)
+        if previous is not None and create:
+            raise AppExists(app.id)
+        if previous is not None:
+            self._check_lock(app.id, force)
+        others = [other for other in self.scheduler.apps.values() if other.id != app.id]
+        app, scaling_only = stamp_app(app, previous, others, self.clock(), restart=restart)
+        action = "StartApplication" if previous is None else \
+            "ScaleApplication" if scaling_only else "RestartApplication"
+        deployment = self.scheduler.put_app(app, action)
+        self.sync_vips()
+        self.report_vip_labels(app)
+        return app, deployment
+
+    def restart_app(self, app_id: str, force: bool = False) -> tuple[AppDefinition, Deployment]:
+        """Replaces every task of the app with a new config version. Raises ``KeyError`` for an
+        unknown app, ``AppLocked`` as ``put_app``."""
+        return self.put_app(self.scheduler.apps[app_id].model_copy(), restart=True, force=force)
+
+    def remove_app(self, app_id: str, force: bool = False) -> Deployment:
+        """Forgets the app (its tasks are killed by the next cycles) and frees its named VIPs.
+        Raises ``AppLocked`` while a deployment runs (unless ``force``); an unknown id only
+        starts an empty ``StopApplication`` deployment."""
+        self._check_lock(app_id, force)
+        deployment = self.scheduler.remove_app(app_id)
+        self.sync_vips()
+        return deployment
+
+    def _check_lock(self, app_id: str, force: bool) -> None:
+        running = self.scheduler.deployments_for(app_id)
+        if running and not force:
+            raise AppLocked(app_id, [d.id for d in running])
+
+    def report_vip_labels(self, app: AppDefinition) -> None:
         """Problems with an app's VIP labels go on the event bus (``vip_label_problem_event``, for
         each app concerned) and into the log as the app is stored; agents skip what they cannot serve."""
         others = {other.id: (other.port_labels(), other.port_protocols()) for other in self.scheduler.apps.values()}

@@ -17,12 +17,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from control.events import iso_now, parse_iso
+from control.app_changes import SERVICE_PORT_RANGE
+from control.events import iso_now
 from control.http.common import guard, metrics_endpoint, pong
 from control.marathon_models import (
     AppDefinition,
+    AppExists,
     AppInvalid,
-    VersionInfo,
+    AppLocked,
     merge_update,
     normalize_app_id,
     parse_app,
@@ -33,7 +35,6 @@ from control.scheduler import TaskRecord
 
 log = logging.getLogger("navstar.marathon")
 
-SERVICE_PORT_RANGE = (10000, 20000)
 MARATHON_VERSION = "1.11.0"
 
 
@@ -113,67 +114,6 @@ class MarathonApi:
             raise ApiError(404, f"App '{app_id}' does not exist")
         return app
 
-    def _check_lock(self, app_id: str, force: bool) -> None:
-        running = self.scheduler.deployments_for(app_id)
-        if running and not force:
-            raise ApiError(409, "App is locked by one or more deployments. Override with the option "
-                                f"'?force=true'. View details at '/v2/deployments/{running[0].id}'.",
-                           deployments=[{"id": d.id} for d in running])
-
-    def _assign_service_ports(self, app: AppDefinition, previous: AppDefinition | None) -> None:
-        """Port 0 service ports get a unique one from 10000-20000 (kept across updates)."""
-        used: set[int] = set()
-        for other in self.scheduler.apps.values():
-            if other.id != app.id:
-                used.update(_service_ports(other))
-        old = _service_ports(previous) if previous else []
-        targets = app.port_mappings if app.uses_port_mappings else (app.port_definitions or [])
-        for index, item in enumerate(targets):
-            current = item.service_port if app.uses_port_mappings else item.port
-            if current:
-                used.add(current)
-                continue
-            keep = old[index] if index < len(old) and old[index] and old[index] not in used else None
-            chosen = keep or next((p for p in range(*SERVICE_PORT_RANGE) if p not in used), None)
-            if chosen is None:
-                begin, end = SERVICE_PORT_RANGE
-                field = f"/container/portMappings({index})/servicePort" if app.uses_port_mappings \
-                    else f"/portDefinitions({index})/port"
-                raise ApiError(422, "Object is not valid", details=[{"path": field, "errors": [
-                    f"no free service port left in {begin}-{end - 1}: set a port or free one"]}])
-            used.add(chosen)
-            if app.uses_port_mappings:
-                item.service_port = chosen
-            else:
-                item.port = chosen
-
-    def _store(self, app: AppDefinition, previous: AppDefinition | None, action: str,
-               restart: bool = False) -> tuple[AppDefinition, Any]:
-        version = self._next_version(previous)
-        scaling_only = previous is not None and not restart and \
-            previous.config_without_scaling() == _with_ports_of(app, previous).config_without_scaling()
-        if previous is not None and scaling_only:
-            app = _with_ports_of(app, previous)
-            info = VersionInfo(last_scaling_at=version,
-                               last_config_change_at=previous.version_info.last_config_change_at
-                               if previous.version_info else version)
-            action = "ScaleApplication"
-        else:
-            self._assign_service_ports(app, previous)
-            info = VersionInfo(last_scaling_at=version, last_config_change_at=version)
-        app = app.model_copy(update={"version": version, "version_info": info})
-        deployment = self.scheduler.put_app(app, action)
-        self.master.sync_vips()
-        self.master.report_vip_labels(app)
-        return app, deployment
-
-    def _next_version(self, previous: AppDefinition | None) -> str:
-        """Now, but strictly after the app's last version: tasks tell configs apart by it."""
-        stamp = self.master.clock()
-        if previous is not None and previous.version:
-            stamp = max(stamp, parse_iso(previous.version) + 0.001)
-        return iso_now(stamp)
-
     def _post_event(self, request: Request, app: AppDefinition) -> None:
         self.master.events.publish("api_post_event", clientIp=request.client.host if request.client else None,
                                    uri=str(request.url.path), appDefinition=app.to_marathon())
@@ -198,9 +138,7 @@ class MarathonApi:
     async def create_app(self, request: Request) -> JSONResponse:
         body = await _json_body(request)
         app = parse_app(body, images=self.master.image_map)
-        if app.id in self.scheduler.apps:
-            raise ApiError(409, f"An app with id [{app.id}] already exists.")
-        app, deployment = self._store(app, None, "StartApplication")
+        app, deployment = self.master.put_app(app, create=True)
         self._post_event(request, app)
         log.info("app %s created (%d instances)", app.id, app.instances)
         out = self.app_json(app, {"tasks"})
@@ -224,30 +162,26 @@ class MarathonApi:
         previous = self.scheduler.apps.get(app_id)
         if previous is None:
             app = parse_app(body, app_id, images=self.master.image_map)
-            app, deployment = self._store(app, None, "StartApplication")
+            app, deployment = self.master.put_app(app)
             self._post_event(request, app)
             return JSONResponse({"version": app.version, "deploymentId": deployment.id}, status_code=201,
                                 headers={"Location": f"/v2/apps{app_id}"})
-        self._check_lock(app_id, _flag(request, "force"))
         merged = merge_update(previous.to_marathon(), body)
         app = parse_app(merged, app_id, images=self.master.image_map)
-        app, deployment = self._store(app, previous, "RestartApplication")
+        app, deployment = self.master.put_app(app, force=_flag(request, "force"))
         self._post_event(request, app)
         log.info("app %s updated (%s)", app_id, deployment.action)
         return JSONResponse({"version": app.version, "deploymentId": deployment.id})
 
     async def delete_app(self, request: Request) -> JSONResponse:
         app = self._app(request.path_params["app_id"])
-        self._check_lock(app.id, _flag(request, "force"))
-        deployment = self.scheduler.remove_app(app.id)
-        self.master.sync_vips()
+        deployment = self.master.remove_app(app.id, force=_flag(request, "force"))
         log.info("app %s removed", app.id)
         return JSONResponse({"version": deployment.version, "deploymentId": deployment.id})
 
     async def restart_app(self, request: Request) -> JSONResponse:
         app = self._app(request.path_params["app_id"])
-        self._check_lock(app.id, _flag(request, "force"))
-        app, deployment = self._store(app.model_copy(), app, "RestartApplication", restart=True)
+        app, deployment = self.master.restart_app(app.id, force=_flag(request, "force"))
         return JSONResponse({"version": app.version, "deploymentId": deployment.id})
 
     async def app_tasks(self, request: Request) -> JSONResponse:
@@ -330,27 +264,6 @@ def _label_matches(labels: dict[str, str], selector: str) -> bool:
     return True
 
 
-def _service_ports(app: AppDefinition) -> list[int]:
-    if app.uses_port_mappings:
-        return [m.service_port for m in app.port_mappings]
-    return [d.port for d in app.port_definitions or []]
-
-
-def _with_ports_of(app: AppDefinition, previous: AppDefinition) -> AppDefinition:
-    """``app`` with ``previous``'s assigned service ports where it says 0 (so a scale-only PUT
-    that echoes ports back as 0 still compares equal)."""
-    candidate = app.model_copy(deep=True)
-    old = _service_ports(previous)
-    targets = candidate.port_mappings if candidate.uses_port_mappings else (candidate.port_definitions or [])
-    for index, item in enumerate(targets):
-        if index < len(old):
-            if candidate.uses_port_mappings and not item.service_port:
-                item.service_port = old[index]
-            elif not candidate.uses_port_mappings and not item.port:
-                item.port = old[index]
-    return candidate
-
-
 def marathon_app(master: Master, metrics: MasterMetrics) -> Starlette:
     """The Marathon port's app, behind the token check (``/ping`` open)."""
     api = MarathonApi(master)
@@ -363,6 +276,11 @@ def marathon_app(master: Master, metrics: MasterMetrics) -> Starlette:
                 return JSONResponse(exc.body, status_code=exc.status)
             except AppInvalid as exc:
                 return JSONResponse(exc.body(), status_code=422)
+            except AppExists as exc:
+                return JSONResponse({"message": str(exc)}, status_code=409)
+            except AppLocked as exc:
+                return JSONResponse({"message": str(exc), "deployments": [{"id": d} for d in exc.deployment_ids]},
+                                    status_code=409)
         return endpoint
 
     app_path = "/v2/apps/{app_id:path}"

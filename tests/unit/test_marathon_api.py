@@ -104,7 +104,7 @@ async def test_unknown_network_is_a_clear_422(cluster):
 
 
 async def test_service_ports_running_out_is_a_422_naming_port_definitions(cluster, monkeypatch):
-    monkeypatch.setattr("control.http.marathon.SERVICE_PORT_RANGE", (10000, 10002))
+    monkeypatch.setattr("control.app_changes.SERVICE_PORT_RANGE", (10000, 10002))
     two_ports = {"cmd": "sleep 100", "cpus": 0.1, "mem": 16, "instances": 0,
                  "portDefinitions": [{"port": 0}, {"port": 0}]}
     assert (await cluster.post_app({"id": "/first", **two_ports})).status_code == 201
