@@ -13,12 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from navstar.cli import app
-
-REPO = Path(__file__).resolve().parents[2]
-CONFORMANCE = REPO.parent / "shared" / "conformance" / "mesos-dns"
-needs_conformance = pytest.mark.skipif(
-    not (CONFORMANCE / "vectors.json").exists(),
-    reason=f"Mesos-DNS conformance data not found at {CONFORMANCE} (expected next to the repository)")
+from tests.reference import CONFORMANCE_VECTORS, REPO, conformance, conformance_state
 
 STATE = {
     "leader": "master@10.0.0.1:5050",
@@ -49,14 +44,13 @@ def state_file(tmp_path: Path) -> Path:
 @pytest.fixture(scope="module")
 def cli_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, str]]]:
     """``navstar dns records --json`` once per IP-source setting the vectors use."""
-    conformance = json.loads((CONFORMANCE / "vectors.json").read_text())
-    params = conformance["params"]
-    state = json.loads((CONFORMANCE / "fake.json").read_text())
-    state["leader"] = "master@144.76.157.37:5050"  # as the conformance README says
+    vectors = conformance()
+    params = vectors["params"]
+    state = conformance_state()
     path = tmp_path_factory.mktemp("mesos") / "fake-leader.json"
     path.write_text(json.dumps(state))
     outputs = {}
-    for ip_sources in sorted({vector["ip_sources"] for vector in conformance["vectors"]}):
+    for ip_sources in sorted({vector["ip_sources"] for vector in vectors["vectors"]}):
         result = navstar("dns", "records", "--mesos-state", str(path), "--domain", params["domain"],
                          "--ip-sources", ip_sources, "--label-spec", params["label_spec"].lower(),
                          "--masters", ",".join(params["masters"]), "--ns", params["ns"],
@@ -66,10 +60,9 @@ def cli_records(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict
     return outputs
 
 
-@needs_conformance
 def test_all_vectors_hold_through_the_cli(cli_records: dict[str, list[dict[str, str]]]) -> None:
-    vectors = json.loads((CONFORMANCE / "vectors.json").read_text())["vectors"]
-    assert len(vectors) == 41
+    vectors = conformance()["vectors"]
+    assert len(vectors) == CONFORMANCE_VECTORS
     failures = []
     for vector in vectors:
         rows = cli_records[vector["ip_sources"]]
@@ -81,7 +74,6 @@ def test_all_vectors_hold_through_the_cli(cli_records: dict[str, list[dict[str, 
     assert not failures, "\n".join(failures)
 
 
-@needs_conformance
 def test_cli_json_shape(cli_records: dict[str, list[dict[str, str]]]) -> None:
     for rows in cli_records.values():
         assert rows

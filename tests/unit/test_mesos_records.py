@@ -4,10 +4,8 @@ IP sources, state validation, RecordSet lookups and the Mesos-DNS HTTP API shape
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,33 +27,14 @@ from spartan_dns.records import (
     slave_id_tail,
     task_hash,
 )
+from tests.reference import CONFORMANCE_VECTORS, conformance, conformance_state
 
-REPO = Path(__file__).resolve().parents[2]
-CONFORMANCE = REPO.parent / "shared" / "conformance" / "mesos-dns"
-needs_conformance = pytest.mark.skipif(
-    not (CONFORMANCE / "vectors.json").exists(),
-    reason=f"Mesos-DNS conformance data not found at {CONFORMANCE} (expected next to the repository)")
-
-
-@cache
-def conformance() -> dict[str, Any]:
-    return json.loads((CONFORMANCE / "vectors.json").read_text())
-
-
-def conformance_vectors() -> list[dict[str, Any]]:
-    return conformance()["vectors"] if (CONFORMANCE / "vectors.json").exists() else [{}]
-
-
-def conformance_state() -> dict[str, Any]:
-    """fake.json with the leader overridden, as the conformance README says."""
-    state = json.loads((CONFORMANCE / "fake.json").read_text())
-    state["leader"] = "master@144.76.157.37:5050"
-    return state
+CONFORMANCE = conformance()     # read at collection: a missing file is an error, never a skip
 
 
 @cache
 def conformance_records(ip_sources: str) -> RecordSet:
-    params = conformance()["params"]
+    params = CONFORMANCE["params"]
     return generate(conformance_state(), params["domain"], ip_sources.split(","), params["label_spec"],
                     masters=params["masters"], ns=params["ns"], listener=params["listener"])
 
@@ -65,13 +44,11 @@ def vector_id(vector: dict[str, Any]) -> str:
 
 
 # -- conformance ----------------------------------------------------------------------------------
-@needs_conformance
 def test_there_are_41_vectors() -> None:
-    assert len(conformance()["vectors"]) == 41
+    assert len(CONFORMANCE["vectors"]) == CONFORMANCE_VECTORS
 
 
-@needs_conformance
-@pytest.mark.parametrize("vector", conformance_vectors(), ids=vector_id)
+@pytest.mark.parametrize("vector", CONFORMANCE["vectors"], ids=vector_id)
 def test_conformance_vector_holds(vector: dict[str, Any]) -> None:
     recordset = conformance_records(vector["ip_sources"])
     got = [record.value for record in recordset.by_name(vector["name"], vector["rtype"])]
