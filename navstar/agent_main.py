@@ -46,6 +46,8 @@ from navstar.localnet import ensure_loopback_addresses
 from navstar.servers import Listen, serve
 from overlay.agent import OverlayAgent
 from overlay.netlink_kernel import PyRoute2Netlink
+from spartan_dns import api as dns_api
+from spartan_dns.metrics import DnsMetrics
 from spartan_dns.records import MesosStateError, generate
 from spartan_dns.service import DnsService
 from spartan_dns.view_state import state_of_view
@@ -233,7 +235,7 @@ class NodeAgent:
     # -- HTTP -------------------------------------------------------------------------------
     def local_api(self) -> Starlette:
         """``/v1/vips`` (minuteman) and the Mesos-DNS-style ``/v1/version|hosts|services|records``."""
-        routes = list(self.dns.http_routes())
+        routes = dns_api.routes(self.dns)
         if self.lb is not None:
             routes += vip_api.vip_routes(self.lb)
         return Starlette(routes=routes)
@@ -261,6 +263,8 @@ class NodeAgent:
         # pyroute2's synchronous API refuses to run inside an event loop.
         await asyncio.to_thread(ensure_loopback_addresses, list(self.opts.dns_listen))
         await self.dns.start()
+        dns_metrics = DnsMetrics(self.dns)
+        REGISTRY.register(dns_metrics)
         await self._start_dataplane()
         metrics = Listen.parse(self.opts.metrics_listen or f"{self.opts.ip}:61091")
         try:
@@ -279,6 +283,7 @@ class NodeAgent:
             self.lb.close(keep_kernel_state=True)
             self.lb_metrics.unregister()
             await self.dns.stop()
+            REGISTRY.unregister(dns_metrics)
 
 
 async def make_dataplane(opts: AgentOptions) -> Dataplane:

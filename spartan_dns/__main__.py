@@ -91,12 +91,16 @@ async def _run(service, metrics_listen: str | None) -> None:
 
 async def _serve_http(service, listen: str) -> None:
     import uvicorn
-    from prometheus_client import make_asgi_app
+    from prometheus_client import REGISTRY, make_asgi_app
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
+    from spartan_dns.api import routes
+    from spartan_dns.metrics import DnsMetrics
+
+    REGISTRY.register(DnsMetrics(service))
     host, _, port = listen.rpartition(":")
-    api = Starlette(routes=[*service.http_routes(), Mount("/metrics", make_asgi_app(service.registry))])
+    api = Starlette(routes=[*routes(service), Mount("/metrics", make_asgi_app(REGISTRY))])
     await uvicorn.Server(uvicorn.Config(api, host=host or "127.0.0.1", port=int(port), log_level="warning",
                                         lifespan="off")).serve()
 

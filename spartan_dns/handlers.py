@@ -31,7 +31,7 @@ from spartan_dns.message import (
     Reply,
     Request,
 )
-from spartan_dns.metrics import DnsMetrics
+from spartan_dns.stats import DnsStats
 from spartan_dns.upstream import Forwarder, Upstream, UpstreamFailure
 from spartan_dns.zones import ZoneTable
 
@@ -109,14 +109,14 @@ class Forward:
 
     name = "forward"
 
-    def __init__(self, forwarder: Forwarder, cache: ResponseCache, metrics: DnsMetrics,
+    def __init__(self, forwarder: Forwarder, cache: ResponseCache, stats: DnsStats,
                  upstreams: list[Upstream], zone_upstreams: dict[str, list[Upstream]] | None = None,
                  max_inflight: int = 1000, clock: Callable[[], float] = time.monotonic):
         if max_inflight < 1:
             raise ValueError("max_inflight must be at least 1")
         self.forwarder = forwarder
         self.cache = cache
-        self.metrics = metrics
+        self.stats = stats
         self.upstreams = upstreams
         self.zone_upstreams = {z.rstrip(".").lower(): u for z, u in (zone_upstreams or {}).items()}
         self.max_inflight = max_inflight
@@ -147,11 +147,11 @@ class Forward:
         stale = self.cache.stale(key, now)
         if stale is not None and now < stale.retry_after:
             return self._from_cache(stale, now, zone, stale=True)
-        self.metrics.cache_misses += 1
+        self.stats.cache_misses += 1
         pending = self._pending.get(key)
         if pending is None:
             if len(self._pending) >= self.max_inflight:
-                self.metrics.drop("inflight")
+                self.stats.drop("inflight")
                 return Reply(SERVFAIL, source="error", zone=zone)
             qname = DNSLabel(tuple(label.lower() for label in request.question.qname.label))
             pending = asyncio.ensure_future(self._fetch(key, qname, upstreams))

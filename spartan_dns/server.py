@@ -34,7 +34,7 @@ from spartan_dns.message import (
     rcode_name,
     type_label,
 )
-from spartan_dns.metrics import LATENCY_BUCKETS, DnsMetrics, Latency
+from spartan_dns.stats import LATENCY_BUCKETS, DnsStats, Latency
 
 log = logging.getLogger("navstar.dns.server")
 
@@ -84,16 +84,16 @@ class ReplayEntry:
         self.tails = tails          # reply bytes after the ID, one per answer rotation
         self.turn = 0
         self.until = until          # monotonic deadline
-        self.key = key              # metrics key (zone, type, rcode, source)
+        self.key = key              # stats key (zone, type, rcode, source)
         self.latency = latency
 
 
 class QueryServer:
     """Turns query bytes into reply bytes (or an awaitable of them, or None to stay silent)."""
 
-    def __init__(self, chain: Chain, metrics: DnsMetrics, clients: ClientFilter, replay_limit: int = 50_000):
+    def __init__(self, chain: Chain, stats: DnsStats, clients: ClientFilter, replay_limit: int = 50_000):
         self.chain = chain
-        self.metrics = metrics
+        self.stats = stats
         self.clients = clients
         self.replay: dict[bytes, ReplayEntry] = {}
         self.replay_limit = replay_limit
@@ -105,13 +105,13 @@ class QueryServer:
     def process(self, data: bytes, client: tuple, tcp: bool,
                 started: float) -> bytes | Awaitable[bytes | None] | None:
         if not self.clients.allows(client[0]):
-            self.metrics.drop("client")
+            self.stats.drop("client")
             return None
         try:
             request = decode_query(data, client, tcp)
         except Malformed as exc:
             if exc.reply is None:
-                self.metrics.drop(exc.reason)
+                self.stats.drop(exc.reason)
             else:
                 self._count((".", "other", rcode_name(struct.unpack_from("!H", exc.reply, 2)[0] & 0xF), "error"),
                             started)
@@ -157,10 +157,10 @@ class QueryServer:
         if len(self.replay) >= self.replay_limit:
             self.replay = {}
         self.replay[request.raw[2:]] = ReplayEntry(tails, reply.replay_until, key,
-                                                   self.metrics.latency[key[3]])
+                                                   self.stats.latency[key[3]])
 
     def _count(self, key: tuple, started: float) -> None:
-        self.metrics.answered(key, time.monotonic() - started)
+        self.stats.answered(key, time.monotonic() - started)
 
 
 class UdpListener:
@@ -205,7 +205,7 @@ class UdpListener:
         server = self.server
         replay = server.replay
         allowed = server.clients.allowed
-        requests = server.metrics.requests
+        requests = server.stats.requests
         monotonic = time.monotonic
         for _ in range(UDP_BURST):
             try:
@@ -284,7 +284,7 @@ class TcpListener:
         peer = writer.get_extra_info("peername")
         task = asyncio.current_task()
         if len(self._connections) >= self.max_connections or not self.server.clients.allows(peer[0]):
-            self.server.metrics.drop("tcp_refused")
+            self.server.stats.drop("tcp_refused")
             writer.close()
             return
         self._connections.add(task)

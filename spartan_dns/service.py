@@ -13,15 +13,12 @@ import logging
 import time
 from collections.abc import Iterable
 
-from prometheus_client import REGISTRY, CollectorRegistry
-from starlette.routing import Route
-
 from cluster.addresses import OVERLAY_SUBNET, RESOLVER_ADDRESSES
 from spartan_dns.cache import ResponseCache
 from spartan_dns.handlers import Chain, Forward, Guard, LocalZones
 from spartan_dns.message import Reply
-from spartan_dns.metrics import DnsMetrics
 from spartan_dns.server import ClientFilter, QueryServer, TcpListener, UdpListener
+from spartan_dns.stats import DnsStats
 from spartan_dns.upstream import (
     Forwarder,
     SocketTransport,
@@ -59,7 +56,8 @@ DCOS_SOA = SoaNames("ns.spartan", "support.mesosphere.com")
 
 
 class DnsService:
-    """The node's resolver: own zones, forwarding, cache, UDP+TCP listeners, metrics, HTTP routes.
+    """The node's resolver: own zones, forwarding, cache, UDP+TCP listeners and their counters
+    (``stats``; Prometheus reads them through ``spartan_dns.metrics``, HTTP through ``spartan_dns.api``).
 
     ``set_*`` are idempotent and may be called before or after ``start``; they raise ValueError on
     bad input and then change nothing. Call everything from the event loop's thread: the service is
@@ -76,8 +74,7 @@ class DnsService:
                  max_stale: float = 86_400.0, tcp_idle_timeout: float = 10.0,
                  max_tcp_connections: int = 256, mesos_ttl: int = MESOS_TTL,
                  resolv_conf: str = "/etc/resolv.conf",
-                 transport: UpstreamTransport | None = None,
-                 registry: CollectorRegistry | None = REGISTRY):
+                 transport: UpstreamTransport | None = None):
         self.listen = [_ip("listen", a) for a in listen]
         if not self.listen:
             raise ValueError("listen: at least one address is needed")
@@ -106,18 +103,17 @@ class DnsService:
         except ValueError as exc:
             raise ValueError(f"allowed_clients: {exc}") from None
 
-        self.metrics = DnsMetrics()
-        self.registry = registry
+        self.stats = DnsStats()
         self.cache = ResponseCache(max_entries=cache_size, negative_ttl=negative_ttl, max_stale=max_stale)
         self.health = UpstreamHealth()
         self.forwarder = Forwarder(transport or SocketTransport(), self.health,
                                    upstream_timeout=upstream_timeout, overall_timeout=overall_timeout,
-                                   on_failure=self.metrics.upstream_failure, on_query=self.metrics.upstream_query)
+                                   on_failure=self.stats.upstream_failure, on_query=self.stats.upstream_query)
         self.zones = ZoneTable()
-        self.forward = Forward(self.forwarder, self.cache, self.metrics, self.upstreams, self.forward_zones,
+        self.forward = Forward(self.forwarder, self.cache, self.stats, self.upstreams, self.forward_zones,
                                max_inflight=max_inflight)
         self.chain = Chain([Guard(), LocalZones(self.zones, self.forward_zones), self.forward])
-        self.server = QueryServer(self.chain, self.metrics, self.clients)
+        self.server = QueryServer(self.chain, self.stats, self.clients)
         self.tcp_idle_timeout = tcp_idle_timeout
         self.max_tcp_connections = max_tcp_connections
         self._udp: list[UdpListener] = []
@@ -127,8 +123,6 @@ class DnsService:
         self._leader: str | None = None
         self._masters: list[str] = []
         self._recordset = None
-        self.metrics.gauges["navstar_dns_cache_entries"] = lambda: len(self.cache)
-        self.metrics.gauges["navstar_dns_inflight_queries"] = lambda: self.forward.inflight
         self._build_static_zones()
         self._build_mesos_zones()
         self._put(Zone(L4LB, [], ttl=DCOS_TTL, soa=DCOS_SOA, serial=self._next_serial()))
@@ -153,8 +147,6 @@ class DnsService:
         except BaseException:
             await self.stop()
             raise
-        if self.registry is not None:
-            self.registry.register(self.metrics)
         log.info("DNS on %s port %d (UDP+TCP), upstreams %s", ", ".join(self.listen), self.port,
                  ", ".join(map(str, self.upstreams)) or "none")
 
@@ -163,11 +155,6 @@ class DnsService:
         for listener in self._udp + self._tcp:
             await listener.close()
         self._udp, self._tcp = [], []
-        if self.registry is not None:
-            try:
-                self.registry.unregister(self.metrics)
-            except KeyError:
-                pass
 
     # -- inputs from the cluster view ---------------------------------------------------------
     def set_mesos_records(self, recordset) -> None:
@@ -186,12 +173,6 @@ class DnsService:
         self._leader, self._masters = leader, masters
         self._put(Zone(DCOS, dcos_records(self._mesos, self.mesos_domain, leader, masters), ttl=DCOS_TTL,
                        soa=DCOS_SOA, serial=self._next_serial()))
-
-    def http_routes(self) -> list[Route]:
-        """The Mesos-DNS-style API: /v1/version, /v1/hosts/{host}, /v1/services/{service}, /v1/records."""
-        from spartan_dns.api import routes
-
-        return routes(self)
 
     # -- queries for the API and tools --------------------------------------------------------
     def recordset(self):
@@ -232,7 +213,7 @@ class DnsService:
     def _put(self, zone: Zone) -> None:
         self.zones.put(zone)
         self._recordset = None
-        self.metrics.zone_records[zone.origin] = zone.record_count
+        self.stats.zone_records[zone.origin] = zone.record_count
         self.server.forget()
 
     def _build_static_zones(self) -> None:

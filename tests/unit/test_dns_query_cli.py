@@ -17,7 +17,7 @@ async def run_query(*args: str):
 
 
 async def test_query_prints_answers_and_rcodes():
-    service = DnsService(listen=["127.0.0.1"], port=0, upstreams=[], registry=None)
+    service = DnsService(listen=["127.0.0.1"], port=0, upstreams=[])
     service.set_vips({VIP: "11.0.0.7"})
     await service.start()
     try:
