@@ -42,7 +42,7 @@ class FakeUpstream:
         self.asked.append(str(request.q.qname))
         self.servers.append(upstream)
         if self.mode == "silent":
-            await asyncio.sleep(3600)
+            await asyncio.Event().wait()
         if self.mode == "down":
             raise ConnectionRefusedError("port unreachable")
         reply = request.reply()
@@ -179,6 +179,26 @@ async def test_stale_answer_is_served_when_upstreams_fail(service, upstream):
     again = service.server.process(packet("www.example.net"), LOCAL, False, time.monotonic())
     assert isinstance(again, bytes)                        # within the recheck window: stale at once
     assert len(upstream.asked) == asked
+
+
+async def test_after_the_no_retry_window_upstreams_are_asked_again(service, upstream):
+    clock = Clock()
+    service.forward.clock = clock
+    await ask(service, packet("www.example.net"))
+    clock.now += 120                                       # TTL 60 has run out
+    upstream.mode = "down"
+    assert (await ask(service, packet("www.example.net"))).rr[0].ttl == 30     # stale; window opens
+    asked = len(upstream.asked)
+    clock.now += service.cache.failure_recheck - 1         # still inside the window: not asked
+    assert (await ask(service, packet("www.example.net"))).rr[0].ttl == 30
+    assert len(upstream.asked) == asked
+    clock.now += 2                                         # the window has expired
+    upstream.mode = "answer"
+    fresh = await ask(service, packet("www.example.net"))
+    assert len(upstream.asked) == asked + 1 and upstream.asked[-1] == "www.example.net."
+    assert addresses(fresh) == ["10.9.9.9"] and fresh.rr[0].ttl == 60           # a fresh answer, not stale
+    assert (await ask(service, packet("www.example.net"))).rr[0].ttl == 60     # and cached again
+    assert len(upstream.asked) == asked + 1
 
 
 async def test_identical_questions_in_flight_share_one_upstream_query(service, upstream):
