@@ -1,16 +1,16 @@
 """The NFQUEUE dataplane: the first packet of a VIP flow comes to a queue worker, the rest stays in the kernel.
 
 ```
-client ─SYN→ 11.0.0.1:80 ─► conntrack (NEW) ─► mangle: in navstar-mm-vips? ─► NFQUEUE (the queue of
+client ─SYN→ 11.0.0.1:80 ─► conntrack (NEW) ─► mangle: in set minuteman? ─► NFQUEUE (the queue of
    the CPU handling the packet) ─► worker process pinned to that CPU: Maglev slot of the 5-tuple →
    backend id → verdict accept + mark ─► nat: DNAT by the mark (nft map: id → backend), masquerade
    if the mark asks ─► backend
        ◄──────── conntrack carries the rest of the flow (NAT both ways) ◄──
-agent down: workers die with it; --queue-bypass lets the SYN on unmarked → filter REJECT → the
+agent down: workers die with it; queue bypass lets the SYN on unmarked → filter: reject → the
 client fails at once
 ```
 
-Per-packet cost does not depend on the number of VIPs: one ipset lookup (hash) in mangle, one map
+Per-packet cost does not depend on the number of VIPs: one set lookup (hash) in mangle, one map
 lookup in nat, and only new flows reach userspace. ``NfqueueDataplane`` lives in the agent: it
 programs the kernel (through the ``Netfilter`` seam), gives each backend a stable id in the NAT
 map, and keeps its queue workers (``Workers``: processes running ``minuteman.nfqueue_worker``,
@@ -59,10 +59,10 @@ from minuteman.netfilter import (
     MARK_TAG,
     MARK_TAG_MASK,
     Flow,
-    KernelNetfilter,
     Netfilter,
     NetfilterError,
 )
+from minuteman.netfilter_kernel import KernelNetfilter
 
 log = logging.getLogger("navstar.minuteman.nfqueue")
 
@@ -291,11 +291,11 @@ class NfqueueDataplane:
         self._sent = vips
 
     def current(self) -> dict[VipKey, VipEntry]:
-        """VIPs in the ipset, with the backends this agent (or its predecessor) gave them; a VIP
+        """VIPs in the set, with the backends this agent (or its predecessor) gave them; a VIP
         whose backends lost their NAT map entries, or whose rules or route are gone, shows none
         (drift, repaired by a re-apply)."""
         mapped = set(self.netfilter.backend_ids().values())
-        # Rules, chains or routes gone (a firewall reload, ``iptables -F``) break every VIP
+        # Rules, chains or routes gone (a firewall reload, ``nft flush ruleset``) break every VIP
         # they carry: shown as drift, so that repair re-applies.
         intact = self.netfilter.base_intact(self.queue, len(self.queue_numbers), cpu_fanout=self.pin)
         routes = self.netfilter.local_routes()

@@ -139,7 +139,7 @@ class QueueWorker:
 
     def _closed_flows_source(self):
         if self._closed_flows is None:
-            from minuteman.netfilter import KernelNetfilter
+            from minuteman.netfilter_kernel import KernelNetfilter
 
             self._closed_flows = KernelNetfilter()
         return self._closed_flows

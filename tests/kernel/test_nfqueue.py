@@ -266,9 +266,10 @@ def test_a_flow_without_replies_goes_to_userspace_once(topo):
     assert topo.connections("udp", 1) == 1
     flows = topo.node.run("conntrack", "-L", "-p", "udp", "--orig-dst", VIP, check=False).stdout
     assert flows.count("UNREPLIED") == 1, flows
-    rules = topo.node.run("iptables", "-t", "mangle", "-L", "NAVSTAR-MM", "-v", "-x", "-n").stdout
-    queued = [int(line.split()[0]) for line in rules.splitlines() if "NFQUEUE" in line and line.split()[3] in ("17", "udp")]
-    assert queued == [1], rules
+    listing = json.loads(topo.node.run("nft", "-j", "list", "chain", "ip", "navstar-minuteman", "nfqueue").stdout)
+    queued = [expr["counter"]["packets"] for item in listing["nftables"] for expr in item.get("rule", {}).get("expr", [])
+              if "counter" in expr]
+    assert queued == [1], listing
 
 
 def test_agent_down_keeps_flows_rejects_new_ones_fast_and_restart_resumes(topo):
@@ -329,17 +330,17 @@ def test_killed_backend_is_taken_out_within_two_seconds(topo):
     assert states[BACKENDS["b2"]] == "quarantined"
 
 
-def test_view_change_reprograms_and_kernel_state_is_ipset_not_rules(topo):
+def test_view_change_reprograms_and_kernel_state_is_a_set_not_rules(topo):
     topo.write_view(roles=("b1", "b3"))
     deadline = time.monotonic() + 5
     while {b["ip"] for v in topo.vips() for b in v["backend"]} != {BACKENDS["b1"], BACKENDS["b3"]}:
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert set(topo.client("node", "tcp", 40)["counts"]) == {"b1", "b3"}
-    members = topo.node.run("ipset", "list", "navstar-mm-vips").stdout
-    assert "11.0.0.1,tcp:80" in members and "11.0.0.1,udp:53" in members
-    queueing = topo.node.run("iptables", "-t", "mangle", "-S", "NAVSTAR-MM").stdout
-    assert queueing.count("NFQUEUE") == 2, "one queue rule per protocol, none per VIP"
+    members = topo.node.run("nft", "list", "set", "ip", "navstar-minuteman", "minuteman").stdout
+    assert "11.0.0.1 . tcp . 80" in members and "11.0.0.1 . udp . 53" in members
+    table = topo.node.run("nft", "list", "table", "ip", "navstar-minuteman").stdout
+    assert table.count("queue num") == 1 and table.count("jump nfqueue") == 2, "one queue rule, none per VIP"
     routes = topo.node.run("ip", "route", "show", "table", "local", "proto", "211").stdout
     assert "local 11.0.0.0/8 dev lo" in routes and f"src {NODE_IP}" in routes
     nat = topo.node.run("nft", "list", "table", "ip", "navstar-minuteman").stdout
@@ -352,10 +353,14 @@ def test_view_change_reprograms_and_kernel_state_is_ipset_not_rules(topo):
 
 
 def test_flushed_rules_are_put_back_by_drift_repair(topo):
-    topo.node.run("iptables", "-t", "mangle", "-F", "NAVSTAR-MM")          # a firewall reload, say
+    for chain in ("nfqueue", "queue-prerouting"):          # a firewall reload, say
+        topo.node.run("nft", "flush", "chain", "ip", "navstar-minuteman", chain)
     topo.node.run("ip", "route", "del", "local", "11.0.0.0/8", "dev", "lo", "table", "local")
     deadline = time.monotonic() + 6          # the standalone agent repairs every 2 s
-    while topo.node.run("iptables", "-t", "mangle", "-S", "NAVSTAR-MM").stdout.count("NFQUEUE") != 2:
+    while True:
+        table = topo.node.run("nft", "list", "table", "ip", "navstar-minuteman").stdout
+        if table.count("queue num") == 1 and table.count("jump nfqueue") == 2:
+            break
         assert time.monotonic() < deadline, "the queue rules were not put back"
         time.sleep(0.1)
     result = topo.client("client", "tcp", 30)
@@ -387,7 +392,7 @@ def test_close_without_keeping_state_removes_everything(netns, tmp_path):
     done = netns.run(sys.executable, str(script), str(state), check=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['11.0.0.1:80/tcp', '192.0.2.9:53/udp']"
-    assert "NAVSTAR" not in netns.run("iptables-save").stdout
+    assert "navstar" not in netns.run("nft", "list", "ruleset").stdout.lower()
     assert netns.run("ipset", "list", "-n").stdout.strip() == ""
     assert netns.run("ip", "route", "show", "table", "all", "proto", "211").stdout.strip() == ""
     assert not state.exists()
@@ -432,7 +437,8 @@ def test_a_burst_of_simultaneous_connections_all_connect(topo):
 SEAM = r"""
 import subprocess
 from minuteman.dataplane import Backend
-from minuteman.netfilter import Flow, KernelNetfilter
+from minuteman.netfilter import Flow
+from minuteman.netfilter_kernel import KernelNetfilter
 nf = KernelNetfilter("10.77.0.1")
 nf.ensure_base(50, 2, cpu_fanout=True)
 before = subprocess.run(["nft", "-a", "list", "ruleset"], capture_output=True, text=True).stdout
@@ -450,8 +456,12 @@ assert "dnat ip to meta mark" in subprocess.run(["nft", "list", "chain", "ip", "
 nf.update_backend_ids({}, [1])
 assert nf.backend_ids() == {7: b}
 assert nf.flow_states([Flow("tcp", "10.77.9.2", 1001, "11.0.0.1", 80)] * 300) == [None] * 300
-rules = subprocess.run(["iptables", "-t", "mangle", "-S", "NAVSTAR-MM"], capture_output=True, text=True).stdout
-assert rules.count("--queue-balance 50:51") == 2 and rules.count("--queue-cpu-fanout") == 2, rules
+rules = subprocess.run(["nft", "list", "chain", "ip", "navstar-minuteman", "nfqueue"], capture_output=True, text=True).stdout
+assert rules.count("queue num 50-51 bypass,fanout") == 1, rules
+subprocess.run(["nft", "flush", "chain", "ip", "navstar-minuteman", "nfqueue"], check=True)
+assert not nf.base_intact(50, 2, cpu_fanout=True), "a lost queue rule is drift"
+nf.ensure_base(50, 2, cpu_fanout=True)
+assert nf.base_intact(50, 2, cpu_fanout=True) and not nf.base_intact(50, 1), "repaired, and exactly as asked"
 nf.remove_base()
 nf.close()
 """
@@ -462,5 +472,4 @@ def test_netfilter_seam_is_idempotent_repairs_and_removes_what_it_made(netns, tm
     script.write_text(SEAM)
     done = netns.run(sys.executable, str(script), check=False, timeout=60)
     assert done.returncode == 0, done.stderr
-    assert "NAVSTAR" not in netns.run("iptables-save").stdout
-    assert "navstar" not in netns.run("nft", "list", "ruleset").stdout
+    assert "navstar" not in netns.run("nft", "list", "ruleset").stdout.lower()
