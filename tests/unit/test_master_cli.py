@@ -1,13 +1,13 @@
 """``navstar app|task|node`` against a served master, as a user types them."""
 
 import json
-import time
 
 import pytest
 from typer.testing import CliRunner
 
 from navstar.cli import app
 from tests.unit.master_harness import ServedMaster
+from tests.waiting import wait_until
 
 runner = CliRunner()
 
@@ -24,13 +24,10 @@ def navstar(served, *args):
 
 
 def wait_running(served, app_id, count):
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    def running():
         tasks = json.loads(navstar(served, "task", "list", "--app", app_id, "--json").stdout)
-        if len(tasks) == count and all(t["state"] == "TASK_RUNNING" for t in tasks):
-            return tasks
-        time.sleep(0.05)
-    raise AssertionError(f"{app_id} did not reach {count} running tasks")
+        return len(tasks) == count and all(t["state"] == "TASK_RUNNING" for t in tasks) and tasks
+    return wait_until(running, message=f"{app_id}: {count} running tasks")
 
 
 def test_app_lifecycle_through_the_cli(served, tmp_path):
