@@ -26,7 +26,8 @@ from control.marathon_models import AppDefinition, AppExists, AppLocked, maratho
 from control.protocol import TaskStatus
 from control.registry import AgentRegistration, AgentRegistry
 from control.scheduler import Deployment, Scheduler
-from control.store import Store
+from control.state import StateStore
+from control.store import SqliteStore
 from control.vips import VipAllocator
 
 log = logging.getLogger("navstar.master")
@@ -40,7 +41,9 @@ class Master:
                  agent_client: AgentClient | None = None, ping_interval: float | None = None,
                  clock: Callable[[], float] = time.time, advertise_ip: str | None = None,
                  mesos_port: int = 5050, marathon_port: int = 8080,
-                 image_map: ImageMap | None = None, overlay: OverlayConfig | None = None) -> None:
+                 image_map: ImageMap | None = None, overlay: OverlayConfig | None = None,
+                 store: StateStore | None = None) -> None:
+        """``store``: where state lives (default: SQLite in ``state_dir``, in memory without one)."""
         self.secret = secret
         # The agents' image map (apps naming an image but no command are checked against it).
         self.image_map = image_map or ImageMap()
@@ -54,7 +57,7 @@ class Master:
         self.learning_address = advertise_ip is None
         self.mesos_port = mesos_port
         self.marathon_port = marathon_port
-        self.store = Store(state_dir)
+        self.store: StateStore = store if store is not None else SqliteStore(state_dir)
         self.master_id = self.store.get("meta", "master_id") or f"navstar-{uuid.uuid4()}"
         self.store.put("meta", "master_id", self.master_id)
         self.started_at = clock()

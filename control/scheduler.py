@@ -12,7 +12,7 @@ statuses from agents ─► on_status ─► task state, health, events; termina
 deployments ─► done when every task runs the app's config and is ready (running + healthy)
 ```
 
-State lives here and is written through to the ``Store`` on every change; the cluster view and
+State lives here and is written through to the state store (``control.state``) on every change; the cluster view and
 Mesos state are read from it. No I/O but the ``AgentClient`` seam and the store.
 """
 
@@ -45,7 +45,7 @@ from control.placement import (
 )
 from control.protocol import HealthCheckSpec, TaskLaunch, TaskStatus
 from control.registry import AgentRecord, AgentRegistry
-from control.store import Store
+from control.state import StateStore
 
 log = logging.getLogger("navstar.scheduler")
 
@@ -134,7 +134,7 @@ def framework_for(role: str) -> str:
 
 
 class Scheduler:
-    def __init__(self, registry: AgentRegistry, allocator: Allocator, agents: AgentClient, store: Store,
+    def __init__(self, registry: AgentRegistry, allocator: Allocator, agents: AgentClient, store: StateStore,
                  events: EventBus, clock: Callable[[], float] = time.time, rng: random.Random | None = None,
                  on_change: Callable[[], None] = lambda: None) -> None:
         self.registry = registry

@@ -1,9 +1,8 @@
-"""The master's persistence: every piece of state as JSON rows in one SQLite file.
+"""``SqliteStore``: the state store seam (``control.state``) as JSON rows in one SQLite file.
 
-Tables are ``kind → (key → JSON)``: ``apps``, ``tasks``, ``agents``, ``deployments``, ``vips``,
-``service_ports`` and ``meta`` (the view version, the master id). Writes are write-through and
-committed at once (WAL), so a master killed at any point restarts from what it last decided.
-``Store(None)`` keeps everything in memory (tests, a master without ``--state-dir``).
+One table ``state (kind, key, value)``. Writes are committed at once (WAL, ``synchronous=NORMAL``),
+so a master killed at any point restarts from what it last decided. Without a directory the
+database lives in memory (tests, a master without ``--state-dir``).
 """
 
 from __future__ import annotations
@@ -14,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-KINDS = ("apps", "tasks", "agents", "deployments", "vips", "service_ports", "meta", "allocations")
+from control.state import Kind, check_kind
 
 
-class Store:
+class SqliteStore:
     def __init__(self, state_dir: str | Path | None) -> None:
         if state_dir is None:
             self.path = ":memory:"
@@ -33,32 +32,26 @@ class Store:
             " PRIMARY KEY (kind, key))"
         )
 
-    def put(self, kind: str, key: str, value: Any) -> None:
-        """Idempotent upsert."""
-        self._check(kind)
+    def put(self, kind: Kind, key: str, value: Any) -> None:
+        check_kind(kind)
         self._db.execute("INSERT INTO state (kind, key, value) VALUES (?, ?, ?)"
                          " ON CONFLICT (kind, key) DO UPDATE SET value = excluded.value",
                          (kind, key, json.dumps(value, separators=(",", ":"))))
 
-    def delete(self, kind: str, key: str) -> None:
-        """Idempotent: deleting what is not there does nothing."""
-        self._check(kind)
+    def delete(self, kind: Kind, key: str) -> None:
+        check_kind(kind)
         self._db.execute("DELETE FROM state WHERE kind = ? AND key = ?", (kind, key))
 
-    def get(self, kind: str, key: str, default: Any = None) -> Any:
-        self._check(kind)
+    def get(self, kind: Kind, key: str, default: Any = None) -> Any:
+        check_kind(kind)
         row = self._db.execute("SELECT value FROM state WHERE kind = ? AND key = ?", (kind, key)).fetchone()
         return json.loads(row[0]) if row else default
 
-    def items(self, kind: str) -> Iterator[tuple[str, Any]]:
-        self._check(kind)
-        for key, value in self._db.execute("SELECT key, value FROM state WHERE kind = ? ORDER BY key", (kind,)):
+    def items(self, kind: Kind) -> Iterator[tuple[str, Any]]:
+        check_kind(kind)
+        rows = self._db.execute("SELECT key, value FROM state WHERE kind = ? ORDER BY key", (kind,)).fetchall()
+        for key, value in rows:
             yield key, json.loads(value)
 
     def close(self) -> None:
         self._db.close()
-
-    @staticmethod
-    def _check(kind: str) -> None:
-        if kind not in KINDS:
-            raise ValueError(f"unknown state kind {kind!r}; known: {', '.join(KINDS)}")

@@ -18,6 +18,7 @@ from control.agent_client import FakeAgents
 from control.http import master_apps
 from control.master import Master
 from control.registry import AgentRegistration
+from control.state import StateStore
 
 
 class FakeClock:
@@ -40,12 +41,14 @@ def registration(index: int, cpus: float = 2, mem: float = 1024, ports: tuple[in
 
 class Cluster:
     def __init__(self, state_dir: Path | str | None = None, secret: str | None = None,
-                 fake: FakeAgents | None = None, clock: FakeClock | None = None) -> None:
+                 fake: FakeAgents | None = None, clock: FakeClock | None = None,
+                 store: StateStore | None = None) -> None:
         self.clock = clock or FakeClock()
         self.fake = fake or FakeAgents()
         self.secret = secret
         self.master = Master(secret=secret, agent_timeout=5.0, state_dir=str(state_dir) if state_dir else None,
-                             agent_client=self.fake, clock=self.clock, advertise_ip="198.18.0.2")
+                             agent_client=self.fake, clock=self.clock, advertise_ip="198.18.0.2",
+                             store=store)
         self.fake.sink = self.master.scheduler.on_status
         headers = {"Authorization": f"token={secret}"} if secret else {}
         self.apps = master_apps(self.master)

@@ -3,7 +3,7 @@
 import asyncio
 
 from control.agent_client import FakeAgents
-from control.store import Store
+from control.store import SqliteStore
 from tests.unit.master_harness import Cluster, registration
 
 VIP_APP = {"id": "/shop/web", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 2,
@@ -85,7 +85,7 @@ async def test_vip_address_is_freed_when_no_app_uses_it(tmp_path):
         await c.marathon.delete("/v2/apps/shop/web")
         await c.settle()
         assert c.master.vips.allocations == {}
-        assert dict(Store(tmp_path).items("vips")) == {}
+        assert dict(SqliteStore(tmp_path).items("vips")) == {}
     finally:
         await c.close()
 
@@ -116,7 +116,7 @@ async def test_task_decided_but_never_sent_is_lost_and_replaced_after_restart(tm
     (task,) = first.running("/orphan")
     await first.close()
     # As if the master died after deciding the launch and before sending it.
-    store = Store(tmp_path)
+    store = SqliteStore(tmp_path)
     store.put("tasks", task.task_id, {**store.get("tasks", task.task_id), "launched_at": None,
                                       "state": "TASK_STAGING"})
     store.close()
