@@ -1,16 +1,22 @@
 """The dataplane seam: a VIP table in, the kernel programmed. Real: eBPF socket LB
-(``minuteman/ebpf.py`` on ``bpf/``) and NFQUEUE (``minuteman/nfqueue.py``); fake: ``FakeDataplane``.
+(``minuteman/ebpf.py`` on ``bpf/``), NFQUEUE (``minuteman/nfqueue.py``) and both at once
+(``minuteman/layered.py``); fake: ``minuteman/dataplane_fake.py``.
 
 The reconciler hands over the whole desired table each time; ``apply`` is idempotent and
 touches only the entries that differ. ``current`` reads what the kernel holds (so a restarted
 agent adopts it instead of rebuilding). Failures are returned per VIP, never thrown, so one bad
 VIP never stops the others.
+
+Beyond ``Dataplane``, a dataplane may have optional abilities, each a small Protocol below that the
+reconciler and health check with ``isinstance``: ``Startable`` (packet handling to start on the
+agent's loop), ``Maintained`` (periodic care on that loop), ``ReportsOutcomes`` and
+``CountsOutcomes`` (the two feeds of passive backend health).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 Protocol_ = Literal["tcp", "udp"]
 
@@ -63,41 +69,33 @@ class Dataplane(Protocol):
         """Stop; by default leave the kernel state serving (a restart adopts it)."""
 
 
-class FakeDataplane:
-    """In-memory dataplane for reconciler tests; ``fail`` makes chosen VIPs fail on apply."""
+@runtime_checkable
+class Startable(Protocol):
+    """Has packet handling to start before it serves (NFQUEUE's queue workers)."""
 
-    name = "fake"
+    async def start(self) -> None:
+        """Start on the agent's loop; idempotent. Returns once packets are being handled."""
 
-    def __init__(self) -> None:
-        self.table: dict[VipKey, VipEntry] = {}
-        self.fail: set[VipKey] = set()
-        self.applies = 0
-        self.writes = 0
-        self.counts: dict[tuple[VipKey, Backend], int] = {}
 
-    def apply(self, table: dict[VipKey, VipEntry]) -> ApplyResult:
-        self.applies += 1
-        result = ApplyResult()
-        for key in set(self.table) - set(table):
-            del self.table[key]
-            self.writes += 1
-            result.removed.add(key)
-        for key, entry in table.items():
-            if key in self.fail:
-                result.errors[key] = "injected failure"
-                continue
-            if self.table.get(key) != entry:
-                self.table[key] = entry
-                self.writes += 1
-            result.programmed.add(key)
-        return result
+@runtime_checkable
+class Maintained(Protocol):
+    """Wants periodic care on the agent's loop, every health poll (NFQUEUE replaces dead workers)."""
 
-    def current(self) -> dict[VipKey, VipEntry]:
-        return dict(self.table)
+    def maintain(self) -> None:
+        """Quick and non-blocking; an exception is logged by the caller, never fatal."""
 
-    def connection_counts(self) -> dict[tuple[VipKey, Backend], int]:
-        return dict(self.counts)
 
-    def close(self, keep_kernel_state: bool = True) -> None:
-        if not keep_kernel_state:
-            self.table.clear()
+@runtime_checkable
+class ReportsOutcomes(Protocol):
+    """Reports connection attempts one by one (NFQUEUE checks sampled flows in conntrack)."""
+
+    def drain_outcomes(self) -> list[tuple[Backend, bool]]:
+        """(backend, answered) per attempt since the last call, in order."""
+
+
+@runtime_checkable
+class CountsOutcomes(Protocol):
+    """Counts connection outcomes per backend (the eBPF dataplane's counters)."""
+
+    def outcome_totals(self) -> dict[Backend, tuple[int, int]]:
+        """Monotonic (succeeded, failed) totals per backend."""

@@ -4,11 +4,11 @@ A backend whose connection attempts are refused or unanswered ``failures`` times
 (unanswered: no reply within ``reply_timeout``) is taken out of rotation for ``quarantine``
 seconds, then given another chance. Any success resets its run of failures.
 
-Dataplanes feed it in one of two ways, checked by duck typing so neither needs the other:
+Dataplanes feed it in one of two ways, the seam's abilities (``minuteman.dataplane``):
 
-* ``OutcomeSource.drain_outcomes()`` — one (backend, ok) per attempt, in order (NFQUEUE checks
+* ``ReportsOutcomes.drain_outcomes()`` — one (backend, ok) per attempt, in order (NFQUEUE checks
   the conntrack entries of a bounded sample of SYNs per backend ``reply_timeout`` later);
-* ``OutcomeCounters.outcome_totals()`` — monotonic (succeeded, failed) totals per backend (the
+* ``CountsOutcomes.outcome_totals()`` — monotonic (succeeded, failed) totals per backend (the
   eBPF dataplane's per-backend counters); deltas are fed as outcomes, successes first.
 
 Active probing (optional) connects to every backend each ``probe_interval`` and feeds the same
@@ -21,9 +21,8 @@ import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
-from minuteman.dataplane import Backend
+from minuteman.dataplane import Backend, CountsOutcomes, Dataplane, ReportsOutcomes
 
 
 @dataclass(frozen=True)
@@ -42,16 +41,6 @@ class HealthConfig:
             raise ValueError(f"quarantine must be >= 0, got {self.quarantine}")
         if self.probe_interval is not None and self.probe_interval <= 0:
             raise ValueError(f"probe_interval must be > 0, got {self.probe_interval}")
-
-
-@runtime_checkable
-class OutcomeSource(Protocol):
-    def drain_outcomes(self) -> list[tuple[Backend, bool]]: ...
-
-
-@runtime_checkable
-class OutcomeCounters(Protocol):
-    def outcome_totals(self) -> dict[Backend, tuple[int, int]]: ...
 
 
 @dataclass
@@ -96,13 +85,13 @@ class BackendHealth:
             for _ in range(max(0, failed - old_failed)):
                 self.record(backend, False)
 
-    def poll(self, source: object) -> None:
-        """Take whatever the dataplane reports (either feed, or none)."""
-        if isinstance(source, OutcomeSource):
-            for backend, ok in source.drain_outcomes():
+    def poll(self, dataplane: Dataplane | ReportsOutcomes | CountsOutcomes) -> None:
+        """Take whatever the dataplane reports (either feed, both, or none)."""
+        if isinstance(dataplane, ReportsOutcomes):
+            for backend, ok in dataplane.drain_outcomes():
                 self.record(backend, ok)
-        if isinstance(source, OutcomeCounters):
-            self.observe_totals(source.outcome_totals())
+        if isinstance(dataplane, CountsOutcomes):
+            self.observe_totals(dataplane.outcome_totals())
 
     def is_out(self, backend: Backend) -> bool:
         rec = self._records.get(backend)

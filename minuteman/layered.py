@@ -12,10 +12,19 @@ A VIP counts as programmed only when both layers hold it, so DNS publishes it on
 
 from __future__ import annotations
 
-import inspect
 import logging
 
-from minuteman.dataplane import ApplyResult, Backend, Dataplane, VipEntry, VipKey
+from minuteman.dataplane import (
+    ApplyResult,
+    Backend,
+    CountsOutcomes,
+    Dataplane,
+    Maintained,
+    ReportsOutcomes,
+    Startable,
+    VipEntry,
+    VipKey,
+)
 
 log = logging.getLogger("navstar.minuteman.layered")
 
@@ -25,12 +34,15 @@ class LayeredDataplane:
         self.socket_lb = socket_lb
         self.packet_lb = packet_lb
         self.name = f"{socket_lb.name}+{packet_lb.name}"
+        self._layers = (socket_lb, packet_lb)
+
+    # Every optional ability of the seam, passed on to the layers that have it (with the real
+    # layers: NFQUEUE starts, is maintained and reports outcomes; eBPF counts them).
 
     async def start(self) -> None:
-        for layer in (self.socket_lb, self.packet_lb):
-            start = getattr(layer, "start", None)
-            if start is not None and inspect.isawaitable(started := start()):
-                await started
+        for layer in self._layers:
+            if isinstance(layer, Startable):
+                await layer.start()
 
     def apply(self, table: dict[VipKey, VipEntry]) -> ApplyResult:
         # Each layer on its own: one that fails outright (a map error, say) must not keep the
@@ -52,18 +64,22 @@ class LayeredDataplane:
         return counts
 
     def drain_outcomes(self) -> list[tuple[Backend, bool]]:
-        drain = getattr(self.packet_lb, "drain_outcomes", None)
-        return drain() if drain is not None else []
+        return [outcome for layer in self._layers if isinstance(layer, ReportsOutcomes)
+                for outcome in layer.drain_outcomes()]
 
     def outcome_totals(self) -> dict[Backend, tuple[int, int]]:
-        totals = getattr(self.socket_lb, "outcome_totals", None)
-        return totals() if totals is not None else {}
+        totals: dict[Backend, tuple[int, int]] = {}
+        for layer in self._layers:
+            if isinstance(layer, CountsOutcomes):
+                for backend, (ok, failed) in layer.outcome_totals().items():
+                    old_ok, old_failed = totals.get(backend, (0, 0))
+                    totals[backend] = (old_ok + ok, old_failed + failed)
+        return totals
 
     def maintain(self) -> None:
-        for layer in (self.socket_lb, self.packet_lb):
-            maintain = getattr(layer, "maintain", None)
-            if maintain is not None:
-                maintain()
+        for layer in self._layers:
+            if isinstance(layer, Maintained):
+                layer.maintain()
 
     def close(self, keep_kernel_state: bool = True) -> None:
         try:

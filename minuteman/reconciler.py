@@ -10,7 +10,6 @@ never raised to the caller.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import threading
 import time
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cluster.view import ClusterView
-from minuteman.dataplane import Backend, Dataplane, VipEntry, VipKey
+from minuteman.dataplane import Backend, Dataplane, Maintained, Startable, VipEntry, VipKey
 from minuteman.health import BackendHealth, HealthConfig
 from minuteman.maglev import DEFAULT_MIN_TABLE_SIZE, maglev_table
 from minuteman.model import Problem, Vip, VipModel, vip_model
@@ -166,12 +165,9 @@ class LoadBalancer:
     async def run(self, repair_interval: float = 5.0) -> None:
         """Serve until cancelled: start the dataplane's packet handling (if it has any), repair
         drift every ``repair_interval`` s, poll health every 0.1 s, probe actively if configured."""
-        start = getattr(self.dataplane, "start", None)
-        if start is not None:
-            started = start()
-            if inspect.isawaitable(started):
-                await started
-        maintain = getattr(self.dataplane, "maintain", None)      # periodic care, on this loop
+        if isinstance(self.dataplane, Startable):
+            await self.dataplane.start()
+        maintained = self.dataplane if isinstance(self.dataplane, Maintained) else None
         loop = asyncio.get_running_loop()
         next_repair = next_probe = loop.time()
         probe_every = self.health.config.probe_interval
@@ -187,9 +183,9 @@ class LoadBalancer:
             if probe_every is not None and now >= next_probe:
                 next_probe = now + probe_every
                 await self.health.probe({b for e in self._desired.values() for b in e.backends})
-            if maintain is not None:
+            if maintained is not None:      # periodic care, on this loop
                 try:
-                    maintain()
+                    maintained.maintain()
                 except Exception:
                     log.exception("%s dataplane maintenance failed", self.dataplane.name)
             try:

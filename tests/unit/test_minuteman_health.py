@@ -4,6 +4,7 @@ import socket
 import pytest
 
 from minuteman.dataplane import Backend
+from minuteman.dataplane_fake import FakeDataplane
 from minuteman.health import BackendHealth, HealthConfig
 
 B1, B2 = Backend("10.0.0.1", 80), Backend("10.0.0.2", 80)
@@ -82,7 +83,7 @@ def test_both_feeds():
     counters.totals = {B2: (10, 3)}     # two more failures, no success in between
     health.poll(counters)
     assert health.is_out(B2)
-    health.poll(object())               # a dataplane with neither feed is fine
+    health.poll(FakeDataplane())        # a dataplane with neither feed is fine
     health.forget([B2])
     assert health.out() == {B2}
 

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from cluster.view import AgentInfo, ClusterView, TaskInfo, TaskPort
 from minuteman.api import legacy_app, vip_routes
-from minuteman.dataplane import Backend, FakeDataplane, VipKey
+from minuteman.dataplane import Backend, VipKey
+from minuteman.dataplane_fake import FakeDataplane
 from minuteman.health import HealthConfig
 from minuteman.maglev import maglev_table
 from minuteman.metrics import MinutemanMetrics
@@ -51,22 +52,23 @@ def test_view_to_table_and_idempotent(lb):
     entry = dp.table[WEB]
     assert entry.backends == (b(1), b(2)) and entry.lookup == maglev_table([b(1), b(2)])
     assert dp.table[ADDR].backends == (b(3),)
-    writes = dp.writes
+    assert len(dp.applied()) == 1
     lb.on_view(view(task(1), task(2), task(3, vip="1.2.3.4:5000"), version=2))
-    assert dp.writes == writes, "the same view again must write nothing"
+    assert len(dp.applied()) == 1, "the same view again must not reach the dataplane"
     assert lb.programmed_names() == {"web.marathon.l4lb.thisdcos.directory": "11.0.0.1"}
 
 
 def test_a_view_that_changes_no_vip_does_not_reach_the_dataplane(lb):
     """Even a no-op apply reads the kernel, on the agent's loop: unrelated views skip it."""
     lb.on_view(view(task(1)))
-    applies = lb.dataplane.applies
+    calls = len(lb.dataplane.calls)
     other = TaskInfo(task_id="o1", app_id="/other", name="other", agent_id="a1", agent_ip="198.18.0.11",
                      state="TASK_RUNNING", ports=[TaskPort(host_port=31999)])
     lb.on_view(view(task(1), other, version=2))
-    assert lb.dataplane.applies == applies
+    assert lb.dataplane.calls[calls:] == [], "not even a read of the kernel"
     lb.on_view(view(task(1), task(2), version=3))
-    assert lb.dataplane.applies == applies + 1 and lb.dataplane.table[WEB].backends == (b(1), b(2))
+    assert [method for method, _ in lb.dataplane.calls[calls:]] == ["apply"]
+    assert lb.dataplane.applied()[-1][WEB].backends == (b(1), b(2))
 
 
 def test_draining_and_unhealthy(lb):
@@ -82,14 +84,17 @@ def test_adopts_kernel_state_and_serves_it_until_the_first_view():
     first = LoadBalancer(dp)
     first.on_view(view(task(1), task(2)))
     first.close()                     # keep_kernel_state: the table stays
-    writes = dp.writes
+    assert dp.calls[-1] == ("close", (True,))
+    held = dict(dp.table)
+    before = len(dp.calls)
     second = LoadBalancer(dp)
     assert second.status.adopted == 1
     assert not second.repair() and not second.poll_health()   # nothing torn down before a view
+    assert [method for method, _ in dp.calls[before:]] == ["current", "current"], "only reads before a view"
     second.on_view(view(task(1), task(2)))
-    assert dp.writes == writes, "adoption must not rebuild what is already there"
+    assert dp.applied()[-1] == held, "adoption asks for exactly what the kernel holds: nothing to rebuild"
     second.close(keep_kernel_state=False)
-    assert dp.table == {}
+    assert dp.calls[-1] == ("close", (False,))
 
 
 def test_errors_are_status_per_vip_and_others_keep_working(lb):
@@ -112,9 +117,12 @@ def test_apply_raising_is_recorded_not_raised(lb):
 
 def test_drift_is_repaired(lb):
     lb.on_view(view(task(1), task(2)))
+    wanted = lb.dataplane.applied()[-1]
     del lb.dataplane.table[WEB]           # someone flushed it behind our back
-    assert lb.repair() and WEB in lb.dataplane.table
+    assert lb.repair() and lb.dataplane.applied()[-1] == wanted, "the whole desired table again"
+    applies = len(lb.dataplane.applied())
     assert not lb.repair()
+    assert len(lb.dataplane.applied()) == applies, "no drift: no apply"
     assert lb.status.drift_repairs == 1
 
 
@@ -132,19 +140,21 @@ def test_passively_failing_backend_is_taken_out_then_all_out_fails_open():
     dp = OutcomeDataplane()
     lb = LoadBalancer(dp, health=HealthConfig(failures=3))
     lb.on_view(view(task(1), task(2)))
+    assert not lb.poll_health() and len(dp.applied()) == 1, "no news: no apply"
     dp.outcomes = [(b(1), False)] * 3
     assert lb.poll_health()
-    assert dp.table[WEB].backends == (b(2),)
+    assert dp.applied()[-1][WEB].backends == (b(2),)
     assert lb.vips_detail()[0]["backend"][0]["state"] == "quarantined"
     dp.outcomes = [(b(2), False)] * 3
     lb.poll_health()
-    assert dp.table[WEB].backends == (b(1), b(2)), "with every backend out, serve them all"
+    assert dp.applied()[-1][WEB].backends == (b(1), b(2)), "with every backend out, serve them all"
 
 
 def test_p2c_leaves_the_lookup_empty():
     lb = LoadBalancer(FakeDataplane(), balancing="p2c")
     lb.on_view(view(task(1), task(2)))
-    assert lb.dataplane.table[WEB].lookup == () and len(lb.dataplane.table[WEB].backends) == 2
+    [table] = lb.dataplane.applied()
+    assert table[WEB].lookup == () and len(table[WEB].backends) == 2
     with pytest.raises(ValueError, match="balancing"):
         LoadBalancer(FakeDataplane(), balancing="round-robin")
 
