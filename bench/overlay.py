@@ -31,7 +31,7 @@ from cluster.view import AgentInfo, ClusterView
 from overlay.agent import OverlayAgent
 from overlay.desired import desired_state
 from overlay.metrics import OverlayMetrics
-from overlay.netfilter import IptablesNetfilter
+from overlay.netfilter_kernel import NftablesNetfilter
 from overlay.netlink_kernel import PyRoute2Netlink
 from overlay.reconciler import OverlayReconciler
 from overlay.testbed import Testbed
@@ -148,7 +148,7 @@ def main() -> None:
             AgentInfo(agent_id=f"agent-{k}", hostname=f"agent-{k}", ip=bed.agent_ip(k), overlay=ipam.allocate(f"agent-{k}"))
             for k in (1, 2)])
         agents = [OverlayAgent(PyRoute2Netlink(bed.agent_ns(k)), f"agent-{k}", bed.agent_ip(k),
-                               netfilter=IptablesNetfilter(bed.agent_ns(k)), state_dir=Path(state) / str(k),
+                               netfilter=NftablesNetfilter(bed.agent_ns(k)), state_dir=Path(state) / str(k),
                                registry=CollectorRegistry()) for k in (1, 2)]
         try:
             for agent in agents:

@@ -144,6 +144,13 @@ class Nftables:
         _check(rc, error)
         return [obj for obj in output["nftables"] if "metainfo" not in obj]
 
+    def delete_table(self, family: str, name: str) -> None:
+        """Delete a table and all it holds, if there is one. Raises NftablesError."""
+        try:
+            self.run([{"delete": {"table": {"family": family, "name": name}}}])
+        except NotFound:
+            pass
+
     # -- xtables targets over nf_tables netlink ---------------------------------------------
     def _socket(self) -> socket.socket:
         if self._sock is None:      # opened on the kernel thread: in its namespace

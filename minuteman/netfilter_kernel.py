@@ -286,9 +286,7 @@ class KernelNetfilter:
 
     def remove_base(self) -> None:
         try:
-            self._nft.run([{"delete": {"table": _TABLE}}])
-        except NotFound:
-            pass
+            self._nft.delete_table("ip", TABLE)
         except NftablesError as exc:
             raise NetfilterError(f"removing table {TABLE}: {exc}") from None
         self._remove_legacy()

@@ -28,7 +28,8 @@ from kernel.offloop import KernelThread
 from overlay.container import DEFAULT_HOST_PORTS, ContainerAttachment, ContainerNetworks
 from overlay.desired import BRIDGES, DesiredState, OverlayNotReady, desired_state, plan_mtu
 from overlay.metrics import OverlayMetrics
-from overlay.netfilter import IptablesNetfilter, NatRules, NetfilterError, OverlayNetfilter
+from overlay.netfilter import NatRules, NetfilterError, OverlayNetfilter
+from overlay.netfilter_kernel import NftablesNetfilter
 from overlay.netlink import OverlayKernelError, OverlayNetlink
 from overlay.reconciler import OverlayReconciler, ReconcileResult
 
@@ -51,7 +52,7 @@ class OverlayAgent:
         self.agent_id = agent_id
         self.underlay_ip = underlay_ip
         self.reconcile_interval = reconcile_interval
-        self.netfilter = netfilter if netfilter is not None else IptablesNetfilter()
+        self.netfilter = netfilter if netfilter is not None else NftablesNetfilter()
         self.state_file = Path(state_dir or DEFAULT_STATE_ROOT / agent_id) / "overlay.json"
         self.metrics = OverlayMetrics.for_registry(registry)
         self.reconciler = OverlayReconciler(netlink, self.metrics)

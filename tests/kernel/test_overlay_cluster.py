@@ -20,7 +20,7 @@ from cluster.ipam import OverlayIpam
 from cluster.view import AgentInfo, ClusterView
 from overlay.agent import OverlayAgent
 from overlay.container import host_ifname
-from overlay.netfilter import IptablesNetfilter
+from overlay.netfilter_kernel import NftablesNetfilter
 from overlay.netlink_kernel import PyRoute2Netlink
 from overlay.testbed import Testbed
 
@@ -69,7 +69,7 @@ def make_view(bed: Testbed, version: int = 1) -> ClusterView:
 
 def start_agent(bed: Testbed, k: int, state: Path, **kwargs) -> OverlayAgent:
     return OverlayAgent(PyRoute2Netlink(bed.agent_ns(k)), f"agent-{k}", bed.agent_ip(k),
-                        netfilter=IptablesNetfilter(bed.agent_ns(k)), state_dir=state / f"agent-{k}",
+                        netfilter=NftablesNetfilter(bed.agent_ns(k)), state_dir=state / f"agent-{k}",
                         registry=CollectorRegistry(), **kwargs)
 
 

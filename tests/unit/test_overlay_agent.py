@@ -13,7 +13,9 @@ from cluster.ipam import AddressPoolExhausted
 from overlay.agent import OverlayAgent
 from overlay.container import ContainerNetworkError, host_ifname
 from overlay.desired import OverlayNotReady
-from overlay.netfilter import FakeNetfilter, NatRules, PortMapping, parse, render
+from overlay.netfilter import NatRules, PortMapping
+from overlay.netfilter_fake import FakeNetfilter
+from overlay.netfilter_kernel import rules_of, table_commands
 from overlay.netlink_fake import FakeNetlink
 from tests.unit.test_overlay_desired import make_view
 
@@ -187,11 +189,14 @@ async def test_run_repairs_on_its_period(tmp_path: Path) -> None:
         task.cancel()
 
 
-def test_iptables_render_and_parse_round_trip() -> None:
+def test_nftables_rules_read_back_only_when_exactly_ours() -> None:
     rules = NatRules("198.18.0.11", "9.0.0.0/8", "vtep1024",
                      frozenset({PortMapping(31000, "9.0.0.130", 80), PortMapping(31001, "9.0.0.131", 53, "udp")}))
-    jumps = ["-A PREROUTING -j NAVSTAR-OVERLAY-PORTS", "-A OUTPUT -j NAVSTAR-OVERLAY-PORTS",
-             "-A POSTROUTING -j NAVSTAR-OVERLAY-MASQ"]
-    assert parse("\n".join(["*nat", *jumps, *render(rules), "COMMIT"])) == rules
-    assert parse("\n".join(["*nat", *jumps[:2], *render(rules)])) is None                # a jump missing
-    assert parse("\n".join([*jumps, *render(rules), "-A NAVSTAR-OVERLAY-PORTS -j ACCEPT"])) is None
+    written = [command["add"] for command in table_commands(rules) if "add" in command]   # as read back
+    assert rules_of(written) == rules
+    assert rules_of([obj for obj in written if obj.get("rule", {}).get("chain") != "ports-output"]) is None
+    foreign = {"rule": {"family": "ip", "table": "navstar-overlay", "chain": "ports", "expr": [{"accept": None}]}}
+    assert rules_of([*written, foreign]) is None
+    bare = NatRules("198.18.0.11", "9.0.0.0/8", "vtep1024")
+    assert rules_of([command["add"] for command in table_commands(bare) if "add" in command]) == \
+        NatRules("", "9.0.0.0/8", "vtep1024"), "no mapping: the agent address is not in the rules"
