@@ -20,12 +20,13 @@ from cluster.vip_labels import named_vip, vip_label_problems
 from control.agent.images import ImageMap
 from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
 from control.app_changes import stamp_app
+from control.deployments import Deployment
 from control.drf import Allocator
 from control.events import EventBus
-from control.marathon_models import AppDefinition, AppExists, AppLocked, marathon_task_name
+from control.marathon_models import AppDefinition, AppExists, marathon_task_name
 from control.protocol import TaskStatus
 from control.registry import AgentRegistration, AgentRegistry
-from control.scheduler import Deployment, Scheduler
+from control.scheduler import Scheduler
 from control.state import StateStore
 from control.store import SqliteStore
 from control.vips import VipAllocator
@@ -127,7 +128,7 @@ class Master:
         if previous is not None and create:
             raise AppExists(app.id)
         if previous is not None:
-            self._check_lock(app.id, force)
+            self.scheduler.deployments.check_lock(app.id, force)
         others = [other for other in self.scheduler.apps.values() if other.id != app.id]
         app, scaling_only = stamp_app(app, previous, others, self.clock(), restart=restart)
         action = "StartApplication" if previous is None else \
@@ -146,15 +147,10 @@ class Master:
         """Forgets the app (its tasks are killed by the next cycles) and frees its named VIPs.
         Raises ``AppLocked`` while a deployment runs (unless ``force``); an unknown id only
         starts an empty ``StopApplication`` deployment."""
-        self._check_lock(app_id, force)
+        self.scheduler.deployments.check_lock(app_id, force)
         deployment = self.scheduler.remove_app(app_id)
         self.sync_vips()
         return deployment
-
-    def _check_lock(self, app_id: str, force: bool) -> None:
-        running = self.scheduler.deployments_for(app_id)
-        if running and not force:
-            raise AppLocked(app_id, [d.id for d in running])
 
     def report_vip_labels(self, app: AppDefinition) -> None:
         """Problems with an app's VIP labels go on the event bus (``vip_label_problem_event``, for

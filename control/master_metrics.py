@@ -44,9 +44,9 @@ class _StateCollector:
         offers.add_metric(["declined"], scheduler.offers_declined)
         yield offers
         yield GaugeMetricFamily("navstar_master_deployments", "Deployments in progress",
-                                value=len(scheduler.deployments))
+                                value=len(scheduler.deployments.all()))
         yield GaugeMetricFamily("navstar_master_queued_instances", "Instances waiting to be placed",
-                                value=sum(e.count for e in scheduler.queue.values()))
+                                value=sum(e.count for e in scheduler.queue.entries.values()))
         yield CounterMetricFamily("navstar_master_rejected_agent_messages", "Garbage rejected from agents",
                                   value=master.rejected_statuses)
         yield GaugeMetricFamily("navstar_master_named_vips", "Named VIP addresses allocated",

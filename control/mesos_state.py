@@ -15,7 +15,7 @@ from control.marathon_models import marathon_task_name
 
 if TYPE_CHECKING:
     from control.master import Master
-    from control.scheduler import TaskRecord
+    from control.task_record import TaskRecord
 
 MESOS_VERSION = "1.11.0"
 

@@ -12,8 +12,11 @@ statuses from agents ─► on_status ─► task state, health, events; termina
 deployments ─► done when every task runs the app's config and is ready (running + healthy)
 ```
 
-State lives here and is written through to the state store (``control.state``) on every change; the cluster view and
-Mesos state are read from it. No I/O but the ``AgentClient`` seam and the store.
+The coordinator: it owns apps and tasks (written through to the state store, ``control.state``,
+on every change; the cluster view and Mesos state read them) and the plan, kills, launches,
+statuses and reconciliation. It hands the rest to one module per concern: ``deployments``
+(plans and the 409 lock), ``launch_queue`` (the queue and backoff), ``matching`` (offers →
+placements, by ``placement``'s rules). No I/O but the ``AgentClient`` seam and the store.
 """
 
 from __future__ import annotations
@@ -25,112 +28,30 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, Literal
-
-from pydantic import BaseModel, Field
+from typing import Any
 
 from cluster.tasks import TERMINAL_STATES as TERMINAL
 from cluster.view import TaskPort
 from control.agent_client import AgentAddress, AgentClient, AgentUnavailable, LaunchRejected
-from control.drf import Allocator, Offer
+from control.deployments import Action, Deployment, Deployments
+from control.drf import Allocator
 from control.events import EventBus, iso_now
+from control.launch_queue import LaunchQueue
 from control.marathon_models import AppDefinition, marathon_task_name, marathon_task_prefix, task_protocol
-from control.placement import (
-    AgentSlot,
-    choose_host_ports,
-    constraint_violation,
-    insufficient,
-    shortfall,
-    task_resources,
-)
+from control.matching import Placement, agent_slots, explain, fill_offer, framework_for
+from control.placement import AgentSlot, task_resources
 from control.protocol import HealthCheckSpec, TaskLaunch, TaskStatus
 from control.registry import AgentRecord, AgentRegistry
 from control.state import StateStore
+from control.task_record import TaskRecord
 
 log = logging.getLogger("navstar.scheduler")
 
-# A task that ran this long before failing resets its app's backoff: it was not a crash loop.
-STABLE_RUN_SECONDS = 60.0
 # Killed tasks whose agent never confirms are asked again after their grace period plus this.
 KILL_RETRY_SECONDS = 5.0
 COMPLETED_KEEP = 200
-EXPLAIN_AGENTS = 10                     # agents named in a queued app's explanation
 # Marathon's task_launch_timeout: a task not running by then is killed and replaced.
 LAUNCH_TIMEOUT_SECONDS = 300.0
-
-
-class TaskRecord(BaseModel):
-    task_id: str
-    app_id: str
-    config_version: str                 # the app's lastConfigChangeAt when launched
-    version: str                        # the app's version when launched
-    agent_id: str
-    agent_ip: str
-    hostname: str
-    framework_id: str
-    role: str = "*"
-    state: str = "TASK_STAGING"
-    healthy: bool | None = None
-    has_health_checks: bool = False
-    staged_at: float
-    started_at: float | None = None
-    launched_at: float | None = None    # when the agent acknowledged the launch
-    resources: dict[str, float] = Field(default_factory=dict)
-    network: Literal["host", "container", "bridge"] = "host"
-    ports: list[TaskPort] = Field(default_factory=list)
-    service_ports: list[int] = Field(default_factory=list)
-    ip_addresses: list[str] = Field(default_factory=list)
-    labels: dict[str, str] = Field(default_factory=dict)
-    statuses: list[dict[str, Any]] = Field(default_factory=list)
-    message: str = ""
-    kill_requested: bool = False
-    kill_sent_at: float | None = None
-    unreachable_since: float | None = None
-    released: bool = False              # resources already returned to the allocator
-
-    @property
-    def terminal(self) -> bool:
-        return self.state in TERMINAL
-
-    @property
-    def ready(self) -> bool:
-        return self.state == "TASK_RUNNING" and (not self.has_health_checks or self.healthy is True)
-
-    @property
-    def host_ports(self) -> list[int]:
-        return [p.host_port for p in self.ports if p.host_port]
-
-
-class Deployment(BaseModel):
-    id: str
-    version: str
-    app_id: str
-    action: Literal["StartApplication", "ScaleApplication", "RestartApplication", "StopApplication"]
-    started_at: float
-
-    def to_marathon(self) -> dict[str, Any]:
-        action = {"action": self.action, "app": self.app_id, "readinessCheckResults": []}
-        return {"id": self.id, "version": self.version, "affectedApps": [self.app_id], "affectedPods": [],
-                "steps": [{"actions": [{"action": self.action, "app": self.app_id}]}],
-                "currentActions": [action], "currentStep": 1, "totalSteps": 1}
-
-
-class Backoff(BaseModel):
-    delay: float = 0.0                  # the next failure waits this long (0: the app's backoffSeconds)
-    launch_after: float = 0.0
-
-
-class QueueEntry(BaseModel):
-    app_id: str
-    count: int
-    since: float
-    reasons: dict[str, int] = Field(default_factory=dict)   # Marathon's reject reason → offers
-    detail: str = ""
-
-
-def framework_for(role: str) -> str:
-    """Marathon registers once per role it serves (DRF shares are per role); ids hold no '/'."""
-    return "marathon" if role == "*" else "marathon-" + role.replace("/", "|")
 
 
 class Scheduler:
@@ -149,11 +70,9 @@ class Scheduler:
         self.tasks: dict[str, TaskRecord] = {}
         self._by_app: dict[str, dict[str, TaskRecord]] = {}   # app id → its tasks (index of self.tasks)
         self.completed: list[TaskRecord] = []
-        self.deployments: dict[str, Deployment] = {}
-        self.backoff: dict[str, Backoff] = {}
-        self.queue: dict[str, QueueEntry] = {}
+        self.deployments = Deployments(store, events, clock)
+        self.queue = LaunchQueue(store, clock)
         self.unplaceable: set[str] = set()     # apps whose demand found no place in the last cycle
-        self.last_failure: dict[str, dict[str, Any]] = {}
         self.frameworks: set[str] = set()
         self.wake = asyncio.Event()
         self.offers_accepted = 0
@@ -174,12 +93,8 @@ class Scheduler:
                 self.store.delete("tasks", task_id)
                 continue
             self._add_task(task)
-        for _dep_id, raw in self.store.items("deployments"):
-            deployment = Deployment.model_validate(raw)
-            self.deployments[deployment.id] = deployment
-        for app_id, raw in self.store.items("meta"):
-            if app_id.startswith("backoff:"):
-                self.backoff[app_id[len("backoff:"):]] = Backoff.model_validate(raw)
+        self.deployments.load()
+        self.queue.load()
         for task in self.tasks.values():
             self._ensure_framework(task.role)
             if task.launched_at is None:
@@ -199,38 +114,31 @@ class Scheduler:
     def _save_app(self, app: AppDefinition) -> None:
         self.store.put("apps", app.id, app.model_dump(by_alias=True, exclude_none=True))
 
-    def _save_backoff(self, app_id: str) -> None:
-        self.store.put("meta", f"backoff:{app_id}", self.backoff[app_id].model_dump())
-
     # ---- app operations (the Marathon API calls these) -----------------------------------
-    def deployments_for(self, app_id: str) -> list[Deployment]:
-        return [d for d in self.deployments.values() if d.app_id == app_id]
-
-    def put_app(self, app: AppDefinition, action: str) -> Deployment:
+    def put_app(self, app: AppDefinition, action: Action) -> Deployment:
         """Stores the app (new or changed) and starts its deployment, superseding the app's running
         ones (``deployment_failed``). The app must be validated; never raises for a valid app."""
-        for old in self.deployments_for(app.id):
-            self._finish_deployment(old, success=False)
+        self.deployments.supersede(app.id)
         previous = self.apps.get(app.id)
         self.apps[app.id] = app
         self._save_app(app)
         if previous is None or previous.config_without_scaling() != app.config_without_scaling():
-            self.backoff.pop(app.id, None)
-            self.store.delete("meta", f"backoff:{app.id}")
-        return self._start_deployment(app.id, action, app.version or iso_now())
+            self.queue.reset_backoff(app.id)
+        deployment = self.deployments.start(app.id, action, app.version or iso_now())
+        self.poke()
+        return deployment
 
     def remove_app(self, app_id: str) -> Deployment:
         """Forgets the app at once; its tasks are killed by the next cycles (``StopApplication``
         completes when none is left). Removing an unknown id only starts an empty deployment."""
-        for old in self.deployments_for(app_id):
-            self._finish_deployment(old, success=False)
+        self.deployments.supersede(app_id)
         self.apps.pop(app_id, None)
         self.store.delete("apps", app_id)
-        self.backoff.pop(app_id, None)
-        self.store.delete("meta", f"backoff:{app_id}")
-        self.queue.pop(app_id, None)
+        self.queue.forget(app_id)
         self.events.publish("app_terminated_event", appId=app_id)
-        return self._start_deployment(app_id, "StopApplication", iso_now())
+        deployment = self.deployments.start(app_id, "StopApplication", iso_now())
+        self.poke()
+        return deployment
 
     def kill_task(self, task_id: str, scale: bool) -> TaskRecord | None:
         """Kills one task (``DELETE /v2/apps/{id}/tasks/{task}``); with ``scale`` the app shrinks.
@@ -245,24 +153,6 @@ class Scheduler:
         self._request_kill(task)
         self.poke()
         return task
-
-    def _start_deployment(self, app_id: str, action: str, version: str) -> Deployment:
-        deployment = Deployment(id=str(uuid.uuid4()), version=version, app_id=app_id, action=action,
-                                started_at=self.clock())
-        self.deployments[deployment.id] = deployment
-        self.store.put("deployments", deployment.id, deployment.model_dump())
-        self.events.publish("deployment_info", plan=deployment.to_marathon(),
-                            currentStep={"actions": [{"action": action, "app": app_id}]})
-        self.poke()
-        return deployment
-
-    def _finish_deployment(self, deployment: Deployment, success: bool) -> None:
-        self.deployments.pop(deployment.id, None)
-        self.store.delete("deployments", deployment.id)
-        kind = "deployment_success" if success else "deployment_failed"
-        self.events.publish(kind, id=deployment.id, plan=deployment.to_marathon())
-        log.info("deployment %s (%s %s) %s", deployment.id, deployment.action, deployment.app_id,
-                 "succeeded" if success else "was superseded")
 
     def poke(self) -> None:
         """Runs the next cycle now rather than at the next tick. Idempotent."""
@@ -295,10 +185,6 @@ class Scheduler:
         app = self.apps.get(task.app_id)
         after = app.unreachable_strategy.inactive_after_seconds if app else 0
         return self.clock() - task.unreachable_since >= after
-
-    def delay_left(self, app_id: str) -> float:
-        backoff = self.backoff.get(app_id)
-        return max(0.0, backoff.launch_after - self.clock()) if backoff else 0.0
 
     # ---- the cycle -----------------------------------------------------------------------
     async def run(self, interval: float = 1.0) -> None:
@@ -339,7 +225,7 @@ class Scheduler:
         await self._resend_stuck_kills(now)
         launches = self._match_offers(demand, now)
         await self._dispatch(launches)
-        self._check_deployments()
+        self.deployments.finish_converged(self.deployment_done)
         self.last_cycle_seconds = time.perf_counter() - started
         for observe in self._cycle_observers:
             observe(self.last_cycle_seconds)
@@ -447,23 +333,8 @@ class Scheduler:
             self.frameworks.add(framework_id)
         return framework_id
 
-    def _slots(self) -> dict[str, AgentSlot]:
-        slots: dict[str, AgentSlot] = {}
-        for record in self.registry.all():
-            if not record.reachable:
-                continue
-            reg = record.registration
-            slots[reg.agent_id] = AgentSlot(
-                agent_id=reg.agent_id, hostname=reg.hostname,
-                attributes={k: str(v) for k, v in reg.attributes.items()},
-                port_ranges=[(r.begin, r.end) for r in reg.resources.ports])
-        for task in self.tasks.values():
-            if not task.terminal and task.agent_id in slots:
-                slots[task.agent_id].used_ports.update(task.host_ports)
-        return slots
-
     def _match_offers(self, demand: dict[str, int], now: float) -> list[TaskRecord]:
-        ready = {app_id: n for app_id, n in demand.items() if self.delay_left(app_id) <= 0}
+        ready = self.queue.ready(demand)
         roles = {self.apps[a].effective_role for a in ready}
         for role in roles | {t.role for t in self.tasks.values()}:
             self._ensure_framework(role)
@@ -472,19 +343,19 @@ class Scheduler:
                 self.allocator.revive(framework_id)
             else:
                 self.allocator.suppress(framework_id)
-        self._refresh_queue(demand, ready)
+        self.queue.refresh(demand, ready)
         if not ready:
             return []
         offers = self.allocator.allocate(now)
-        slots = self._slots()
+        slots = agent_slots(self.registry.all(), self.tasks.values())
         placed_on: dict[str, list[AgentSlot]] = {
             app_id: [slots[t.agent_id] for t in self.active(app_id) if t.agent_id in slots] for app_id in ready}
         launches: list[TaskRecord] = []
         rejects: dict[str, dict[str, int]] = {app_id: {} for app_id in ready}
         for offer in offers:
-            used, placed = self._fill_offer(offer, ready, slots, placed_on, rejects, now)
-            launches += placed
-            if placed:
+            used, placements = fill_offer(offer, ready, self.apps, slots, placed_on, rejects, self.rng)
+            launches += [self._new_task(placement, now) for placement in placements]
+            if placements:
                 self.allocator.accept(offer, used, now)
                 self.offers_accepted += 1
             else:
@@ -492,103 +363,20 @@ class Scheduler:
                 self.offers_declined += 1
         self.unplaceable = {app_id for app_id, left in ready.items() if left > 0}
         for app_id, reasons in rejects.items():
-            entry = self.queue.get(app_id)
-            if entry is not None and ready.get(app_id, 0) > 0:
-                entry.reasons = reasons
-                entry.detail = self._explain(self.apps[app_id], slots, placed_on.get(app_id, []))
+            if ready.get(app_id, 0) > 0 and app_id in self.queue.entries:
+                self.queue.explain(app_id, reasons, explain(self.apps[app_id], slots, placed_on.get(app_id, []),
+                                                            self._free_of))
         return launches
 
-    def _fill_offer(self, offer: Offer, ready: dict[str, int], slots: dict[str, AgentSlot],
-                    placed_on: dict[str, list[AgentSlot]], rejects: dict[str, dict[str, int]],
-                    now: float) -> tuple[dict[str, float], list[TaskRecord]]:
-        slot = slots.get(offer.agent_id)
-        remaining = dict(offer.resources)
-        used: dict[str, float] = {}
-        placed: list[TaskRecord] = []
-        if slot is None:
-            return used, placed
-        counted: set[str] = set()      # apps whose rejection this offer already counted
+    def _free_of(self, agent_id: str) -> dict[str, float]:
+        try:
+            return self.allocator.free(agent_id)
+        except KeyError:
+            return {}
 
-        def reject(app_id: str, reason: str) -> None:
-            if app_id not in counted:
-                counted.add(app_id)
-                rejects[app_id][reason] = rejects[app_id].get(reason, 0) + 1
-
-        progress = True
-        while progress:
-            progress = False
-            # One task per app per pass, so apps share an agent fairly.
-            for app_id in list(ready):
-                if ready[app_id] <= 0:
-                    continue
-                app = self.apps[app_id]
-                if framework_for(app.effective_role) != offer.framework_id:
-                    continue
-                reason = self._reject_reason(app, slot, remaining, placed_on[app_id], slots)
-                if reason is not None:
-                    reject(app_id, reason)
-                    continue
-                host_ports = choose_host_ports(app, slot, self.rng)
-                if host_ports is None:
-                    reject(app_id, "InsufficientPorts")
-                    continue
-                needed = task_resources(app)
-                for name, value in needed.items():
-                    remaining[name] = remaining.get(name, 0.0) - value
-                    used[name] = used.get(name, 0.0) + value
-                task = self._new_task(app, slot, host_ports, offer.framework_id, now)
-                slot.used_ports.update(task.host_ports)
-                placed_on[app_id].append(slot)
-                placed.append(task)
-                ready[app_id] -= 1
-                progress = True
-        return used, placed
-
-    def _reject_reason(self, app: AppDefinition, slot: AgentSlot, available: dict[str, float],
-                       placed: list[AgentSlot], slots: dict[str, AgentSlot]) -> str | None:
-        short = insufficient(task_resources(app), available)
-        if short is not None:
-            return short
-        if constraint_violation(app.constraints, slot, placed, list(slots.values())) is not None:
-            return "UnfulfilledConstraint"
-        return None
-
-    def _explain(self, app: AppDefinition, slots: dict[str, AgentSlot], placed: list[AgentSlot]) -> str:
-        """Why the app's next task fits no agent, in words (the first agents checked, then a count)."""
-        if not slots:
-            return "no reachable agents"
-        needed = task_resources(app)
-        why: list[str] = []
-        for slot in slots.values():
-            try:
-                free = self.allocator.free(slot.agent_id)
-            except KeyError:
-                free = {}
-            reason = shortfall(needed, free) \
-                or constraint_violation(app.constraints, slot, placed, list(slots.values())) \
-                or ("requested host ports are not free" if choose_host_ports(app, slot, random.Random(0)) is None
-                    else "fits, waiting for an offer")
-            why.append(f"{slot.agent_id}: {reason}")
-        shown = why[:EXPLAIN_AGENTS]
-        more = f"; … and {len(why) - len(shown)} more agents" if len(why) > len(shown) else ""
-        return "; ".join(shown) + more
-
-    def _refresh_queue(self, demand: dict[str, int], ready: dict[str, int]) -> None:
-        for app_id in list(self.queue):
-            if app_id not in demand:
-                del self.queue[app_id]
-        for app_id, count in demand.items():
-            entry = self.queue.get(app_id)
-            if entry is None:
-                entry = self.queue[app_id] = QueueEntry(app_id=app_id, count=count, since=self.clock())
-            entry.count = count
-            if app_id not in ready:
-                failure = self.last_failure.get(app_id, {}).get("message")
-                entry.detail = (f"waiting {self.delay_left(app_id):.1f}s (backoff after a failed task"
-                                + (f": {failure})" if failure else ")"))
-
-    def _new_task(self, app: AppDefinition, slot: AgentSlot, host_ports: list[int | None],
-                  framework_id: str, now: float) -> TaskRecord:
+    def _new_task(self, placement: Placement, now: float) -> TaskRecord:
+        app, slot, host_ports, framework_id = placement.app, placement.slot, placement.host_ports, \
+            placement.framework_id
         record = self.registry.get(slot.agent_id)
         assert record is not None
         ports: list[TaskPort] = []
@@ -742,7 +530,7 @@ class Scheduler:
         # A task lost (with its agent, or by the agent) is replaced at once: the app did nothing wrong.
         if not task.kill_requested and task.app_id in self.apps and task.unreachable_since is None \
                 and task.state != "TASK_LOST":
-            self._failure(task, now)
+            self.queue.failed(self.apps[task.app_id], task, now)
         self.tasks.pop(task.task_id, None)
         siblings = self._by_app.get(task.app_id, {})
         siblings.pop(task.task_id, None)
@@ -752,19 +540,6 @@ class Scheduler:
         self.completed = (self.completed + [task])[-COMPLETED_KEEP:]
         self.on_change()
         self.poke()
-
-    def _failure(self, task: TaskRecord, now: float) -> None:
-        app = self.apps[task.app_id]
-        backoff = self.backoff.setdefault(app.id, Backoff())
-        ran = (now - task.started_at) if task.started_at else 0.0
-        if backoff.delay <= 0 or ran >= STABLE_RUN_SECONDS:
-            backoff.delay = app.backoff_seconds
-        backoff.launch_after = now + backoff.delay
-        backoff.delay = min(backoff.delay * app.backoff_factor, app.max_launch_delay_seconds)
-        self._save_backoff(app.id)
-        self.last_failure[app.id] = {
-            "appId": app.id, "host": task.hostname, "message": task.message, "state": task.state,
-            "taskId": task.task_id, "timestamp": iso_now(now), "version": task.version, "slaveId": task.agent_id}
 
     # ---- agents coming and going ---------------------------------------------------------
     def agent_unreachable(self, agent_id: str) -> None:
@@ -814,11 +589,6 @@ class Scheduler:
         log.info("reconciled %d tasks with %s", len(statuses), agent_id)
 
     # ---- deployments ---------------------------------------------------------------------
-    def _check_deployments(self) -> None:
-        for deployment in list(self.deployments.values()):
-            if self.deployment_done(deployment):
-                self._finish_deployment(deployment, success=True)
-
     def deployment_done(self, deployment: Deployment) -> bool:
         """Stop: no task left. Otherwise: exactly ``instances`` tasks, all on the app's config and ready."""
         app = self.apps.get(deployment.app_id)

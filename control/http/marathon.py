@@ -31,7 +31,7 @@ from control.marathon_models import (
 )
 from control.master import Master
 from control.master_metrics import MasterMetrics
-from control.scheduler import TaskRecord
+from control.task_record import TaskRecord
 
 log = logging.getLogger("navstar.marathon")
 
@@ -96,11 +96,11 @@ class MarathonApi:
         out["tasksRunning"] = sum(1 for t in tasks if t.state == "TASK_RUNNING")
         out["tasksHealthy"] = sum(1 for t in tasks if t.state == "TASK_RUNNING" and t.healthy is True)
         out["tasksUnhealthy"] = sum(1 for t in tasks if t.state == "TASK_RUNNING" and t.healthy is False)
-        out["deployments"] = [{"id": d.id} for d in self.scheduler.deployments_for(app.id)]
+        out["deployments"] = [{"id": d.id} for d in self.scheduler.deployments.for_app(app.id)]
         if "tasks" in embeds:
             out["tasks"] = [self.task_json(t) for t in tasks]
-        if embeds & {"lastTaskFailure", "failures"} and app.id in self.scheduler.last_failure:
-            out["lastTaskFailure"] = self.scheduler.last_failure[app.id]
+        if embeds & {"lastTaskFailure", "failures"} and app.id in self.scheduler.queue.last_failure:
+            out["lastTaskFailure"] = self.scheduler.queue.last_failure[app.id]
         return out
 
     # ---- helpers -------------------------------------------------------------------------
@@ -205,15 +205,15 @@ class MarathonApi:
         return JSONResponse({"tasks": [self.task_json(t) for t in tasks]})
 
     async def deployments(self, _request: Request) -> JSONResponse:
-        return JSONResponse([d.to_marathon() for d in self.scheduler.deployments.values()])
+        return JSONResponse([d.to_marathon() for d in self.scheduler.deployments.all()])
 
     async def queue(self, _request: Request) -> JSONResponse:
         items = []
-        for entry in self.scheduler.queue.values():
+        for entry in self.scheduler.queue.entries.values():
             app = self.scheduler.apps.get(entry.app_id)
             if app is None:
                 continue
-            left = self.scheduler.delay_left(entry.app_id)
+            left = self.scheduler.queue.delay_left(entry.app_id)
             items.append({
                 "app": self.app_json(app, set()), "count": entry.count, "since": iso_now(entry.since),
                 "delay": {"timeLeftSeconds": round(left), "overdue": left <= 0},

@@ -27,7 +27,7 @@ async def test_unique_hostname_spreads_and_the_rest_waits(cluster):
     await cluster.post_app({"id": "/u", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 4,
                             "constraints": [["hostname", "UNIQUE"]]})
     assert sorted(hosts(cluster, "/u").values()) == [1, 1, 1]
-    entry = cluster.scheduler.queue["/u"]
+    entry = cluster.scheduler.queue.entries["/u"]
     assert entry.count == 1 and "UNIQUE" in entry.detail
 
 
@@ -62,11 +62,11 @@ async def test_resources_bound_placement_and_free_on_kill(cluster):
     # 2 cpus per agent, 3 agents: 6 tasks of 1 cpu fit, the 7th waits.
     await cluster.post_app({"id": "/r", "cmd": "true", "cpus": 1, "mem": 16, "instances": 7})
     assert len(cluster.running("/r")) == 6
-    entry = cluster.scheduler.queue["/r"]
+    entry = cluster.scheduler.queue.entries["/r"]
     assert entry.count == 1 and "needs cpus 1, 0 free" in entry.detail
     await cluster.marathon.put("/v2/apps/r", params={"force": "true"}, json={"instances": 5})
     await cluster.settle()
-    assert len(cluster.running("/r")) == 5 and "/r" not in cluster.scheduler.queue
+    assert len(cluster.running("/r")) == 5 and "/r" not in cluster.scheduler.queue.entries
     assert cluster.master.allocator.allocation("marathon")["cpus"] == pytest.approx(5)
 
 
@@ -74,7 +74,7 @@ async def test_host_ports_dynamic_fixed_and_require_ports(cluster):
     await cluster.post_app({"id": "/fixed", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 4,
                             "requirePorts": True, "portDefinitions": [{"port": 31050}]})
     assert [t.host_ports for t in cluster.running("/fixed")] == [[31050]] * 3
-    assert cluster.scheduler.queue["/fixed"].reasons.get("InsufficientPorts")
+    assert cluster.scheduler.queue.entries["/fixed"].reasons.get("InsufficientPorts")
     await cluster.post_app({"id": "/p", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 3,
                             "portDefinitions": [{"port": 0}, {"port": 0, "name": "admin"}]})
     for task in cluster.running("/p"):
@@ -83,7 +83,7 @@ async def test_host_ports_dynamic_fixed_and_require_ports(cluster):
     await cluster.post_app({"id": "/out", "instances": 1, "cpus": 0.1, "mem": 16, "container": {
         "type": "DOCKER", "docker": {"image": "nginx", "network": "BRIDGE",
                                      "portMappings": [{"containerPort": 80, "hostPort": 8080}]}}})
-    assert cluster.running("/out") == [] and "host ports" in cluster.scheduler.queue["/out"].detail
+    assert cluster.running("/out") == [] and "host ports" in cluster.scheduler.queue.entries["/out"].detail
 
 
 async def test_failed_tasks_restart_with_backoff(cluster):
@@ -95,7 +95,7 @@ async def test_failed_tasks_restart_with_backoff(cluster):
         await cluster.fake.report(task.agent_id, task.task_id, "TASK_FAILED", message="exit 1")
         await cluster.settle()
         assert cluster.running("/crash") == []
-        delays.append(round(cluster.scheduler.delay_left("/crash")))
+        delays.append(round(cluster.scheduler.queue.delay_left("/crash")))
         queue = (await cluster.marathon.get("/v2/queue")).json()["queue"]
         assert queue[0]["delay"]["timeLeftSeconds"] == delays[-1]
         cluster.clock.advance(delays[-1] + 0.1)
@@ -140,7 +140,7 @@ async def test_rolling_upgrade_keeps_health_capacity(cluster):
         await cluster.settle(1)
     final = {t.task_id for t in cluster.running("/roll")}
     assert len(final) == 4 and not (final & old)
-    assert cluster.scheduler.deployments == {}
+    assert cluster.scheduler.deployments.all() == []
 
 
 async def test_unreachable_agent_tasks_are_replaced_and_returning_tasks_killed(cluster):
@@ -187,9 +187,9 @@ async def test_rejected_launch_is_task_error_with_backoff(cluster):
     await cluster.post_app({"id": "/img", "cpus": 0.1, "mem": 16,
                             "container": {"type": "DOCKER", "docker": {"image": "nginx", "network": "HOST"}}})
     assert cluster.running("/img") == []
-    failure = cluster.scheduler.last_failure["/img"]
+    failure = cluster.scheduler.queue.last_failure["/img"]
     assert failure["state"] == "TASK_ERROR" and "nginx" in failure["message"]
-    assert cluster.scheduler.delay_left("/img") > 0
+    assert cluster.scheduler.queue.delay_left("/img") > 0
 
 
 async def test_roles_share_the_cluster_by_drf(cluster):
@@ -244,7 +244,7 @@ async def test_restart_with_unique_hostname_on_every_agent_still_completes(clust
         assert len(running) >= 2          # one at a time: never more than one instance down
     final = {t.task_id for t in cluster.running("/u3")}
     assert len(final) == 3 and not (final & old)
-    assert cluster.scheduler.deployments == {}
+    assert cluster.scheduler.deployments.all() == []
 
 
 async def test_unreachable_within_inactive_after_keeps_the_task(cluster):
