@@ -13,6 +13,9 @@ Two limits of what Debian 12 ships are met here rather than in every caller:
 * A kernel built without ``CONFIG_NFT_QUEUE`` (the lab's) has no native ``queue`` statement;
   the NFQUEUE verdict is then the xtables target, as iptables-nft writes it, through nf_tables
   netlink (libnftables can read such a rule but not write one): ``set_xt_rule`` / ``xt_rules``.
+
+And one of speed: listing a set of 10,000 elements takes libnftables ~0.3 s; ``elements`` dumps
+them over nf_tables netlink in a few milliseconds.
 """
 
 from __future__ import annotations

@@ -299,10 +299,15 @@ class NfqueueDataplane:
         # they carry: shown as drift, so that repair re-applies.
         intact = self.netfilter.base_intact(self.queue, len(self.queue_numbers), cpu_fanout=self.pin)
         routes = self.netfilter.local_routes()
+        # VIPs with the same backends mostly share one tuple: each is checked once, by identity.
+        mapped_by_id: dict[int, tuple[tuple[Backend, ...], bool]] = {}
         out = {}
         for key in self.netfilter.vip_members():
             entry = self._table.get(key, VipEntry(key, ()))
-            whole = intact and vip_prefix(key.address) in routes and all(b in mapped for b in entry.backends)
+            known = mapped_by_id.get(id(entry.backends))
+            if known is None or known[0] is not entry.backends:
+                known = mapped_by_id[id(entry.backends)] = (entry.backends, all(b in mapped for b in entry.backends))
+            whole = intact and vip_prefix(key.address) in routes and known[1]
             out[key] = entry if whole else VipEntry(key, ())
         return out
 

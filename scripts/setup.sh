@@ -11,7 +11,7 @@ die() { printf 'setup: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "root is needed (network namespaces, cgroups, BPF); run: sudo make setup"
 
 DEBIAN_PACKAGES=(
-  iptables nftables ipset conntrack libnetfilter-queue-dev
+  iptables nftables python3-nftables ipset conntrack libnetfilter-queue-dev
   bpfcc-tools python3-bpfcc clang llvm bpftool
   iproute2 iputils-ping procps psmisc curl dnsutils
   nginx-light dnsmasq-base dnsperf iperf3
