@@ -3,12 +3,12 @@
 import collections
 import collections.abc
 import threading
-import time
 
 import httpx
 import pytest
 
 from tests.unit.master_harness import ServedMaster
+from tests.waiting import wait_until
 
 collections.Iterable = collections.abc.Iterable  # marathon 0.13 predates Python 3.10
 from marathon import MarathonApp, MarathonClient  # noqa: E402
@@ -24,37 +24,34 @@ def served():
     served.stop()
 
 
-def wait_for(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not reached in time")
+def wait_for(predicate):
+    wait_until(predicate, message="the master to get there")
 
 
 def test_marathon_python_round_trip(served):
     client = MarathonClient(served.url, auth_token=SECRET)
     assert client.ping().strip() in (b"pong", "pong")
+    others = {a.id for a in client.list_apps()}        # the master is module-wide: other tests' apps
+    assert "/shop/web" not in others
     created = client.create_app("/shop/web", MarathonApp(cmd="python3 -m http.server $PORT0", instances=2,
                                                          cpus=0.1, mem=32, constraints=[["hostname", "UNIQUE"]]))
     assert created.id == "/shop/web" and created.instances == 2
-    assert [a.id for a in client.list_apps()] == ["/shop/web"]
+    assert {a.id for a in client.list_apps()} == others | {"/shop/web"}
     wait_for(lambda: len(client.list_tasks("/shop/web")) == 2
              and all(t.state == "TASK_RUNNING" for t in client.list_tasks("/shop/web")))
     tasks = client.list_tasks("/shop/web")
     assert {t.slave_id for t in tasks} == {"agent-1", "agent-2"}
     assert all(t.started_at is not None and t.ports for t in tasks)
-    wait_for(lambda: client.list_deployments() == [])
+    wait_for(lambda: not [d for d in client.list_deployments() if "/shop/web" in d.affected_apps])
     app = client.get_app("/shop/web")
     assert app.tasks_running == 2 and app.constraints[0].operator == "UNIQUE"
     client.scale_app("/shop/web", instances=1)
     wait_for(lambda: len(client.list_tasks("/shop/web")) == 1)
     assert client.get_app("/shop/web").instances == 1
     assert client.get_info().name == "marathon"
-    assert len(client.list_tasks()) == 1
+    assert [t.app_id for t in client.list_tasks()].count("/shop/web") == 1
     client.delete_app("/shop/web")
-    wait_for(lambda: client.list_apps() == [])
+    wait_for(lambda: "/shop/web" not in {a.id for a in client.list_apps()})
     with pytest.raises(NotFoundError):
         client.get_app("/shop/web")
 
