@@ -23,7 +23,6 @@ def _checker():
 graph = _checker()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 in progress: the HTTP faces still form cycles with their domain objects")
 def test_the_tree_keeps_its_layering():
     assert graph.violations(graph.modules(ROOT)) == []
 
