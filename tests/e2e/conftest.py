@@ -10,7 +10,6 @@ import json
 import random
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from navstar.lab import LabState
+from navstar.lab import LabState, process_alive
+from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 NAVSTAR = [sys.executable, "-m", "navstar"]
@@ -27,20 +27,6 @@ NAVSTAR = [sys.executable, "-m", "navstar"]
 
 def navstar(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
     return subprocess.run([*NAVSTAR, *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def wait_until(predicate: Callable[[], object], timeout: float = 20.0, step: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-            if last:
-                return last
-        except Exception as exc:  # noqa: BLE001 — keep polling; report the last failure
-            last = exc
-        time.sleep(step)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
 
 
 @dataclass
@@ -99,7 +85,7 @@ class LabHandle:
                 tasks = [t for t in tasks if t.get("healthCheckResults") and
                          all(r.get("alive") for r in t["healthCheckResults"])]
             return tasks if len(tasks) >= count else None
-        return wait_until(ready, timeout, what=f"{count} running tasks of {app_id}")
+        return wait_until(ready, timeout, message=f"{count} running tasks of {app_id}")
 
     def vips(self, node: str) -> list[dict]:
         out = self.exec(node, "curl", "-s", "http://127.0.0.1:62080/v1/vips")
@@ -107,6 +93,21 @@ class LabHandle:
 
     def log(self, node: str) -> str:
         return navstar("lab", "logs", "--name", self.name, node).stdout
+
+    def restore(self) -> None:
+        """Whatever an earlier test killed comes back: every node process restarted if it is dead,
+        then every agent registered and reachable on the master. A module-shared lab calls this
+        before each test, so no test depends on how the one before it ended."""
+        for node in self.state.nodes:
+            if not process_alive(node.pid):
+                restarted = navstar("lab", "restart", "--name", self.name, node.name, timeout=120)
+                assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+
+        def agents_reachable() -> bool:
+            with self.mesos() as client:
+                agents = client.get("/v1/agents").json()["agents"]
+            return sorted(a["agent_id"] for a in agents if a["reachable"]) == sorted(self.agents)
+        wait_until(agents_reachable, 60, message=f"every agent of {self.name} registered and reachable")
 
 
 def _free_subnet() -> str:

@@ -5,12 +5,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import httpx
 import pytest
+
+from tests.waiting import wait_until
 
 NAVSTAR = [sys.executable, "-m", "navstar"]
 
@@ -82,9 +83,8 @@ def test_lab_up_exec_status_down(lab):
 
     # A dead agent shows as down.
     os.kill(status["nodes"][1]["pid"], signal.SIGKILL)
-    time.sleep(0.3)
-    after = json.loads(navstar("lab", "status", "--name", name, "--json").stdout)
-    assert [n["up"] for n in after["nodes"]] == [True, False, True]
+    wait_until(lambda: [n["up"] for n in json.loads(navstar("lab", "status", "--name", name, "--json").stdout)["nodes"]]
+               == [True, False, True], message="the killed agent shown down, the others up")
 
     assert navstar("lab", "down", "--name", name).returncode == 0
     assert lab_leftovers(name) == []

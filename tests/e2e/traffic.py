@@ -74,7 +74,7 @@ def deployed(lab: LabHandle, *apps: dict) -> Iterator[None]:
         for app_id in ids:
             lab.remove_app(app_id)
         for app_id in ids:
-            wait_until(lambda a=app_id: not app_tasks(lab, a), 30, what=f"tasks of {app_id} gone")
+            wait_until(lambda a=app_id: not app_tasks(lab, a), 30, message=f"tasks of {app_id} gone")
 
 
 def app_tasks(lab: LabHandle, app_id: str) -> list[dict]:
@@ -116,7 +116,7 @@ def wait_vip_serves(lab: LabHandle, name: str, tasks: list[dict], timeout: float
             addresses.add(vip["address"])
         return addresses.pop() if len(addresses) == 1 else None
 
-    return wait_until(ready, timeout, what=f"{name} programmed on every agent with backends {sorted(want)}")
+    return wait_until(ready, timeout, message=f"{name} programmed on every agent with backends {sorted(want)}")
 
 
 def task_netns(lab: LabHandle, task: dict) -> str:
@@ -158,17 +158,12 @@ class Batch:
 
 
 def curl_batch(lab: LabHandle, node: str, host: str, count: int, *, port: int = 80, netns: str | None = None,
-               connect_timeout: float = 2, start_at: float | None = None) -> Batch:
+               connect_timeout: float = 2) -> Batch:
     """``count`` GETs to ``http://host:port/`` from ``node`` (or the task namespace ``netns`` entered
-    from it) with one curl: URL globbing, ``Connection: close`` so each request is a new connection.
-    ``start_at`` (unix time): the first request goes out then, not before."""
+    from it) with one curl: URL globbing, ``Connection: close`` so each request is a new connection."""
     url = f"http://{host}:{port}/?n=[1-{count}]"
     argv = ["curl", "-s", "--connect-timeout", str(connect_timeout), "-m", "5", "-H", "Connection: close",
             "-w", "\n@@ %{http_code} %{exitcode} %{time_total}\n", url]
-    if start_at is not None:
-        # Waits inside the namespace, so the exec's own start-up does not delay the first request.
-        argv = ["sh", "-c", f'while [ "$(date +%s%N)" -lt {int(start_at * 1e9)} ]; do sleep 0.01; done; exec "$@"',
-                "sh", *argv]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     out = lab.exec(node, *argv, timeout=60 + count * 5).stdout
