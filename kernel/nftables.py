@@ -206,7 +206,7 @@ class Nftables:
         seq = self._next_seq()
         sock.send(_message(NFNL_SUBSYS_NFTABLES << 8 | kind, NLM_F_REQUEST | NLM_F_DUMP, seq, _FAMILY[family], 0,
                            request))
-        answers = []
+        answers: list[dict[int, bytes]] = []
         while True:
             for got, mtype, message in messages(sock.recv(1 << 20)):
                 if got != seq:
