@@ -7,8 +7,10 @@ Two workloads, each measured with dnsperf against both servers in alternation:
 - cached forwarded: 1,000 names an upstream dnsmasq serves; navstar and a caching dnsmasq both
   forward to it, and both caches are warmed before timing, so this measures cache hits.
 
-Goals (issue 5): own zone ≥ 0.5× dnsmasq, cached forwarded ≥ 0.3×. Everything runs inside a
-namespace this benchmark creates and deletes, with every process it starts stopped by pid.
+Goals (issue 5): own zone ≥ 0.5× dnsmasq, cached forwarded ≥ 0.3×; exits 1 when one is missed.
+Throughput counts correct answers only (NOERROR: every name asked exists), so a server answering
+SERVFAIL fast gains nothing; loss and wrong answers are reported for every server. Everything runs
+inside a namespace this benchmark creates and deletes, with every process it starts stopped by pid.
 
 Run: .venv/bin/python -m bench.dns [--seconds 8] [--rounds 2]
 """
@@ -25,6 +27,7 @@ import tempfile
 import time
 import uuid
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
@@ -84,14 +87,29 @@ class Namespace:
             time.sleep(0.1)
         raise RuntimeError(f"dnsmasq on {address} did not start")
 
-    def dnsperf(self, server: str, queries: Path, seconds: float | None = None) -> tuple[float, float]:
-        """(queries per second, lost fraction)."""
+    def dnsperf(self, server: str, queries: Path, seconds: float | None = None) -> Run:
         limit = ["-l", str(seconds)] if seconds else ["-n", "1"]
         out = self.run("dnsperf", "-s", server, "-d", str(queries), "-c", "4", "-q", "500", "-t", "2", *limit)
         qps = float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1))
         sent = float(re.search(r"Queries sent:\s+(\d+)", out).group(1))
         lost = float(re.search(r"Queries lost:\s+(\d+)", out).group(1))
-        return qps, lost / sent if sent else 1.0
+        completed = float(re.search(r"Queries completed:\s+(\d+)", out).group(1))
+        codes = re.search(r"Response codes:\s+(.*)", out)
+        noerror = re.search(r"NOERROR (\d+)", codes.group(1)) if codes else None
+        correct = float(noerror.group(1)) if noerror else 0.0
+        return Run(qps * correct / completed if completed else 0.0,
+                   lost / sent if sent else 1.0,
+                   (completed - correct) / sent if sent else 0.0)
+
+
+@dataclass
+class Run:
+    """One dnsperf run: correct answers (NOERROR) per second, and the fractions of queries sent
+    that got no answer (lost) or a wrong one (any other response code)."""
+
+    correct_qps: float
+    lost: float
+    wrong: float
 
 
 def main() -> int:
@@ -114,15 +132,12 @@ def main() -> int:
         ns.dnsmasq(UPSTREAM_IP, f"--addn-hosts={tmp / 'upstream.hosts'}", "--local-ttl=3600")
         ns.start(sys.executable, "-m", "spartan_dns", "--listen", NAVSTAR_IP, "--port", "53",
                  "--vips", str(tmp / "vips.json"), "--upstream", UPSTREAM_IP, ready="ready")
-        results: dict[tuple[str, str], list[float]] = {}
-        lost: dict[tuple[str, str], list[float]] = {}
+        results: dict[tuple[str, str], list[Run]] = {}
 
         def measure(workload: str, queries: Path) -> None:
             for _ in range(args.rounds):
                 for server, address in (("dnsmasq", PEER_IP), ("navstar", NAVSTAR_IP)):
-                    qps, lost_fraction = ns.dnsperf(address, queries, args.seconds)
-                    results.setdefault((workload, server), []).append(qps)
-                    lost.setdefault((workload, server), []).append(lost_fraction)
+                    results.setdefault((workload, server), []).append(ns.dnsperf(address, queries, args.seconds))
 
         # Own zone: the peer serves the same names from a hosts file, with the same TTL.
         ns.dnsmasq(PEER_IP, f"--addn-hosts={tmp / 'own.hosts'}", "--local-ttl=5")
@@ -136,19 +151,22 @@ def main() -> int:
             ns.dnsperf(address, tmp / "forwarded.queries")
         measure("cached forwarded", tmp / "forwarded.queries")
 
-    table = Table(title=f"dnsperf, {NAMES} names, {args.rounds}×{args.seconds:g}s per server and workload")
-    for column in ("workload", "dnsmasq QPS", "navstar QPS", "ratio", "goal", "lost (navstar)"):
+    table = Table(title=f"dnsperf, {NAMES} names, {args.rounds}×{args.seconds:g}s per server and workload; "
+                        "correct (NOERROR) answers per second")
+    for column in ("workload", "dnsmasq QPS", "navstar QPS", "ratio", "goal", "lost dnsmasq", "lost navstar",
+                   "wrong dnsmasq", "wrong navstar"):
         table.add_column(column, justify="right" if column != "workload" else "left", no_wrap=True)
     verdict = 0
     for workload, goal in GOALS.items():
-        peer = statistics.median(results[(workload, "dnsmasq")])
-        ours = statistics.median(results[(workload, "navstar")])
+        runs = {server: results[(workload, server)] for server in ("dnsmasq", "navstar")}
+        peer, ours = (statistics.median(r.correct_qps for r in runs[s]) for s in ("dnsmasq", "navstar"))
         ratio = ours / peer if peer else 0.0
         verdict |= ratio < goal
         table.add_row(workload, f"{peer:,.0f}", f"{ours:,.0f}", f"[{'green' if ratio >= goal else 'red'}]{ratio:.2f}×",
-                      f"≥ {goal}×", f"{max(lost[(workload, 'navstar')]):.2%}")
+                      f"≥ {goal}×", *(f"{max(r.lost for r in runs[s]):.2%}" for s in ("dnsmasq", "navstar")),
+                      *(f"{max(r.wrong for r in runs[s]):.2%}" for s in ("dnsmasq", "navstar")))
     console.print(table)
-    return verdict
+    return int(verdict)
 
 
 if __name__ == "__main__":

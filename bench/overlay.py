@@ -137,7 +137,7 @@ def throughput(bed: Testbed, server_ns: str, client_ns: str, address: str) -> fl
     return float(done.stdout.strip())
 
 
-def main() -> None:
+def main() -> int:
     underlay = f"198.18.{random.randint(100, 199)}.0/24"
     with Testbed(agents=2, underlay=underlay) as bed, tempfile.TemporaryDirectory() as state:
         program_ns = time_navstar(bed, bed.agent_ip(100))
@@ -173,7 +173,8 @@ def main() -> None:
           f"{over / under:>21.2f}×")
     print(f"goals: programming < 1 s: {'met' if program_ns < 1 else 'MISSED'}; "
           f"overlay ≥ 0.6 × underlay: {'met' if over / under >= 0.6 else 'MISSED'}")
+    return 0 if program_ns < 1 and over / under >= 0.6 else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -288,7 +288,12 @@ def main() -> int:
     print(f"ebpf at {last} / at {first} VIPs, each against direct: {ebpf_scale:.2f}x "
           f"(goal >= 0.90: {'met' if ebpf_scale >= 0.90 else 'MISSED'}; raw rates {ebpf_raw:.2f}x); "
           f"iptables: {ipt_scale:.2f}x")
-    return 0
+    missed = [goal for goal, met in (("programming < 2 s", programming["program"] < 2),
+                                     ("ebpf >= 0.95x direct", ebpf_ratio >= 0.95),
+                                     (f"ebpf at {last} VIPs >= 0.90x at {first}", ebpf_scale >= 0.90)) if not met]
+    for goal in missed:
+        print(f"goal missed: {goal}", file=sys.stderr)
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":
