@@ -117,7 +117,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each dnsperf run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per server and workload")
     args = parser.parse_args()
-    console = Console(width=110)
+    console = Console(width=150)
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-dns-")))
         own = {f"app{i}.marathon.l4lb.thisdcos.directory": f"11.0.{i // 250}.{i % 250 + 1}" for i in range(NAMES)}
