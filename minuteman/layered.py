@@ -5,7 +5,7 @@ translated never carry a VIP address, so the two never handle the same flow.
 
 ```
 LoadBalancer ──apply(table)──► LayeredDataplane ──► EbpfDataplane   (connect4/sendmsg4 … maps)
-                                               └──► NfqueueDataplane (ipset → queue → conntrack)
+                                               └──► NfqueueDataplane (nft set → queue → conntrack)
 ```
 A VIP counts as programmed only when both layers hold it, so DNS publishes it only then.
 """

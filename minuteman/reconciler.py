@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from cluster.view import ClusterView
+from kernel.offloop import KernelThread
 from minuteman.dataplane import Backend, Dataplane, Maintained, Startable, VipEntry, VipKey
 from minuteman.health import BackendHealth, HealthConfig
 from minuteman.maglev import DEFAULT_MIN_TABLE_SIZE, maglev_table
@@ -53,8 +54,10 @@ class LoadBalancer:
         self.min_table_size = min_table_size
         self.status = LbStatus()
         self._model = VipModel()
-        # The agent applies views and repairs on a worker thread (kernel calls stay off its loop);
-        # health polling on the loop skips a round rather than wait for them.
+        # Applies, repairs and health polls run on this thread (kernel calls stay off the agent's
+        # loop); the lock keeps direct callers on other threads (tests, benchmarks) in turn too.
+        self.kernel_thread = KernelThread("minuteman")
+        self._closed = False
         self._lock = threading.RLock()
         self._reported: set[Problem] = set()
         # Adopt: keep serving what the kernel holds until the first view says otherwise.
@@ -73,6 +76,10 @@ class LoadBalancer:
         Thread-safe: may run on a worker thread."""
         with self._lock:
             self._on_view(view)
+
+    async def apply_view(self, view: ClusterView) -> None:
+        """``on_view`` for a coroutine: the pass runs on the load balancer's kernel thread."""
+        await self.kernel_thread.run(self.on_view, view)
 
     def _on_view(self, view: ClusterView) -> None:
         self._model = vip_model(view, self.node_ip)
@@ -174,9 +181,9 @@ class LoadBalancer:
         while True:
             now = loop.time()
             if now >= next_repair:
-                # Reading the kernel back (ipset save, map dumps) is no work for the loop.
+                # Reading the kernel back (set and map dumps) is no work for the loop.
                 try:
-                    await asyncio.to_thread(self.repair)
+                    await self.kernel_thread.run(self.repair)
                 except Exception:
                     log.exception("repairing the %s dataplane failed", self.dataplane.name)
                 next_repair = loop.time() + repair_interval
@@ -191,14 +198,19 @@ class LoadBalancer:
             try:
                 # Off the loop: a backend going out re-applies the table (kernel calls), and a
                 # failure here must not end the agent.
-                await asyncio.to_thread(self.poll_health)
+                await self.kernel_thread.run(self.poll_health)
             except Exception:
                 log.exception("polling the %s dataplane for backend health failed", self.dataplane.name)
             await asyncio.sleep(HEALTH_POLL_INTERVAL)
 
     def close(self, keep_kernel_state: bool = True) -> None:
-        with self._lock:       # after an apply or repair still running on a worker thread
-            self.dataplane.close(keep_kernel_state=keep_kernel_state)
+        """Close the dataplane after the pass under way, then the kernel thread. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._lock:
+            self.kernel_thread.call(self.dataplane.close, keep_kernel_state=keep_kernel_state)
+        self.kernel_thread.close()
 
     # -- what others read ---------------------------------------------------------------
     def programmed_names(self) -> dict[str, str]:

@@ -42,7 +42,7 @@ from minuteman.health import HealthConfig
 from minuteman.metrics import MinutemanMetrics
 from minuteman.reconciler import LoadBalancer
 from navstar import logs
-from navstar.localnet import ensure_loopback_addresses
+from navstar.localnet import add_loopback_addresses
 from navstar.servers import Listen, serve
 from overlay.agent import OverlayAgent
 from overlay.netlink_kernel import PyRoute2Netlink
@@ -203,7 +203,7 @@ class NodeAgent:
             view = self._lb_pending
             if view is None or view.version == self._lb_applied:
                 return   # the newest view already went through (a reset master may count anew)
-            await asyncio.to_thread(self.lb.on_view, view)
+            await self.lb.apply_view(view)
             self._lb_applied = view.version
             self.dns.set_vips(self.lb.programmed_names())
 
@@ -222,8 +222,7 @@ class NodeAgent:
         self.dns.set_mesos_records(records)
 
     async def _overlay_view(self, view: ClusterView) -> None:
-        # pyroute2 is synchronous: keep it off the loop.
-        result = await asyncio.to_thread(self.overlay.on_view, view)
+        result = await self.overlay.apply_view(view)
         if result.errors:
             log.warning("overlay: %s", "; ".join(map(str, result.errors)))
 
@@ -261,7 +260,7 @@ class NodeAgent:
         for status in self.executor.adopt():
             self.link.send_status(status)
         # pyroute2's synchronous API refuses to run inside an event loop.
-        await asyncio.to_thread(ensure_loopback_addresses, list(self.opts.dns_listen))
+        await add_loopback_addresses(list(self.opts.dns_listen))
         await self.dns.start()
         dns_metrics = DnsMetrics(self.dns)
         REGISTRY.register(dns_metrics)

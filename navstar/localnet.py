@@ -3,7 +3,6 @@ kernel lacks, the resolver's addresses (198.51.100.1-3) go on loopback instead."
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 
 from pyroute2 import AsyncIPRoute
@@ -29,8 +28,3 @@ async def add_loopback_addresses(addresses: list[str]) -> list[str]:
                 if exc.code != EEXIST:
                     raise
     return added
-
-
-def ensure_loopback_addresses(addresses: list[str]) -> list[str]:
-    """``add_loopback_addresses`` for a thread with no running loop."""
-    return asyncio.run(add_loopback_addresses(addresses))
