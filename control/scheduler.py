@@ -258,7 +258,8 @@ class Scheduler:
             remaining_old = len(old_ready) - len(chosen)
             room = max_total - (len(new) + remaining_old + len(killing))
             launch = max(0, min(target - len(new), room))
-            stuck = launch == 0 or (app.id in self.unplaceable and all(t.ready for t in new))
+            # Stuck only once every new task is ready: new ones still starting will free room.
+            stuck = (launch == 0 or app.id in self.unplaceable) and all(t.ready for t in new)
             if stuck and not chosen and remaining_old and len(new) < target and not killing:
                 # No room (minimumHealthCapacity 1 with maximumOverCapacity 0), or the new tasks
                 # fit nowhere while old ones hold their places (e.g. hostname:UNIQUE on as many

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from control.agent_client import FakeAgents
 from tests.unit.master_harness import Cluster, running_cluster
 
@@ -112,9 +110,6 @@ async def test_backoff_grows_for_a_crash_loop_and_resets_after_a_long_run():
 
 
 # -- maximumOverCapacity --------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason=(
-    "scheduler._plan treats new tasks still staging as an upgrade blocked for room (launch == 0) and "
-    "kills old healthy tasks, below minimumHealthCapacity 1; stuck should need every new task ready"))
 async def test_maximum_over_capacity_starts_extra_tasks_while_every_old_one_serves():
     strategy = {"minimumHealthCapacity": 1.0, "maximumOverCapacity": 0.5}
     async with running_cluster(agents=2) as cluster:
