@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import socket
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from control.http import master_apps
 from control.master import Master
 from control.registry import AgentRegistration
 from control.state import StateStore
+from tests.waiting import wait_until
 
 
 class FakeClock:
@@ -120,10 +120,7 @@ class ServedMaster:
                         for app in master_apps(self.master)]
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not all(server.started for server in self.servers):
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
+        wait_until(lambda: all(s.started for s in self.servers), 10, message="uvicorn started")
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
