@@ -2,7 +2,6 @@ import asyncio
 import json
 import socket
 import threading
-import time
 
 import httpx
 import pytest
@@ -19,6 +18,7 @@ from minuteman.health import HealthConfig
 from minuteman.maglev import maglev_table
 from minuteman.metrics import MinutemanMetrics
 from minuteman.reconciler import LoadBalancer
+from tests.waiting import wait_until, wait_until_async
 
 WEB = VipKey("11.0.0.1", 80, "tcp")
 ADDR = VipKey("1.2.3.4", 5000, "tcp")
@@ -203,30 +203,45 @@ def test_metrics():
     assert "navstar_minuteman" not in generate_latest(registry).decode()
 
 
-async def test_run_repairs_and_polls(lb):
+async def test_run_repairs_drift_and_polls_health(lb):
     lb.on_view(view(task(1)))
-    lb.dataplane.table.clear()
+    lb.dataplane.table.clear()                      # the kernel lost the VIP
+    lb.dataplane.calls.clear()
+    polls = []
+    lb.dataplane.drain_outcomes = lambda: polls.append(1) or []
     runner = asyncio.create_task(lb.run(repair_interval=0.05))
-    await asyncio.sleep(0.2)
-    runner.cancel()
-    assert WEB in lb.dataplane.table
+    try:
+        await wait_until_async(lambda: WEB in lb.dataplane.table and len(polls) >= 2, timeout=10,
+                               message="the lost VIP put back and health polled twice")
+    finally:
+        runner.cancel()
+    methods = [method for method, _ in lb.dataplane.calls]
+    assert methods[:2] == ["current", "apply"], "read back, found the drift, re-applied"
+    assert WEB in lb.dataplane.applied()[0]
 
 
 async def test_run_survives_a_failing_health_feed_and_a_failing_repair(lb, caplog):
     lb.on_view(view(task(1)))
     calls = []
 
-    def broken():
-        calls.append(1)
-        raise OSError("netlink went away")
+    def broken(method):
+        def fail():
+            calls.append(method)
+            raise OSError("netlink went away")
+        return fail
 
-    lb.dataplane.drain_outcomes = broken
-    lb.dataplane.current = broken
+    lb.dataplane.drain_outcomes = broken("drain_outcomes")
+    lb.dataplane.current = broken("current")
     runner = asyncio.create_task(lb.run(repair_interval=0.05))
-    await asyncio.sleep(0.35)
-    assert not runner.done(), "the load balancer keeps serving"
-    runner.cancel()
-    assert len(calls) >= 4 and "polling the fake dataplane for backend health failed" in caplog.text
+    try:
+        # two rounds of both: each failure was survived and the loop came round again
+        await wait_until_async(lambda: min(calls.count("current"), calls.count("drain_outcomes")) >= 2
+                               or runner.done(), timeout=10, message="two failing repairs and health polls")
+        assert not runner.done(), "the load balancer keeps serving"
+    finally:
+        runner.cancel()
+    assert "polling the fake dataplane for backend health failed" in caplog.text
+    assert "reading the fake dataplane failed" in caplog.text
 
 
 def test_cli_lists_vips_from_a_real_agent_api(lb):
@@ -239,9 +254,7 @@ def test_cli_lists_vips_from_a_real_agent_api(lb):
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + 5
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: server.started, 10, message="uvicorn started")
         from navstar.cli import app
         runner = CliRunner()
         out = runner.invoke(app, ["vip", "list", "--json", "--agent", f"http://127.0.0.1:{port}"])
