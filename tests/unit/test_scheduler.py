@@ -192,14 +192,30 @@ async def test_rejected_launch_is_task_error_with_backoff(cluster):
     assert cluster.scheduler.queue.delay_left("/img") > 0
 
 
-async def test_roles_share_the_cluster_by_drf(cluster):
-    await cluster.post_app({"id": "/a", "cmd": "true", "cpus": 1, "mem": 16, "instances": 2, "role": "dev"})
-    await cluster.post_app({"id": "/b", "cmd": "true", "cpus": 1, "mem": 16, "instances": 2})
-    assert len(cluster.running("/a")) == 2 and len(cluster.running("/b")) == 2
-    assert {t.role for t in cluster.running("/a")} == {"dev"}
-    assert cluster.master.allocator.allocation("marathon-dev")["cpus"] == pytest.approx(2)
-    state = (await cluster.mesos.get("/master/state")).json()
-    assert set(state["frameworks"][0]["roles"]) >= {"*", "dev"}
+async def test_contended_roles_get_equal_dominant_shares_by_drf():
+    # Six agents of <1 cpu, 1024 MB>: each holds one task of either app, and both apps want ten.
+    # /a (role dev) is cpu-heavy, /b (role *) memory-heavy: each task is 1/6 of its dominant
+    # resource, so DRF gives each role three agents — a scheduler serving one role first gives
+    # one of them all six.
+    cluster = Cluster()
+    try:
+        for index in range(1, 7):
+            await cluster.register(index, cpus=1, mem=1024)
+        for app in ({"id": "/a", "cmd": "true", "cpus": 1, "mem": 16, "instances": 10, "role": "dev"},
+                    {"id": "/b", "cmd": "true", "cpus": 0.1, "mem": 1024, "instances": 10}):
+            assert (await cluster.marathon.post("/v2/apps", json=app)).status_code == 201
+        await cluster.settle(8)
+        assert (len(cluster.running("/a")), len(cluster.running("/b"))) == (3, 3)
+        assert {t.role for t in cluster.running("/a")} == {"dev"} and {t.role for t in cluster.running("/b")} == {"*"}
+        allocator = cluster.master.allocator
+        assert allocator.allocation("marathon-dev")["cpus"] == pytest.approx(3)       # 3 of 6 cpus
+        assert allocator.allocation("marathon")["mem"] == pytest.approx(3 * 1024)      # 3 of 6 GB
+        assert allocator.shares() == {"marathon-dev": pytest.approx(0.5), "marathon": pytest.approx(0.5)}
+        assert cluster.scheduler.queue.entries["/a"].count == 7 and cluster.scheduler.queue.entries["/b"].count == 7
+        state = (await cluster.mesos.get("/master/state")).json()
+        assert set(state["frameworks"][0]["roles"]) >= {"*", "dev"}
+    finally:
+        await cluster.close()
 
 
 async def test_kill_task_with_scale(cluster):
