@@ -18,6 +18,7 @@ from overlay.netfilter_fake import FakeNetfilter
 from overlay.netfilter_kernel import rules_of, table_commands
 from overlay.netlink_fake import FakeNetlink
 from tests.unit.test_overlay_desired import make_view
+from tests.waiting import wait_until_async
 
 UNDERLAY = "198.18.7.11"
 
@@ -177,14 +178,18 @@ async def test_apply_view_programs_from_a_coroutine(tmp_path: Path) -> None:
 async def test_run_repairs_on_its_period(tmp_path: Path) -> None:
     agent = make_agent(tmp_path, reconcile_interval=0.05)
     agent.on_view(make_view(3))
+
+    def passes() -> int:                             # each pass reads the kernel once
+        return sum(call.method == "read" for call in agent.netlink.calls)
+
+    on_view = passes()
     task = asyncio.create_task(agent.run())
     try:
-        agent.netlink.routes.clear()
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if len(agent.netlink.routes) == 4:
-                break
-        assert len(agent.netlink.routes) == 4
+        await wait_until_async(lambda: passes() > on_view, timeout=10, message="the pass run() starts with")
+        agent.netlink.routes.clear()                 # drift after that pass started
+        before = passes()
+        await wait_until_async(lambda: len(agent.netlink.routes) == 4 and passes() > before, timeout=10,
+                               message="routes put back and a later pass run")
     finally:
         task.cancel()
 
