@@ -228,8 +228,9 @@ def test_unreachable_agent_loses_its_task_and_it_is_replaced_elsewhere(lab):
         (task,) = lab.running("/solo", 1)
         killed, (port,) = task["slaveId"], task["ports"]
         survivor = next(a for a in lab.agents if a != killed)
-        orphan_pid = listener_pid(lab, killed, port)
-        assert orphan_pid, "the task's server is not listening"
+        # TASK_RUNNING means started, not yet listening: wait for the server's socket.
+        orphan_pid = wait_until(lambda: listener_pid(lab, killed, port), timeout=20,
+                                message="the task's server listening")
         kill_node_process(lab, killed)   # the agent only: its task keeps running
         try:
             lost = stream.wait_for(lambda e: e["eventType"] == "status_update_event" and e["taskId"] == task["id"]
