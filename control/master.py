@@ -35,6 +35,9 @@ log = logging.getLogger("navstar.master")
 
 LIVE_STATES = ("TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING", "TASK_UNREACHABLE")
 MAX_VIEW_WAIT = 60.0
+# Long-polling agents are woken at most this often: a burst of changes (a thousand task statuses)
+# reaches them as a few views, not one view per change.
+VIEW_COALESCE_SECONDS = 0.25
 
 
 class Master:
@@ -76,6 +79,8 @@ class Master:
         # A restarted master serves a newer version, so every agent fetches the view again.
         self.view_version = int(self.store.get("meta", "view_version", 0)) + 1
         self._view_waiters: set[asyncio.Future] = set()
+        self._view_woken_at = float("-inf")
+        self._view_wake: asyncio.TimerHandle | None = None
         self._view_cache: ClusterView | None = None
         self.rejected_statuses = 0
         self._load()
@@ -95,6 +100,21 @@ class Master:
         self.view_version += 1
         self._view_cache = None
         self.store.put("meta", "view_version", self.view_version)
+        if self._view_wake is not None:
+            return      # the waiters are woken soon, with this change too
+        since = time.monotonic() - self._view_woken_at
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or since >= VIEW_COALESCE_SECONDS:
+            self._wake_view_waiters()
+        else:
+            self._view_wake = loop.call_later(VIEW_COALESCE_SECONDS - since, self._wake_view_waiters)
+
+    def _wake_view_waiters(self) -> None:
+        self._view_wake = None
+        self._view_woken_at = time.monotonic()
         for waiter in list(self._view_waiters):
             if not waiter.done():
                 waiter.set_result(None)
@@ -193,7 +213,9 @@ class Master:
         return self._view_cache
 
     async def wait_view(self, since: int, wait: float) -> ClusterView:
-        if self.view_version == since and wait > 0:
+        """The view once its version differs from ``since`` (at most ``wait`` seconds, capped at
+        MAX_VIEW_WAIT); changes are handed out at most every VIEW_COALESCE_SECONDS."""
+        if wait > 0 and (self.view_version == since or self._view_wake is not None):
             waiter = asyncio.get_running_loop().create_future()
             self._view_waiters.add(waiter)
             try:

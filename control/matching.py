@@ -62,14 +62,17 @@ def agent_slots(agents: Iterable[AgentRecord], tasks: Iterable[TaskRecord]) -> d
 
 def fill_offer(offer: Offer, ready: dict[str, int], apps: dict[str, AppDefinition], slots: dict[str, AgentSlot],
                placed_on: dict[str, list[AgentSlot]], rejects: dict[str, dict[str, int]],
-               rng: random.Random) -> tuple[dict[str, float], list[Placement]]:
-    """Places what fits on ``offer``; returns the resources used and the placements.
+               rng: random.Random, remaining: dict[str, float] | None = None,
+               limit: int | None = None) -> tuple[dict[str, float], list[Placement]]:
+    """Places what fits on ``offer`` (at most ``limit`` tasks); returns the resources used and
+    the placements.
 
     Updates in place: ``ready`` (instances still wanted per app), the slot's used ports,
-    ``placed_on`` (where each app's tasks are) and ``rejects`` (per app: reason → offers; one
-    count per offer)."""
+    ``placed_on`` (where each app's tasks are), ``rejects`` (per app: reason → offers; one
+    count per call) and ``remaining`` (what is left of the offer; default: all of it, a copy),
+    so a caller can come back to the same offer in several slices."""
     slot = slots.get(offer.agent_id)
-    remaining = dict(offer.resources)
+    remaining = dict(offer.resources) if remaining is None else remaining
     used: dict[str, float] = {}
     placed: list[Placement] = []
     if slot is None:
@@ -82,9 +85,11 @@ def fill_offer(offer: Offer, ready: dict[str, int], apps: dict[str, AppDefinitio
             rejects[app_id][reason] = rejects[app_id].get(reason, 0) + 1
 
     progress = True
-    while progress:
+    while progress and (limit is None or len(placed) < limit):
         progress = False
         for app_id in list(ready):
+            if limit is not None and len(placed) >= limit:
+                break
             if ready[app_id] <= 0:
                 continue
             app = apps[app_id]

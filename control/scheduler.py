@@ -6,11 +6,19 @@ One ``cycle(now)`` (every second, and whenever something changes) does, per app:
 desired (instances, config version) ─┐
 tasks (state, health, version) ──────┴─► plan: kills (scale down, rolling upgrade, orphans)
                                               + launch demand (gated by the app's backoff)
-demand ─► revive/suppress ─► Allocator.allocate ─► offers ─► match (resources, ports,
-          constraints) ─► accept/decline ─► TASK_STAGING ─► AgentClient.launch
+demand ─► revive/suppress ─► Allocator.allocate ─► offers (every agent, least loaded first,
+          shuffled) ─► match (resources, ports, constraints), spread over the offers ─►
+          accept/decline ─► TASK_STAGING ─► one AgentClient.launch_batch per agent
 statuses from agents ─► on_status ─► task state, health, events; terminal → release, backoff
 deployments ─► done when every task runs the app's config and is ready (running + healthy)
 ```
+
+The launch protocol cannot thrash: a task is created once, with its id, and stays TASK_STAGING
+until its agent reports it. A launch whose answer is lost or late is sent again under the same id
+(agents start a task id at most once); an agent that is busy says so and the launch waits. Only a
+reconciliation proves a launched task absent (TASK_LOST, then replaced). A task an agent reports
+that the master does not know is killed only when a later reconciliation round still finds it
+unknown: a report is never enough.
 
 The coordinator: it owns apps and tasks (written through to the state store, ``control.state``,
 on every change; the cluster view and Mesos state read them) and the plan, kills, launches,
@@ -32,7 +40,7 @@ from typing import Any
 
 from cluster.tasks import TERMINAL_STATES as TERMINAL
 from cluster.view import TaskPort
-from control.agent_client import AgentAddress, AgentClient, AgentUnavailable, LaunchRejected
+from control.agent_client import AgentAddress, AgentClient, AgentUnavailable, LaunchAnswer
 from control.deployments import Action, Deployment, Deployments
 from control.drf import Allocator
 from control.events import EventBus, iso_now
@@ -52,6 +60,18 @@ KILL_RETRY_SECONDS = 5.0
 COMPLETED_KEEP = 200
 # Marathon's task_launch_timeout: a task not running by then is killed and replaced.
 LAUNCH_TIMEOUT_SECONDS = 300.0
+# An unacknowledged launch is sent again (same task id) after this, doubling up to the maximum.
+LAUNCH_RESEND_SECONDS = 2.0
+LAUNCH_RESEND_MAX_SECONDS = 30.0
+# An agent that answered busy is offered the launch again after this.
+BUSY_RETRY_SECONDS = 0.5
+# At most this many launches go to one agent in one request.
+LAUNCH_BATCH = 256
+# A task an agent reports but the master does not know is reconciled again after this, and killed
+# if still unknown then.
+ORPHAN_CONFIRM_SECONDS = 2.0
+# How finely a burst is spread over the offers of one cycle (rounds over the offers).
+SPREAD_ROUNDS = 8
 
 
 class Scheduler:
@@ -80,6 +100,14 @@ class Scheduler:
         self.last_cycle_seconds = 0.0
         self._pending_io: set[asyncio.Task] = set()
         self._cycle_observers: list[Callable[[float], None]] = []
+        self._launching: set[str] = set()      # agents with a launch request in flight
+        # (agent, task id) reported but unknown → the agent's reconciliation round it was first
+        # seen in; killed when a later round (asked after that) still finds it unknown.
+        self._suspects: dict[tuple[str, str], int] = {}
+        self._rounds: dict[str, int] = {}      # agent → reconciliation rounds started
+        self._reconciling: set[str] = set()    # agents with a confirming reconciliation due
+        self.orphan_confirm_seconds = ORPHAN_CONFIRM_SECONDS
+        self.unknown_killed = 0
 
     # ---- persistence ---------------------------------------------------------------------
     def load(self) -> None:
@@ -97,10 +125,8 @@ class Scheduler:
         self.queue.load()
         for task in self.tasks.values():
             self._ensure_framework(task.role)
-            if task.launched_at is None:
-                # We may have died between deciding and sending the launch: let reconciliation
-                # tell (the agent either reports it or it is lost).
-                task.launched_at = task.staged_at
+            # A launch never acknowledged is sent again under its id (agents start an id once).
+            task.launch_next_at = 0.0
             if task.terminal or task.released:
                 continue
             try:
@@ -223,8 +249,8 @@ class Scheduler:
         for task in kills:
             self._request_kill(task)
         await self._resend_stuck_kills(now)
-        launches = self._match_offers(demand, now)
-        await self._dispatch(launches)
+        self._match_offers(demand, now)
+        self._dispatch(now)
         self.deployments.finish_converged(self.deployment_done)
         self.last_cycle_seconds = time.perf_counter() - started
         for observe in self._cycle_observers:
@@ -335,6 +361,10 @@ class Scheduler:
         return framework_id
 
     def _match_offers(self, demand: dict[str, int], now: float) -> list[TaskRecord]:
+        """Offers → new TASK_STAGING tasks (sent by ``_dispatch``). Every agent with free
+        resources has an offer each cycle; the least loaded come first (ties shuffled, as Mesos
+        shuffles agents), and placements go round the offers in slices, so a burst spreads over
+        every agent instead of filling the first."""
         ready = self.queue.ready(demand)
         roles = {self.apps[a].effective_role for a in ready}
         for role in roles | {t.role for t in self.tasks.values()}:
@@ -353,11 +383,28 @@ class Scheduler:
             app_id: [slots[t.agent_id] for t in self.active(app_id) if t.agent_id in slots] for app_id in ready}
         launches: list[TaskRecord] = []
         rejects: dict[str, dict[str, int]] = {app_id: {} for app_id in ready}
+        load: dict[str, int] = {}
+        for task in self.tasks.values():
+            load[task.agent_id] = load.get(task.agent_id, 0) + 1
+        self.rng.shuffle(offers)
+        offers.sort(key=lambda offer: load.get(offer.agent_id, 0))
+        wanted = sum(ready.values())
+        per_round = max(1, math.ceil(wanted / max(1, len(offers) * SPREAD_ROUNDS)))
+        used: dict[str, dict[str, float]] = {offer.offer_id: {} for offer in offers}
+        remaining = {offer.offer_id: dict(offer.resources) for offer in offers}
+        open_offers = list(offers)
+        while open_offers and any(n > 0 for n in ready.values()):
+            for offer in list(open_offers):
+                took, placements = fill_offer(offer, ready, self.apps, slots, placed_on, rejects, self.rng,
+                                              remaining=remaining[offer.offer_id], limit=per_round)
+                for name, value in took.items():
+                    used[offer.offer_id][name] = used[offer.offer_id].get(name, 0.0) + value
+                launches += [self._new_task(placement, now) for placement in placements]
+                if len(placements) < per_round:
+                    open_offers.remove(offer)       # full, or nothing else fits on it
         for offer in offers:
-            used, placements = fill_offer(offer, ready, self.apps, slots, placed_on, rejects, self.rng)
-            launches += [self._new_task(placement, now) for placement in placements]
-            if placements:
-                self.allocator.accept(offer, used, now)
+            if used[offer.offer_id]:
+                self.allocator.accept(offer, used[offer.offer_id], now)
                 self.offers_accepted += 1
             else:
                 self.allocator.decline(offer, now)
@@ -408,9 +455,63 @@ class Scheduler:
         return task
 
     # ---- launching -----------------------------------------------------------------------
-    async def _dispatch(self, launches: list[TaskRecord]) -> None:
-        if launches:
-            await asyncio.gather(*(self._launch(task) for task in launches))
+    def _dispatch(self, now: float) -> None:
+        """Sends every launch that is due, one request per agent (at most one in flight per
+        agent): new tasks, launches whose answer was lost (same task id), and ones an agent was
+        too busy to take. Never waits for the agents."""
+        due: dict[str, list[TaskRecord]] = {}
+        for task in self.tasks.values():
+            if task.state != "TASK_STAGING" or task.launched_at is not None or task.kill_requested \
+                    or task.launch_next_at > now or task.agent_id in self._launching:
+                continue
+            batch = due.setdefault(task.agent_id, [])
+            if len(batch) < LAUNCH_BATCH:
+                batch.append(task)
+        for agent_id, tasks in due.items():
+            record = self.registry.get(agent_id)
+            if record is None or not record.reachable:
+                continue    # agent_unreachable / agent_removed decide about these tasks
+            self._launching.add(agent_id)
+            self._spawn(self._launch_batch(record, tasks))
+
+    async def _launch_batch(self, record: AgentRecord, tasks: list[TaskRecord]) -> None:
+        agent_id = record.registration.agent_id
+        tasks = [task for task in tasks if task.app_id in self.apps]
+        now = self.clock()
+        for task in tasks:
+            task.launch_sent_at = now
+            task.launch_attempts += 1
+            # Sent again under the same id if no answer comes (the agent may have it anyway).
+            task.launch_next_at = now + min(LAUNCH_RESEND_SECONDS * 2 ** (task.launch_attempts - 1),
+                                            LAUNCH_RESEND_MAX_SECONDS)
+        try:
+            answer = await self.agents.launch_batch(_address(record), [self.launch_message(t) for t in tasks]) \
+                if tasks else LaunchAnswer()
+        except AgentUnavailable as exc:
+            log.warning("agent %s did not acknowledge %d launches (%s): they stay staging and are sent again "
+                        "under the same ids", agent_id, len(tasks), exc)
+            return
+        finally:
+            self._launching.discard(agent_id)
+        now = self.clock()
+        busy = 0
+        for task in tasks:
+            if task.terminal:
+                continue    # it already ended (a fast exit reported before the agent's answer)
+            if task.task_id in answer.rejected:
+                # The agent refusing the launch is the app's error: it will not run.
+                reason = answer.rejected[task.task_id] or "refused by the agent"
+                log.warning("launch of %s rejected by %s: %s", task.task_id, agent_id, reason)
+                self._set_state(task, "TASK_ERROR", reason, now)
+                self._terminated(task, now)
+            elif task.task_id in answer.busy:
+                busy += 1
+                task.launch_next_at = now + BUSY_RETRY_SECONDS
+            elif task.launched_at is None:
+                task.launched_at = now
+                self._save_task(task)
+        if busy:
+            log.info("agent %s is busy: %d launches wait", agent_id, busy)
 
     def launch_message(self, task: TaskRecord) -> TaskLaunch:
         app = self.apps[task.app_id]
@@ -430,37 +531,17 @@ class Scheduler:
             ports=task.ports, health_checks=checks, labels=dict(app.labels),
             kill_grace_seconds=app.task_kill_grace_period_seconds or 3.0, user=app.user)
 
-    async def _launch(self, task: TaskRecord) -> None:
-        record = self.registry.get(task.agent_id)
-        message = self.launch_message(task)
-        try:
-            if record is None:
-                raise AgentUnavailable(f"agent {task.agent_id} is gone")
-            await self.agents.launch(_address(record), message)
-        except (LaunchRejected, AgentUnavailable) as exc:
-            # The agent refusing the launch is the app's error; an agent out of reach, a failure.
-            rejected = isinstance(exc, LaunchRejected)
-            log.warning("launch of %s %s: %s", task.task_id, "rejected" if rejected else "failed", exc)
-            if not task.terminal:
-                self._set_state(task, "TASK_ERROR" if rejected else "TASK_FAILED", str(exc), self.clock())
-                self._terminated(task, self.clock())
-            return
-        if task.terminal:
-            return  # it already ended (a fast exit reported before the agent's answer)
-        task.launched_at = self.clock()
-        self._save_task(task)
-
     # ---- statuses from agents ------------------------------------------------------------
     async def on_status(self, agent_id: str, status: TaskStatus) -> str:
         """Applies one status from an agent. Returns what happened (for the agent's answer)."""
         task = self.tasks.get(status.task_id)
-        record = self.registry.get(agent_id)
         if task is None or task.agent_id != agent_id or (task.terminal and status.state not in TERMINAL):
-            if status.state not in TERMINAL and record is not None:
-                log.warning("agent %s runs unknown task %s: killing it", agent_id, status.task_id)
-                self._spawn(self._kill_unknown(record, status.task_id))
-                return "unknown task: killing it"
-            return "unknown task"
+            if status.state in TERMINAL:
+                self._suspects.pop((agent_id, status.task_id), None)
+                return "unknown task"
+            # Never killed on a report alone: a reconciliation round must confirm it is nobody's.
+            self._suspect(agent_id, status.task_id)
+            return "unknown task: reconciling"
         now = self.clock()
         if status.ip_addresses:
             task.ip_addresses = list(status.ip_addresses)
@@ -493,11 +574,24 @@ class Scheduler:
         self.poke()
         return "ok"
 
+    def _suspect(self, agent_id: str, task_id: str) -> None:
+        if (agent_id, task_id) not in self._suspects:
+            log.info("agent %s reports task %s, which the master does not know: reconciling", agent_id, task_id)
+            self._suspects[(agent_id, task_id)] = self._rounds.get(agent_id, 0)
+        if agent_id not in self._reconciling:
+            self._reconciling.add(agent_id)
+            self._spawn(self._reconcile_later(agent_id))
+
+    async def _reconcile_later(self, agent_id: str) -> None:
+        await asyncio.sleep(self.orphan_confirm_seconds)
+        self._reconciling.discard(agent_id)
+        await self.reconcile(agent_id)
+
     async def _kill_unknown(self, record: AgentRecord, task_id: str) -> None:
         try:
             await self.agents.kill(_address(record), task_id, 0.0)
         except AgentUnavailable as exc:
-            log.warning("could not kill unknown task %s: %s", task_id, exc)
+            log.warning("could not kill orphaned task %s: %s", task_id, exc)
 
     def _set_state(self, task: TaskRecord, state: str, message: str, timestamp: float,
                    status: TaskStatus | None = None) -> None:
@@ -569,11 +663,16 @@ class Scheduler:
         self.poke()
 
     async def reconcile(self, agent_id: str) -> None:
-        """Asks the agent what it runs: unknown tasks are killed, missing ones are lost."""
+        """Asks the agent what it runs (queued launches included). A task the master launched
+        and the agent acknowledged before we asked, but does not list, is lost (and replaced);
+        one never acknowledged is sent again under its id. A task the agent lists that the master
+        does not know is killed when it was already unknown before we asked (a second look),
+        otherwise it is looked at again shortly."""
         record = self.registry.get(agent_id)
         if record is None:
             return
         asked_at = self.clock()
+        this_round = self._rounds[agent_id] = self._rounds.get(agent_id, 0) + 1
         try:
             statuses = await self.agents.tasks(_address(record))
         except AgentUnavailable as exc:
@@ -581,12 +680,27 @@ class Scheduler:
             return
         reported = {s.task_id for s in statuses}
         for status in statuses:
-            await self.on_status(agent_id, status)
+            task = self.tasks.get(status.task_id)
+            known = task is not None and task.agent_id == agent_id and not task.terminal
+            seen = self._suspects.get((agent_id, status.task_id))
+            if known or status.state in TERMINAL or seen is None or seen >= this_round:
+                await self.on_status(agent_id, status)
+                continue
+            del self._suspects[(agent_id, status.task_id)]
+            log.warning("agent %s runs task %s, which belongs to no app or task the master knows (confirmed by "
+                        "reconciliation): killing it", agent_id, status.task_id)
+            self.unknown_killed += 1
+            self._spawn(self._kill_unknown(record, status.task_id))
+        for key in [key for key in self._suspects if key[0] == agent_id and key[1] not in reported]:
+            del self._suspects[key]     # gone meanwhile
         for task in list(self.tasks.values()):
-            if task.agent_id == agent_id and task.task_id not in reported and not task.terminal \
-                    and task.launched_at is not None and task.launched_at <= asked_at:
+            if task.agent_id != agent_id or task.task_id in reported or task.terminal:
+                continue
+            if task.launched_at is not None and task.launched_at <= asked_at:
                 self._set_state(task, "TASK_LOST", f"agent {agent_id} does not run it anymore", self.clock())
                 self._terminated(task, self.clock())
+            elif task.launched_at is None and task.state == "TASK_STAGING":
+                task.launch_next_at = 0.0      # not there (yet): send it again, same id
         log.info("reconciled %d tasks with %s", len(statuses), agent_id)
 
     # ---- deployments ---------------------------------------------------------------------

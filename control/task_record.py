@@ -30,6 +30,9 @@ class TaskRecord(BaseModel):
     staged_at: float
     started_at: float | None = None
     launched_at: float | None = None    # when the agent acknowledged the launch
+    launch_sent_at: float | None = None  # the last time the launch was sent (same task id each time)
+    launch_attempts: int = 0
+    launch_next_at: float = 0.0         # an unacknowledged launch is sent again from then on
     resources: dict[str, float] = Field(default_factory=dict)
     network: Literal["host", "container", "bridge"] = "host"
     ports: list[TaskPort] = Field(default_factory=list)

@@ -6,8 +6,16 @@ TaskLaunch ──► sandbox dir (stdout, stderr) ──► [container network: 
   ──► monitor: exit → TASK_FINISHED/FAILED;  kill → TASK_KILLING, SIGTERM … SIGKILL → TASK_KILLED
 ```
 
-Tasks outlive the agent process (own session, own cgroup). Their pids are written to
-``<work_dir>/tasks.json``; a restarted agent adopts the ones still alive and reports them.
+Tasks outlive the agent process (own session, own cgroup). Each task has a record in
+``<work_dir>/tasks/<task id>.json``, written before its process starts (so a task whose agent died
+mid-start is found by its cgroup) and removed when it ends; a restarted agent adopts the ones
+still alive and reports them. A launch or kill touches only its own task's record: no step costs
+more with a thousand tasks than with one, and no step but the task itself starts a process for
+host-network tasks.
+
+Launches are idempotent by task id: a known task (starting, running, or killed before its launch
+arrived) is not started again. ``launch`` blocks while the task starts (call it off the loop);
+``kill`` never waits for another task's start.
 """
 
 from __future__ import annotations
@@ -27,13 +35,14 @@ from pathlib import Path
 from typing import Protocol
 
 from cluster.view import TaskPort
-from control.agent.cgroups import Cgroup
+from control.agent.cgroups import Cgroup, CgroupLayout
 from control.agent.images import NGINX, ImageMap, prepare_nginx
 from control.protocol import TaskLaunch, TaskStatus
 
 log = logging.getLogger("navstar.executor")
 
 StatusSink = Callable[[TaskStatus], None]
+TOMBSTONES = 10_000          # ids of tasks killed before their launch arrived, remembered
 
 
 class ContainerNetworks(Protocol):
@@ -87,83 +96,142 @@ class Executor:
         # them the node's /etc/netns resolv.conf (the node resolver).
         self.node_netns = node_netns
         self.tasks: dict[str, RunningTask] = {}
-        self._state_file = self.work_dir / "tasks.json"
-        # launch() runs on a worker thread (it shells out and plumbs networks); the rest on the loop.
+        self._records = self.work_dir / "tasks"
+        self._records.mkdir(parents=True, exist_ok=True)
+        self._legacy_state_file = self.work_dir / "tasks.json"     # one file for all (older agents)
+        self._layout = CgroupLayout.detect()
+        # Tasks being started (id → killed meanwhile) and ids killed before their launch arrived
+        # (a late launch of one is refused): with self.tasks, what makes launches idempotent.
+        self._starting: dict[str, bool] = {}
+        self._tombstones: dict[str, float] = {}
+        # Guards the dicts above; held for bookkeeping only, never while a task starts or stops.
         self._lock = threading.RLock()
 
-    # -- state file --------------------------------------------------------------------
-    def _save(self) -> None:
-        tmp = self._state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps({tid: t.to_json() for tid, t in self.tasks.items()}))
-        tmp.replace(self._state_file)
+    # -- task records ------------------------------------------------------------------
+    def _record(self, task_id: str) -> Path:
+        return self._records / f"{task_id}.json"
+
+    def _save(self, task: RunningTask) -> None:
+        path = self._record(task.launch.task_id)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(task.to_json()))
+        tmp.replace(path)
+
+    def _forget(self, task_id: str) -> None:
+        self._record(task_id).unlink(missing_ok=True)
+
+    def cgroup(self, task_id: str) -> Cgroup:
+        return Cgroup(f"{self.cgroup_scope}/mesos/{task_id}", self._layout)
+
+    def knows(self, task_id: str) -> bool:
+        """The task is starting, running, or was killed before its launch arrived."""
+        with self._lock:
+            return task_id in self.tasks or task_id in self._starting or task_id in self._tombstones
 
     def adopt(self) -> list[TaskStatus]:
         """Re-attaches to tasks a previous agent run left running; returns their statuses."""
         with self._lock:
             return self._adopt()
 
-    def _adopt(self) -> list[TaskStatus]:
+    def _saved(self) -> dict[str, dict]:
+        saved: dict[str, dict] = {}
         try:
-            saved = json.loads(self._state_file.read_text())
+            saved.update(json.loads(self._legacy_state_file.read_text()))
         except (FileNotFoundError, ValueError):
-            return []
+            pass
+        for path in self._records.glob("*.json"):
+            try:
+                saved[path.stem] = json.loads(path.read_text())
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)
+        return saved
+
+    def _adopt(self) -> list[TaskStatus]:
         statuses = []
-        for task_id, raw in saved.items():
+        for task_id, raw in self._saved().items():
             task = RunningTask(TaskLaunch.model_validate(raw["launch"]), raw["pid"], raw["sandbox"],
                                raw.get("netns"), raw.get("ip_addresses", []), raw.get("state", "TASK_RUNNING"),
                                started_at=raw.get("started_at", time.time()))
-            if _alive(task.pid) and task.state in ("TASK_RUNNING", "TASK_KILLING"):
+            if not task.pid:
+                # The agent died while starting it: its process, if any, is in its cgroup.
+                task.pid = next((pid for pid in self.cgroup(task_id).pids() if _alive(pid)), 0)
+                task.state = "TASK_RUNNING"
+            if task.pid and _alive(task.pid) and task.state in ("TASK_RUNNING", "TASK_KILLING"):
                 self.tasks[task_id] = task
+                self._save(task)
                 log.info("adopted task %s (pid %d)", task_id, task.pid)
                 statuses.append(self._status(task, task.state, "adopted after agent restart"))
             else:
                 self._cleanup(task)
-        self._save()
+                self._forget(task_id)
+        self._legacy_state_file.unlink(missing_ok=True)
         return statuses
 
     # -- launch ------------------------------------------------------------------------
     def launch(self, launch: TaskLaunch) -> None:
-        """Starts the task; every outcome is reported through ``on_status``."""
-        with self._lock:
-            self._launch(launch)
-
-    def _launch(self, launch: TaskLaunch) -> None:
-        if launch.task_id in self.tasks:
-            return  # idempotent: the master may resend a launch it did not see acknowledged
+        """Starts the task (idempotent by task id); every outcome is reported through ``on_status``.
+        Raises ValueError for a task id that names no sandbox (nothing started)."""
         sandbox = self.sandboxes / launch.task_id
         if sandbox.resolve().parent != self.sandboxes.resolve():
             raise ValueError(f"task id {launch.task_id!r} does not name a sandbox below {self.sandboxes}")
+        with self._lock:
+            if self.knows(launch.task_id):
+                # The master may resend a launch it did not see acknowledged; one killed before
+                # it arrived stays killed (its TASK_KILLED was reported then).
+                return
+            self._starting[launch.task_id] = False
+        task: RunningTask | None = None
+        try:
+            task = self._start(launch, sandbox)
+        finally:
+            with self._lock:
+                killed = self._starting.pop(launch.task_id, False)
+                if task is not None:
+                    self.tasks[launch.task_id] = task
+        if task is None:
+            return
+        log.info("task %s running as pid %d", launch.task_id, task.pid)
+        self.on_status(self._status(task, "TASK_RUNNING"))
+        if killed:
+            self.kill(launch.task_id)
+
+    def _start(self, launch: TaskLaunch, sandbox: Path) -> RunningTask | None:
         sandbox.mkdir(parents=True, exist_ok=True)
         netns: str | None = None
         try:
             command = self._command(launch, sandbox)
             netns, ips, ports = self._network(launch)
             launch = launch.model_copy(update={"ports": ports})
-            cgroup = Cgroup(f"{self.cgroup_scope}/mesos/{launch.task_id}")
+            cgroup = self.cgroup(launch.task_id)
             cgroup.create()
             try:
                 cgroup.set_limits(launch.cpus, launch.mem)
             except OSError as exc:
                 log.warning("task %s: cannot set limits: %s", launch.task_id, exc)
-            self._hand_over_sandbox(sandbox)
             env = self._environment(launch, sandbox, ips)
             argv = self.task_argv(["/bin/sh", "-c", command] if isinstance(command, str) else command, netns)
+            # The record first: an agent killed from here on finds the task by its cgroup.
+            task = RunningTask(launch, 0, str(sandbox), netns, ips)
+            self._save(task)
             with open(sandbox / "stdout", "ab") as out, open(sandbox / "stderr", "ab") as err:
-                process = subprocess.Popen(argv, cwd=sandbox, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                           stderr=err, start_new_session=True,
-                                           preexec_fn=lambda: cgroup.add_pid(os.getpid()))
+                self._hand_over_sandbox(sandbox)
+                # No preexec_fn: Python then starts the child with vfork (no copy of the agent's
+                # page tables, no GIL held across a fork); the child's first step, a shell
+                # builtin, moves it into its cgroup before it execs anything of the task.
+                task.process = subprocess.Popen(
+                    [*joining(cgroup), *argv], cwd=sandbox, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=err, start_new_session=True)
         except Exception as exc:  # noqa: BLE001 — any failure becomes the task's status
             log.warning("task %s failed to start: %s", launch.task_id, exc)
             # Whatever was plumbed for it goes again (namespace, overlay address, port mappings).
             self._cleanup(RunningTask(launch, 0, str(sandbox), netns))
+            self._forget(launch.task_id)
             self.on_status(TaskStatus(task_id=launch.task_id, state="TASK_FAILED", timestamp=time.time(),
-                                      message=str(exc)))
-            return
-        task = RunningTask(launch, process.pid, str(sandbox), netns, ips, process=process)
-        self.tasks[launch.task_id] = task
-        self._save()
-        log.info("task %s running as pid %d", launch.task_id, process.pid)
-        self.on_status(self._status(task, "TASK_RUNNING"))
+                                      message=str(exc) or type(exc).__name__))
+            return None
+        task.pid = task.process.pid
+        self._save(task)
+        return task
 
     def _command(self, launch: TaskLaunch, sandbox: Path) -> str | list[str]:
         if launch.cmd:
@@ -245,7 +313,7 @@ class Executor:
         task = self.tasks.get(task_id)
         if task is None:
             return argv, None
-        cgroup = Cgroup(f"{self.cgroup_scope}/mesos/{task_id}")
+        cgroup = self.cgroup(task_id)
         return self.task_argv(argv, task.netns), lambda: cgroup.add_pid(os.getpid())
 
     def _as_user(self, argv: list[str]) -> list[str]:
@@ -257,31 +325,40 @@ class Executor:
     def _hand_over_sandbox(self, sandbox: Path) -> None:
         if self.user and os.geteuid() == 0:
             entry = pwd.getpwnam(self.user)
-            for path in [sandbox, *sandbox.rglob("*")]:
+            for path in [sandbox, *sandbox.iterdir()]:
                 os.chown(path, entry.pw_uid, entry.pw_gid)
+                if path.is_dir() and path != sandbox:     # what an image prepared (nginx: html, tmp)
+                    for below in path.rglob("*"):
+                        os.chown(below, entry.pw_uid, entry.pw_gid)
 
     # -- kill and monitor ----------------------------------------------------------------
     def kill(self, task_id: str, grace: float | None = None) -> bool:
-        """SIGTERM now, SIGKILL after the grace period. False for an unknown task."""
+        """SIGTERM now, SIGKILL after the grace period. A task still starting is killed as soon as
+        it runs (True). An unknown task (False) is remembered as killed: a launch of it arriving
+        later is not started. Never waits for another task's start."""
         with self._lock:
-            return self._kill(task_id, grace)
-
-    def _kill(self, task_id: str, grace: float | None = None) -> bool:
-        task = self.tasks.get(task_id)
-        if task is None:
-            return False
-        if task.state != "TASK_KILLING":
+            if task_id in self._starting:
+                self._starting[task_id] = True
+                return True
+            task = self.tasks.get(task_id)
+            if task is None:
+                self._tombstones[task_id] = time.monotonic()
+                while len(self._tombstones) > TOMBSTONES:
+                    del self._tombstones[next(iter(self._tombstones))]
+                return False
+            if task.state == "TASK_KILLING":
+                return True
             task.state = "TASK_KILLING"
             grace = task.launch.kill_grace_seconds if grace is None else grace
             task.kill_deadline = time.monotonic() + grace
-            self._signal(task, signal.SIGTERM)
-            self._save()
-            self.on_status(self._status(task, "TASK_KILLING"))
+        self._signal(task, signal.SIGTERM)
+        self._save(task)
+        self.on_status(self._status(task, "TASK_KILLING"))
         return True
 
     def _signal(self, task: RunningTask, sig: int) -> None:
-        cgroup = Cgroup(f"{self.cgroup_scope}/mesos/{task.launch.task_id}")
-        pids = set(cgroup.pids()) | {task.pid}
+        cgroup = self.cgroup(task.launch.task_id)
+        pids = set(cgroup.pids()) | ({task.pid} if task.pid else set())
         for pid in pids:
             try:
                 os.kill(pid, sig)
@@ -289,16 +366,7 @@ class Executor:
                 pass
 
     def poll(self) -> None:
-        """Reaps finished tasks and escalates kills; called periodically."""
-        # Never wait on the loop for a launch in progress: the next poll comes soon.
-        if not self._lock.acquire(blocking=False):
-            return
-        try:
-            self._poll()
-        finally:
-            self._lock.release()
-
-    def _poll(self) -> None:
+        """Reaps finished tasks and escalates kills; called periodically (off the loop)."""
         for task_id, task in list(self.tasks.items()):
             code = self._exit_code(task)
             if code is None:
@@ -313,9 +381,10 @@ class Executor:
                 state, message = "TASK_FAILED", f"exited with status {code}"
             # Children that outlived the main process go with it.
             self._signal(task, signal.SIGKILL)
-            del self.tasks[task_id]
+            with self._lock:
+                self.tasks.pop(task_id, None)
             self._cleanup(task)
-            self._save()
+            self._forget(task_id)
             status = self._status(task, state, message)
             status.exit_code = code if code >= 0 else None
             log.info("task %s %s (%s)", task_id, state, message)
@@ -334,7 +403,7 @@ class Executor:
                 except Exception as exc:  # noqa: BLE001
                     log.warning("detaching %s: %s", task.launch.task_id, exc)
             self._remove_netns(task.netns)
-        cgroup = Cgroup(f"{self.cgroup_scope}/mesos/{task.launch.task_id}")
+        cgroup = self.cgroup(task.launch.task_id)
         try:
             cgroup.remove(timeout=2.0)
         except OSError as exc:
@@ -355,7 +424,7 @@ class Executor:
             await asyncio.sleep(interval)
 
     def statuses(self) -> list[TaskStatus]:
-        return [self._status(t, t.state) for t in self.tasks.values()]
+        return [self._status(t, t.state) for t in list(self.tasks.values())]
 
     def set_health(self, task_id: str, healthy: bool) -> None:
         task = self.tasks.get(task_id)
@@ -378,6 +447,16 @@ class Executor:
                 task.state = "TASK_KILLING"
             self.poll()
             time.sleep(0.05)
+
+
+# Writes its own pid into each cgroup.procs named before "--", then execs the rest: one process
+# (the task's), no fork, no helper binary.
+_JOIN_CGROUP = 'for f; do [ "$f" = -- ] && break; echo $$ > "$f" || exit 127; shift; done; shift; exec "$@"'
+
+
+def joining(cgroup: Cgroup) -> list[str]:
+    """The argv prefix that makes the started process join ``cgroup`` (every tree) and exec on."""
+    return ["/bin/sh", "-c", _JOIN_CGROUP, "navstar-task", *(str(p / "cgroup.procs") for p in cgroup.paths()), "--"]
 
 
 def bridge_for(launch: TaskLaunch) -> str:

@@ -12,10 +12,11 @@ import logging
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from cluster.ipam import IpamError
+from cluster.view import ClusterView
 from control.http.common import guard, metrics_endpoint, pong, validation_details
 from control.master import Master
 from control.master_metrics import MasterMetrics
@@ -29,6 +30,7 @@ log = logging.getLogger("navstar.master")
 class MesosApi:
     def __init__(self, master: Master) -> None:
         self.master = master
+        self._view_json: tuple[ClusterView, bytes] | None = None
 
     async def register(self, request: Request) -> JSONResponse:
         try:
@@ -95,7 +97,10 @@ class MesosApi:
             return JSONResponse({"message": "since: expected an integer version, wait: expected seconds"},
                                 status_code=400)
         view = await self.master.wait_view(since, wait)
-        return JSONResponse(view.model_dump())
+        if self._view_json is None or self._view_json[0] is not view:
+            # Every agent fetches each version: render it once.
+            self._view_json = (view, view.model_dump_json().encode())
+        return Response(self._view_json[1], media_type="application/json")
 
     async def state(self, _request: Request) -> JSONResponse:
         return JSONResponse(mesos_state(self.master))

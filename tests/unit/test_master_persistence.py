@@ -108,7 +108,7 @@ async def test_view_long_poll_answers_on_change_and_times_out():
         await c.close()
 
 
-async def test_task_decided_but_never_sent_is_lost_and_replaced_after_restart(tmp_path):
+async def test_task_decided_but_never_sent_is_sent_under_its_id_after_restart(tmp_path):
     fake = FakeAgents()
     first = Cluster(tmp_path, fake=fake)
     await first.register(1)
@@ -120,13 +120,18 @@ async def test_task_decided_but_never_sent_is_lost_and_replaced_after_restart(tm
     store.put("tasks", task.task_id, {**store.get("tasks", task.task_id), "launched_at": None,
                                       "state": "TASK_STAGING"})
     store.close()
-    fake.agent("agent-1").tasks.clear()
+    agent = fake.agent("agent-1")
+    agent.tasks.clear()
+    agent.launches.clear()
+    agent.launched.clear()
     second = Cluster(tmp_path, fake=fake)
     try:
         await second.mesos.post("/v1/agents", json=registration(1))
         await second.settle()
-        (replacement,) = second.running("/orphan")
-        assert replacement.task_id != task.task_id
+        # Launches are idempotent by task id: the one decided is sent, not replaced by another.
+        (running,) = second.running("/orphan")
+        assert running.task_id == task.task_id
+        assert [launch.task_id for launch in agent.launches] == [task.task_id]
     finally:
         await second.close()
 
