@@ -16,7 +16,7 @@ from typing import Any
 
 from cluster.ipam import OverlayIpam
 from cluster.view import AgentInfo, ClusterView, FrameworkInfo, OverlayConfig, TaskInfo
-from cluster.vip_labels import named_vip, vip_label_problems
+from cluster.vip_labels import app_vip_claims, named_vip, vip_label_problems
 from control.agent.images import ImageMap
 from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
 from control.app_changes import stamp_app
@@ -79,6 +79,7 @@ class Master:
         # A restarted master serves a newer version, so every agent fetches the view again.
         self.view_version = int(self.store.get("meta", "view_version", 0)) + 1
         self._view_waiters: set[asyncio.Future] = set()
+        self._vip_names: dict[str, set[str]] = {}      # app id → its named VIPs (sync_vips)
         self._view_woken_at = float("-inf")
         self._view_wake: asyncio.TimerHandle | None = None
         self._view_cache: ClusterView | None = None
@@ -119,18 +120,28 @@ class Master:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def sync_vips(self) -> None:
-        """Named VIPs of every app get one address each; unused ones are freed."""
-        names = {name for app in self.scheduler.apps.values() for labels in app.port_labels()
-                 for key, value in labels.items() if (name := named_vip(key, value))}
+    def sync_vips(self, app_id: str | None = None) -> None:
+        """Named VIPs of every app get one address each; unused ones are freed. With ``app_id``
+        only that app changed (its names are looked at again, the others' are remembered), so a
+        burst of apps costs each one its own labels, not every app's."""
+        apps = self.scheduler.apps
+        if app_id is None:
+            self._vip_names = {a: _named_vips(app) for a, app in apps.items()}
+        elif app_id in apps:
+            self._vip_names[app_id] = _named_vips(apps[app_id])
+        else:
+            self._vip_names.pop(app_id, None)
+        names: set[str] = set().union(*self._vip_names.values())
         before = dict(self.vips.allocations)
         if self.vips.sync(names):
             for key in set(before) - set(self.vips.allocations):
                 self.store.delete("vips", key)
-            for key, address in self.vips.allocations.items():
+            added = {key: address for key, address in self.vips.allocations.items() if before.get(key) != address}
+            for key, address in added.items():
                 self.store.put("vips", key, address)
             self.store.put("meta", "vip_next_address", self.vips.next_address)
-            log.info("named VIPs: %s", self.vips.allocations)
+            log.info("named VIPs: %d (%s)", len(self.vips.allocations),
+                     ", ".join(f"{k} → {v}" for k, v in list(added.items())[:5]) or "some freed")
             self.view_changed()
 
     # ---- apps (the Marathon API, and any other caller, go through these) ------------------
@@ -154,7 +165,7 @@ class Master:
         action = "StartApplication" if previous is None else \
             "ScaleApplication" if scaling_only else "RestartApplication"
         deployment = self.scheduler.put_app(app, action)
-        self.sync_vips()
+        self.sync_vips(app.id)
         self.report_vip_labels(app)
         return app, deployment
 
@@ -169,13 +180,16 @@ class Master:
         starts an empty ``StopApplication`` deployment."""
         self.scheduler.deployments.check_lock(app_id, force)
         deployment = self.scheduler.remove_app(app_id)
-        self.sync_vips()
+        self.sync_vips(app_id)
         return deployment
 
     def report_vip_labels(self, app: AppDefinition) -> None:
         """Problems with an app's VIP labels go on the event bus (``vip_label_problem_event``, for
         each app concerned) and into the log as the app is stored; agents skip what they cannot serve."""
-        others = {other.id: (other.port_labels(), other.port_protocols()) for other in self.scheduler.apps.values()}
+        claims, _ = app_vip_claims(app.id, app.port_labels(), app.port_protocols())
+        # Only an address VIP can clash with another app's: without one, the others do not matter.
+        others = {other.id: (other.port_labels(), other.port_protocols()) for other in self.scheduler.apps.values()
+                  if claims and other.id != app.id}
         for problem in vip_label_problems(app.id, app.port_labels(), app.port_protocols(), others):
             log.warning("app %s: %s", problem.app_id, problem.message)
             self.events.publish("vip_label_problem_event", appId=problem.app_id, message=problem.message)
@@ -326,6 +340,11 @@ class Master:
 
     def close(self) -> None:
         self.store.close()
+
+
+def _named_vips(app: AppDefinition) -> set[str]:
+    return {name for labels in app.port_labels() for key, value in labels.items()
+            if (name := named_vip(key, value))}
 
 
 def _totals(registration: AgentRegistration) -> dict[str, float]:

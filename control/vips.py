@@ -22,6 +22,7 @@ class VipAllocator:
         self.pool = pool
         self.allocations: dict[str, str] = dict(allocations or {})
         self._next = int(ipaddress.IPv4Address(next_address)) if next_address else int(pool.network_address) + 1
+        self._used = {int(ipaddress.IPv4Address(a)) for a in self.allocations.values()}
 
     @property
     def next_address(self) -> str:
@@ -37,7 +38,7 @@ class VipAllocator:
         changed = False
         for key in list(self.allocations):
             if key not in wanted:
-                del self.allocations[key]
+                self._used.discard(int(ipaddress.IPv4Address(self.allocations.pop(key))))
                 changed = True
         for key in sorted(wanted - set(self.allocations)):
             self.allocations[key] = self._allocate()
@@ -45,7 +46,7 @@ class VipAllocator:
         return changed
 
     def _allocate(self) -> str:
-        used = {int(ipaddress.IPv4Address(a)) for a in self.allocations.values()}
+        used = self._used
         first, last = int(self.pool.network_address) + 1, int(self.pool.broadcast_address) - 1
         candidate = self._next
         for _ in range(last - first + 1):
@@ -55,6 +56,7 @@ class VipAllocator:
                 # Round-robin rather than lowest-free, so a freed address is not handed to a new
                 # name while agents may still hold the old mapping.
                 self._next = candidate + 1
+                used.add(candidate)
                 return str(ipaddress.IPv4Address(candidate))
             candidate += 1
         raise RuntimeError(f"named VIP pool {self.pool} is exhausted")

@@ -2,7 +2,8 @@
 
 ```
 register (retry) ──► report every live task (reconciliation) ──► heartbeat loop
-executor status ──► outbox ──POST /v1/agents/{id}/status──► master   (kept until delivered)
+executor status ──► outbox ──POST /v1/agents/{id}/statuses──► master   (batched, in order, kept
+                                                                    and resent until acknowledged)
 GET /v1/view?since=N&wait=S ──► on_view(ClusterView)   (last view kept while the master is away)
 ```
 """
@@ -21,6 +22,8 @@ from control.protocol import TaskStatus
 from control.registry import AgentRegistration
 
 log = logging.getLogger("navstar.agent")
+
+STATUS_BATCH = 200
 
 
 class MasterLink:
@@ -62,20 +65,27 @@ class MasterLink:
         self._outbox.put_nowait(status)
 
     async def _deliver(self) -> None:
+        """Sends the outbox in order, as many statuses a request as are waiting (at most
+        STATUS_BATCH); a batch is sent again until the master acknowledges it (Mesos' status
+        update retries), so none is lost while the master is away or slow."""
         while True:
-            status = await self._outbox.get()
+            batch = [await self._outbox.get()]
+            while not self._outbox.empty() and len(batch) < STATUS_BATCH:
+                batch.append(self._outbox.get_nowait())
+            delay = 0.5
             while True:
                 try:
-                    resp = await self._client.post(f"{self.master_url}/v1/agents/{self.agent_id}/status",
-                                                   json=status.model_dump())
+                    resp = await self._client.post(f"{self.master_url}/v1/agents/{self.agent_id}/statuses",
+                                                   json=[status.model_dump() for status in batch])
                     if resp.status_code < 500 and resp.status_code != 404:
                         if resp.status_code >= 400:
-                            log.warning("master rejected status of %s: %s %s", status.task_id,
-                                        resp.status_code, resp.text[:200])
+                            log.warning("master rejected %d statuses: %s %s", len(batch), resp.status_code,
+                                        resp.text[:200])
                         break
                 except httpx.HTTPError as exc:
-                    log.info("status of %s not delivered yet: %s", status.task_id, exc)
-                await asyncio.sleep(0.5)
+                    log.info("%d statuses not delivered yet: %s", len(batch), exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _heartbeats(self) -> None:
         while True:

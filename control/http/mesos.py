@@ -78,6 +78,32 @@ class MesosApi:
         outcome = await self.master.task_status(agent_id, status)
         return JSONResponse({"task_id": status.task_id, "result": outcome})
 
+    async def statuses(self, request: Request) -> JSONResponse:
+        """Many statuses from one agent in one request (``[TaskStatus]``), applied in order; the
+        answer has one result per status (``invalid`` for one that does not validate)."""
+        agent_id = request.path_params["agent_id"]
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        if self.master.registry.get(agent_id) is None:
+            return JSONResponse({"message": f"agent {agent_id} is not registered"}, status_code=404)
+        if not isinstance(body, list):
+            self.master.count_rejected_agent_message()
+            log.warning("garbage statuses from %s (%s): not a JSON list", agent_id, request.client)
+            return JSONResponse({"message": "expected a JSON list of task statuses"}, status_code=400)
+        results = []
+        for raw in body:
+            try:
+                status = TaskStatus.model_validate(raw)
+            except ValidationError as exc:
+                self.master.count_rejected_agent_message()
+                log.warning("garbage status from %s (%s): %s", agent_id, request.client, exc.errors())
+                results.append({"result": "invalid", "details": validation_details(exc)})
+                continue
+            results.append({"task_id": status.task_id, "result": await self.master.task_status(agent_id, status)})
+        return JSONResponse({"results": results})
+
     async def agents(self, _request: Request) -> JSONResponse:
         return JSONResponse({"agents": self.master.registry.as_json()})
 
@@ -116,6 +142,7 @@ def mesos_app(master: Master, metrics: MasterMetrics) -> Starlette:
         Route("/v1/agents/{agent_id}", api.remove_agent, methods=["DELETE"]),
         Route("/v1/agents/{agent_id}/heartbeat", api.heartbeat, methods=["POST"]),
         Route("/v1/agents/{agent_id}/status", api.status, methods=["POST"]),
+        Route("/v1/agents/{agent_id}/statuses", api.statuses, methods=["POST"]),
         Route("/v1/view", api.view),
         Route("/master/state", api.state),
         Route("/master/state.json", api.state),

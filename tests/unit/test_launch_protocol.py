@@ -194,3 +194,22 @@ async def test_kill_before_the_launch_is_answered_kills_the_one_task(answer_lost
         assert cluster.scheduler.tasks == {} and launched_ids(fake) == {task.task_id: 1}
     finally:
         await cluster.close()
+
+
+async def test_statuses_arrive_in_batches_each_answered():
+    fake = FakeAgents(auto_run=False)
+    cluster = await cluster_with(1, fake)
+    try:
+        await cluster.post_app(one_task_app(1))
+        (task,) = cluster.scheduler.app_tasks("/burst-001")
+        batch = [{"task_id": task.task_id, "state": "TASK_STARTING", "timestamp": 1.0},
+                 {"task_id": 7, "state": "TASK_EXPLODED"},
+                 {"task_id": task.task_id, "state": "TASK_RUNNING", "timestamp": 2.0}]
+        resp = await cluster.mesos.post("/v1/agents/agent-1/statuses", json=batch)
+        assert resp.status_code == 200
+        assert [r["result"] for r in resp.json()["results"]] == ["ok", "invalid", "ok"]
+        assert [t.task_id for t in cluster.running("/burst-001")] == [task.task_id]
+        assert (await cluster.mesos.post("/v1/agents/nobody/statuses", json=[])).status_code == 404
+        assert (await cluster.mesos.post("/v1/agents/agent-1/statuses", json={"no": "list"})).status_code == 400
+    finally:
+        await cluster.close()
