@@ -135,3 +135,37 @@ def mesos_state(master: Master) -> dict[str, Any]:
                   "authenticate_agents": str(master.secret is not None).lower()},
         "slaves": slaves, "frameworks": [framework], "completed_frameworks": [], "unregistered_frameworks": [],
     }
+
+
+def state_summary(state: dict[str, Any], cluster: str = "navstar") -> dict[str, Any]:
+    """Mesos ``/master/state-summary`` from a ``mesos_state`` document: per agent and per
+    framework, task counts by state and used resources (what ``dcos node`` and ``dcos service`` read)."""
+    task_states = ("TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING", "TASK_FINISHED",
+                   "TASK_KILLED", "TASK_FAILED", "TASK_LOST", "TASK_ERROR", "TASK_UNREACHABLE")
+    per_agent: dict[str, dict[str, Any]] = {}
+    frameworks = []
+    for framework in state["frameworks"]:
+        counts = dict.fromkeys(task_states, 0)
+        agent_ids: set[str] = set()
+        for task in [*framework["tasks"], *framework["completed_tasks"]]:
+            counts[task["state"]] = counts.get(task["state"], 0) + 1
+            agent_ids.add(task["slave_id"])
+            slot = per_agent.setdefault(task["slave_id"], {"counts": dict.fromkeys(task_states, 0), "used": {},
+                                                           "frameworks": set()})
+            slot["counts"][task["state"]] = slot["counts"].get(task["state"], 0) + 1
+            slot["frameworks"].add(framework["id"])
+            if task in framework["tasks"]:
+                for name, value in task["resources"].items():
+                    if isinstance(value, int | float):
+                        slot["used"][name] = slot["used"].get(name, 0) + value
+        frameworks.append({key: framework[key] for key in ("id", "name", "pid", "hostname", "webui_url", "active",
+                                                          "role", "used_resources")}
+                          | {"offered_resources": {}, "capabilities": [], "slave_ids": sorted(agent_ids), **counts})
+    slaves = []
+    for slave in state["slaves"]:
+        slot = per_agent.get(slave["id"], {"counts": dict.fromkeys(task_states, 0), "used": {}, "frameworks": set()})
+        used = {"cpus": 0, "mem": 0, "disk": 0, "gpus": 0} | slot["used"]
+        slaves.append({**slave, "used_resources": used, "offered_resources": {}, "reserved_resources": {},
+                       "unreserved_resources": slave["resources"], "version": state["version"],
+                       "framework_ids": sorted(slot["frameworks"]), **slot["counts"]})
+    return {"hostname": state["hostname"], "cluster": cluster, "slaves": slaves, "frameworks": frameworks}

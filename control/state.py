@@ -10,6 +10,7 @@ State is kept as JSON documents under ``(kind, key)``:
 | ``agents`` | agent id | the agent's registration |
 | ``vips`` | ``marathon:/name`` | the named VIP's address |
 | ``allocations`` | ``overlay`` | the overlay IPAM snapshot |
+| ``users`` | uid | ``{"uid", "description", "hash"}`` (an argon2id hash, never the password) |
 | ``meta`` | ``master_id``, ``view_version``, ``vip_next_address``, ``backoff:<app id>`` | scalars, backoff |
 
 Every write is durable when the call returns, so a master killed at any point restarts from what
@@ -24,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Literal, Protocol, get_args
 
-Kind = Literal["apps", "tasks", "deployments", "agents", "vips", "allocations", "meta"]
+Kind = Literal["apps", "tasks", "deployments", "agents", "vips", "allocations", "users", "meta"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 

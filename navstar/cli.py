@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from adminrouter.cli import user_cli
 from control.cli import app_cli, node_cli, task_cli, use_lab_master
 from minuteman.cli import vip_app
 from spartan_dns.cli import dns_app
@@ -29,6 +30,7 @@ app.add_typer(vip_app, name="vip")
 app.add_typer(app_cli, name="app")
 app.add_typer(task_cli, name="task")
 app.add_typer(node_cli, name="node")
+app.add_typer(user_cli, name="user")
 
 
 def _lab_master(lab: str) -> tuple[str, str | None] | None:
@@ -92,8 +94,10 @@ def master(
     vni: Annotated[int, typer.Option(help="VXLAN network identifier")] = 1024,
     vxlan_port: Annotated[int, typer.Option(help="VXLAN UDP port")] = 64000,
     overlay_mtu: Annotated[int, typer.Option(help="container MTU on the overlay")] = 1420,
+    adminrouter_listen: Annotated[str, typer.Option(help="Admin Router's backend (login, validator, Mesos-DNS API): [host]:port, for nginx")] = "127.0.0.1:8101",
+    token_expiry: Annotated[float, typer.Option(help="seconds a login token stays valid")] = 5 * 24 * 3600.0,
 ) -> None:
-    """Run the master (Marathon API, Mesos API, allocator)."""
+    """Run the master (Marathon API, Mesos API, allocator, Admin Router's backend)."""
     from pydantic import ValidationError
 
     from cluster.view import OverlayConfig
@@ -108,7 +112,29 @@ def master(
     except (ValidationError, ValueError) as exc:
         err.print(f"overlay settings: {exc}")
         raise typer.Exit(2) from None
-    run_master(marathon_listen, mesos_listen, state_dir, token_file, agent_timeout, image_map, overlay)
+    if token_expiry <= 0:
+        err.print(f"--token-expiry: must be positive, got {token_expiry:g}")
+        raise typer.Exit(2)
+    run_master(marathon_listen, mesos_listen, state_dir, token_file, agent_timeout, image_map, overlay,
+               adminrouter_listen, token_expiry)
+
+
+@app.command()
+def adminrouter(
+    listen: Annotated[str, typer.Option(help="where nginx listens: ip:port (the master's address, :80)")] = "0.0.0.0:80",
+    master: Annotated[str, typer.Option(help="the master's Mesos API (routes follow its cluster view)")] = "http://127.0.0.1:5050",
+    token_file: Annotated[str | None, typer.Option(help="cluster secret (upstream credential)")] = None,
+    run_dir: Annotated[str, typer.Option(help="nginx's configuration, pid, logs and caches")] = "/run/navstar/adminrouter",
+    backend: Annotated[str, typer.Option(help="the master's Admin Router backend (login, validator)")] = "127.0.0.1:8101",
+    marathon: Annotated[str, typer.Option(help="the Marathon API upstream")] = "127.0.0.1:8080",
+    mesos: Annotated[str, typer.Option(help="the Mesos API upstream")] = "127.0.0.1:5050",
+    metrics_listen: Annotated[str, typer.Option(help="Prometheus metrics of the supervisor")] = "127.0.0.1:61092",
+    nginx: Annotated[str, typer.Option(help="the nginx binary")] = "nginx",
+) -> None:
+    """Run Admin Router: nginx in front of the master, its routes kept current from the cluster view."""
+    from navstar.adminrouter_main import run_adminrouter
+
+    run_adminrouter(listen, master, token_file, run_dir, backend, marathon, mesos, metrics_listen, nginx)
 
 
 @app.command()

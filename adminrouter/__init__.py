@@ -1,0 +1,1 @@
+"""Admin Router: the cluster's front door (nginx on every master, login and tokens)."""

@@ -1,0 +1,70 @@
+"""Admin Router's nginx configuration, rendered from ``nginx.conf.template`` (pure).
+
+``render(settings, services)`` fills the template: where nginx listens, its run directory, the
+upstreams (Marathon, Mesos, the backend on loopback) and one upstream + location per
+``/service/<name>/`` route. The cluster secret goes into the rendered file (upstream
+``Authorization``), so the supervisor writes it mode 0600.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from adminrouter.routes import ServiceRoute
+
+TEMPLATE = Path(__file__).with_name("nginx.conf.template")
+
+INDEX_HTML = ("<!doctype html><title>navstar</title><h1>navstar</h1><p>Admin Router. APIs: "
+              "<code>/marathon/</code>, <code>/service/marathon/</code>, <code>/mesos/</code>, "
+              "<code>/mesos_dns/v1/</code>, <code>/net/v1/vips</code>, <code>/service/&lt;name&gt;/</code>; "
+              "log in at <code>POST /acs/api/v1/auth/login</code>.</p>\\n")
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str                  # "198.18.0.2:80"
+    run_dir: str                 # pid, logs, temp files, the auth cache
+    backend: str = "127.0.0.1:8101"
+    marathon: str = "127.0.0.1:8080"
+    mesos: str = "127.0.0.1:5050"
+    secret: str = ""             # the cluster secret upstreams expect ('' = none)
+    workers: str = "auto"
+    user: str = "www-data"
+
+
+def _upstream_name(name: str) -> str:
+    return "service_" + hashlib.sha1(name.encode()).hexdigest()[:12]
+
+
+def _check(value: str, what: str) -> str:
+    if any(c in value for c in "'\";{}\n\\$ "):
+        raise ValueError(f"{what}: {value!r} cannot go into nginx's configuration")
+    return value
+
+
+def render(settings: Settings, services: list[ServiceRoute]) -> str:
+    upstreams, locations = [], []
+    for route in services:
+        name = _check(route.name, "service name")
+        if route.servers:
+            upstream = _upstream_name(name)
+            servers = "".join(f" server {_check(s, 'server')} max_fails=0;" for s in route.servers)
+            upstreams.append(f"    upstream {upstream} {{{servers} keepalive 8; }}")
+            proxy = f"proxy_pass {route.scheme}://{upstream}/;"
+        else:
+            proxy = ("return 503 '{\"title\":\"Service Unavailable\",\"description\":\"service "
+                     f"{name} ({_check(route.app_id, 'app id')}) has no running task\","
+                     "\"code\":\"ERR_SERVICE_UNAVAILABLE\"}\\n';")
+        locations.append(f"        location /service/{name}/ {{\n            auth_request /internal/auth;\n"
+                         f"            {proxy}\n        }}")
+    return Template(TEMPLATE.read_text()).substitute(
+        workers=settings.workers, run_dir=_check(settings.run_dir, "run directory"), user=settings.user,
+        listen=_check(settings.listen, "listen"), backend=_check(settings.backend, "backend"),
+        marathon=_check(settings.marathon, "marathon"), mesos=_check(settings.mesos, "mesos"),
+        secret=_check(settings.secret, "secret"), index_html=INDEX_HTML,
+        service_upstreams="\n".join(upstreams) + ("\n" if upstreams else ""),
+        service_locations="\n".join(locations) + ("\n" if locations else ""),
+    )
