@@ -37,7 +37,7 @@ LIVE_STATES = ("TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING", 
 MAX_VIEW_WAIT = 60.0
 # Long-polling agents are woken at most this often: a burst of changes (a thousand task statuses)
 # reaches them as a few views, not one view per change.
-VIEW_COALESCE_SECONDS = 0.25
+VIEW_COALESCE_SECONDS = 1.0
 
 
 class Master:

@@ -4,7 +4,7 @@
 POST /v1/tasks [launch…] ──► Launcher.submit ──► per task: accepted | known | busy   (answered now)
                                  │ accepted: queued (TASK_STAGING in GET /v1/tasks)
                                  ▼
-                 WORKERS coroutines ──► asyncio.to_thread(Executor.launch) ──► statuses
+                 WORKERS coroutines ──► own thread pool: Executor.launch ──► statuses
 ```
 
 - Idempotent by task id: a task queued, starting, running, or killed before its launch arrived is
@@ -21,6 +21,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from control.agent.executor import Executor
@@ -44,6 +45,7 @@ class Launcher:
         self._queued: OrderedDict[str, TaskLaunch] = OrderedDict()
         self._ready: asyncio.Event | None = None
         self._running: list[asyncio.Task] = []
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="launch")
         self.started = 0
 
     def submit(self, launches: list[TaskLaunch]) -> dict[str, Outcome]:
@@ -97,7 +99,8 @@ class Launcher:
                 continue
             _task_id, launch = self._queued.popitem(last=False)
             try:
-                await asyncio.to_thread(self.executor.launch, launch)
+                # A pool of its own: starts never queue behind the agent's other off-loop work.
+                await asyncio.get_running_loop().run_in_executor(self._pool, self.executor.launch, launch)
                 self.started += 1
                 if self.on_started is not None and launch.task_id in self.executor.tasks:
                     self.on_started(launch)
@@ -108,3 +111,4 @@ class Launcher:
         for task in self._running:
             task.cancel()
         await asyncio.gather(*self._running, return_exceptions=True)
+        self._pool.shutdown(wait=False)
