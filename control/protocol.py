@@ -2,12 +2,20 @@
 
 Master → agent (agent API, default ``<agent-ip>:5051``, ``Authorization: token=<secret>``):
   ``GET  /v1/ping``                      → ``{"agent_id": ...}``  (the master's liveness ping)
-  ``POST /v1/tasks``  body ``TaskLaunch`` → 202
-  ``DELETE /v1/tasks/{task_id}?grace=<s>`` → 202 (TASK_KILLING now, TASK_KILLED when gone)
-  ``GET  /v1/tasks``                     → ``[TaskStatus]`` (for reconciliation)
+  ``POST /v1/tasks``  body ``{"launches": [TaskLaunch]}`` → 202 ``{"results": {task_id:
+        "accepted" | "known" | "busy"}, "rejected": {task_id: reason}, "queued": n}`` — answered
+        at once, before any task starts; idempotent by task id (``known``: queued, started, or
+        killed before its launch came); ``busy``: send it again later. A single ``TaskLaunch``
+        body is answered 202, or 503 when busy.
+  ``DELETE /v1/tasks/{task_id}?grace=<s>`` → 202 (TASK_KILLING now, TASK_KILLED when gone); 404
+        for an unknown id, which is then remembered as killed (a late launch of it never starts)
+  ``GET  /v1/tasks``                     → ``[TaskStatus]`` (for reconciliation; queued launches
+        as TASK_STAGING)
 
 Agent → master (Mesos port):
-  ``POST /v1/agents/{agent_id}/status`` body ``TaskStatus`` → 200
+  ``POST /v1/agents/{agent_id}/statuses`` body ``[TaskStatus]`` → 200 ``{"results": [...]}`` (in
+        order; the agent resends a batch until it is acknowledged)
+  ``POST /v1/agents/{agent_id}/status`` body ``TaskStatus`` → 200 (one at a time)
   On (re-)registration the agent also sends ``GET /v1/tasks``-shaped statuses so the master
   reconciles what survived.
 
