@@ -35,9 +35,10 @@ _STATE_STYLE = {"TASK_RUNNING": "green", "TASK_STAGING": "yellow", "TASK_STARTIN
 err = Console(stderr=True)
 
 
-# Where a lab's master is and its API secret, by lab name (None: no such lab is up). Set by
-# the composition root (``navstar.cli``), which knows about labs; this package does not.
-LabMaster = Callable[[str], tuple[str, str | None] | None]
+# Where a lab's Marathon API is, a token for it and where its Mesos API is, by lab name (None:
+# no such lab is up). Set by the composition root (``navstar.cli``), which knows about labs
+# (and logs in to their Admin Router); this package does not.
+LabMaster = Callable[[str], tuple[str, str | None, str] | None]
 _lab_master: LabMaster | None = None
 
 
@@ -57,7 +58,7 @@ class Api:
             if found is None:
                 err.print(f"[red]no --master given and lab {lab!r} is not up[/] (start it with `navstar lab up`)")
                 raise typer.Exit(2)
-            master, lab_secret = found
+            master, lab_secret, mesos = found
             secret = secret or lab_secret
         self.marathon = master.rstrip("/")
         parts = urlsplit(self.marathon)

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from adminrouter.cli import user_cli
+from adminrouter.cli import use_lab_front_door, user_cli
 from control.cli import app_cli, node_cli, task_cli, use_lab_master
 from minuteman.cli import vip_app
 from spartan_dns.cli import dns_app
@@ -33,14 +33,29 @@ app.add_typer(node_cli, name="node")
 app.add_typer(user_cli, name="user")
 
 
-def _lab_master(lab: str) -> tuple[str, str | None] | None:
+def _lab_master(lab: str) -> tuple[str, str | None, str] | None:
+    """The lab's Marathon and Mesos APIs through Admin Router, and a login token (logged in as
+    the lab's ``admin`` by itself)."""
+    from navstar.frontdoor import lab_token
     from navstar.lab import LabState
 
     state = LabState.load(lab)
-    return None if state is None else (state.master_url, state.secret())
+    return None if state is None else (state.master_url, lab_token(state), state.mesos_url)
+
+
+def _lab_front_door(lab: str) -> tuple[str, dict[str, str]] | None:
+    from navstar.frontdoor import lab_token
+    from navstar.lab import LabState
+
+    state = LabState.load(lab)
+    if state is None:
+        return None
+    token = lab_token(state)
+    return state.front_door, ({"Authorization": f"token={token}"} if token else {})
 
 
 use_lab_master(_lab_master)
+use_lab_front_door(_lab_front_door)
 
 console = Console()
 err = Console(stderr=True)
@@ -238,12 +253,20 @@ def lab_up(
         except LabError as exc:
             err.print(f"[red]lab up failed:[/] {exc}")
             raise typer.Exit(1) from None
-    table = Table(title=f"lab {name!r} is up — master {state.master_url}")
+    table = Table(title=f"lab {name!r} is up — Admin Router {state.front_door}")
     for column in ("node", "namespace", "underlay IP", "pid", "log"):
         table.add_column(column)
     for node in state.nodes:
         table.add_row(node.name, node.namespace, node.ip, str(node.pid), node.log)
     console.print(table)
+    from navstar.frontdoor import ADMIN, password_file
+
+    console.print(f"Admin Router: {state.front_door}/ — user [bold]{ADMIN}[/], password in {password_file(state)}\n"
+                  f"  navstar app list --lab {name}            (logs in by itself)\n"
+                  f"  .venv-dcos/bin/dcos cluster setup {state.front_door} --username {ADMIN} "
+                  f"--password \"$(cat {password_file(state)})\"\n"
+                  f"  curl -s -X POST {state.front_door}/acs/api/v1/auth/login -H 'Content-Type: application/json' "
+                  f"-d '{{\"uid\":\"{ADMIN}\",\"password\":\"...\"}}'")
 
 
 @lab_app.command("status")

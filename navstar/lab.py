@@ -37,6 +37,7 @@ from pyroute2 import IPRoute, netns
 from cluster.addresses import resolv_conf
 from control.agent.cgroups import Cgroup
 from control.auth import auth_header
+from navstar import frontdoor
 from navstar.namespaces import namespace_pids
 
 LAB_ROOT = Path(os.environ.get("NAVSTAR_LAB_ROOT", "/var/lib/navstar/labs"))
@@ -68,6 +69,7 @@ class LabState:
     lb: str = "auto"
     nodes: list[Node] = field(default_factory=list)
     overlay_interval: float = 30.0          # agents' overlay drift-repair period (s)
+    adminrouter_pid: int | None = None      # `navstar adminrouter` (nginx's supervisor) in the master's namespace
 
     @property
     def directory(self) -> Path:
@@ -82,11 +84,23 @@ class LabState:
         return self.nodes[0]
 
     @property
+    def front_door(self) -> str:
+        """Admin Router on the master (``:80``): the only way in from the root namespace."""
+        return f"http://{self.master.ip}"
+
+    @property
     def master_url(self) -> str:
-        return f"http://{self.master.ip}:{MARATHON_PORT}"
+        """The Marathon API, through Admin Router (takes a login token or the cluster secret)."""
+        return f"{self.front_door}/service/marathon"
 
     @property
     def mesos_url(self) -> str:
+        """The Mesos API, through Admin Router."""
+        return f"{self.front_door}/mesos"
+
+    @property
+    def inside_mesos_url(self) -> str:
+        """The master's Mesos port as the lab's nodes reach it (sealed from the root namespace)."""
         return f"http://{self.master.ip}:{MESOS_PORT}"
 
     def secret(self) -> str | None:
@@ -275,6 +289,8 @@ class Lab:
             self._build(state, net)
             self._start(state)
             self._wait_registered(state, timeout)
+            self.progress("creating user admin")
+            frontdoor.create_admin(state)
         except BaseException:
             self._print_failed_logs(state)
             self.down()
@@ -324,6 +340,15 @@ class Lab:
         for node in state.nodes:
             self.progress(f"starting {node.name}")
             self._start_node(state, node)
+            if node is state.master:
+                self.progress("starting Admin Router")
+                self._start_adminrouter(state)
+
+    def _start_adminrouter(self, state: LabState) -> None:
+        log = str(state.directory / "logs" / "adminrouter.log")
+        state.adminrouter_pid = self._spawn(state.master, [sys.executable, "-m", "navstar",
+                                                           *frontdoor.adminrouter_args(state)], log)
+        state.save()
 
     def _start_node(self, state: LabState, node: Node) -> None:
         node.log = str(state.directory / "logs" / f"{node.name}.log")
@@ -336,7 +361,7 @@ class Lab:
             return ["master", "--marathon-listen", f":{MARATHON_PORT}", "--mesos-listen", f":{MESOS_PORT}",
                     "--state-dir", str(state.directory / "master"), "--token-file", secret,
                     "--agent-timeout", "5"]
-        return ["agent", "--master", state.mesos_url, "--ip", node.ip, "--agent-id", node.name,
+        return ["agent", "--master", state.inside_mesos_url, "--ip", node.ip, "--agent-id", node.name,
                 "--token-file", secret, "--lb", state.lb, "--heartbeat-interval", "1",
                 "--work-dir", str(state.directory / node.name),
                 "--cgroup", cgroup_for(self.name, node.name).relpath,
@@ -460,6 +485,9 @@ class Lab:
         namespaces = set(self._leftovers())
         if state is not None:
             namespaces |= {n.namespace for n in state.nodes}
+            if state.adminrouter_pid is not None and process_alive(state.adminrouter_pid):
+                end_process(state.adminrouter_pid)     # stops nginx gracefully
+                removed.append(f"process {state.adminrouter_pid} (adminrouter)")
             alive = [node for node in state.nodes if node.pid is not None and process_alive(node.pid)]
             end_processes({node.pid for node in alive if node.pid is not None})
             removed += [f"process {node.pid} ({node.name})" for node in alive]
