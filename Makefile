@@ -12,7 +12,7 @@ setup:
 
 # Build the lab (or find it up), then deploy the seed apps and curl their VIP names.
 lab: setup
-	$(NAVSTAR) lab up --agents $(AGENTS) --lb $(LB)
+	$(NAVSTAR) lab up --agents $(AGENTS) --lb $(LB) --prometheus
 	$(NAVSTAR) lab scenario
 
 lab-down:

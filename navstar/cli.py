@@ -238,6 +238,7 @@ def lab_up(
     underlay: Annotated[str, typer.Option(help="underlay subnet (/24 or larger)")] = "198.18.0.0/24",
     lb: Annotated[str, typer.Option(help="VIP dataplane: ebpf, nfqueue or auto")] = "auto",
     overlay_interval: Annotated[float, typer.Option(help="agents' overlay drift-repair period (s)")] = 30.0,
+    prometheus: Annotated[bool, typer.Option("--prometheus", help="also run Prometheus in the master's namespace (:9090), with the rules in deploy/prometheus")] = False,
 ) -> None:
     """Build the lab and start a master and the agents in it."""
     _need_root()
@@ -246,7 +247,8 @@ def lab_up(
     with console.status("building the lab") as spinner:
         lab = _lab(name, progress=lambda msg: spinner.update(msg))
         try:
-            state = lab.up(agents=agents, underlay=underlay, lb=lb, overlay_interval=overlay_interval)
+            state = lab.up(agents=agents, underlay=underlay, lb=lb, overlay_interval=overlay_interval,
+                           prometheus=prometheus)
         except LabAlreadyUp as exc:
             console.print(str(exc))
             raise typer.Exit(0) from None
@@ -267,6 +269,9 @@ def lab_up(
                   f"--password \"$(cat {password_file(state)})\"\n"
                   f"  curl -s -X POST {state.front_door}/acs/api/v1/auth/login -H 'Content-Type: application/json' "
                   f"-d '{{\"uid\":\"{ADMIN}\",\"password\":\"...\"}}'")
+    if state.prometheus_pid:
+        console.print(f"prometheus (pid {state.prometheus_pid}) in the master's namespace: "
+                      f"navstar lab exec --name {name} master -- curl -s 'http://127.0.0.1:9090/api/v1/alerts'")
 
 
 @lab_app.command("status")

@@ -70,6 +70,7 @@ class LabState:
     nodes: list[Node] = field(default_factory=list)
     overlay_interval: float = 30.0          # agents' overlay drift-repair period (s)
     adminrouter_pid: int | None = None      # `navstar adminrouter` (nginx's supervisor) in the master's namespace
+    prometheus_pid: int | None = None       # Debian's prometheus in the master's namespace (--prometheus)
 
     @property
     def directory(self) -> Path:
@@ -266,7 +267,7 @@ class Lab:
 
     # ---- up
     def up(self, agents: int = 2, underlay: str = DEFAULT_UNDERLAY, lb: str = "auto",
-           timeout: float = 60.0, overlay_interval: float = 30.0) -> LabState:
+           timeout: float = 60.0, overlay_interval: float = 30.0, prometheus: bool = False) -> LabState:
         if self.is_up():
             raise LabAlreadyUp(f"lab {self.name!r} is already up; `navstar lab down --name {self.name}` first")
         if self.state() is not None or self._leftovers():
@@ -291,6 +292,8 @@ class Lab:
             self._wait_registered(state, timeout)
             self.progress("creating user admin")
             frontdoor.create_admin(state)
+            if prometheus:
+                self._start_prometheus(state, timeout)
         except BaseException:
             self._print_failed_logs(state)
             self.down()
@@ -407,10 +410,10 @@ class Lab:
                 time.sleep(0.2)
         raise LabError(f"{node.name} was not ready within {timeout:.0f}s; see {node.log}")
 
-    def _spawn(self, node: Node, argv: list[str], log_path: str) -> int:
+    def _spawn(self, node: Node, argv: list[str], log_path: str, leaf: str = "agent") -> int:
         # A leaf of its own: on a pure v2 host a group with processes cannot also hold
         # the task groups that carry CPU and memory limits.
-        cgroup = Cgroup(f"{cgroup_for(self.name, node.name).relpath}/agent")
+        cgroup = Cgroup(f"{cgroup_for(self.name, node.name).relpath}/{leaf}")
         cgroup.create()
         with open(log_path, "ab") as log:
             # nsenter, not `ip netns exec`: the latter remounts /sys, which would hide the
@@ -443,6 +446,36 @@ class Lab:
                     pass
                 time.sleep(0.2)
         raise LabError(f"agents did not register within {timeout:.0f}s; see {state.directory / 'logs'}")
+
+    def _start_prometheus(self, state: LabState, timeout: float) -> None:
+        """Debian's prometheus in the master's namespace and cgroup, scraping every node; its
+        configuration and rules (deploy/prometheus) are rendered under the lab's directory and
+        must pass promtool first. Short intervals and ``for:`` so alerts fire within seconds."""
+        from navstar import prometheus
+
+        self.progress("starting prometheus")
+        home = state.directory / "prometheus"
+        config = prometheus.render(
+            home, masters=[state.master.ip], agents=[n.ip for n in state.nodes[1:]],
+            secret_file=state.secret_file, cluster=self.name, scrape_interval="1s",
+            evaluation_interval="1s", alert_for="3s")
+        try:
+            prometheus.check(config)
+        except prometheus.PrometheusError as exc:
+            raise LabError(f"prometheus not started: {exc}") from None
+        log = str(state.directory / "logs" / "prometheus.log")
+        state.prometheus_pid = self._spawn(state.master, prometheus.server_argv(config, home / "data"), log,
+                                           leaf="prometheus")
+        state.save()
+        ready = ["nsenter", f"--net=/run/netns/{state.master.namespace}", "--",
+                 "curl", "-sf", "-o", "/dev/null", f"http://127.0.0.1:{prometheus.PORT}/-/ready"]
+        deadline = time.monotonic() + timeout
+        while subprocess.run(ready, capture_output=True).returncode != 0:
+            if not process_alive(state.prometheus_pid):
+                raise LabError(f"prometheus exited during start-up; see {log}")
+            if time.monotonic() > deadline:
+                raise LabError(f"prometheus was not ready within {timeout:.0f}s; see {log}")
+            time.sleep(0.2)
 
     def _print_failed_logs(self, state: LabState) -> None:
         for node in state.nodes:

@@ -15,6 +15,7 @@ DEBIAN_PACKAGES=(
   bpfcc-tools python3-bpfcc clang llvm bpftool
   iproute2 iputils-ping procps psmisc curl dnsutils
   nginx-light dnsmasq-base dnsperf iperf3
+  prometheus vagrant
   python3-venv python3-dev build-essential
 )
 
@@ -30,6 +31,10 @@ fi
 # nginx-light enables its own service on install; the project starts nginx itself, per task.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled nginx >/dev/null 2>&1; then
   systemctl disable --now nginx >/dev/null 2>&1 || true
+fi
+# Debian's prometheus does the same; the lab runs its own (navstar lab up --prometheus).
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled prometheus >/dev/null 2>&1; then
+  systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 # bcc compiles BPF C against kernel headers. This kernel ships none, so borrow Debian's
