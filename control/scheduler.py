@@ -70,6 +70,9 @@ LAUNCH_BATCH = 256
 # A task an agent reports but the master does not know is reconciled again after this, and killed
 # if still unknown then.
 ORPHAN_CONFIRM_SECONDS = 2.0
+# A reconciliation the agent did not answer is asked again after this (while it is reachable).
+RECONCILE_RETRY_SECONDS = 2.0
+RECONCILE_RETRIES = 10
 # How finely a burst is spread over the offers of one cycle (rounds over the offers).
 SPREAD_ROUNDS = 8
 
@@ -106,6 +109,9 @@ class Scheduler:
         self._suspects: dict[tuple[str, str], int] = {}
         self._rounds: dict[str, int] = {}      # agent → reconciliation rounds started
         self._reconciling: set[str] = set()    # agents with a confirming reconciliation due
+        self._reconcile_retry: set[str] = set()  # agents whose reconciliation failed, asked again
+        self._reconcile_tries: dict[str, int] = {}
+        self.reconcile_retry_seconds = RECONCILE_RETRY_SECONDS
         self.orphan_confirm_seconds = ORPHAN_CONFIRM_SECONDS
         self.unknown_killed = 0
 
@@ -587,6 +593,13 @@ class Scheduler:
         self._reconciling.discard(agent_id)
         await self.reconcile(agent_id)
 
+    async def _reconcile_again(self, agent_id: str) -> None:
+        await asyncio.sleep(self.reconcile_retry_seconds)
+        self._reconcile_retry.discard(agent_id)
+        record = self.registry.get(agent_id)
+        if record is not None and record.reachable:
+            await self.reconcile(agent_id)
+
     async def _kill_unknown(self, record: AgentRecord, task_id: str) -> None:
         try:
             await self.agents.kill(_address(record), task_id, 0.0)
@@ -676,8 +689,20 @@ class Scheduler:
         try:
             statuses = await self.agents.tasks(_address(record))
         except AgentUnavailable as exc:
-            log.warning("reconciliation with %s failed: %s", agent_id, exc)
+            # E.g. an agent that registers before its API serves: ask again while it is reachable,
+            # since staging tasks wait for this answer.
+            tries = self._reconcile_tries[agent_id] = self._reconcile_tries.get(agent_id, 0) + 1
+            if tries > RECONCILE_RETRIES:
+                log.warning("reconciliation with %s failed: %s", agent_id, exc)
+                self._reconcile_tries.pop(agent_id, None)
+                return
+            log.warning("reconciliation with %s failed (%s): asking again in %.0fs", agent_id, exc,
+                        self.reconcile_retry_seconds)
+            if agent_id not in self._reconcile_retry:
+                self._reconcile_retry.add(agent_id)
+                self._spawn(self._reconcile_again(agent_id))
             return
+        self._reconcile_tries.pop(agent_id, None)
         reported = {s.task_id for s in statuses}
         for status in statuses:
             task = self.tasks.get(status.task_id)

@@ -52,6 +52,7 @@ class Cluster:
         self.fake.sink = self.master.scheduler.on_status
         # Reconciliation rounds that confirm an orphan follow at once (settle waits for them).
         self.master.scheduler.orphan_confirm_seconds = 0.0
+        self.master.scheduler.reconcile_retry_seconds = 0.0
         headers = {"Authorization": f"token={secret}"} if secret else {}
         self.apps = master_apps(self.master)
         self.marathon = httpx.AsyncClient(transport=httpx.ASGITransport(self.apps.marathon),

@@ -3,13 +3,14 @@ a lost launch answer, a late report, an unknown task, a busy agent, a burst larg
 cluster, spread and batching. What a user would check: one task id per instance reached
 TASK_RUNNING, nothing was killed that the master launched, nothing failed."""
 
+import asyncio
 from collections import Counter
 
 import pytest
 
 from control import scheduler as scheduler_module
 from control.agent_client import FakeAgents
-from tests.unit.master_harness import Cluster
+from tests.unit.master_harness import Cluster, registration
 
 
 def one_task_app(index: int, cpus: float = 0.01) -> dict:
@@ -211,5 +212,32 @@ async def test_statuses_arrive_in_batches_each_answered():
         assert [t.task_id for t in cluster.running("/burst-001")] == [task.task_id]
         assert (await cluster.mesos.post("/v1/agents/nobody/statuses", json=[])).status_code == 404
         assert (await cluster.mesos.post("/v1/agents/agent-1/statuses", json={"no": "list"})).status_code == 400
+    finally:
+        await cluster.close()
+
+
+async def test_agent_restarted_before_starting_an_acknowledged_task_is_reconciled_once_it_answers():
+    fake = FakeAgents(auto_run=False)
+    cluster = await cluster_with(1, fake)
+    scheduler = cluster.scheduler
+    try:
+        await cluster.post_app(one_task_app(1))
+        (task,) = scheduler.app_tasks("/burst-001")
+        assert task.launched_at is not None and task.state == "TASK_STAGING"
+        # The agent restarts: its launch queue is gone, and it registers before its API answers.
+        agent = fake.agent("agent-1")
+        agent.tasks.clear(), agent.launches.clear(), agent.launched.clear()
+        agent.up = False
+        scheduler.reconcile_retry_seconds = 0.05
+        assert (await cluster.mesos.post("/v1/agents", json=registration(1))).status_code == 200
+        await asyncio.sleep(0.01)
+        assert scheduler.app_tasks("/burst-001") == [task]      # nothing decided without an answer
+        agent.up = True
+        await cluster.settle()
+        # Proven absent by the agent: lost, and replaced under a new id that the agent started once.
+        lost = [t for t in scheduler.completed if t.task_id == task.task_id]
+        assert [t.state for t in lost] == ["TASK_LOST"]
+        (replacement,) = scheduler.app_tasks("/burst-001")
+        assert replacement.task_id != task.task_id and launched_ids(fake) == {replacement.task_id: 1}
     finally:
         await cluster.close()
