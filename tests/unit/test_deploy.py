@@ -1,6 +1,7 @@
 """deploy/ and vagrant/ are checked by the real tools, as an operator would before use:
 ``promtool check config`` / ``check rules`` on the rendered Prometheus configuration and the
-repository's rules. The tools are Debian packages installed by ``make setup``; a missing tool
+repository's rules, ``systemd-analyze verify`` on every unit, ``vagrant validate`` on the
+Vagrantfile. The tools are Debian packages installed by ``make setup``; a missing tool
 fails the test (it names the package), it does not skip.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,68 @@ def test_every_metric_the_rules_read_is_exported_by_a_component():
     assert {"navstar_minuteman_backends", "navstar_dns_requests_total", "navstar_master_agents"} <= names
     for name in names:
         assert f'"{name}"' in sources or f'"{name.removesuffix("_total")}"' in sources, name
+
+
+# -- systemd ----------------------------------------------------------------------------------
+UNITS = sorted((REPO / "deploy" / "systemd").glob("*.service"))
+INSTALL_PREFIX = "/opt/navstar"      # where deploy/README.md (and the Vagrantfile) put the checkout
+NOT_INSTALLED_HERE = {"navstar-zookeeper.service": "/usr/share/zookeeper/bin/zkServer.sh"}
+
+
+def test_the_units_the_issue_names_exist():
+    assert {"navstar-master.service", "navstar-agent.service", "navstar-adminrouter.service",
+            "navstar-zookeeper.service"} <= {u.name for u in UNITS}
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_systemd_analyze_verify_accepts_the_unit(unit: Path, tmp_path: Path):
+    """The unit as installed, with this checkout (and this interpreter's venv) as the install
+    prefix; any complaint fails —
+    but for ZooKeeper's own binary on a machine without Debian's zookeeper (only masters of a
+    several-master cluster install it)."""
+    analyze = need("systemd-analyze", "systemd")
+    installed = tmp_path / unit.name
+    installed.write_text(unit.read_text().replace(f"{INSTALL_PREFIX}/.venv", sys.prefix)
+                         .replace(INSTALL_PREFIX, str(REPO)))
+    done = subprocess.run([analyze, "verify", str(installed)], capture_output=True, text=True)
+    complaints = [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+    absent = NOT_INSTALLED_HERE.get(unit.name)
+    if absent and not Path(absent).exists():
+        complaints = [c for c in complaints if f"Command {absent} is not executable" not in c]
+    else:
+        assert done.returncode == 0, complaints
+    assert not complaints, complaints
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
+def test_units_check_what_they_need_before_starting(unit: Path):
+    text = unit.read_text()
+    assert "ExecStartPre=" in text or "ConditionPathExists=" in text
+    if unit.name in ("navstar-agent.service", "navstar-adminrouter.service"):
+        assert "ExecStartPre=/usr/bin/ping -c1 -W2 leader.mesos" in text
+    if unit.name == "navstar-agent.service":
+        assert "ready.spartan" in text
+
+
+# -- Vagrant ----------------------------------------------------------------------------------
+def vagrant_validate(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    """``vagrant validate`` needs no provider with --ignore-provider; its state goes to tmp_path."""
+    vagrant = need("vagrant", "vagrant")
+    return subprocess.run([vagrant, "validate", "--ignore-provider"], cwd=REPO / "vagrant", capture_output=True,
+                          text=True, timeout=120,
+                          env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(tmp_path),
+                               "VAGRANT_HOME": str(tmp_path / "home"), "VAGRANT_DOTFILE_PATH": str(tmp_path / "dot"),
+                               **env})
+
+
+@pytest.mark.parametrize("env", [{}, {"MASTERS": "3", "AGENTS": "3", "PUBLIC_AGENTS": "2"}],
+                         ids=["1-master", "3-masters"])
+def test_vagrant_validate_accepts_the_vagrantfile(env: dict, tmp_path: Path):
+    done = vagrant_validate(tmp_path, **env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "validated successfully" in done.stdout
+
+
+def test_vagrant_validate_refuses_two_masters(tmp_path: Path):
+    done = vagrant_validate(tmp_path, MASTERS="2")
+    assert done.returncode != 0 and "MASTERS must be 1 or 3" in done.stdout + done.stderr
