@@ -4,7 +4,7 @@
 POST /v1/tasks [launch…] ──► Launcher.submit ──► per task: accepted | known | busy   (answered now)
                                  │ accepted: queued (TASK_STAGING in GET /v1/tasks)
                                  ▼
-                 WORKERS coroutines ──► own thread pool: Executor.launch ──► statuses
+                 WORKERS threads of its own ──► Executor.launch ──► statuses
 ```
 
 - Idempotent by task id: a task queued, starting, running, or killed before its launch arrived is
@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 from control.agent.executor import Executor
@@ -43,32 +43,37 @@ class Launcher:
         self.capacity = capacity
         self.workers = workers
         self._queued: OrderedDict[str, TaskLaunch] = OrderedDict()
-        self._ready: asyncio.Event | None = None
-        self._running: list[asyncio.Task] = []
-        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="launch")
+        # Worker threads of their own take from the queue: a busy event loop (a large view being
+        # applied) never holds a start back, and starts never queue behind other off-loop work.
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self._threads: list[threading.Thread] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
         self.started = 0
 
     def submit(self, launches: list[TaskLaunch]) -> dict[str, Outcome]:
-        """Queues what is new, on the loop; returns each task's outcome. Never blocks."""
+        """Queues what is new, on the loop; returns each task's outcome. Never blocks on a start."""
         self._ensure_workers()
         outcomes: dict[str, Outcome] = {}
-        for launch in launches:
-            task_id = launch.task_id
-            if task_id in self._queued or self.executor.knows(task_id):
-                outcomes[task_id] = "known"
-            elif len(self._queued) >= self.capacity:
-                outcomes[task_id] = "busy"
-            else:
-                self._queued[task_id] = launch
-                outcomes[task_id] = "accepted"
-        if self._ready is not None and self._queued:
-            self._ready.set()
+        with self._lock:
+            for launch in launches:
+                task_id = launch.task_id
+                if task_id in self._queued or self.executor.knows(task_id):
+                    outcomes[task_id] = "known"
+                elif len(self._queued) >= self.capacity:
+                    outcomes[task_id] = "busy"
+                else:
+                    self._queued[task_id] = launch
+                    outcomes[task_id] = "accepted"
+            self._ready.notify_all()
         return outcomes
 
     def kill(self, task_id: str) -> bool:
         """Drops a queued task (reported TASK_KILLED); False when it is not queued."""
-        if self._queued.pop(task_id, None) is None:
-            return False
+        with self._lock:
+            if self._queued.pop(task_id, None) is None:
+                return False
         self.executor.on_status(TaskStatus(task_id=task_id, state="TASK_KILLED", timestamp=time.time(),
                                            message="killed before it started"))
         return True
@@ -76,39 +81,48 @@ class Launcher:
     def statuses(self) -> list[TaskStatus]:
         """Queued tasks as TASK_STAGING (what reconciliation must know is in flight)."""
         now = time.time()
+        with self._lock:
+            queued = list(self._queued.items())
         return [TaskStatus(task_id=task_id, state="TASK_STAGING", timestamp=now, ports=launch.ports)
-                for task_id, launch in self._queued.items()]
+                for task_id, launch in queued]
 
     @property
     def queued(self) -> int:
         return len(self._queued)
 
     def _ensure_workers(self) -> None:
-        if self._running and not all(task.done() for task in self._running):
+        if self._threads:
             return
-        self._ready = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        self._running = [loop.create_task(self._work()) for _ in range(self.workers)]
+        self._loop = asyncio.get_running_loop()
+        self._threads = [threading.Thread(target=self._work, name=f"launch-{n}", daemon=True)
+                         for n in range(self.workers)]
+        for thread in self._threads:
+            thread.start()
 
-    async def _work(self) -> None:
-        assert self._ready is not None
+    def _work(self) -> None:
         while True:
-            if not self._queued:
-                self._ready.clear()
-                await self._ready.wait()
-                continue
-            _task_id, launch = self._queued.popitem(last=False)
+            with self._lock:
+                while not self._queued and not self._closed:
+                    self._ready.wait()
+                if self._closed:
+                    return
+                _task_id, launch = self._queued.popitem(last=False)
             try:
-                # A pool of its own: starts never queue behind the agent's other off-loop work.
-                await asyncio.get_running_loop().run_in_executor(self._pool, self.executor.launch, launch)
+                self.executor.launch(launch)
                 self.started += 1
-                if self.on_started is not None and launch.task_id in self.executor.tasks:
-                    self.on_started(launch)
             except Exception:  # noqa: BLE001 — one bad launch never stops the queue
                 log.exception("launch of %s", launch.task_id)
+                continue
+            if self.on_started is not None and launch.task_id in self.executor.tasks and self._loop is not None:
+                try:
+                    self._loop.call_soon_threadsafe(self.on_started, launch)
+                except RuntimeError:
+                    return      # the loop is gone: the agent is stopping
 
     async def close(self) -> None:
-        for task in self._running:
-            task.cancel()
-        await asyncio.gather(*self._running, return_exceptions=True)
-        self._pool.shutdown(wait=False)
+        with self._lock:
+            self._closed = True
+            self._ready.notify_all()
+        threads, self._threads = self._threads, []
+        for thread in threads:
+            await asyncio.to_thread(thread.join, 10)
