@@ -37,7 +37,7 @@ from pyroute2 import IPRoute, netns
 from cluster.addresses import resolv_conf
 from control.agent.cgroups import Cgroup
 from control.auth import auth_header
-from navstar import frontdoor
+from navstar import frontdoor, lab_seal
 from navstar.namespaces import namespace_pids
 
 LAB_ROOT = Path(os.environ.get("NAVSTAR_LAB_ROOT", "/var/lib/navstar/labs"))
@@ -322,6 +322,8 @@ class Lab:
         for node in state.nodes:
             self.progress(f"creating {node.name}")
             self._build_node(node, ul, net.prefixlen)
+            # The outside reaches the masters only on :80, and no agent's own ports.
+            lab_seal.seal(node.namespace, str(net.network_address + 1), master=node is state.master)
 
     def _build_node(self, node: Node, ul: str, prefixlen: int) -> None:
         netns.create(node.namespace)

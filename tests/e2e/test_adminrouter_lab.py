@@ -220,3 +220,15 @@ def test_the_real_dcos_cli_through_admin_router(lab: LabHandle, dcos) -> None:
     finally:
         dcos("marathon", "app", "remove", app_id, check=False)
         lab.remove_app(app_id)
+
+
+def test_the_inside_is_sealed_from_the_root_namespace(lab: LabHandle) -> None:
+    master, agent = lab.state.master.ip, lab.ip("agent-1")
+    for url in (f"http://{master}:8080/ping", f"http://{master}:5050/ping", f"http://{agent}:62080/v1/vips",
+                f"http://{agent}:61091/metrics", f"http://{agent}:5051/v1/tasks", f"http://{agent}:61421/vips"):
+        with pytest.raises(httpx.TimeoutException):
+            httpx.get(url, timeout=1)
+    # Inside the cluster everything answers as before.
+    assert inside(lab, f"http://{master}:8080/ping") == "pong"
+    metrics = lab.exec("master", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{agent}:61091/metrics")
+    assert metrics.stdout == "200"

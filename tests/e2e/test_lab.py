@@ -64,8 +64,16 @@ def test_lab_up_exec_status_down(lab):
     assert all(n["up"] for n in status["nodes"])
     master_ip, agent2_ip = status["nodes"][0]["ip"], status["nodes"][2]["ip"]
 
-    # The operator reaches the master's API from the root namespace.
-    assert httpx.get(f"http://{master_ip}:8080/ping", timeout=5).text == "pong"
+    # The operator reaches the master's API from the root namespace through Admin Router only.
+    secret = (Path("/var/lib/navstar/labs") / name / "secret").read_text().strip()
+    assert httpx.get(f"http://{master_ip}/service/marathon/ping", timeout=5,
+                     headers={"Authorization": f"token={secret}"}).text == "pong"
+    assert httpx.get(f"http://{master_ip}/service/marathon/ping", timeout=5).status_code == 401
+    for port in (8080, 5050):
+        with pytest.raises(httpx.TimeoutException):
+            httpx.get(f"http://{master_ip}:{port}/ping", timeout=1)
+    with pytest.raises(httpx.TimeoutException):
+        httpx.get(f"http://{agent2_ip}:61091/metrics", timeout=1)
     # Agents reach each other over the underlay.
     assert navstar("lab", "exec", "--name", name, "agent-1", "--", "ping", "-c1", "-W2", agent2_ip).returncode == 0
     # Exit codes pass through; unknown nodes are named.
