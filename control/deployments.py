@@ -45,18 +45,20 @@ class Deployments:
         self._events = events
         self._clock = clock
         self._running: dict[str, Deployment] = {}
+        self._by_app: dict[str, dict[str, Deployment]] = {}    # app id → its running deployments
 
     def load(self) -> None:
         """Reads the running deployments back after a restart."""
         for _id, raw in self._store.items("deployments"):
             deployment = Deployment.model_validate(raw)
             self._running[deployment.id] = deployment
+            self._by_app.setdefault(deployment.app_id, {})[deployment.id] = deployment
 
     def all(self) -> list[Deployment]:
         return list(self._running.values())
 
     def for_app(self, app_id: str) -> list[Deployment]:
-        return [d for d in self._running.values() if d.app_id == app_id]
+        return list(self._by_app.get(app_id, {}).values())
 
     def check_lock(self, app_id: str, force: bool = False) -> None:
         """Raises ``AppLocked`` (Marathon's 409) while the app has a deployment, unless ``force``."""
@@ -74,6 +76,7 @@ class Deployments:
         deployment = Deployment(id=str(uuid.uuid4()), version=version, app_id=app_id, action=action,
                                 started_at=self._clock())
         self._running[deployment.id] = deployment
+        self._by_app.setdefault(app_id, {})[deployment.id] = deployment
         self._store.put("deployments", deployment.id, deployment.model_dump())
         self._events.publish("deployment_info", plan=deployment.to_marathon(),
                              currentStep={"actions": [{"action": action, "app": app_id}]})
@@ -87,6 +90,10 @@ class Deployments:
 
     def _finish(self, deployment: Deployment, success: bool) -> None:
         self._running.pop(deployment.id, None)
+        siblings = self._by_app.get(deployment.app_id, {})
+        siblings.pop(deployment.id, None)
+        if not siblings:
+            self._by_app.pop(deployment.app_id, None)
         self._store.delete("deployments", deployment.id)
         kind = "deployment_success" if success else "deployment_failed"
         self._events.publish(kind, id=deployment.id, plan=deployment.to_marathon())
