@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 
+from cluster.vip_labels import VipLabelError, is_vip_label_key, parse_vip, vip_dns_name
 from navstar.lab import LabState
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -48,10 +49,12 @@ def run_scenario(state: LabState, progress: Callable[[str], None], requests: int
                  timeout: float = 60.0) -> tuple[list[AppOutcome], list[VipOutcome]]:
     headers = {"Authorization": f"token={state.secret()}"}
     apps: list[AppOutcome] = []
+    expected: dict[str, str] = {}      # VIP label ("<name>:<port>") → the app that declares it
     with httpx.Client(base_url=state.master_url, headers=headers, timeout=10) as client:
         for name in SCENARIO_APPS:
             definition = json.loads((EXAMPLES / name).read_text())
             app_id = "/" + definition["id"].strip("/")
+            expected.update(dict.fromkeys(_declared_vips(definition), app_id))
             outcome = AppOutcome(app_id, int(definition.get("instances", 1)))
             resp = client.post("/v2/apps", json=definition)
             outcome.created = resp.status_code in (200, 201)
@@ -75,19 +78,51 @@ def run_scenario(state: LabState, progress: Callable[[str], None], requests: int
                 break
             progress(f"waiting for {', '.join(waiting)}")
             time.sleep(0.5)
-    vips = _exercise_vips(state, progress, requests)
+    running = {o.app_id: o.running for o in apps}
+    vips = _exercise_vips(state, progress, requests, {label: running[app] for label, app in expected.items()})
     return apps, vips
 
 
-def _exercise_vips(state: LabState, progress: Callable[[str], None], requests: int) -> list[VipOutcome]:
+def _declared_vips(definition: dict) -> list[str]:
+    """The named VIPs an app definition declares, as ``/v1/vips`` lists them (``<dns name>:<port>``)."""
+    container = definition.get("container") or {}
+    ports = (definition.get("portDefinitions") or container.get("portMappings")
+             or (container.get("docker") or {}).get("portMappings") or [])
+    found = []
+    for port in ports:
+        for key, value in (port.get("labels") or {}).items():
+            if not is_vip_label_key(key):
+                continue
+            try:
+                spec = parse_vip(value)
+            except VipLabelError:
+                continue
+            if spec.name is not None:
+                found.append(f"{vip_dns_name(spec.name, 'marathon')}:{spec.port}")
+    return found
+
+
+def _exercise_vips(state: LabState, progress: Callable[[str], None], requests: int,
+                   expected: dict[str, int], timeout: float = 30.0) -> list[VipOutcome]:
+    """Waits until agent-1 serves every ``expected`` VIP with as many backends as its app has
+    running tasks (VIPs appear one view at a time), then digs and curls each."""
     agent = state.nodes[1]
-    listing = _in_node(state, agent.name, ["curl", "-s", "http://127.0.0.1:62080/v1/vips"])
+
+    def listed() -> list[dict]:
+        answer = _in_node(state, agent.name, ["curl", "-s", "http://127.0.0.1:62080/v1/vips"])
+        return json.loads(answer.stdout or "[]")
+
     outcomes = []
-    deadline = time.monotonic() + 10
-    vips = json.loads(listing.stdout or "[]")
-    while not vips and time.monotonic() < deadline:
+    deadline = time.monotonic() + timeout
+    vips = listed()
+    while time.monotonic() < deadline:
+        backends = {vip["vip"]: len(vip["backend"]) for vip in vips}
+        missing = [label for label, count in expected.items() if backends.get(label, 0) < count]
+        if not missing:
+            break
+        progress(f"waiting for VIPs on {agent.name}: {', '.join(missing)}")
         time.sleep(0.5)
-        vips = json.loads(_in_node(state, agent.name, ["curl", "-s", "http://127.0.0.1:62080/v1/vips"]).stdout or "[]")
+        vips = listed()
     for vip in vips:
         name, _, port = vip["vip"].rpartition(":")
         dig = _in_node(state, agent.name, ["dig", "+short", "@198.51.100.1", name])
