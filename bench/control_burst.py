@@ -82,6 +82,8 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300, help="give up on convergence after this")
     parser.add_argument("--keep", action="store_true", help="leave the lab up (no lab down measurement)")
+    parser.add_argument("--remove", action="store_true",
+                        help="then remove every app and time it until no task is left (before lab down)")
     args = parser.parse_args()
 
     lab = Lab("lab", progress=lambda msg: print(f"  lab: {msg}", flush=True))
@@ -162,6 +164,20 @@ def main() -> int:
     ok = ok and served_at is not None and (served_at < BURST_GOAL_S or args.apps != 1000)
     ok = ok and unknown == 0 and duplicates == 0 and launch_failures == 0
 
+    if args.remove and served_at is not None:
+        marathon = httpx.Client(base_url=state.master_url, headers=headers, timeout=60)
+        started_remove = time.monotonic()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(lambda body: marathon.delete(f"/v2/apps{body['id']}", params={"force": "true"}), apps))
+        while time.monotonic() - started_remove < args.timeout:
+            if not any(t["appId"].startswith("/burst-") for t in marathon.get("/v2/tasks").json()["tasks"]):
+                break
+            time.sleep(0.5)
+        removed_s = time.monotonic() - started_remove
+        marathon.close()
+        print(f"control.remove_{'1k' if args.apps == 1000 else args.apps}_s {removed_s:.1f}  (every app removed, "
+              f"no task left)")
+        per_agent.clear()
     if not args.keep:
         tasks_left = sum(per_agent.values())
         started_down = time.monotonic()
