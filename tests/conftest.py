@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from control.agent.cgroups import Cgroup
+from tests import hygiene
 
 LAYERS = ("unit", "kernel", "e2e")
 IS_ROOT = os.geteuid() == 0
@@ -73,6 +74,7 @@ def _kill_all(pids: list[int]) -> None:
 def netns() -> Iterator[TestNamespace]:
     name = f"nvt-{uuid.uuid4().hex[:8]}"
     ns = TestNamespace(name, Cgroup(f"navstar-test/{name}"))
+    hygiene.made_namespace(name, f"navstar-test/{name}")
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         ns.cgroup.create()
@@ -100,3 +102,17 @@ def netns() -> Iterator[TestNamespace]:
             subprocess.run(["rm", "-rf", str(etc)], check=False)
         if leftover is not None:
             raise leftover
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Hygiene: a run that leaves a namespace, cgroup, BPF pin, link or process it made fails,
+    naming each (the tests' own clean-up runs before this, also after failed tests)."""
+    if not IS_ROOT:
+        return
+    left = hygiene.leftovers()
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = ["hygiene: the tests left behind:", *(f"  {item}" for item in left)]
+        if reporter is not None:
+            reporter.write_line("\n".join(lines), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from navstar.lab import LabState, process_alive
+from tests import hygiene
 from tests.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,6 +27,8 @@ NAVSTAR = [sys.executable, "-m", "navstar"]
 
 
 def navstar(*args: str, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+    if args[:2] == ("lab", "up") and "--name" in args:
+        hygiene.made_lab(args[args.index("--name") + 1])     # checked for leftovers when the run ends
     return subprocess.run([*NAVSTAR, *args], capture_output=True, text=True, timeout=timeout, check=check)
 
 
