@@ -10,8 +10,8 @@ from tests.kernel.test_executor import work_dir  # noqa: F401 — the fixture (s
 from tests.waiting import wait_until
 
 
-def executor(netns, work_dir, seen: list) -> Executor:
-    return Executor(work_dir, "127.0.0.1", seen.append, cgroup_scope=netns.cgroup.relpath,
+def executor(netns, where, seen: list) -> Executor:
+    return Executor(where, "127.0.0.1", seen.append, cgroup_scope=netns.cgroup.relpath,
                     netns_prefix=f"{netns.name}-t", node_netns=netns.name)
 
 
