@@ -23,6 +23,19 @@ INDEX_HTML = ("<!doctype html><title>navstar</title><h1>navstar</h1><p>Admin Rou
               "log in at <code>POST /acs/api/v1/auth/login</code>.</p>\\n")
 
 
+COMMON_HEADERS = (
+    'proxy_set_header Connection "";',
+    "proxy_set_header Host $host;",
+    "proxy_set_header X-Real-IP $remote_addr;",
+    "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;",
+    "proxy_set_header X-Forwarded-Proto $scheme;",
+)
+
+
+def _headers(indent: int) -> str:
+    return "\n".join(" " * indent + line for line in COMMON_HEADERS)
+
+
 @dataclass(frozen=True)
 class Settings:
     listen: str                  # "198.18.0.2:80"
@@ -65,6 +78,7 @@ def render(settings: Settings, services: list[ServiceRoute]) -> str:
         listen=_check(settings.listen, "listen"), backend=_check(settings.backend, "backend"),
         marathon=_check(settings.marathon, "marathon"), mesos=_check(settings.mesos, "mesos"),
         secret=_check(settings.secret, "secret"), index_html=INDEX_HTML,
+        common=_headers(4), common_location=_headers(12), common_nested=_headers(16),
         service_upstreams="\n".join(upstreams) + ("\n" if upstreams else ""),
         service_locations="\n".join(locations) + ("\n" if locations else ""),
     )
