@@ -8,10 +8,12 @@ the login rate limit — and the real ``dcos`` CLI 0.6.1 (installed into ``.venv
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import os
 import signal
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -124,8 +126,20 @@ def test_a_service_follows_its_task_to_another_agent(lab: LabHandle) -> None:
            "cmd": "echo hello-$MESOS_TASK_ID > index.html && exec python3 -m http.server $PORT0",
            "portDefinitions": [{"port": 0, "protocol": "tcp", "name": "http"}],
            "labels": {"DCOS_SERVICE_NAME": "hello", "DCOS_SERVICE_PORT_INDEX": "0", "DCOS_SERVICE_SCHEME": "http"}}
-    lab.add_app(app)
     headers = {"Authorization": f"token={login(lab)}"}
+    # Requests run all along: every route change below reloads nginx, and none may fail.
+    stop, outcomes = threading.Event(), collections.Counter()
+
+    def steady() -> None:
+        while not stop.is_set():
+            try:
+                resp = httpx.get(f"{front(lab)}/marathon/v2/info", headers=headers, timeout=5)
+                outcomes[resp.status_code] += 1
+            except httpx.HTTPError as exc:
+                outcomes[type(exc).__name__] += 1
+    traffic = threading.Thread(target=steady, daemon=True)
+    traffic.start()
+    lab.add_app(app)
     url = f"{front(lab)}/service/hello/index.html"
     try:
         first = lab.running("/hello", 1)[0]
@@ -146,7 +160,10 @@ def test_a_service_follows_its_task_to_another_agent(lab: LabHandle) -> None:
         second = wait_until(moved, 60, message="a replacement task")
         wait_until(lambda: answers(second["id"]), 30, message="/service/hello/ answers from the replacement")
     finally:
+        stop.set()
+        traffic.join()
         lab.remove_app("/hello")
+    assert set(outcomes) == {200} and outcomes[200] > 10, outcomes
 
 
 def test_an_upstream_down_is_a_json_502_within_a_second(lab: LabHandle) -> None:
