@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -36,6 +37,9 @@ from navstar.lab import Lab, LabState
 
 BURST_GOAL_S = 30.0
 DOWN_GOAL_S = 10.0
+# Steady state after the burst: share of one core each node's processes use while nothing changes.
+STEADY_AGENT_GOAL, STEADY_MASTER_GOAL = 0.05, 0.02
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 UNKNOWN_KILL = "runs unknown task"
 LAUNCH_FAILURE = re.compile(r"launch of \S+ (failed|rejected)")
 KILL_FAILURE = re.compile(r"could not kill|kill of \S+: ")
@@ -72,6 +76,36 @@ def served_vips(state: LabState, node: str) -> int:
     return sum(1 for v in vips if v.get("vip", "").startswith("burst-") and v.get("backend"))
 
 
+def _process_tree_cpu(root: int) -> float:
+    """CPU seconds used so far by ``root`` and every process below it (an agent's NFQUEUE
+    workers, a node's helpers; its tasks too, which sleep)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier += children
+    return sum(times.get(pid, 0.0) for pid in tree)
+
+
+def steady_cpu(state: LabState, seconds: float) -> dict[str, float]:
+    """Share of one core each node used over ``seconds`` of a cluster at rest."""
+    before = {n.name: _process_tree_cpu(n.pid) for n in state.nodes if n.pid}
+    time.sleep(seconds)
+    return {name: (_process_tree_cpu(state.node(name).pid) - used) / seconds for name, used in before.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--apps", type=int, default=1000)
@@ -81,6 +115,8 @@ def main() -> int:
     parser.add_argument("--mem", type=float, default=8)
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--timeout", type=float, default=300, help="give up on convergence after this")
+    parser.add_argument("--steady", type=float, default=20.0,
+                        help="then measure each node's CPU for this many seconds at rest (0: skip)")
     parser.add_argument("--keep", action="store_true", help="leave the lab up (no lab down measurement)")
     parser.add_argument("--remove", action="store_true",
                         help="then remove every app and time it until no task is left (before lab down)")
@@ -163,6 +199,18 @@ def main() -> int:
                                                 else "MISSED")]
     ok = ok and served_at is not None and (served_at < BURST_GOAL_S or args.apps != 1000)
     ok = ok and unknown == 0 and duplicates == 0 and launch_failures == 0
+
+    if args.steady > 0 and served_at is not None:
+        shares = steady_cpu(state, args.steady)
+        worst_agent = max(share for name, share in shares.items() if name != state.master.name)
+        master_share = shares[state.master.name]
+        print(f"  at rest ({args.steady:g} s, {args.apps} VIPs and tasks): "
+              + ", ".join(f"{name} {share * 100:.1f}%" for name, share in sorted(shares.items())) + " of a core")
+        print(f"control.steady_agent_cpu {worst_agent:.3f}  control.steady_master_cpu {master_share:.3f}")
+        goals.append(f"at rest each agent < {STEADY_AGENT_GOAL:.0%} of a core: "
+                     + ("met" if worst_agent < STEADY_AGENT_GOAL else "MISSED"))
+        goals.append(f"the master < {STEADY_MASTER_GOAL:.0%}: " + ("met" if master_share < STEADY_MASTER_GOAL else "MISSED"))
+        ok = ok and worst_agent < STEADY_AGENT_GOAL and master_share < STEADY_MASTER_GOAL
 
     if args.remove and served_at is not None:
         marathon = httpx.Client(base_url=state.master_url, headers=headers, timeout=60)
