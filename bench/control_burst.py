@@ -26,7 +26,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -137,19 +137,20 @@ def main() -> int:
 
     latencies: list[float] = []
 
-    def post(body: dict) -> int:
+    def post(body: dict) -> tuple[int, str]:
         started = time.monotonic()
-        code = marathon.post("/v2/apps", json=body).status_code
+        answer = marathon.post("/v2/apps", json=body)
         latencies.append(time.monotonic() - started)
-        return code
+        return answer.status_code, answer.text
 
     t0 = time.monotonic()
     with ThreadPoolExecutor(args.concurrency) as pool:
         codes = list(pool.map(post, apps))
     posted = time.monotonic() - t0
-    bad = [c for c in codes if c not in (200, 201)]
+    bad = [(code, text) for code, text in codes if code not in (200, 201)]
     p99 = statistics.quantiles(latencies, n=100)[98] if len(latencies) >= 2 else latencies[0]
-    print(f"  POSTs: {posted:.1f} s (p99 {p99 * 1000:.0f} ms), {len(bad)} refused", flush=True)
+    print(f"  POSTs: {posted:.1f} s (p99 {p99 * 1000:.0f} ms), {len(bad)} refused"
+          + (f" {dict(Counter(code for code, _ in bad))}: {bad[0][1][:200]}" if bad else ""), flush=True)
 
     running_at = served_at = None
     last = ""
