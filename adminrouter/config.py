@@ -65,7 +65,7 @@ def render(settings: Settings, services: list[ServiceRoute]) -> str:
         if route.servers:
             upstream = _upstream_name(name)
             servers = "".join(f" server {_check(s, 'server')} max_fails=0;" for s in route.servers)
-            upstreams.append(f"    upstream {upstream} {{{servers} keepalive 8; }}")
+            upstreams.append(f"    upstream {upstream} {{{servers} keepalive 8; keepalive_timeout 4s; }}")
             proxy = f"proxy_pass {route.scheme}://{upstream}/;"
         else:
             proxy = ("return 503 '{\"title\":\"Service Unavailable\",\"description\":\"service "

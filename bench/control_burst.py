@@ -76,6 +76,15 @@ def served_vips(state: LabState, node: str) -> int:
     return sum(1 for v in vips if v.get("vip", "").startswith("burst-") and v.get("backend"))
 
 
+def burst_tasks(marathon: httpx.Client, refusals: Counter) -> list[dict]:
+    """``/v2/tasks``; an answer other than 200 is counted (by status) and read as no task."""
+    answer = marathon.get("/v2/tasks")
+    if answer.status_code != 200:
+        refusals[answer.status_code] += 1
+        return []
+    return answer.json()["tasks"]
+
+
 def _process_tree_cpu(root: int) -> float:
     """CPU seconds used so far by ``root`` and every process below it (an agent's NFQUEUE
     workers, a node's helpers; its tasks too, which sleep)."""
@@ -136,6 +145,7 @@ def main() -> int:
           f"{args.concurrency} POSTs at once, {len(agents)} agents", flush=True)
 
     latencies: list[float] = []
+    refusals: Counter = Counter()      # GET /v2/tasks answers other than 200, by status
 
     def post(body: dict) -> tuple[int, str]:
         started = time.monotonic()
@@ -155,7 +165,7 @@ def main() -> int:
     running_at = served_at = None
     last = ""
     while time.monotonic() - t0 < args.timeout:
-        tasks = [t for t in marathon.get("/v2/tasks").json()["tasks"] if t["appId"].startswith("/burst-")]
+        tasks = [t for t in burst_tasks(marathon, refusals) if t["appId"].startswith("/burst-")]
         running = sum(1 for t in tasks if t.get("state") == "TASK_RUNNING")
         if running_at is None and running >= args.apps:
             running_at = time.monotonic() - t0
@@ -170,7 +180,7 @@ def main() -> int:
         time.sleep(1.0)
 
     per_agent: dict[str, int] = defaultdict(int)
-    for t in marathon.get("/v2/tasks").json()["tasks"]:
+    for t in burst_tasks(marathon, refusals):
         if t["appId"].startswith("/burst-") and t.get("state") == "TASK_RUNNING":
             per_agent[t["host"]] += 1
     master_log = log_since(state.master.log, offsets["master"])
@@ -199,7 +209,9 @@ def main() -> int:
     goals = [f"burst < {BURST_GOAL_S:g} s: " + ("met" if served_at is not None and served_at < BURST_GOAL_S
                                                 else "MISSED")]
     ok = ok and served_at is not None and (served_at < BURST_GOAL_S or args.apps != 1000)
-    ok = ok and unknown == 0 and duplicates == 0 and launch_failures == 0
+    ok = ok and unknown == 0 and duplicates == 0 and launch_failures == 0 and not bad and not refusals
+    if refusals:
+        print(f"  GET /v2/tasks refused: {dict(refusals)}")
 
     if args.steady > 0 and served_at is not None:
         shares = steady_cpu(state, args.steady)
@@ -219,7 +231,7 @@ def main() -> int:
         with ThreadPoolExecutor(args.concurrency) as pool:
             list(pool.map(lambda body: marathon.delete(f"/v2/apps{body['id']}", params={"force": "true"}), apps))
         while time.monotonic() - started_remove < args.timeout:
-            if not any(t["appId"].startswith("/burst-") for t in marathon.get("/v2/tasks").json()["tasks"]):
+            if not any(t["appId"].startswith("/burst-") for t in burst_tasks(marathon, refusals)):
                 break
             time.sleep(0.5)
         removed_s = time.monotonic() - started_remove
