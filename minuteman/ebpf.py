@@ -28,6 +28,7 @@ connections that have not failed ``OUTCOME_WINDOW`` later (``PairOutcomes``).
 from __future__ import annotations
 
 import array
+import functools
 import socket
 import struct
 import time
@@ -460,12 +461,16 @@ class EbpfDataplane:
         return bytes(maps.Lb4Key(_address(key.address, "VIP"), _port(key.port, "VIP"), protocol, 0))
 
     @staticmethod
+    # Every repair (each 5 s) reads the whole table back: the same few thousand keys decode to
+    # the same immutable values, so each is decoded once.
+    @functools.lru_cache(maxsize=1 << 18)
     def _vip_key(key_bytes: bytes) -> VipKey:
         key = maps.Lb4Key.from_buffer_copy(key_bytes)
         return VipKey(maps.from_be32(key.address), maps.from_be16(key.port),
                       maps.PROTOCOL_NAMES.get(key.protocol, str(key.protocol)))  # type: ignore[arg-type]
 
     @staticmethod
+    @functools.lru_cache(maxsize=1 << 18)
     def _public_backend(value: bytes) -> Backend:
         address, port = BACKEND.unpack(value)[:2]
         return Backend(maps.from_be32(address), maps.from_be16(port))
