@@ -9,8 +9,6 @@ the test namespace, the VIP never routed.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections import Counter
 
 import pytest
@@ -18,7 +16,7 @@ import pytest
 from minuteman.dataplane import Backend, VipEntry, VipKey
 from minuteman.ebpf import EbpfDataplane
 from minuteman.maglev import maglev_table
-from tests.kernel.test_bpf_socket_lb import SERVER, answered_by, client, pins  # noqa: F401 — pins is a fixture
+from tests.kernel.test_bpf_socket_lb import answered_by, client, pins, serving_backends  # noqa: F401 — pins is a fixture
 
 VIP = VipKey("11.0.0.40", 80, "tcp")
 BACKENDS = tuple(Backend(f"10.78.0.{n}", 8080) for n in range(1, 41))
@@ -28,16 +26,8 @@ CONNECTIONS = 4000                      # 100 a backend on average
 @pytest.fixture
 def lab40(netns):
     """40 TCP backends on :8080, one address each on the namespace's loopback, named b1…b40."""
-    for backend in BACKENDS:
-        netns.run("ip", "addr", "add", f"{backend.ip}/32", "dev", "lo")
     specs = [f"tcp:{b.ip}:{b.port}:b{n}" for n, b in enumerate(BACKENDS, start=1)]
-    server = netns.popen(sys.executable, "-c", SERVER, *specs, stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout.readline().strip() == "ready"
-        yield netns
-    finally:
-        server.kill()
-        server.wait()
+    yield from serving_backends(netns, [b.ip for b in BACKENDS], specs)
 
 
 @pytest.fixture

@@ -108,13 +108,11 @@ print(json.dumps(out))
 """
 
 
-@pytest.fixture
-def lab(netns):
-    """Backends on three addresses inside the namespace: TCP :8080 and UDP :5353 on each."""
-    for ip in BACKEND_IPS:
+def serving_backends(netns, ips: list[str], specs: list[str]):
+    """Puts ``ips`` on the namespace's loopback and serves ``specs`` (``proto:ip:port:name``)
+    there until the generator is closed; yields the namespace once every server listens."""
+    for ip in ips:
         netns.run("ip", "addr", "add", f"{ip}/32", "dev", "lo")
-    specs = [f"tcp:{ip}:8080:b{n}" for n, ip in enumerate(BACKEND_IPS)]
-    specs += [f"udp:{ip}:5353:b{n}" for n, ip in enumerate(BACKEND_IPS)]
     server = netns.popen(sys.executable, "-c", SERVER, *specs, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout.readline().strip() == "ready"
@@ -122,6 +120,14 @@ def lab(netns):
     finally:
         server.kill()
         server.wait()
+
+
+@pytest.fixture
+def lab(netns):
+    """Backends on three addresses inside the namespace: TCP :8080 and UDP :5353 on each."""
+    specs = [f"tcp:{ip}:8080:b{n}" for n, ip in enumerate(BACKEND_IPS)]
+    specs += [f"udp:{ip}:5353:b{n}" for n, ip in enumerate(BACKEND_IPS)]
+    yield from serving_backends(netns, list(BACKEND_IPS), specs)
 
 
 @pytest.fixture
