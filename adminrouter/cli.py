@@ -95,8 +95,8 @@ def user_list(master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = N
         sys.stdout.write(json.dumps(users, indent=2) + "\n")
         return
     table = Table()
-    table.add_column("uid")
-    table.add_column("description")
+    table.add_column("uid", overflow="fold")
+    table.add_column("description", overflow="fold")
     for user in users:
         table.add_row(user["uid"], user.get("description", ""))
     Console().print(table)

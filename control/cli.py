@@ -126,7 +126,7 @@ def app_list(master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = No
         return
     table = Table(title="apps")
     for column in ("id", "instances", "running", "healthy", "cpus", "mem", "deploying"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for app in apps:
         table.add_row(app["id"], str(app["instances"]), str(app["tasksRunning"]),
                       str(app["tasksHealthy"]) if app["healthChecks"] else "-", f"{app['cpus']:g}",
@@ -187,7 +187,7 @@ def app_remove(app_id: Annotated[str, typer.Argument(help="app id")], force: For
 def _task_table(tasks: list[dict[str, Any]], title: str) -> None:
     table = Table(title=title)
     for column in ("task", "app", "agent:ports", "task IPs", "state", "healthy"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for task in tasks:
         # Host ports live on the agent; task IPs are the container's (overlay, bridge) or the agent's.
         ports = ",".join(map(str, task.get("ports", [])))
@@ -233,7 +233,7 @@ def node_list(master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = N
         return
     table = Table(title=f"agents of {state['leader']}")
     for column in ("agent", "address", "state", "cpus", "mem", "ports", "tasks", "overlay"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for node in nodes:
         res = node["resources"]
         address = node["pid"].rsplit("@", 1)[-1]

@@ -38,7 +38,7 @@ def vip_list(
         return
     table = Table(title=f"VIPs at {agent}")
     for column in ("VIP", "name", "address", "proto", "backends (state, connections)", "status"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for vip in vips:
         backends = "\n".join(
             f"{b['ip']}:{b['port']} [{_STATE_STYLE.get(b['state'], 'white')}]{b['state']}[/] {b['connections']}"

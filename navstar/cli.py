@@ -255,9 +255,8 @@ def lab_up(
         except LabError as exc:
             err.print(f"[red]lab up failed:[/] {exc}")
             raise typer.Exit(1) from None
-    table = Table(title=f"lab {name!r} is up — Admin Router {state.front_door}")
-    for column in ("node", "namespace", "underlay IP", "pid", "log"):
-        table.add_column(column)
+    table = _table(f"lab {name!r} is up — Admin Router {state.front_door}", "node", "namespace", "underlay IP",
+                   "pid", "log")
     for node in state.nodes:
         table.add_row(node.name, node.namespace, node.ip, str(node.pid), node.log)
     console.print(table)
@@ -285,9 +284,7 @@ def lab_status(name: LabName = "lab", as_json: Annotated[bool, typer.Option("--j
     if not status["nodes"]:
         console.print(f"lab {name!r} is not up")
         return
-    table = Table(title=f"lab {name!r}")
-    for column in ("node", "namespace", "ip", "pid", "up"):
-        table.add_column(column)
+    table = _table(f"lab {name!r}", "node", "namespace", "ip", "pid", "up")
     for node in status["nodes"]:
         table.add_row(node["name"], node["namespace"], node["ip"], str(node["pid"]),
                       "[green]up[/]" if node["up"] else "[red]down[/]")
@@ -339,8 +336,11 @@ def lab_logs(node: Annotated[str, typer.Argument()], name: LabName = "lab",
 def lab_scenario(name: LabName = "lab",
                  requests: Annotated[int, typer.Option(help="requests per VIP")] = 9,
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Deploy the seed example apps and curl their VIP names from agent-1."""
+    """Deploy the seed example apps, curl their VIP names from agent-1 and say who answered from
+    where; then where the metrics, Prometheus and Admin Router are, and how to look around.
+    Exits 1 when an app is short of tasks, a request failed, or no answer crossed to another agent."""
     _need_root()
+    from navstar.lab import process_alive
     from navstar.scenario import run_scenario
 
     state = _lab(name).state()
@@ -349,29 +349,128 @@ def lab_scenario(name: LabName = "lab",
         raise typer.Exit(1)
     with console.status("deploying the example apps") as spinner:
         apps, vips = run_scenario(state, lambda msg: spinner.update(msg), requests=requests)
-    failed = any(a.running < a.instances for a in apps) or any(v.failures for v in vips)
+    tasks = [task for app in apps for task in app.tasks]
+    agents = [n.name for n in state.nodes if n.name != state.master.name]
+    crossed = any(v.from_other_agents for v in vips) or len(agents) < 2
+    failed = any(a.running < a.instances for a in apps) or any(v.failures for v in vips) or not crossed
     if as_json:
         print(json.dumps({
+            "nodes": [{"name": n.name, "namespace": n.namespace, "ip": n.ip, "pid": n.pid,
+                       "up": process_alive(n.pid)} for n in state.nodes],
             "apps": [{"id": a.app_id, "instances": a.instances, "running": a.running, "addresses": a.addresses,
                       "note": a.message} for a in apps],
-            "vips": [{"vip": v.name, "address": v.address, "answers": dict(v.answers), "failures": v.failures}
+            "tasks": [{"id": t.task_id, "app": t.app_id, "agent": t.agent, "address": t.address} for t in tasks],
+            "vips": [{"vip": v.name, "address": v.address, "from": v.source,
+                      "backends": [{"address": b, "agent": agent} for b, agent in v.backends],
+                      "answers": dict(v.answers), "answer_agents": v.answer_agents,
+                      "from_other_agents": dict(v.from_other_agents), "failures": v.failures,
+                      "dig_command": v.dig_command, "dig": v.dig}
                      for v in vips]}))
         raise typer.Exit(1 if failed else 0)
-    table = Table(title="apps")
-    for column in ("app", "running", "addresses", "note"):
-        table.add_column(column)
+
+    table = _table("nodes", "node", "namespace", "underlay IP", "pid", "up")
+    for node in state.nodes:
+        table.add_row(node.name, node.namespace, node.ip, str(node.pid),
+                      "[green]up[/]" if process_alive(node.pid) else "[red]down[/]")
+    console.print(table)
+    table = _table("apps", "app", "running", "note")
     for app in apps:
-        table.add_row(app.app_id, f"{app.running}/{app.instances}", ", ".join(app.addresses), app.message)
+        table.add_row(app.app_id, f"{app.running}/{app.instances}", app.message)
     console.print(table)
-    table = Table(title=f"VIPs, curled from {state.nodes[1].name} by name")
-    for column in ("VIP", "DNS answer", "answered by (count)", "failed"):
-        table.add_column(column)
+    table = _table("tasks", "task", "agent", "address")
+    for task in sorted(tasks, key=lambda t: (t.app_id, t.agent)):
+        table.add_row(task.task_id, task.agent, task.address)
+    console.print(table)
+    on = sorted({t.agent for t in tasks})
+    console.print(f"tasks on {len(on)} of {len(agents)} agents: {', '.join(on)}\n")
+    table = _table(f"VIPs as {state.nodes[1].name} programs them", "VIP", "address", "backend", "on agent")
     for vip in vips:
-        table.add_row(vip.name, vip.address, "\n".join(f"{who} ({n})" for who, n in vip.answers.items()),
-                      str(vip.failures))
+        table.add_row(vip.name, vip.address, "\n".join(b for b, _ in vip.backends),
+                      "\n".join(agent for _, agent in vip.backends))
     console.print(table)
+    lab_exec = f"{_program()} lab exec --name {name}"
+    for vip in vips:
+        host, _, port = vip.name.rpartition(":")
+        console.print(f"[bold]$ {lab_exec} {vip.source} -- {vip.dig_command}[/]", soft_wrap=True)
+        console.print(vip.dig, soft_wrap=True, markup=False)
+        console.print(f"[bold]$ {lab_exec} {vip.source} -- curl http://{host}:{port}/[/]"
+                      f"  × {sum(vip.answers.values()) + vip.failures}", soft_wrap=True)
+        table = _table(None, "answered by", "on agent", "requests")
+        for who, count in vip.answers.most_common():
+            agent = vip.answer_agents.get(who, "?")
+            table.add_row(who, agent + (" (other agent)" if agent != vip.source else " (this agent)"), str(count))
+        if vip.failures:
+            table.add_row("[red]failed[/]", "", str(vip.failures))
+        console.print(table)
+        other = vip.from_other_agents
+        console.print(f"{sum(other.values())} of {sum(vip.answers.values()) + vip.failures} requests from "
+                      f"{vip.source} answered by backends on other agents"
+                      + (f" ({', '.join(sorted(other))})" if other else "") + "\n", soft_wrap=True)
+    _lab_guide(state, agents)
     if failed:
+        if not crossed:
+            err.print("[red]no VIP request was answered by a backend on another agent[/]")
         raise typer.Exit(1)
+
+
+def _table(title: str | None, *columns: str) -> Table:
+    """A table whose cells wrap (long names folded, never cut) at any console width."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    return table
+
+
+def _program() -> str:
+    """How to call this ``navstar`` again (``.venv/bin/navstar`` from the checkout, as make runs it)."""
+    program = Path(sys.argv[0])
+    if program.name != "navstar" or not program.exists():
+        return "navstar"
+    try:
+        return str(program.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(program.resolve())
+
+
+def _lab_guide(state, agents: list[str]) -> None:
+    """Where the metrics, Prometheus and Admin Router are, the commands to look around, the way out."""
+    from navstar.frontdoor import ADMIN, password_file
+    from navstar.prometheus import PORT as PROMETHEUS_PORT
+
+    name, master = state.name, state.master
+    navstar = _program()
+    lab_exec = f"{navstar} lab exec --name {name}"
+    lines = [
+        "[bold]Admin Router[/] (the only way in from outside): "
+        f"{state.front_door}/ — user {ADMIN}, password in {password_file(state)}",
+        f"  .venv-dcos/bin/dcos cluster setup {state.front_door} --username {ADMIN} "
+        f"--password \"$(cat {password_file(state)})\"",
+        f"  curl -s -X POST {state.front_door}/acs/api/v1/auth/login -H 'Content-Type: application/json' "
+        f"-d '{{\"uid\":\"{ADMIN}\",\"password\":\"...\"}}'   (then -H 'Authorization: token=<token>')",
+        "[bold]metrics[/] (inside the lab):",
+        *(f"  {lab_exec} {agent} -- curl -s http://127.0.0.1:61091/metrics" for agent in agents[:1]),
+        f"  {lab_exec} {master.name} -- sh -c 'curl -s -H \"Authorization: token=$(cat {state.secret_file})\" "
+        f"http://{master.ip}:5050/metrics'",
+    ]
+    if state.prometheus_pid:
+        lines += [f"[bold]Prometheus[/] inside the master's namespace (127.0.0.1:{PROMETHEUS_PORT}, pid "
+                  f"{state.prometheus_pid}):",
+                  f"  {lab_exec} {master.name} -- curl -s 'http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/targets'",
+                  f"  {lab_exec} {master.name} -- curl -s 'http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/alerts'"]
+    else:
+        lines.append(f"[bold]Prometheus[/]: not running (navstar lab up --name {name} --prometheus)")
+    lines += [
+        "[bold]look around[/] (every listing takes --json):",
+        f"  {navstar} lab status --name {name}",
+        f"  {navstar} app list --lab {name}      {navstar} task list --lab {name}      "
+        f"{navstar} node list --lab {name}",
+        f"  {lab_exec} {agents[0] if agents else 'agent-1'} -- {navstar} vip list",
+        f"  {lab_exec} {agents[0] if agents else 'agent-1'} -- dig @198.51.100.1 web.marathon.l4lb.thisdcos.directory",
+        f"  {navstar} lab logs --name {name} {agents[0] if agents else 'agent-1'}",
+        f"[bold]done?[/] {navstar} lab down" + ("   (or make lab-down)" if name == "lab" else f" --name {name}"),
+    ]
+    for line in lines:
+        console.print(line, soft_wrap=True)
 
 
 @lab_app.command("down")

@@ -1,9 +1,10 @@
 """The seed scenario on a running lab: post the example apps, wait for them, then use them as a
-user would — resolve VIP names with the node resolver and curl them from an agent.
+user would — resolve VIP names with the node resolver and curl them from an agent, saying which
+task (and on which agent) answered each request.
 
 ```
 examples/*.json ──POST /v2/apps──► master ──► tasks on agents ──► VIPs programmed, names in DNS
-agent-1: dig <vip name> @198.51.100.1 ; curl http://<vip name>/ × N ──► table of what answered
+agent-1: dig <vip name> @198.51.100.1 ; curl http://<vip name>/ × N ──► who answered, on which agent
 ```
 """
 
@@ -28,11 +29,20 @@ SCENARIO_APPS = ("web-vip.json", "nginxdocker-vip.json", "nginxmesos-overlay.jso
 
 
 @dataclass
+class TaskOutcome:
+    task_id: str
+    app_id: str
+    agent: str              # the lab node it runs on (agent-1, …)
+    address: str            # ip:port it serves on (the agent's address, or its overlay address)
+
+
+@dataclass
 class AppOutcome:
     app_id: str
     instances: int
     running: int = 0
     addresses: list[str] = field(default_factory=list)
+    tasks: list[TaskOutcome] = field(default_factory=list)
     created: bool = False
     message: str = ""
 
@@ -41,8 +51,23 @@ class AppOutcome:
 class VipOutcome:
     name: str
     address: str
-    answers: Counter = field(default_factory=Counter)
+    source: str = ""                                          # the agent curling it
+    backends: list[tuple[str, str]] = field(default_factory=list)   # (ip:port, agent)
+    answers: Counter = field(default_factory=Counter)          # task id → requests it answered
+    answer_agents: dict[str, str] = field(default_factory=dict)  # task id → its agent
     failures: int = 0
+    dig_command: str = ""
+    dig: str = ""                                             # the resolver's answer section
+
+    @property
+    def from_other_agents(self) -> Counter:
+        """Requests answered by backends on agents other than the one curling: agent → count."""
+        found: Counter = Counter()
+        for task, count in self.answers.items():
+            agent = self.answer_agents.get(task, "?")
+            if agent != self.source:
+                found[agent] += count
+        return found
 
 
 def run_scenario(state: LabState, progress: Callable[[str], None], requests: int = 9,
@@ -70,17 +95,40 @@ def run_scenario(state: LabState, progress: Callable[[str], None], requests: int
                 tasks = client.get(f"/v2/apps{outcome.app_id}/tasks").json().get("tasks", [])
                 running = [t for t in tasks if t.get("state") == "TASK_RUNNING"]
                 outcome.running = len(running)
-                outcome.addresses = [
-                    f"{(t.get('ipAddresses') or [{}])[0].get('ipAddress') or t.get('host')}"
-                    + (f":{t['ports'][0]}" if t.get("ports") else "") for t in running]
+                outcome.addresses = [_address(t) for t in running]
+                outcome.tasks = [TaskOutcome(t["id"], outcome.app_id, _agent_of(state, t), _address(t))
+                                 for t in running]
             waiting = [o.app_id for o in apps if o.running < o.instances]
             if not waiting:
                 break
             progress(f"waiting for {', '.join(waiting)}")
             time.sleep(0.5)
     running = {o.app_id: o.running for o in apps}
-    vips = _exercise_vips(state, progress, requests, {label: running[app] for label, app in expected.items()})
+    tasks = [task for app in apps for task in app.tasks]
+    vips = _exercise_vips(state, progress, requests, {label: running[app] for label, app in expected.items()},
+                          tasks)
     return apps, vips
+
+
+def _address(task: dict) -> str:
+    return (f"{(task.get('ipAddresses') or [{}])[0].get('ipAddress') or task.get('host')}"
+            + (f":{task['ports'][0]}" if task.get("ports") else ""))
+
+
+def _agent_of(state: LabState, task: dict) -> str:
+    """The lab node a task runs on: its agent id is the node's name; else its host's address."""
+    names = {node.name for node in state.nodes}
+    if task.get("slaveId") in names:
+        return str(task["slaveId"])
+    return next((node.name for node in state.nodes if node.ip == task.get("host")), str(task.get("host")))
+
+
+def _backend_agent(state: LabState, ip: str, tasks: list[TaskOutcome]) -> str:
+    """The agent behind a VIP backend address: a node's own address, or a task's overlay address."""
+    node = next((n.name for n in state.nodes if n.ip == ip), None)
+    if node is not None:
+        return node
+    return next((t.agent for t in tasks if t.address.split(":")[0] == ip), "?")
 
 
 def _declared_vips(definition: dict) -> list[str]:
@@ -103,7 +151,8 @@ def _declared_vips(definition: dict) -> list[str]:
 
 
 def _exercise_vips(state: LabState, progress: Callable[[str], None], requests: int,
-                   expected: dict[str, int], timeout: float = 30.0) -> list[VipOutcome]:
+                   expected: dict[str, int], tasks: list[TaskOutcome],
+                   timeout: float = 30.0) -> list[VipOutcome]:
     """Waits until agent-1 serves every ``expected`` VIP with as many backends as its app has
     running tasks (VIPs appear one view at a time), then digs and curls each."""
     agent = state.nodes[1]
@@ -125,13 +174,21 @@ def _exercise_vips(state: LabState, progress: Callable[[str], None], requests: i
         vips = listed()
     for vip in vips:
         name, _, port = vip["vip"].rpartition(":")
-        dig = _in_node(state, agent.name, ["dig", "+short", "@198.51.100.1", name])
-        outcome = VipOutcome(vip["vip"], dig.stdout.strip() or "(no answer)")
+        short = _in_node(state, agent.name, ["dig", "+short", "@198.51.100.1", name])
+        dig = ["dig", "@198.51.100.1", name, "+noall", "+answer"]
+        outcome = VipOutcome(vip["vip"], short.stdout.strip() or "(no answer)", source=agent.name,
+                             dig_command=" ".join(dig),
+                             dig=_in_node(state, agent.name, dig).stdout.strip() or "(no answer)")
+        outcome.backends = [(f"{b['ip']}:{b['port']}", _backend_agent(state, b["ip"], tasks))
+                            for b in vip["backend"]]
         progress(f"curl http://{vip['vip']}/ × {requests} from {agent.name}")
+        by_id = {t.task_id: t.agent for t in tasks}
         for _ in range(requests):
             curl = _in_node(state, agent.name, ["curl", "-s", "-m", "2", f"http://{name}:{port}/"])
             if curl.returncode == 0 and curl.stdout:
-                outcome.answers[_who(curl.stdout)] += 1
+                who = _who(curl.stdout)
+                outcome.answers[who] += 1
+                outcome.answer_agents[who] = by_id.get(who, "?")
             else:
                 outcome.failures += 1
         outcomes.append(outcome)
@@ -143,7 +200,7 @@ def _who(body: str) -> str:
     text = body.strip()
     if "<p>" in text:
         text = text.split("<p>", 1)[1].split("</p>", 1)[0]
-    return text.splitlines()[0][:60] if text else "(empty)"
+    return text.splitlines()[0].strip() if text else "(empty)"
 
 
 def _in_node(state: LabState, node: str, command: list[str]) -> subprocess.CompletedProcess:

@@ -126,7 +126,8 @@ def test_lab_commands_say_root_is_needed():
 
 
 def test_scenario_deploys_the_seed_apps_and_curls_their_vips(lab):
-    """The main job (`make lab`): the seed apps run and their VIP names answer from agent-1."""
+    """The main job (`make lab`): the seed apps run on several agents, and their VIP names, dug
+    and curled from agent-1, are answered by backends on other agents too."""
     name, subnet = lab
     up = navstar("lab", "up", "--name", name, "--agents", "3", "--underlay", subnet)
     assert up.returncode == 0, up.stderr + up.stdout
@@ -140,3 +141,23 @@ def test_scenario_deploys_the_seed_apps_and_curls_their_vips(lab):
     for vip in vips.values():
         assert vip["address"].startswith("11.") and vip["failures"] == 0
         assert sum(vip["answers"].values()) == 30 and len(vip["answers"]) >= 2
+        assert vip["from"] == "agent-1"
+        host = vip["vip"].rpartition(":")[0]
+        assert f"{host}." in vip["dig"] and vip["address"] in vip["dig"], vip["dig"]
+    tasks = {t["id"]: t for t in outcome["tasks"]}
+    assert len(tasks) == sum(a["instances"] for a in outcome["apps"])
+    assert len({t["agent"] for t in tasks.values()}) >= 2, outcome["tasks"]
+    # Which task answered is known, and its agent is the one the master placed it on.
+    for vip in vips.values():
+        for task_id, agent in vip["answer_agents"].items():
+            assert tasks[task_id]["agent"] == agent
+    crossed = {vip["vip"]: vip["from_other_agents"] for vip in vips.values()}
+    assert any(other and "agent-1" not in other for other in crossed.values()), crossed
+
+    # The human form says the same, without cutting names at the pipe's 80 columns.
+    shown = navstar("lab", "scenario", "--name", name, "--requests", "9", timeout=180)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "answered by backends on other agents (agent-" in shown.stdout
+    assert "dig @198.51.100.1" in shown.stdout and "IN A" in shown.stdout and "11.0.0." in shown.stdout
+    assert "…" not in shown.stdout
+    assert f"lab down --name {name}" in shown.stdout and "127.0.0.1:9090" not in shown.stdout
