@@ -25,6 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from bench._results import quick, record
 from navstar.namespaces import remove_namespace
 
 BACKEND_IPS = [f"10.78.1.{i}" for i in range(2, 12)]
@@ -234,7 +235,7 @@ class Bench:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--phases", type=int, default=12, help="time slices per path (the paths take turns)")
+    parser.add_argument("--phases", type=int, default=8 if quick() else 12, help="time slices per path (the paths take turns)")
     parser.add_argument("--slice", type=float, default=0.1, help="seconds per time slice")
     parser.add_argument("--workers", type=int, default=4, help="client processes connecting at once (throughput)")
     parser.add_argument("--queues", type=int, help="NFQUEUE queues (worker processes); default one per CPU")
@@ -300,6 +301,17 @@ def main() -> int:
         missed += [f"{label}: NFQUEUE at {SCALES[-1]:,} VIPs {scale:.2f} of 1 VIP < 0.90"] if scale < 0.90 else []
     if program["apply"] >= 2:
         missed.append(f"programming {SCALES[-1]:,} VIPs took {program['apply']:.2f} s ≥ 2 s")
+    for count, paths in results.items():
+        for name, r in paths.items():
+            record(f"lb.{name}.conn_s", r["rate"], "conn/s", path=name, vips=count, source="nfqueue")
+            record(f"lb.{name}.parallel_conn_s", r["parallel"], "conn/s", path=name, vips=count, source="nfqueue")
+            record(f"lb.{name}.p50_us", r["p50"], "us", path=name, vips=count, source="nfqueue")
+            record(f"lb.{name}.p99_us", r["p99"], "us", path=name, vips=count, source="nfqueue")
+    ratio = vs_direct(first, "nfqueue", "parallel")
+    record("lb.nfqueue/direct", ratio, "x", ">= 0.6", ratio >= 0.6)
+    scale = vs_direct(last, "nfqueue", "parallel") / ratio
+    record("lb.nfqueue.10k/1", scale, "x", ">= 0.90", scale >= 0.90)
+    record("lb.nfqueue.program_10k_s", program["apply"], "s", "< 2", program["apply"] < 2)
     console.print(f"took {time.monotonic() - started:.0f} s")
     for line in missed:
         print(f"goal missed: {line}", file=sys.stderr)
