@@ -5,7 +5,7 @@ NAVSTAR := $(VENV)/bin/navstar
 AGENTS ?= 3
 LB ?= auto
 
-.PHONY: setup lab lab-down test lint typecheck unit kernel e2e bench clean
+.PHONY: setup lab lab-down test lint typecheck unit kernel e2e bench bench-quick clean
 
 setup:
 	@scripts/setup.sh
@@ -40,8 +40,13 @@ kernel: setup
 e2e: setup
 	$(PY) -m pytest -q -m e2e tests
 
+# Every benchmark, results in bench/results/ (latest.json), bench/RESULTS.md and bench/plots/.
 bench: setup
 	$(PY) -m bench
+
+# The same in under 4 minutes: fewer rounds, no lab scenarios (latest-quick.json).
+bench-quick: setup
+	$(PY) -m bench --quick
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
