@@ -71,6 +71,10 @@ def plot_bars(records: list[dict[str, Any]], name: str, group: str, bar: str, yl
         return []
     groups = list(dict.fromkeys(e[group] for e in points))
     bars = list(dict.fromkeys(e[bar] for e in points))
+    if group == bar:   # one bar per group
+        bars = [bars[0]]
+        points = [{**e, "_bar": bars[0]} for e in points]
+        bar = "_bar"
     width = 0.8 / len(bars)
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, b in enumerate(bars):
@@ -80,7 +84,8 @@ def plot_bars(records: list[dict[str, Any]], name: str, group: str, bar: str, yl
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend()
+    if len(bars) > 1:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(PLOTS / filename, dpi=90)
     plt.close(fig)
@@ -117,12 +122,14 @@ def render(summary: dict[str, Any]) -> None:
         "navstar ÷ peer (higher is better), or seconds where the key ends in `_s`. Keys of issue 17 not listed",
         "have no scenario yet.",
         "",
-        "| key | value | goal | |",
-        "|---|---:|---|---|",
+        "| key | value (median) | spread over rounds | goal | |",
+        "|---|---:|---|---|---|",
     ]
     for key, value in summary["ratios"].items():
         goal = summary["goals"].get(key)
-        lines.append(f"| `{key}` | {_fmt(value)} | {goal['goal'] if goal else '—'} | {_met(goal['met']) if goal else ''} |")
+        spread = summary.get("spreads", {}).get(key)
+        lines.append(f"| `{key}` | {_fmt(value)} | {f'{_fmt(spread[0])}–{_fmt(spread[1])}' if spread else ''} "
+                     f"| {goal['goal'] if goal else '—'} | {_met(goal['met']) if goal else ''} |")
     lines += ["", "## Scenarios", "",
               "Exit code 0: every goal the script itself checks was met (its own, earlier goals).", "",
               "| scenario | exit | goals | seconds |", "|---|---:|---|---:|"]
@@ -135,7 +142,7 @@ def render(summary: dict[str, Any]) -> None:
         lines += ["", f"### bench.{name}", "", "| figure | labels | value | unit | script goal | |",
                   "|---|---|---:|---|---|---|"]
         for e in scenario_records:
-            labels = ", ".join(f"{k}={v}" for k, v in e.items() if k not in LABEL_KEYS)
+            labels = ", ".join(f"{k}={v}" for k, v in e.items() if k not in LABEL_KEYS and k != "spread")
             lines.append(f"| `{e['name']}` | {labels} | {_fmt(e['value'])} | {e['unit']} | {e['goal'] or ''} "
                          f"| {_met(e['met']) if e['goal'] else ''} |")
     if plots:

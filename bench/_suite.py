@@ -29,6 +29,7 @@ REPO = BENCH.parent
 RESULTS = BENCH / "results"
 PLOTS = BENCH / "plots"
 LAB_LOCK = "/tmp/navstar-lab.lock"
+SERIES_LABELS = {"path", "vips", "source", "workload", "server"}   # a point in a series, not a ratio
 LAB_SCENARIOS = {"control_burst", "adminrouter"}   # build a lab: under the lock, left out of --quick
 # Issue 17's ratio keys and goals (navstar ÷ peer, or seconds where the key says _s). None: no goal yet.
 RATIO_GOALS: dict[str, tuple[str, float] | None] = {
@@ -117,16 +118,20 @@ def run(names: list[str], quick: bool) -> int:
         print(f"== bench.{name}" + (" (quick)" if quick else ""), flush=True)
         runs.append(run_scenario(name, quick, stamp, commit, host))
     ratios: dict[str, float] = {}
+    spreads: dict[str, list[float]] = {}
     for result in runs:
         for entry in result["records"]:
-            if entry["name"] in RATIO_GOALS and not any(k not in ("name", "value", "unit", "goal", "met") for k in entry):
+            if entry["name"] in RATIO_GOALS and not SERIES_LABELS & set(entry):
                 ratios[entry["name"]] = entry["value"]
+                if "spread" in entry:
+                    spreads[entry["name"]] = entry["spread"]
     summary = {"mode": "quick" if quick else "full", "started": stamp, "seconds": round(time.monotonic() - started, 1),
                **commit, "machine": host,
                "scenarios": {r["scenario"]: {"exit_code": r["exit_code"], "goals_met": r["goals_met"],
                                              "seconds": r["seconds"], "result": f"{r['scenario']}-{stamp}.json"}
                              for r in runs},
                "ratios": {key: ratios[key] for key in RATIO_GOALS if key in ratios},
+               "spreads": spreads,
                "goals": {key: {"goal": f"{RATIO_GOALS[key][0]} {RATIO_GOALS[key][1]:g}",  # type: ignore[index]
                                "value": ratios[key], "met": judge(key, ratios[key])}
                          for key in RATIO_GOALS if key in ratios and RATIO_GOALS[key] is not None},

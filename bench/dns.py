@@ -168,7 +168,9 @@ def main() -> int:
             record(f"dns.{server}.qps", statistics.median(r.correct_qps for r in runs[server]), "qps",
                    workload=workload, server=server)
         record({"own zone": "dns.local/dnsmasq", "cached forwarded": "dns.cached/dnsmasq"}[workload], ratio, "x",
-               f">= {goal}", ratio >= goal)
+               f">= {goal}", ratio >= goal, spread=[f(o.correct_qps / p.correct_qps if p.correct_qps else 0.0
+                                                      for o, p in zip(runs["navstar"], runs["dnsmasq"], strict=True))
+                                                    for f in (min, max)])
         table.add_row(workload, f"{peer:,.0f}", f"{ours:,.0f}", f"[{'green' if ratio >= goal else 'red'}]{ratio:.2f}×",
                       f"≥ {goal}×", *(f"{max(r.lost for r in runs[s]):.2%}" for s in ("dnsmasq", "navstar")),
                       *(f"{max(r.wrong for r in runs[s]):.2%}" for s in ("dnsmasq", "navstar")))

@@ -55,6 +55,6 @@ def test_render_writes_tables_and_plots(tmp_path: Path, monkeypatch: pytest.Monk
                "records": {"vip_ebpf": records}}
     _report.render(summary)
     text = (tmp_path / "RESULTS.md").read_text()
-    assert "| `lb.ebpf/direct` | 0.9 | >= 0.98 | **MISSED** |" in text
+    assert "| `lb.ebpf/direct` | 0.9 |  | >= 0.98 | **MISSED** |" in text
     assert "quick run" in text and "2-core" in text
     assert {p.name for p in (tmp_path / "plots").iterdir()} >= {"lb_connections.png", "dns_qps.png"}
