@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 import uuid
@@ -94,6 +95,11 @@ class LabHandle:
         out = self.exec(node, "curl", "-s", "http://127.0.0.1:62080/v1/vips")
         return json.loads(out.stdout or "[]")
 
+    def listener_pid(self, node: str, port: int) -> int | None:
+        """The pid listening on ``port`` in ``node``'s namespace (``ss``, as an operator would)."""
+        found = re.search(r"pid=(\d+)", self.exec(node, "ss", "-Hltnp", f"sport = :{port}").stdout)
+        return int(found.group(1)) if found else None
+
     def log(self, node: str) -> str:
         return navstar("lab", "logs", "--name", self.name, node).stdout
 
@@ -111,6 +117,15 @@ class LabHandle:
                 agents = client.get("/v1/agents").json()["agents"]
             return sorted(a["agent_id"] for a in agents if a["reachable"]) == sorted(self.agents)
         wait_until(agents_reachable, 60, message=f"every agent of {self.name} registered and reachable")
+
+
+def pid_running(pid: int) -> bool:
+    """True while ``pid`` is a live process (not a zombie)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
 
 
 def _free_subnet() -> str:

@@ -12,17 +12,15 @@ import collections.abc
 import contextlib
 import json
 import os
-import re
 import signal
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from navstar.lab import process_alive
-from tests.e2e.conftest import REPO, LabHandle, navstar, wait_until
+from tests.e2e.conftest import REPO, LabHandle, navstar, pid_running, wait_until
 
 collections.Iterable = collections.abc.Iterable  # marathon 0.13 predates Python 3.10
 from marathon import MarathonApp, MarathonClient  # noqa: E402
@@ -67,13 +65,6 @@ def answers_http(url: str, timeout: float = 15) -> httpx.Response:
     """The first 200 from ``url`` (a task's server may still be starting when it is RUNNING)."""
     return wait_until(lambda: (r := httpx.get(url, timeout=2)).status_code == 200 and r,
                       timeout=timeout, message=f"HTTP 200 from {url}")
-
-
-def listener_pid(lab: LabHandle, node: str, port: int) -> int | None:
-    """The pid of the process listening on ``port`` in ``node``'s namespace (``ss``, as an operator would)."""
-    out = lab.exec(node, "ss", "-Hltnp", f"sport = :{port}").stdout
-    found = re.search(r"pid=(\d+)", out)
-    return int(found.group(1)) if found else None
 
 
 def kill_node_process(lab: LabHandle, node: str) -> int:
@@ -166,7 +157,7 @@ def test_master_restart_keeps_apps_and_restarts_no_healthy_task(lab):
         lab.running("/keep/web", 2, timeout=20, healthy=True)
 
         def snapshot() -> dict[str, tuple[str, int, int | None]]:
-            return {t["id"]: (t["slaveId"], t["ports"][0], listener_pid(lab, t["slaveId"], t["ports"][0]))
+            return {t["id"]: (t["slaveId"], t["ports"][0], lab.listener_pid(t["slaveId"], t["ports"][0]))
                     for t in lab.tasks("/keep/web")}
 
         before = snapshot()
@@ -229,7 +220,7 @@ def test_unreachable_agent_loses_its_task_and_it_is_replaced_elsewhere(lab):
         killed, (port,) = task["slaveId"], task["ports"]
         survivor = next(a for a in lab.agents if a != killed)
         # TASK_RUNNING means started, not yet listening: wait for the server's socket.
-        orphan_pid = wait_until(lambda: listener_pid(lab, killed, port), timeout=20,
+        orphan_pid = wait_until(lambda: lab.listener_pid(killed, port), timeout=20,
                                 message="the task's server listening")
         kill_node_process(lab, killed)   # the agent only: its task keeps running
         try:
@@ -253,14 +244,6 @@ def test_unreachable_agent_loses_its_task_and_it_is_replaced_elsewhere(lab):
         # It re-registers and reconciles: the task the master gave up on is ended.
         wait_until(lambda: not pid_running(orphan_pid), timeout=20, message="the orphaned task to end")
         assert [t["id"] for t in lab.tasks("/solo")] == [replacement["id"]]
-
-
-def pid_running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
 
 
 def test_event_stream_reports_a_deployment(lab):

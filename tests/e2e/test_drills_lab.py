@@ -1,0 +1,126 @@
+"""Fault drills on a real lab (issue 16, part 5), each asserting that nothing was lost.
+
+An agent cut off the underlay (its port on the underlay bridge set down, as a pulled cable):
+after the agent timeout its tasks are replaced on the other agents and the other nodes stop
+sending its backends VIP traffic; reconnected, it rejoins, its stale tasks are killed and no task
+is left twice.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from navstar.lab import underlay_namespace
+from tests.e2e.conftest import LabHandle, pid_running, wait_until
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+VIP = "drill.marathon.l4lb.thisdcos.directory"
+
+
+@pytest.fixture(scope="module")
+def shared_lab(lab_factory) -> LabHandle:
+    return lab_factory(agents=3)
+
+
+@pytest.fixture
+def lab(shared_lab: LabHandle) -> Iterator[LabHandle]:
+    shared_lab.restore()
+    yield shared_lab
+
+
+def drill_app(instances: int) -> dict:
+    """The seed ``/web`` app (answers with its task id) as ``/drill`` on VIP ``/drill:80``."""
+    app = json.loads((EXAMPLES / "web-vip.json").read_text())
+    app.update(id="/drill", instances=instances)
+    app["portDefinitions"][0]["labels"] = {"VIP_0": "/drill:80"}
+    return app
+
+
+def underlay_port(lab: LabHandle, node: str, state: str) -> None:
+    """``ip link set p-<node> up|down`` on the underlay bridge: the node's cable in or out."""
+    subprocess.run(["ip", "netns", "exec", underlay_namespace(lab.name), "ip", "link", "set",
+                    f"p-{node}"[:15], state], check=True, capture_output=True, timeout=10)
+
+
+def reachable(lab: LabHandle) -> dict[str, bool]:
+    with lab.mesos() as client:
+        return {a["agent_id"]: a["reachable"] for a in client.get("/v1/agents").json()["agents"]}
+
+
+def backends(lab: LabHandle, node: str) -> list[str] | None:
+    vip = next((v for v in lab.vips(node) if v["vip"] == f"{VIP}:80"), None)
+    return None if vip is None else sorted(f"{b['ip']}:{b['port']}" for b in vip["backend"])
+
+
+def running(lab: LabHandle) -> list[dict]:
+    return [t for t in lab.tasks("/drill") if t.get("state") == "TASK_RUNNING"]
+
+
+def curl_answers(lab: LabHandle, node: str, count: int) -> list[str]:
+    """``count`` requests to the VIP by name from ``node``: the task id each was answered by."""
+    script = f"for i in $(seq {count}); do curl -s -m 2 http://{VIP}/ || echo FAILED; done"
+    return lab.exec(node, "sh", "-c", script, timeout=60).stdout.split()
+
+
+def test_agent_cut_off_the_underlay_is_replaced_then_rejoins_without_duplicates(lab):
+    agents = lab.agents
+    lab.add_app(drill_app(len(agents)))
+    try:
+        before = lab.running("/drill", len(agents), healthy=True)
+        placed = {t["slaveId"] for t in before}
+        assert len(placed) >= 2, before
+        # The cut agent has a task; another agent with one watches (it curls the VIP).
+        victim = sorted(placed)[-1]
+        observer = next(a for a in agents if a != victim)
+        stale = {t["id"]: (t["ports"][0], lab.ip(victim)) for t in before if t["slaveId"] == victim}
+        stale_pids = {task_id: wait_until(lambda p=port: lab.listener_pid(victim, p), timeout=20,
+                                          message=f"{task_id} listening")
+                      for task_id, (port, _) in stale.items()}
+        victim_backends = {f"{ip}:{port}" for port, ip in stale.values()}
+        wait_until(lambda: (b := backends(lab, observer)) is not None and victim_backends <= set(b),
+                   timeout=30, message=f"{observer} sending to {victim}'s backends")
+
+        underlay_port(lab, victim, "down")
+        try:
+            # After the agent timeout: unreachable, its tasks replaced on the others.
+            wait_until(lambda: reachable(lab).get(victim) is False, timeout=60,
+                       message=f"{victim} unreachable on the master")
+            replaced = wait_until(
+                lambda: (r := running(lab)) and len(r) == len(agents) and all(t["slaveId"] != victim for t in r)
+                and r, timeout=60, message=f"{len(agents)} /drill tasks running, none on {victim}")
+            assert not set(stale) & {t["id"] for t in replaced}
+            # The other nodes stop sending to its backends and send to the replacements instead.
+            new_backends = {f"{lab.ip(t['slaveId'])}:{t['ports'][0]}" for t in replaced}
+            for node in agents:
+                if node == victim:
+                    continue
+                wait_until(lambda n=node: backends(lab, n) == sorted(new_backends), timeout=60,
+                           message=f"{node}'s {VIP} backends to be the replacements {sorted(new_backends)}")
+            answers = curl_answers(lab, observer, 30)
+            assert len(answers) == 30 and "FAILED" not in answers, answers
+            assert set(answers) <= {t["id"] for t in replaced}, answers
+        finally:
+            underlay_port(lab, victim, "up")
+
+        # Reconnected: it rejoins, its stale tasks are killed, nothing is duplicated.
+        wait_until(lambda: reachable(lab).get(victim) is True, timeout=60, message=f"{victim} reachable again")
+        for task_id, pid in stale_pids.items():
+            wait_until(lambda p=pid: not pid_running(p), timeout=60, message=f"stale task {task_id} (pid {pid}) killed")
+        tasks = lab.tasks("/drill")
+        assert sorted(t["id"] for t in tasks) == sorted(t["id"] for t in replaced), tasks
+        assert len({t["id"] for t in tasks}) == len(tasks) == len(agents)
+        for node in agents:
+            wait_until(lambda n=node: backends(lab, n) == sorted(new_backends), timeout=60,
+                       message=f"{node}'s {VIP} backends: the replacements only")
+        answers = curl_answers(lab, victim, 30)
+        assert len(answers) == 30 and set(answers) <= {t["id"] for t in replaced}, answers
+    finally:
+        lab.remove_app("/drill")
+        with lab.marathon() as client:
+            wait_until(lambda: client.get("/v2/apps/drill").status_code == 404, timeout=30,
+                       message="/drill removed")
