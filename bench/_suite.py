@@ -3,8 +3,9 @@ its own process, collects the figures it records (:mod:`bench._results`), and wr
 
 - ``bench/results/<scenario>-<timestamp>.json``: that run's figures, goals, exit code, command,
   output, git commit and machine;
-- ``bench/results/latest.json`` (``latest-quick.json`` for ``--quick``): every scenario's outcome
-  and the ``ratios`` object of issue 17, each judged against that issue's goals;
+- ``bench/results/latest.json`` (``latest-quick.json`` for ``--quick``): every scenario's latest
+  outcome (a run of some scenarios keeps the others' last results) and the ``ratios`` object of
+  issue 17, each judged against that issue's goals;
 - ``bench/RESULTS.md`` and the plots in ``bench/plots/``, regenerated from that summary.
 
 Scenarios that build a lab run under ``flock /tmp/navstar-lab.lock`` (one lab per machine)."""
@@ -117,27 +118,39 @@ def run(names: list[str], quick: bool) -> int:
     for name in names:
         print(f"== bench.{name}" + (" (quick)" if quick else ""), flush=True)
         runs.append(run_scenario(name, quick, stamp, commit, host))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    latest = RESULTS / ("latest-quick.json" if quick else "latest.json")
+    # A run of some scenarios updates theirs in the summary and keeps the others' last results.
+    previous: dict[str, Any] = {"scenarios": {}, "records": {}}
+    if latest.exists():
+        try:
+            previous = json.loads(latest.read_text())
+        except ValueError:
+            pass
+    scenarios = {**previous.get("scenarios", {}),
+                 **{r["scenario"]: {"exit_code": r["exit_code"], "goals_met": r["goals_met"], "seconds": r["seconds"],
+                                    "started": stamp, "commit": commit["commit"],
+                                    "result": f"{r['scenario']}-{stamp}.json"} for r in runs}}
+    records = {**previous.get("records", {}), **{r["scenario"]: r["records"] for r in runs}}
+    scenarios = {name: scenarios[name] for name in sorted(scenarios)}
+    records = {name: records[name] for name in sorted(records)}
     ratios: dict[str, float] = {}
     spreads: dict[str, list[float]] = {}
-    for result in runs:
-        for entry in result["records"]:
+    for scenario_records in records.values():
+        for entry in scenario_records:
             if entry["name"] in RATIO_GOALS and not SERIES_LABELS & set(entry):
                 ratios[entry["name"]] = entry["value"]
                 if "spread" in entry:
                     spreads[entry["name"]] = entry["spread"]
     summary = {"mode": "quick" if quick else "full", "started": stamp, "seconds": round(time.monotonic() - started, 1),
                **commit, "machine": host,
-               "scenarios": {r["scenario"]: {"exit_code": r["exit_code"], "goals_met": r["goals_met"],
-                                             "seconds": r["seconds"], "result": f"{r['scenario']}-{stamp}.json"}
-                             for r in runs},
+               "ran": [r["scenario"] for r in runs], "scenarios": scenarios,
                "ratios": {key: ratios[key] for key in RATIO_GOALS if key in ratios},
                "spreads": spreads,
                "goals": {key: {"goal": f"{RATIO_GOALS[key][0]} {RATIO_GOALS[key][1]:g}",  # type: ignore[index]
                                "value": ratios[key], "met": judge(key, ratios[key])}
                          for key in RATIO_GOALS if key in ratios and RATIO_GOALS[key] is not None},
-               "records": {r["scenario"]: r["records"] for r in runs}}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    latest = RESULTS / ("latest-quick.json" if quick else "latest.json")
+               "records": records}
     latest.write_text(json.dumps(summary, indent=2) + "\n")
     from bench._report import render  # matplotlib is imported only here
     render(summary)

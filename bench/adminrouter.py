@@ -29,6 +29,8 @@ import time
 
 import httpx
 
+from bench._results import quick, record
+
 RATIO_GOAL = 0.8
 ADDED_P99_GOAL_MS = 1.0
 LAB = "arbench"
@@ -88,8 +90,8 @@ def p99(values: list[float]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=2.0, help="length of one slice")
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved slices per path")
+    parser.add_argument("--seconds", type=float, default=1.0 if quick() else 2.0, help="length of one slice")
+    parser.add_argument("--rounds", type=int, default=3 if quick() else 5, help="interleaved slices per path")
     parser.add_argument("--connections", type=int, default=4, help="concurrent keep-alive connections")
     parser.add_argument("--client", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -146,6 +148,11 @@ def main() -> int:
     print(f"through Admin Router ÷ direct: {ratio:.2f}× requests/s (goal ≥ {RATIO_GOAL}) "
           f"{'met' if ok_ratio else 'MISSED'}; added p99 {added:+.2f} ms (goal < {ADDED_P99_GOAL_MS} ms) "
           f"{'met' if ok_p99 else 'MISSED'}")
+    for name in ("direct", "adminrouter"):
+        record("adminrouter.rps", rows[name]["rps"], "req/s", path=name)
+        record("adminrouter.p99_ms", rows[name]["p99"], "ms", path=name)
+    record("adminrouter/direct", ratio, "x", f">= {RATIO_GOAL}", ok_ratio)
+    record("adminrouter.added_p99_ms", added, "ms", f"< {ADDED_P99_GOAL_MS}", ok_p99)
     return 0 if ok_ratio and ok_p99 else 1
 
 

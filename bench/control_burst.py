@@ -32,6 +32,7 @@ from pathlib import Path
 
 import httpx
 
+from bench._results import record
 from control.auth import auth_header
 from navstar.lab import Lab, LabState
 
@@ -208,6 +209,9 @@ def main() -> int:
     print(f"{key} {served_at:.1f}" if served_at is not None else f"{key} (not converged in {args.timeout:g} s)")
     goals = [f"burst < {BURST_GOAL_S:g} s: " + ("met" if served_at is not None and served_at < BURST_GOAL_S
                                                 else "MISSED")]
+    if served_at is not None:
+        record(key, served_at, "s", f"< {BURST_GOAL_S:g}" if args.apps == 1000 else None,
+               served_at < BURST_GOAL_S if args.apps == 1000 else None)
     ok = ok and served_at is not None and (served_at < BURST_GOAL_S or args.apps != 1000)
     ok = ok and unknown == 0 and duplicates == 0 and launch_failures == 0 and not bad and not refusals
     if refusals:
@@ -220,6 +224,9 @@ def main() -> int:
         print(f"  at rest ({args.steady:g} s, {args.apps} VIPs and tasks): "
               + ", ".join(f"{name} {share * 100:.1f}%" for name, share in sorted(shares.items())) + " of a core")
         print(f"control.steady_agent_cpu {worst_agent:.3f}  control.steady_master_cpu {master_share:.3f}")
+        record("control.steady_agent_cpu", worst_agent, "cores", f"< {STEADY_AGENT_GOAL}", worst_agent < STEADY_AGENT_GOAL)
+        record("control.steady_master_cpu", master_share, "cores", f"< {STEADY_MASTER_GOAL}",
+               master_share < STEADY_MASTER_GOAL)
         goals.append(f"at rest each agent < {STEADY_AGENT_GOAL:.0%} of a core: "
                      + ("met" if worst_agent < STEADY_AGENT_GOAL else "MISSED"))
         goals.append(f"the master < {STEADY_MASTER_GOAL:.0%}: " + ("met" if master_share < STEADY_MASTER_GOAL else "MISSED"))
@@ -245,6 +252,7 @@ def main() -> int:
         lab.down()
         down = time.monotonic() - started_down
         print(f"control.lab_down_s {down:.1f}  ({tasks_left} tasks running)")
+        record("control.lab_down_s", down, "s", f"< {DOWN_GOAL_S:g}", down < DOWN_GOAL_S, tasks=tasks_left)
         goals.append(f"lab down < {DOWN_GOAL_S:g} s: " + ("met" if down < DOWN_GOAL_S else "MISSED"))
         ok = ok and (down < DOWN_GOAL_S or tasks_left < 1000)
     print("goals: " + "; ".join(goals) + ("" if unknown == duplicates == launch_failures == 0

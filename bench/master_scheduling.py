@@ -21,6 +21,7 @@ import asyncio
 import statistics
 import time
 
+from bench._results import record
 from control.agent_client import FakeAgents
 from control.drf import Allocator
 from control.marathon_models import VersionInfo, parse_app
@@ -122,6 +123,9 @@ def main() -> None:
     print(f"{'peer: bare DRF allocate+accept':<34}{peer_placement:>12.2f}{statistics.median(peer_idle):>25.1f}")
     print(f"ratio scheduler/peer: placement {placement / peer_placement:.1f}x, "
           f"idle cycle {statistics.median(idle) / statistics.median(peer_idle):.1f}x")
+    record("control.placement_5k_tasks_s", placement, "s")
+    record("control.placement/bare_drf", placement / peer_placement, "x (slower)")
+    record("control.idle_cycle_1k_s", statistics.median(idle) / 1000, "s")
 
 
 if __name__ == "__main__":
