@@ -20,7 +20,8 @@ from pathlib import Path
 
 import httpx
 
-from cluster.vip_labels import VipLabelError, is_vip_label_key, parse_vip, vip_dns_name
+from cluster.vip_labels import named_vip, parse_vip, vip_dns_name
+from control.marathon_models import AppDefinition
 from navstar.lab import LabState
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -132,21 +133,14 @@ def _backend_agent(state: LabState, ip: str, tasks: list[TaskOutcome]) -> str:
 
 
 def _declared_vips(definition: dict) -> list[str]:
-    """The named VIPs an app definition declares, as ``/v1/vips`` lists them (``<dns name>:<port>``)."""
-    container = definition.get("container") or {}
-    ports = (definition.get("portDefinitions") or container.get("portMappings")
-             or (container.get("docker") or {}).get("portMappings") or [])
+    """The named VIPs an app definition declares, as ``/v1/vips`` lists them (``<dns name>:<port>``):
+    Marathon's reading of its ports (``AppDefinition.port_labels``) and the shared VIP label rules."""
     found = []
-    for port in ports:
-        for key, value in (port.get("labels") or {}).items():
-            if not is_vip_label_key(key):
-                continue
-            try:
+    for labels in AppDefinition.model_validate(definition).port_labels():
+        for key, value in labels.items():
+            if named_vip(key, value) is not None:
                 spec = parse_vip(value)
-            except VipLabelError:
-                continue
-            if spec.name is not None:
-                found.append(f"{vip_dns_name(spec.name, 'marathon')}:{spec.port}")
+                found.append(f"{vip_dns_name(spec.name or '', 'marathon')}:{spec.port}")
     return found
 
 
