@@ -16,6 +16,9 @@ DEBIAN_PACKAGES=(
   iproute2 iputils-ping procps psmisc curl dnsutils
   nginx-light dnsmasq-base dnsperf iperf3
   prometheus vagrant
+  haproxy siege wrk unbound
+  zookeeper default-jre-headless
+  containernetworking-plugins
   python3-venv python3-dev build-essential
 )
 
@@ -32,10 +35,13 @@ fi
 if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled nginx >/dev/null 2>&1; then
   systemctl disable --now nginx >/dev/null 2>&1 || true
 fi
-# Debian's prometheus does the same; the lab runs its own (navstar lab up --prometheus).
-if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled prometheus >/dev/null 2>&1; then
-  systemctl disable --now prometheus >/dev/null 2>&1 || true
-fi
+# Debian's prometheus, haproxy, zookeeper and unbound do the same; the project runs its own
+# copies inside the lab's namespaces (navstar lab up --prometheus, marathon-lb, --masters 3, bench).
+for unit in prometheus haproxy zookeeper unbound; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled "$unit" >/dev/null 2>&1; then
+    systemctl disable --now "$unit" >/dev/null 2>&1 || true
+  fi
+done
 
 # bcc compiles BPF C against kernel headers. This kernel ships none, so borrow Debian's
 # cloud 6.1 headers (the BPF UAPI that socket-LB programs use is the same).
