@@ -10,6 +10,8 @@ State is kept as JSON documents under ``(kind, key)``:
 | ``agents`` | agent id | the agent's registration |
 | ``vips`` | ``marathon:/name`` | the named VIP's address |
 | ``allocations`` | ``overlay`` | the overlay IPAM snapshot |
+| ``groups`` | group id | a group's own fields (``dependencies``, ``version``); its apps are in ``apps`` |
+| ``app_versions`` | ``<app id> <version>`` | the app's definition as stored at that version (``/v2/apps/{id}/versions``) |
 | ``users`` | uid | ``{"uid", "description", "hash"}`` (an argon2id hash, never the password) |
 | ``meta`` | ``master_id``, ``view_version``, ``vip_next_address``, ``backoff:<app id>`` | scalars, backoff |
 
@@ -25,7 +27,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Literal, Protocol, get_args
 
-Kind = Literal["apps", "tasks", "deployments", "agents", "vips", "allocations", "users", "meta"]
+Kind = Literal["apps", "tasks", "deployments", "agents", "vips", "allocations", "users", "groups", "app_versions",
+               "meta"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 
