@@ -20,6 +20,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from control.roles import PUBLIC_ROLE
+
 app_cli = typer.Typer(no_args_is_help=True, help="Marathon apps: add, list, show, scale, remove.")
 task_cli = typer.Typer(no_args_is_help=True, help="Tasks the master knows.")
 node_cli = typer.Typer(no_args_is_help=True, help="Agents registered with the master.")
@@ -213,6 +215,14 @@ def task_list(app_id: Annotated[str | None, typer.Option("--app", help="only thi
 
 
 # -- nodes -----------------------------------------------------------------------------------
+def node_type(slave: dict[str, Any]) -> str:
+    """As the dcos CLI's TYPE column: ``agent (public)`` for an agent with attribute
+    ``public_ip:true`` or resources reserved for ``slave_public``."""
+    public = str(slave.get("attributes", {}).get("public_ip", "")).lower() == "true" \
+        or PUBLIC_ROLE in slave.get("reserved_resources", {})
+    return "agent (public)" if public else "agent"
+
+
 @node_cli.command("list")
 def node_list(master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False,
               mesos: Annotated[str | None, typer.Option("--mesos", help="Mesos API URL (default: master:5050)")]
@@ -232,14 +242,14 @@ def node_list(master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = N
         _emit_json(nodes)
         return
     table = Table(title=f"agents of {state['leader']}")
-    for column in ("agent", "address", "state", "cpus", "mem", "ports", "tasks", "overlay"):
+    for column in ("agent", "type", "address", "state", "cpus", "mem", "ports", "tasks", "overlay"):
         table.add_column(column, overflow="fold")
     for node in nodes:
         res = node["resources"]
         address = node["pid"].rsplit("@", 1)[-1]
         status = "[green]reachable[/]" if node["active"] else "[red]unreachable[/]"
-        table.add_row(node["id"], address, status, f"{res['cpus']:g}", f"{res['mem']:g}", res.get("ports", ""),
-                      str(node["tasks"]), (node["overlay"] or {}).get("subnet", "-"))
+        table.add_row(node["id"], node_type(node), address, status, f"{res['cpus']:g}", f"{res['mem']:g}",
+                      res.get("ports", ""), str(node["tasks"]), (node["overlay"] or {}).get("subnet", "-"))
     Console().print(table)
 
 

@@ -29,7 +29,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 __all__ = [
-    "DEFAULT_MIN_ALLOCATABLE", "Allocator", "DRFSorter", "Offer", "Resources", "progressive_filling",
+    "DEFAULT_MIN_ALLOCATABLE", "Allocator", "DRFSorter", "Offer", "Resources", "may_use", "progressive_filling",
 ]
 
 Resources = dict[str, float]
@@ -482,6 +482,13 @@ class Offer:
     resources: dict[str, float] = field(hash=False)
 
 
+def may_use(role: str, reserved_for: str) -> bool:
+    """May a framework of ``role`` be offered resources reserved for ``reserved_for``? Unreserved
+    (``"*"``) ones go to everyone; reserved ones to that role and the roles below it (Mesos'
+    hierarchical reservations)."""
+    return reserved_for == "*" or role == reserved_for or role.startswith(reserved_for + "/")
+
+
 def _copy(offer: Offer) -> Offer:
     return Offer(offer.offer_id, offer.framework_id, offer.agent_id, dict(offer.resources))
 
@@ -491,6 +498,7 @@ class _Agent:
     total: Resources
     free: Resources                     # total minus in-use minus outstanding offers
     active: bool = True
+    role: str = "*"                     # "*": unreserved; else reserved for that role (Mesos --default_role)
     offers: set[str] = field(default_factory=set)
 
 
@@ -536,16 +544,23 @@ class Allocator:
 
     # ---- agents
 
-    def add_agent(self, agent_id: str, total: dict[str, float]) -> None:
-        """Adds an agent; again with another total updates it (idempotent for the same total)."""
+    def add_agent(self, agent_id: str, total: dict[str, float], role: str = "*") -> None:
+        """Adds an agent; again with another total or role updates it (idempotent for the same).
+
+        ``role`` other than ``"*"`` reserves all the agent's resources for that role, as a Mesos
+        agent started with ``--default_role``: only frameworks of that role (or a role below it,
+        ``role/…``) are offered them."""
         if not isinstance(agent_id, str) or not agent_id:
             raise ValueError(f"agent_id must be a non-empty string, got {agent_id!r}")
         quantities = _checked(total, f"total of agent {agent_id!r}")
+        if role != "*":
+            _check_path(role, "role")
         agent = self._agents.get(agent_id)
         if agent is None:
-            self._agents[agent_id] = _Agent(total=quantities, free=dict(quantities))
+            self._agents[agent_id] = _Agent(total=quantities, free=dict(quantities), role=role)
             self._sorters_add_agent(agent_id, quantities)
             return
+        agent.role = role
         if agent.total == quantities:
             return
         taken = dict(agent.total)
@@ -697,6 +712,8 @@ class Allocator:
                 for role, framework_id in frameworks:
                     if not self._allocatable(agent.free):
                         break
+                    if not may_use(role, agent.role):
+                        continue
                     wanted = {name: min(value, gap.get(name, 0.0)) if name in self._quotas[quota_role] else value
                               for name, value in agent.free.items()}
                     wanted = {name: value for name, value in wanted.items() if value > 0}
@@ -732,15 +749,18 @@ class Allocator:
                 offerable = {name: value for name, value in offerable.items() if value > 0}
             if not offerable or not self._allocatable(offerable):
                 continue
-            chosen = self._first_eligible(agent_id, offerable, now)
+            chosen = self._first_eligible(agent_id, agent.role, offerable, now)
             if chosen is not None:
                 self._grant(chosen[1], chosen[0], agent_id, agent, offerable, grants)
                 if headroom:
                     _subtract_into(available, offerable)
 
-    def _first_eligible(self, agent_id: str, resources: Resources, now: float) -> tuple[str, str] | None:
+    def _first_eligible(self, agent_id: str, reserved_for: str, resources: Resources,
+                        now: float) -> tuple[str, str] | None:
         """(role, framework) first in DRF order that would take ``resources`` on the agent."""
         for role in self._roles.iter_sorted():
+            if not may_use(role, reserved_for):
+                continue
             for framework_id in self._framework_sorters[role].iter_sorted():
                 framework = self._frameworks[framework_id]
                 if not framework.filters or not self._filtered(framework, agent_id, resources, now):
@@ -855,6 +875,10 @@ class Allocator:
     def free(self, agent_id: str) -> dict[str, float]:
         """What the agent has neither in use nor offered."""
         return dict(self._agent(agent_id).free)
+
+    def reserved_for(self, agent_id: str) -> str:
+        """The role the agent's resources are reserved for (``"*"``: unreserved)."""
+        return self._agent(agent_id).role
 
     # ---- helpers
 

@@ -19,6 +19,7 @@ from pydantic.alias_generators import to_camel
 
 from cluster.view import protocols_of
 from control.agent.images import ImageMap
+from control.roles import UNRESERVED, role_problem
 
 # What the overlay knows; anything else would leave a task waiting forever.
 KNOWN_NETWORKS = ("dcos",)
@@ -210,13 +211,9 @@ class AppDefinition(_Model):
     @field_validator("role")
     @classmethod
     def _mesos_role(cls, value: str | None) -> str | None:
-        # Mesos' rules: hierarchical "a/b", no empty, "." or ".." element, no whitespace or "\\",
-        # no element starting with "-".
-        if value is None or value == "*":
-            return value
-        elements = value.split("/")
-        if any(e in ("", ".", "..") or e.startswith("-") or re.search(r"[\s\\*]", e) for e in elements):
-            raise ValueError(f"role {value!r} is not a valid Mesos role (e.g. 'dev' or 'eng/web')")
+        problem = None if value is None else role_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
 
     # -- derived views -------------------------------------------------------------------
@@ -262,7 +259,18 @@ class AppDefinition(_Model):
 
     @property
     def effective_role(self) -> str:
-        return self.role or "*"
+        """The role the app's tasks run under (its framework's role). Without ``role``, the
+        reserved role its ``acceptedResourceRoles`` names, if any — as DC/OS's Marathon, registered
+        with role ``slave_public``, launched public apps on that role's reserved resources."""
+        if self.role:
+            return self.role
+        reserved = [r for r in self.accepted_resource_roles or [] if r != UNRESERVED]
+        return reserved[0] if reserved else UNRESERVED
+
+    @property
+    def accepted_roles(self) -> list[str]:
+        """Resource roles the app's tasks may use; Marathon's default: unreserved (``*``) only."""
+        return self.accepted_resource_roles or [UNRESERVED]
 
     @property
     def image(self) -> str | None:
@@ -355,6 +363,26 @@ def parse_app(raw: Any, app_id: str | None = None, images: ImageMap | None = Non
     return _with_defaults(app)
 
 
+def _accepted_roles_error(app: AppDefinition) -> str | None:
+    """Marathon 1.9's rule: an app accepts unreserved resources and those of its own role; this
+    master runs one framework per role, so an app without ``role`` may name one reserved role."""
+    accepted = app.accepted_resource_roles
+    if accepted is None:
+        return None
+    if not accepted:
+        return "must not be empty (leave it out to accept unreserved resources, '*')"
+    for role in accepted:
+        problem = role_problem(role)
+        if problem:
+            return problem
+    reserved = sorted({r for r in accepted if r != UNRESERVED})
+    if app.role is not None and any(r != app.role for r in reserved):
+        return f"may only contain '*' and the app's role {app.role!r}, got {accepted}"
+    if len(reserved) > 1:
+        return f"may name at most one reserved role besides '*' (the role the app runs under), got {accepted}"
+    return None
+
+
 def _semantic_errors(app: AppDefinition) -> list[dict[str, Any]]:
     errors: list[dict[str, Any]] = []
 
@@ -367,6 +395,9 @@ def _semantic_errors(app: AppDefinition) -> list[dict[str, Any]]:
         add("/", "AppDefinition must either contain one of 'cmd' or 'args', and/or a 'container'.")
     if app.ports is not None and app.port_definitions is not None:
         add("/ports", "You cannot specify both ports and port definitions")
+    problem = _accepted_roles_error(app)
+    if problem:
+        add("/acceptedResourceRoles", problem)
     for i, constraint in enumerate(app.constraints):
         message = _constraint_error(constraint)
         if message:

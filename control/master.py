@@ -92,7 +92,7 @@ class Master:
             registration = AgentRegistration.model_validate(raw)
             # A fresh grace period: the agent has agent_timeout to show up again.
             self.registry.register(registration)
-            self.allocator.add_agent(registration.agent_id, _totals(registration))
+            self.allocator.add_agent(registration.agent_id, _totals(registration), registration.role)
         self.scheduler.load()
         self.sync_vips()
         self.store.put("meta", "view_version", self.view_version)
@@ -248,7 +248,7 @@ class Master:
         previous = self.registry.get(registration.agent_id)
         self.registry.register(registration)
         self.store.put("agents", registration.agent_id, registration.model_dump())
-        self.allocator.add_agent(registration.agent_id, _totals(registration))
+        self.allocator.add_agent(registration.agent_id, _totals(registration), registration.role)
         self.store.put("allocations", "overlay", self.ipam.snapshot())
         if previous is None or not previous.reachable or previous.registration != registration:
             self.view_changed()
@@ -265,7 +265,7 @@ class Master:
         self.registry.heartbeat(agent_id)
         if not was_reachable:
             log.info("agent %s is reachable again", agent_id)
-            self.allocator.add_agent(agent_id, _totals(record.registration))
+            self.allocator.add_agent(agent_id, _totals(record.registration), record.registration.role)
             self.scheduler.reconcile_soon(agent_id)
             self.view_changed()
             self.scheduler.poke()

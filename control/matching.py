@@ -19,6 +19,7 @@ from control.placement import (
     choose_host_ports,
     constraint_violation,
     insufficient,
+    role_refusal,
     shortfall,
     task_resources,
 )
@@ -53,7 +54,7 @@ def agent_slots(agents: Iterable[AgentRecord], tasks: Iterable[TaskRecord]) -> d
         slots[reg.agent_id] = AgentSlot(
             agent_id=reg.agent_id, hostname=reg.hostname,
             attributes={k: str(v) for k, v in reg.attributes.items()},
-            port_ranges=[(r.begin, r.end) for r in reg.resources.ports])
+            port_ranges=[(r.begin, r.end) for r in reg.resources.ports], role=reg.role)
     for task in tasks:
         if not task.terminal and task.agent_id in slots:
             slots[task.agent_id].used_ports.update(task.host_ports)
@@ -117,12 +118,19 @@ def fill_offer(offer: Offer, ready: dict[str, int], apps: dict[str, AppDefinitio
 def reject_reason(app: AppDefinition, slot: AgentSlot, available: dict[str, float],
                   placed: list[AgentSlot], slots: dict[str, AgentSlot]) -> str | None:
     """Marathon's reason the app's next task does not fit ``available`` on ``slot``; None: it fits."""
+    if role_refusal(app, slot) is not None:
+        return "UnfulfilledRole"
     short = insufficient(task_resources(app), available)
     if short is not None:
         return short
-    if constraint_violation(app.constraints, slot, placed, list(slots.values())) is not None:
+    if constraint_violation(app.constraints, slot, placed, usable_slots(app, slots)) is not None:
         return "UnfulfilledConstraint"
     return None
+
+
+def usable_slots(app: AppDefinition, slots: dict[str, AgentSlot]) -> list[AgentSlot]:
+    """The agents whose resources the app may use by role (GROUP_BY balances over these only)."""
+    return [slot for slot in slots.values() if role_refusal(app, slot) is None]
 
 
 def explain(app: AppDefinition, slots: dict[str, AgentSlot], placed: list[AgentSlot],
@@ -132,10 +140,12 @@ def explain(app: AppDefinition, slots: dict[str, AgentSlot], placed: list[AgentS
     if not slots:
         return "no reachable agents"
     needed = task_resources(app)
+    usable = usable_slots(app, slots)
     why: list[str] = []
     for slot in slots.values():
-        reason = shortfall(needed, free_of(slot.agent_id)) \
-            or constraint_violation(app.constraints, slot, placed, list(slots.values())) \
+        reason = role_refusal(app, slot) \
+            or shortfall(needed, free_of(slot.agent_id)) \
+            or constraint_violation(app.constraints, slot, placed, usable) \
             or ("requested host ports are not free" if choose_host_ports(app, slot, random.Random(0)) is None
                 else "fits, waiting for an offer")
         why.append(f"{slot.agent_id}: {reason}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from control.marathon_models import marathon_task_name
+from control.roles import UNRESERVED
 
 if TYPE_CHECKING:
     from control.master import Master
@@ -90,9 +91,12 @@ def mesos_state(master: Master) -> dict[str, Any]:
                                      "disk": reg.resources.disk, "gpus": reg.resources.gpus}
         if reg.resources.ports:
             resources["ports"] = "[" + ", ".join(f"{r.begin}-{r.end}" for r in reg.resources.ports) + "]"
+        # All of an agent's resources carry its role (Mesos --default_role): reserved or not.
+        reserved = {} if reg.role == UNRESERVED else {reg.role: resources}
         slaves.append({
             "id": reg.agent_id, "pid": f"slave(1)@{reg.ip}:{reg.port}", "hostname": reg.hostname,
             "registered_time": record.registered_at, "resources": resources,
+            "reserved_resources": reserved, "unreserved_resources": {} if reserved else resources,
             "attributes": dict(reg.attributes), "active": record.reachable,
         })
     live = [task_json(t, framework_id) for t in sorted(scheduler.tasks.values(), key=lambda t: t.task_id)]

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from control.marathon_models import AppDefinition
+from control.roles import UNRESERVED
 
 SCALARS = ("cpus", "mem", "disk", "gpus")
 # Marathon's offer-rejection reasons (as in /v2/queue processedOffersSummary).
@@ -29,6 +30,7 @@ class AgentSlot:
     attributes: dict[str, str]
     port_ranges: list[tuple[int, int]]
     used_ports: set[int] = field(default_factory=set)
+    role: str = UNRESERVED          # the role its resources are reserved for ("*": none)
 
     def value_of(self, field_name: str) -> str | None:
         if field_name == "hostname":
@@ -43,6 +45,16 @@ class AgentSlot:
 
     def has_port(self, port: int) -> bool:
         return port not in self.used_ports and any(b <= port <= e for b, e in self.port_ranges)
+
+
+def role_refusal(app: AppDefinition, slot: AgentSlot) -> str | None:
+    """Why the app may not use ``slot``'s resources by their role, or None: an agent reserved for
+    a role serves only apps whose ``acceptedResourceRoles`` name it; an unreserved one only apps
+    accepting ``*`` (Marathon's default)."""
+    if slot.role in app.accepted_roles:
+        return None
+    kind = "unreserved ('*')" if slot.role == UNRESERVED else f"reserved for role {slot.role!r}"
+    return f"its resources are {kind}; acceptedResourceRoles is {app.accepted_roles}"
 
 
 def task_resources(app: AppDefinition) -> dict[str, float]:

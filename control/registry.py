@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from control.roles import UNRESERVED, role_problem
+
 
 class PortRange(BaseModel):
     begin: int = Field(ge=1, le=65535)
@@ -39,6 +41,17 @@ class AgentRegistration(BaseModel):
     port: int = Field(default=5051, ge=1, le=65535)
     resources: AgentResources
     attributes: dict[str, str | float] = Field(default_factory=dict)
+    # Mesos' --default_role: "*" offers the resources to every role; another role reserves them
+    # all for it (DC/OS's public agents: "slave_public").
+    role: str = Field(default=UNRESERVED, min_length=1, max_length=128)
+
+    @field_validator("role")
+    @classmethod
+    def _mesos_role(cls, value: str) -> str:
+        problem = role_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("ip")
     @classmethod
