@@ -41,7 +41,7 @@ from typing import Any
 from cluster.tasks import TERMINAL_STATES as TERMINAL
 from cluster.view import TaskPort
 from control.agent_client import AgentAddress, AgentClient, AgentUnavailable, LaunchAnswer
-from control.deployments import Action, Deployment, Deployments
+from control.deployments import Action, Deployment, Deployments, PlanAction
 from control.drf import Allocator
 from control.events import EventBus, iso_now
 from control.launch_queue import LaunchQueue
@@ -94,6 +94,7 @@ class Scheduler:
         self._by_app: dict[str, dict[str, TaskRecord]] = {}   # app id → its tasks (index of self.tasks)
         self.completed: list[TaskRecord] = []
         self.deployments = Deployments(store, events, clock)
+        self.deployments.apply = self.apply_action
         self.queue = LaunchQueue(store, clock)
         self.unplaceable: set[str] = set()     # apps whose demand found no place in the last cycle
         self.frameworks: set[str] = set()
@@ -144,33 +145,47 @@ class Scheduler:
         self.store.put("tasks", task.task_id, task.model_dump())
 
     def _save_app(self, app: AppDefinition) -> None:
-        self.store.put("apps", app.id, app.model_dump(by_alias=True, exclude_none=True))
+        self.store.put("apps", app.id, app_record(app))
 
     # ---- app operations (the Marathon API calls these) -----------------------------------
     def put_app(self, app: AppDefinition, action: Action) -> Deployment:
-        """Stores the app (new or changed) and starts its deployment, superseding the app's running
-        ones (``deployment_failed``). The app must be validated; never raises for a valid app."""
+        """Starts a one-step deployment that stores the app (new or changed), superseding the app's
+        running ones (``deployment_failed``). The app must be validated; never raises for a valid app."""
+        previous = self.apps.get(app.id)
         self.deployments.supersede(app.id)
+        return self.deployments.start([[PlanAction(action=action, app_id=app.id, app=app_record(app))]],
+                                      {app.id: app_record(previous) if previous else None},
+                                      app.version or iso_now())
+
+    def remove_app(self, app_id: str) -> Deployment:
+        """Forgets the app at once; its tasks are killed by the next cycles (``StopApplication``
+        completes when none is left). Removing an unknown id only starts an empty deployment."""
+        previous = self.apps.get(app_id)
+        self.deployments.supersede(app_id)
+        return self.deployments.start([[PlanAction(action="StopApplication", app_id=app_id)]],
+                                      {app_id: app_record(previous) if previous else None}, iso_now())
+
+    def apply_action(self, action: PlanAction) -> None:
+        """A deployment step's action: its app stored (tasks follow in the cycles), or dropped."""
+        if action.app is None:
+            self._drop_app(action.app_id)
+        else:
+            self._store_app(AppDefinition.model_validate(action.app))
+
+    def _store_app(self, app: AppDefinition) -> None:
         previous = self.apps.get(app.id)
         self.apps[app.id] = app
         self._save_app(app)
         if previous is None or previous.config_without_scaling() != app.config_without_scaling():
             self.queue.reset_backoff(app.id)
-        deployment = self.deployments.start(app.id, action, app.version or iso_now())
         self.poke()
-        return deployment
 
-    def remove_app(self, app_id: str) -> Deployment:
-        """Forgets the app at once; its tasks are killed by the next cycles (``StopApplication``
-        completes when none is left). Removing an unknown id only starts an empty deployment."""
-        self.deployments.supersede(app_id)
+    def _drop_app(self, app_id: str) -> None:
         self.apps.pop(app_id, None)
         self.store.delete("apps", app_id)
         self.queue.forget(app_id)
         self.events.publish("app_terminated_event", appId=app_id)
-        deployment = self.deployments.start(app_id, "StopApplication", iso_now())
         self.poke()
-        return deployment
 
     def kill_task(self, task_id: str, scale: bool) -> TaskRecord | None:
         """Kills one task (``DELETE /v2/apps/{id}/tasks/{task}``); with ``scale`` the app shrinks.
@@ -257,7 +272,7 @@ class Scheduler:
         await self._resend_stuck_kills(now)
         self._match_offers(demand, now)
         self._dispatch(now)
-        self.deployments.finish_converged(self.deployment_done)
+        self.deployments.advance(self.action_done)
         self.last_cycle_seconds = time.perf_counter() - started
         for observe in self._cycle_observers:
             observe(self.last_cycle_seconds)
@@ -729,11 +744,12 @@ class Scheduler:
         log.info("reconciled %d tasks with %s", len(statuses), agent_id)
 
     # ---- deployments ---------------------------------------------------------------------
-    def deployment_done(self, deployment: Deployment) -> bool:
-        """Stop: no task left. Otherwise: exactly ``instances`` tasks, all on the app's config and ready."""
-        app = self.apps.get(deployment.app_id)
-        remaining = [t for t in self.app_tasks(deployment.app_id) if not t.terminal]
-        if deployment.action == "StopApplication":
+    def action_done(self, action: PlanAction) -> bool:
+        """Stop: the app gone and no task left. Otherwise: exactly ``instances`` tasks, all on the
+        app's config and ready."""
+        app = self.apps.get(action.app_id)
+        remaining = [t for t in self.app_tasks(action.app_id) if not t.terminal]
+        if action.action == "StopApplication":
             return app is None and not remaining
         if app is None:
             return False
@@ -752,6 +768,11 @@ class Scheduler:
         """Waits for in-flight kills and reconciliations (tests)."""
         while self._pending_io:
             await asyncio.gather(*list(self._pending_io), return_exceptions=True)
+
+
+def app_record(app: AppDefinition) -> dict[str, Any]:
+    """The app as the store (kind ``apps``) and deployment plans keep it."""
+    return app.model_dump(by_alias=True, exclude_none=True)
 
 
 def _merge_ports(ours: list[TaskPort], reported: list[TaskPort]) -> list[TaskPort]:
