@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ class AgentOptions:
     forward_zones: dict[str, list[str]] = field(default_factory=dict)
     legacy_vips_listen: str = ":61421"
     attributes: dict[str, str] = field(default_factory=dict)
+    role: str = "*"                             # Mesos --default_role: "*" or the role reserving it all
 
 
 class OverlayNetworks:
@@ -113,18 +115,20 @@ class NodeAgent:
         self.opts = opts
         self.secret = read_secret(opts.token_file)
         self.view: ClusterView | None = None
-        begin, _, end = opts.ports.partition("-")
+        port_ranges = parse_port_ranges(opts.ports)
         registration = AgentRegistration(
             agent_id=opts.agent_id, hostname=opts.agent_id, ip=opts.ip,
             resources=AgentResources(
                 cpus=opts.cpus if opts.cpus is not None else float(os.cpu_count() or 1),
                 mem=opts.mem if opts.mem is not None else float(_memory_mb()),
-                ports=[PortRange(begin=int(begin), end=int(end or begin))]),
-            attributes=opts.attributes,
+                ports=[PortRange(begin=begin, end=end) for begin, end in port_ranges]),
+            attributes=dict(opts.attributes), role=opts.role,
         )
         self.overlay = OverlayAgent(PyRoute2Netlink(), opts.agent_id, opts.ip,
                                     state_dir=Path(opts.work_dir) / "overlay",
-                                    host_ports=(int(begin), int(end or begin)),
+                                    # Ports the overlay picks itself come from the last range
+                                    # (31000-32000 on every lab agent).
+                                    host_ports=port_ranges[-1],
                                     reconcile_interval=opts.overlay_interval)
         self.executor = Executor(
             Path(opts.work_dir), opts.ip, self._on_status, cgroup_scope=opts.cgroup,
@@ -345,6 +349,34 @@ def run_agent(opts: AgentOptions) -> None:
     agent = NodeAgent(opts)
     log.info("agent %s (%s) → master %s", opts.agent_id, opts.ip, opts.master)
     asyncio.run(agent.run())
+
+
+def parse_port_ranges(text: str) -> list[tuple[int, int]]:
+    """``31000-32000`` or ``1-21,23-5050,5052-32000`` (a single port is ``80``, or ``80-80``):
+    ascending, not overlapping, within 1-65535. Raises ValueError saying what is wrong."""
+    ranges: list[tuple[int, int]] = []
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)(?:-(\d+))?\s*", part)
+        if not match:
+            raise ValueError(f"expected BEGIN-END[,BEGIN-END…], got {text!r}")
+        begin, end = int(match[1]), int(match[2] or match[1])
+        if not 0 < begin <= end < 65536:
+            raise ValueError(f"range {part.strip()!r}: expected 0 < BEGIN <= END < 65536")
+        if ranges and begin <= ranges[-1][1]:
+            raise ValueError(f"range {part.strip()!r}: ranges must ascend without overlapping")
+        ranges.append((begin, end))
+    return ranges
+
+
+def parse_attributes(text: str) -> dict[str, str]:
+    """Mesos' ``--attributes``: ``KEY:VALUE;KEY:VALUE`` (``''``: none). Raises ValueError."""
+    found: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, value = part.partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]+", key) or not value:
+            raise ValueError(f"expected KEY:VALUE[;KEY:VALUE…] (KEY of letters, digits, _ . -), got {part!r}")
+        found[key] = value
+    return found
 
 
 def _memory_mb() -> int:

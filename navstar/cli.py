@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -170,7 +169,9 @@ def agent(
     lb_probe_interval: Annotated[float | None, typer.Option(help="also probe every backend every N seconds (default: passive only)")] = None,
     cpus: Annotated[float | None, typer.Option(help="CPUs to offer (default: all)")] = None,
     mem: Annotated[float | None, typer.Option(help="MiB to offer (default: all)")] = None,
-    ports: Annotated[str, typer.Option(help="host-port range to offer")] = "31000-32000",
+    ports: Annotated[str, typer.Option(help="host-port ranges to offer: BEGIN-END[,BEGIN-END…]")] = "31000-32000",
+    default_role: Annotated[str, typer.Option(help="role this agent's resources are reserved for (Mesos --default_role; DC/OS public agents: slave_public)")] = "*",
+    attributes: Annotated[str, typer.Option(help="Mesos attributes, KEY:VALUE[;KEY:VALUE…] (public agents: public_ip:true)")] = "",
     heartbeat_interval: Annotated[float, typer.Option(help="seconds between heartbeats")] = 5.0,
     cgroup: Annotated[str, typer.Option(help="this node's cgroup (v2 path below the root): BPF scope, task parent")] = "navstar",
     netns_prefix: Annotated[str, typer.Option(help="prefix of task network namespaces")] = "navstar-task-",
@@ -193,9 +194,19 @@ def agent(
         err.print(f"--lb-balancing: expected maglev or p2c, got {lb_balancing!r}")
         raise typer.Exit(2)
     health = _health_config(lb_reply_timeout, lb_failures, lb_quarantine, lb_probe_interval)
-    begin, _, end = ports.partition("-")
-    if not re.fullmatch(r"\d+-\d+", ports) or not 0 < int(begin) <= int(end) < 65536:
-        err.print(f"--ports: expected BEGIN-END with 0 < BEGIN <= END < 65536, got {ports!r}")
+    from control.roles import role_problem
+    from navstar.agent_main import parse_attributes, parse_port_ranges
+
+    for option, value, parse in (("--ports", ports, parse_port_ranges), ("--attributes", attributes,
+                                                                        parse_attributes)):
+        try:
+            parse(value)
+        except ValueError as exc:
+            err.print(f"{option}: {exc}")
+            raise typer.Exit(2) from None
+    problem = role_problem(default_role)
+    if problem:
+        err.print(f"--default-role: {problem}")
         raise typer.Exit(2)
     run_agent(AgentOptions(
         master=master, ip=ip, agent_id=agent_id or "", token_file=token_file, api_listen=api_listen,
@@ -205,6 +216,7 @@ def agent(
         netns_prefix=netns_prefix, node_netns=node_netns, bpf_pin_dir=bpf_pin_dir, image_map=image_map, task_user=task_user or None,
         overlay_interval=overlay_interval, upstreams=upstream or None,
         forward_zones=_forward_zones(forward_zone or []), resolv_conf=resolv_conf,
+        role=default_role, attributes=parse_attributes(attributes),
     ))
 
 
@@ -454,7 +466,7 @@ def _lab_guide(state, agents: list[str]) -> None:
     ]
     if state.prometheus_pid:
         lines += [f"[bold]Prometheus[/] inside the master's namespace (127.0.0.1:{PROMETHEUS_PORT}, pid "
-                  f"{state.prometheus_pid}):",
+                  f"{state.prometheus_pid}); from outside, after a login, at {state.front_door}/prometheus/",
                   f"  {lab_exec} {master.name} -- curl -s 'http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/targets'",
                   f"  {lab_exec} {master.name} -- curl -s 'http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/alerts'"]
     else:

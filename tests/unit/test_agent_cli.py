@@ -42,3 +42,26 @@ def test_bad_options_are_refused_naming_the_option(started, argv, named):
     result = CliRunner().invoke(app, ["agent", *argv])
     assert result.exit_code == 2 and result.output.startswith(f"{named}:"), result.output
     assert started == []
+
+
+def test_public_agent_options_reach_the_registration(started):
+    result = CliRunner().invoke(app, ["agent", "--default-role", "slave_public", "--attributes",
+                                      "public_ip:true;rack:r1", "--ports", "1-21,23-5050,5052-32000"])
+    assert result.exit_code == 0, result.output
+    (opts,) = started
+    assert opts.role == "slave_public" and opts.attributes == {"public_ip": "true", "rack": "r1"}
+    assert navstar.agent_main.parse_port_ranges(opts.ports) == [(1, 21), (23, 5050), (5052, 32000)]
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--ports", "32000-31000"], "--ports"),
+    (["--ports", "80,70-90"], "--ports"),
+    (["--ports", "0-10"], "--ports"),
+    (["--ports", "a-b"], "--ports"),
+    (["--attributes", "public_ip"], "--attributes"),
+    (["--attributes", "a b:c"], "--attributes"),
+    (["--default-role", "-x"], "--default-role"),
+])
+def test_bad_public_agent_options_are_refused_by_name(started, argv, named):
+    result = CliRunner().invoke(app, ["agent", *argv])
+    assert result.exit_code == 2 and named in result.output and not started
