@@ -32,6 +32,7 @@ from control.users import UnknownUser, UserExists, Users, check_uid
 log = logging.getLogger("navstar.adminrouter.acs")
 
 CHALLENGE = {"WWW-Authenticate": "acsjwt"}
+AUTH_COOKIE = "dcos-acs-auth-cookie"    # the name DC/OS's login used for the browser's token
 
 
 def error(status: int, title: str, description: str, code: str, **extra: Any) -> JSONResponse:
@@ -139,7 +140,18 @@ class Acs:
         self.logins["ok"] += 1
         now = self.tokens.clock()
         expires = min(exp, now + self.tokens.expiry) if exp else None   # 0 or absent: the default expiry
-        return JSONResponse({"token": self.tokens.issue(uid, expires)})
+        token = self.tokens.issue(uid, expires)
+        response = JSONResponse({"token": token})
+        # A browser keeps the token as DC/OS's login did; Admin Router reads it when a request
+        # has no Authorization header. HttpOnly and SameSite: no script and no other site sees it.
+        response.set_cookie(AUTH_COOKIE, token, max_age=max(0, int((expires or now + self.tokens.expiry) - now)),
+                            path="/", httponly=True, samesite="strict")
+        return response
+
+    async def logout(self, _request: Request) -> Response:
+        response = Response(status_code=204)
+        response.delete_cookie(AUTH_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
 
     async def validate(self, request: Request) -> Response:
         header = request.headers.get("authorization")
@@ -215,6 +227,7 @@ class Acs:
         return [
             Route("/acs/api/v1/auth/login", self.login, methods=["POST"]),
             Route("/acs/api/v1/auth/validate", self.validate, methods=["GET", "HEAD"]),
+            Route("/acs/api/v1/auth/logout", self.logout, methods=["GET", "POST"]),
             Route("/acs/api/v1/auth/providers", self.providers),
             Route("/acs/api/v1/users", self.list_users),
             Route("/acs/api/v1/users/{uid}", self.user, methods=["GET", "PUT", "PATCH", "DELETE"]),

@@ -19,7 +19,8 @@ TEMPLATE = Path(__file__).with_name("nginx.conf.template")
 
 INDEX_HTML = ("<!doctype html><title>navstar</title><h1>navstar</h1><p>Admin Router. APIs: "
               "<code>/marathon/</code>, <code>/service/marathon/</code>, <code>/mesos/</code>, "
-              "<code>/mesos_dns/v1/</code>, <code>/net/v1/vips</code>, <code>/service/&lt;name&gt;/</code>; "
+              "<code>/mesos_dns/v1/</code>, <code>/net/v1/vips</code>, <code>/service/&lt;name&gt;/</code>, "
+              "<code>/prometheus/</code>; "
               "log in at <code>POST /acs/api/v1/auth/login</code>.</p>\\n")
 
 
@@ -43,6 +44,7 @@ class Settings:
     backend: str = "127.0.0.1:8101"
     marathon: str = "127.0.0.1:8080"
     mesos: str = "127.0.0.1:5050"
+    prometheus: str = "127.0.0.1:9090"   # the lab's Prometheus, when it runs (else a JSON 502)
     secret: str = ""             # the cluster secret upstreams expect ('' = none)
     workers: str = "auto"
     user: str = "www-data"
@@ -77,6 +79,7 @@ def render(settings: Settings, services: list[ServiceRoute]) -> str:
         workers=settings.workers, run_dir=_check(settings.run_dir, "run directory"), user=settings.user,
         listen=_check(settings.listen, "listen"), backend=_check(settings.backend, "backend"),
         marathon=_check(settings.marathon, "marathon"), mesos=_check(settings.mesos, "mesos"),
+        prometheus=_check(settings.prometheus, "prometheus"),
         secret=_check(settings.secret, "secret"), index_html=INDEX_HTML,
         common=_headers(4), common_location=_headers(12), common_nested=_headers(16),
         service_upstreams="\n".join(upstreams) + ("\n" if upstreams else ""),

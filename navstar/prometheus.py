@@ -27,6 +27,7 @@ PROMTOOL = "/usr/bin/promtool"
 AGENT_METRICS_PORT = 61091
 MASTER_METRICS_PORT = 5050
 PORT = 9090
+EXTERNAL_PATH = "/prometheus/"    # where Admin Router serves it: the UI's links carry this prefix
 _FOR = re.compile(r"^(\s+for:\s*)\S+\s*$", re.MULTILINE)
 
 
@@ -84,7 +85,8 @@ def server_argv(config: Path, data_dir: Path, listen: str = f":{PORT}", retentio
     """Debian's prometheus with this configuration; ``/-/reload`` re-reads it (lifecycle API)."""
     return [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={data_dir}",
             f"--storage.tsdb.retention.time={retention}", f"--web.listen-address={listen}",
-            "--web.enable-lifecycle", "--web.route-prefix=/", "--log.level=warn"]
+            "--web.enable-lifecycle", "--web.route-prefix=/", f"--web.external-url={EXTERNAL_PATH}",
+            "--log.level=warn"]
 
 
 def _target(address: str, port: int) -> str:

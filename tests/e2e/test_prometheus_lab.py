@@ -12,6 +12,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import REPO, LabHandle, _free_subnet, navstar
@@ -111,3 +112,26 @@ def test_killing_every_backend_of_a_vip_fires_its_alert(lab: LabHandle):
         wait_until(lambda: {a["labels"]["instance"] for a in firing()} == agents, 60, interval=0.5,
                    message=f"NavstarVipNoHealthyBackend firing for {PROMWEB} on every agent {sorted(agents)}")
         assert {t["id"] for t in lab.running(app["id"], 2)} == {t["id"] for t in tasks}, "tasks were replaced"
+
+
+def test_prometheus_is_served_from_outside_through_admin_router_behind_login(lab: LabHandle):
+    """From the root namespace (the outside), /prometheus/ answers only after a login: with the
+    token in the Authorization header, or with the cookie the login set, as a browser sends it."""
+    front = lab.state.front_door
+    query = f"{front}/prometheus/api/v1/query?query=up"
+    assert httpx.get(query, timeout=10).status_code == 401
+    password = (lab.state.directory / "admin-password").read_text().strip()
+    with httpx.Client(timeout=30) as browser:
+        def attempt() -> httpx.Response | None:
+            resp = browser.post(f"{front}/acs/api/v1/auth/login", json={"uid": "admin", "password": password})
+            return None if resp.status_code == 429 else resp
+        login = wait_until(attempt, 30, message="a login past the rate limit")
+        assert login.status_code == 200, login.text
+        by_header = httpx.get(query, headers={"Authorization": f"token={login.json()['token']}"}, timeout=10)
+        assert by_header.status_code == 200 and by_header.json()["status"] == "success", by_header.text
+        by_cookie = browser.get(query)               # the client carries dcos-acs-auth-cookie
+        assert by_cookie.status_code == 200 and by_cookie.json()["status"] == "success", by_cookie.text
+        page = browser.get(f"{front}/prometheus/", follow_redirects=True)      # to its graph page
+        assert page.status_code == 200 and "/prometheus/" in page.text
+        assert browser.post(f"{front}/acs/api/v1/auth/logout").status_code == 204
+        assert browser.get(query).status_code == 401

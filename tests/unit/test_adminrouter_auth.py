@@ -146,6 +146,18 @@ async def test_login_returns_a_jwt_the_validator_accepts(master: Master, users: 
         assert missing.status_code == 401 and missing.headers["www-authenticate"] == "acsjwt"
 
 
+async def test_login_sets_the_browser_cookie_and_logout_clears_it(master: Master, users: Users) -> None:
+    async with client(master, users, expiry=3600) as http:
+        resp = await http.post("/acs/api/v1/auth/login", json={"uid": "alice", "password": "wonderland"})
+        cookie = resp.headers["set-cookie"]
+        assert cookie.startswith(f"dcos-acs-auth-cookie={resp.json()['token']};")
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+        assert 3590 <= int(cookie.split("Max-Age=")[1].split(";")[0]) <= 3600
+        out = await http.post("/acs/api/v1/auth/logout")
+        assert out.status_code == 204
+        assert out.headers["set-cookie"].startswith('dcos-acs-auth-cookie="";') and "Max-Age=0" in out.headers["set-cookie"]
+
+
 async def test_default_expiry_is_five_days(master: Master, users: Users) -> None:
     app = backend_app(master, users=users)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://a") as http:

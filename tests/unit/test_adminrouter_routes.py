@@ -66,6 +66,11 @@ def test_render_puts_each_service_behind_the_token_and_keeps_upstream_keepalive(
     marathon = text.split("location /marathon/ {")[1].split("location /marathon/v2/events")[0]
     assert 'proxy_set_header Authorization "token=s3cret";' in marathon and 'Connection "";' in marathon
     assert "listen 198.18.0.2:80" in text and "${" not in text
+    prometheus = text.split("location /prometheus/ {")[1].split("}")[0]
+    assert "auth_request /internal/auth;" in prometheus and "proxy_pass http://prometheus/;" in prometheus
+    assert "server 127.0.0.1:9090 max_fails=0;" in text
+    validator = text.split("location = /internal/auth {")[1].split("}")[0]
+    assert "proxy_set_header Authorization $acs_authorization;" in validator    # header, else the cookie
 
 
 def test_render_refuses_what_would_break_the_configuration() -> None:
