@@ -20,9 +20,11 @@ from cluster.vip_labels import app_vip_claims, named_vip, vip_label_problems
 from control.agent.images import ImageMap
 from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
 from control.app_changes import stamp_app
-from control.deployments import Deployment
+from control.app_versions import AppVersions
+from control.deployments import Deployment, PlanAction
 from control.drf import Allocator
 from control.events import EventBus
+from control.groups import GroupRecords
 from control.marathon_models import AppDefinition, AppExists, marathon_task_name
 from control.protocol import TaskStatus
 from control.registry import AgentRegistration, AgentRegistry
@@ -84,6 +86,16 @@ class Master:
         self._view_wake: asyncio.TimerHandle | None = None
         self._view_cache: ClusterView | None = None
         self.rejected_statuses = 0
+        self.versions = AppVersions(self.store)          # every stored app definition (issue 19)
+        self.groups = GroupRecords(self.store)           # groups' own fields (apps are in scheduler.apps)
+        apply_action = self.scheduler.deployments.apply
+
+        def apply_and_sync(action: PlanAction) -> None:
+            # An app a later deployment step stores gets its named VIPs then.
+            apply_action(action)
+            self.sync_vips(action.app_id)
+
+        self.scheduler.deployments.apply = apply_and_sync
         self._load()
 
     # ---- state ---------------------------------------------------------------------------
@@ -94,6 +106,11 @@ class Master:
             self.registry.register(registration)
             self.allocator.add_agent(registration.agent_id, _totals(registration), registration.role)
         self.scheduler.load()
+        self.versions.load()
+        self.groups.load()
+        for app in self.scheduler.apps.values():
+            if app.version and not self.versions.has(app.id):
+                self.versions.record(app)       # apps stored before versions were kept
         self.sync_vips()
         self.store.put("meta", "view_version", self.view_version)
 
@@ -164,6 +181,7 @@ class Master:
         app, scaling_only = stamp_app(app, previous, others, self.clock(), restart=restart)
         action = "StartApplication" if previous is None else \
             "ScaleApplication" if scaling_only else "RestartApplication"
+        self.versions.record(app)
         deployment = self.scheduler.put_app(app, action)
         self.sync_vips(app.id)
         self.report_vip_labels(app)
@@ -180,6 +198,7 @@ class Master:
         starts an empty ``StopApplication`` deployment."""
         self.scheduler.deployments.check_lock(app_id, force)
         deployment = self.scheduler.remove_app(app_id)
+        self.versions.forget(app_id)
         self.sync_vips(app_id)
         return deployment
 
