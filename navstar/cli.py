@@ -183,6 +183,8 @@ def agent(
     upstream: Annotated[list[str] | None, typer.Option(help="upstream resolver ip[:port] (repeat; default: the host's)")] = None,
     forward_zone: Annotated[list[str] | None, typer.Option(help="per-zone upstreams: zone=ip[,ip] (repeat)")] = None,
     resolv_conf: Annotated[str, typer.Option(help="where to find upstream resolvers when --upstream is not given")] = "/etc/resolv.conf",
+    manage_resolv_conf: Annotated[bool, typer.Option("--manage-resolv-conf", help="a real host: point --resolv-conf at this node's resolver (the host's file kept beside it, its nameservers the upstreams), restored on stop")] = False,
+    lb_cgroup: Annotated[str | None, typer.Option(help="v2 cgroup the eBPF socket LB serves (a real host: '/', every process; default: --cgroup)")] = None,
 ) -> None:
     """Run the node agent (executor, overlay, load balancer, DNS)."""
     from navstar.agent_main import AgentOptions, run_agent
@@ -216,6 +218,7 @@ def agent(
         netns_prefix=netns_prefix, node_netns=node_netns, bpf_pin_dir=bpf_pin_dir, image_map=image_map, task_user=task_user or None,
         overlay_interval=overlay_interval, upstreams=upstream or None,
         forward_zones=_forward_zones(forward_zone or []), resolv_conf=resolv_conf,
+        manage_resolv_conf=manage_resolv_conf, lb_cgroup=lb_cgroup,
         role=default_role, attributes=parse_attributes(attributes),
     ))
 
@@ -247,6 +250,7 @@ def _forward_zones(specs: list[str]) -> dict[str, list[str]]:
 def lab_up(
     name: LabName = "lab",
     agents: Annotated[int, typer.Option(help="number of agents")] = 2,
+    public_agents: Annotated[int, typer.Option(help="number of public agents (role slave_public, attribute public_ip:true, at .31, .32, …; reachable from outside on :80, :443, :9090, 10000-10100)")] = 0,
     underlay: Annotated[str, typer.Option(help="underlay subnet (/24 or larger)")] = "198.18.0.0/24",
     lb: Annotated[str, typer.Option(help="VIP dataplane: ebpf, nfqueue or auto")] = "auto",
     overlay_interval: Annotated[float, typer.Option(help="agents' overlay drift-repair period (s)")] = 30.0,
@@ -260,7 +264,7 @@ def lab_up(
         lab = _lab(name, progress=lambda msg: spinner.update(msg))
         try:
             state = lab.up(agents=agents, underlay=underlay, lb=lb, overlay_interval=overlay_interval,
-                           prometheus=prometheus)
+                           prometheus=prometheus, public_agents=public_agents)
         except LabAlreadyUp as exc:
             console.print(str(exc))
             raise typer.Exit(0) from None
@@ -362,7 +366,7 @@ def lab_scenario(name: LabName = "lab",
     with console.status("deploying the example apps") as spinner:
         apps, vips = run_scenario(state, lambda msg: spinner.update(msg), requests=requests)
     tasks = [task for app in apps for task in app.tasks]
-    agents = [n.name for n in state.nodes if n.name != state.master.name]
+    agents = [n.name for n in state.nodes if n.name != state.master.name and not n.public]
     crossed = any(v.from_other_agents for v in vips) or len(agents) < 2
     failed = any(a.running < a.instances for a in apps) or any(v.failures for v in vips) or not crossed
     if as_json:

@@ -5,7 +5,12 @@ Topology (DESIGN.md §5), for a lab named ``lab`` on the default underlay ``198.
     root ns: nv<hash>-op 198.18.0.1 ─┐
     navstar-lab-underlay:   br0 ─────┼──── p-master ──► navstar-lab-master  eth0 198.18.0.2
                                      ├──── p-agent-1 ─► navstar-lab-agent-1 eth0 198.18.0.11
-                                     └──── p-agent-2 ─► navstar-lab-agent-2 eth0 198.18.0.12
+                                     ├──── p-agent-2 ─► navstar-lab-agent-2 eth0 198.18.0.12
+                                     └──── p-public-agent-1 ─► navstar-lab-public-agent-1 eth0 198.18.0.31
+
+Public agents (``--public-agents``) register with role ``slave_public`` and attribute
+``public_ip:true``, offer DC/OS's public port ranges, and are the only nodes besides the masters'
+``:80`` the root namespace reaches: their service ports (``lab_seal``).
 
 Every node namespace gets ``/etc/netns/<ns>/resolv.conf`` (the node's resolver) and its own
 cgroup ``navstar/<lab>/<node>``; no namespace gets a default route. What ``up`` creates is written
@@ -46,6 +51,12 @@ BPFFS_ROOT = Path("/sys/fs/bpf/navstar")
 DEFAULT_UNDERLAY = "198.18.0.0/24"
 MARATHON_PORT = 8080
 MESOS_PORT = 5050
+PUBLIC_AGENT_BASE = 30              # public-agent-k at .(30+k), as DC/OS labs numbered them
+MAX_PUBLIC_AGENTS = 9
+PUBLIC_ROLE = "slave_public"
+# DC/OS public agents offered every port but ssh (22) and the agent's own (5051) up to 32000:
+# marathon-lb binds 80, 443, 9090 and 10000+ on them.
+PUBLIC_PORTS = "1-21,23-5050,5052-32000"
 
 
 class LabError(Exception):
@@ -60,6 +71,11 @@ class Node:
     pid: int | None = None
     log: str = ""
 
+    @property
+    def public(self) -> bool:
+        """A public agent (role slave_public, reachable from outside on its service ports)."""
+        return self.name.startswith("public-agent-")
+
 
 @dataclass
 class LabState:
@@ -71,6 +87,7 @@ class LabState:
     overlay_interval: float = 30.0          # agents' overlay drift-repair period (s)
     adminrouter_pid: int | None = None      # `navstar adminrouter` (nginx's supervisor) in the master's namespace
     prometheus_pid: int | None = None       # Debian's prometheus in the master's namespace (--prometheus)
+    public_agents: int = 0
 
     @property
     def directory(self) -> Path:
@@ -131,7 +148,7 @@ class LabState:
 
 
 # -- naming: everything derives from the lab name, so `down` needs no state ------------------
-RESERVED_SEGMENTS = ("underlay", "master", "agent")
+RESERVED_SEGMENTS = ("underlay", "master", "agent", "public")
 
 
 def check_lab_name(name: str) -> None:
@@ -145,8 +162,10 @@ def check_lab_name(name: str) -> None:
 
 
 def owns_namespace(lab: str, namespace: str) -> bool:
-    """The lab's own namespaces: underlay, master, agent-N, and their task namespaces (-t…)."""
-    return re.fullmatch(rf"navstar-{re.escape(lab)}-(underlay|master|agent-\d+)(-t.+)?", namespace) is not None
+    """The lab's own namespaces: underlay, master, agent-N, public-agent-N, and their task
+    namespaces (-t…)."""
+    return re.fullmatch(rf"navstar-{re.escape(lab)}-(underlay|master|(public-)?agent-\d+)(-t.+)?",
+                        namespace) is not None
 
 
 def underlay_namespace(lab: str) -> str:
@@ -161,11 +180,13 @@ def cgroup_for(lab: str, node: str | None = None) -> Cgroup:
     return Cgroup(f"navstar/{lab}" + (f"/{node}" if node else ""))
 
 
-def plan_nodes(lab: str, underlay: ipaddress.IPv4Network, agents: int) -> list[Node]:
+def plan_nodes(lab: str, underlay: ipaddress.IPv4Network, agents: int, public_agents: int = 0) -> list[Node]:
     base = underlay.network_address
     nodes = [Node("master", f"navstar-{lab}-master", str(base + 2))]
     for k in range(1, agents + 1):
         nodes.append(Node(f"agent-{k}", f"navstar-{lab}-agent-{k}", str(base + 10 + k)))
+    for k in range(1, public_agents + 1):
+        nodes.append(Node(f"public-agent-{k}", f"navstar-{lab}-public-agent-{k}", str(base + PUBLIC_AGENT_BASE + k)))
     return nodes
 
 
@@ -267,7 +288,8 @@ class Lab:
 
     # ---- up
     def up(self, agents: int = 2, underlay: str = DEFAULT_UNDERLAY, lb: str = "auto",
-           timeout: float = 60.0, overlay_interval: float = 30.0, prometheus: bool = False) -> LabState:
+           timeout: float = 60.0, overlay_interval: float = 30.0, prometheus: bool = False,
+           public_agents: int = 0) -> LabState:
         if self.is_up():
             raise LabAlreadyUp(f"lab {self.name!r} is already up; `navstar lab down --name {self.name}` first")
         if self.state() is not None or self._leftovers():
@@ -275,6 +297,11 @@ class Lab:
             self.down()
         if agents < 1 or agents > 200:
             raise LabError("--agents must be between 1 and 200")
+        if not 0 <= public_agents <= MAX_PUBLIC_AGENTS:
+            raise LabError(f"--public-agents must be between 0 and {MAX_PUBLIC_AGENTS}")
+        if public_agents and agents > PUBLIC_AGENT_BASE - 10:
+            raise LabError(f"--agents: at most {PUBLIC_AGENT_BASE - 10} with public agents (agent-k is at "
+                           f".{{10+k}}, public-agent-k at .{{{PUBLIC_AGENT_BASE}+k}})")
         try:
             net = ipaddress.IPv4Network(underlay)
         except ValueError as exc:
@@ -283,8 +310,8 @@ class Lab:
             raise LabError("--underlay needs at least a /24")
         if overlay_interval <= 0:
             raise LabError("--overlay-interval must be positive")
-        state = LabState(self.name, str(net), agents, lb, plan_nodes(self.name, net, agents),
-                         overlay_interval=overlay_interval)
+        state = LabState(self.name, str(net), agents, lb, plan_nodes(self.name, net, agents, public_agents),
+                         overlay_interval=overlay_interval, public_agents=public_agents)
         state.save()
         try:
             self._build(state, net)
@@ -322,12 +349,18 @@ class Lab:
         for node in state.nodes:
             self.progress(f"creating {node.name}")
             self._build_node(node, ul, net.prefixlen)
-            # The outside reaches the masters only on :80, and no agent's own ports.
-            lab_seal.seal(node.namespace, str(net.network_address + 1), master=node is state.master)
+            # The outside reaches the masters only on :80, public agents only on their service
+            # ports, and no agent's own ports.
+            kind = "master" if node is state.master else "public" if node.public else "agent"
+            lab_seal.seal(node.namespace, str(net.network_address + 1), kind)
+            if node.public:
+                # Tasks run as nobody; marathon-lb binds :80 and :443 on the public agent.
+                _sysctl(node.namespace, "net.ipv4.ip_unprivileged_port_start", "0")
 
     def _build_node(self, node: Node, ul: str, prefixlen: int) -> None:
         netns.create(node.namespace)
-        port = f"p-{node.name}"[:15]
+        # Interface names hold 15 characters: public-agent-k's bridge port is p-pub-k.
+        port = f"p-{node.name.replace('public-agent-', 'pub-')}"[:15]
         with IPRoute(netns=ul) as ipr:
             ipr.link("add", ifname=port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": node.namespace})
             _enslave(ipr, port, "br0")
@@ -374,7 +407,9 @@ class Lab:
                 # The sealed lab has no upstream: its resolv.conf names only the node resolver.
                 "--resolv-conf", str(NETNS_ETC / node.namespace / "resolv.conf"),
                 "--bpf-pin-dir", str(BPFFS_ROOT / self.name / node.name),
-                "--overlay-interval", f"{state.overlay_interval:g}"]
+                "--overlay-interval", f"{state.overlay_interval:g}",
+                *(["--default-role", PUBLIC_ROLE, "--attributes", "public_ip:true", "--ports", PUBLIC_PORTS]
+                  if node.public else [])]
 
     def restart(self, node_name: str, timeout: float = 60.0) -> Node:
         """Stops the node's process if it still runs (SIGTERM, then SIGKILL) and starts it again
@@ -595,6 +630,12 @@ class LabAlreadyUp(LabError):
 
 class UnknownNode(LabError):
     pass
+
+
+def _sysctl(namespace: str, key: str, value: str) -> None:
+    """A per-namespace sysctl, written from inside the namespace."""
+    subprocess.run(["ip", "netns", "exec", namespace, "sysctl", "-q", "-w", f"{key}={value}"], check=True,
+                   capture_output=True)
 
 
 def _up(ipr: IPRoute, ifname: str) -> None:

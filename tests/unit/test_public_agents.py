@@ -170,3 +170,31 @@ async def test_master_state_shows_the_role_and_attribute_and_the_cli_calls_it_pu
 async def test_agent_with_a_bad_role_is_refused(cluster):
     resp = await cluster.mesos.post("/v1/agents", json={**public_registration(2), "role": "-x"})
     assert resp.status_code == 422 and "role" in resp.text
+
+
+# -- the lab's plan and seal --------------------------------------------------------------------
+def test_lab_plan_puts_public_agents_at_30_plus_k_with_their_own_names():
+    import ipaddress
+
+    from navstar.lab import Lab, LabError, owns_namespace, plan_nodes
+
+    nodes = plan_nodes("lab", ipaddress.IPv4Network("198.18.0.0/24"), 2, public_agents=2)
+    assert [(n.name, n.ip, n.public) for n in nodes] == [
+        ("master", "198.18.0.2", False), ("agent-1", "198.18.0.11", False), ("agent-2", "198.18.0.12", False),
+        ("public-agent-1", "198.18.0.31", True), ("public-agent-2", "198.18.0.32", True)]
+    assert owns_namespace("lab", "navstar-lab-public-agent-1")
+    assert owns_namespace("lab", "navstar-lab-public-agent-1-tmarathon-lb.1")
+    assert not owns_namespace("lab-x", "navstar-lab-public-agent-1")
+    with pytest.raises(LabError, match="public"):
+        Lab("lab-public")          # would own lab's public agents' namespaces
+
+
+def test_seal_opens_only_the_service_ports_of_public_agents():
+    from navstar.lab_seal import seal_script
+
+    public = seal_script("198.18.0.1", "public")
+    assert "ct original proto-dst { 80, 443, 9090, 10000-10100 } accept" in public
+    assert public.count("ip saddr 198.18.0.1 counter drop") == 2          # input and forward
+    agent = seal_script("198.18.0.1", "agent")
+    assert "10000" not in agent and "tcp dport { 5051, 62080, 61091, 61421 } counter drop" in agent
+    assert "tcp dport 80 accept" in seal_script("198.18.0.1", "master")
