@@ -48,6 +48,7 @@ from navstar.servers import Listen, serve
 from overlay.agent import OverlayAgent
 from overlay.netlink_kernel import PyRoute2Netlink
 from spartan_dns import api as dns_api
+from spartan_dns.host_resolv import HostResolvConf
 from spartan_dns.metrics import DnsMetrics
 from spartan_dns.records import MesosStateError, generate
 from spartan_dns.service import DnsService
@@ -85,6 +86,8 @@ class AgentOptions:
     dns_port: int = 53
     upstreams: list[str] | None = None          # None: the resolvers in resolv_conf
     resolv_conf: str = "/etc/resolv.conf"
+    manage_resolv_conf: bool = False            # a real host: point resolv_conf at us, restore on stop
+    lb_cgroup: str | None = None                # v2 cgroup the socket LB serves ("/" on a host); None: cgroup
     forward_zones: dict[str, list[str]] = field(default_factory=dict)
     legacy_vips_listen: str = ":61421"
     attributes: dict[str, str] = field(default_factory=dict)
@@ -148,9 +151,11 @@ class NodeAgent:
         self.dataplane: Dataplane | None = None
         self.lb: LoadBalancer | None = None
         self.lb_metrics: MinutemanMetrics | None = None
+        self.host_resolv = HostResolvConf(opts.resolv_conf, opts.dns_listen) if opts.manage_resolv_conf else None
         self.dns = DnsService(list(opts.dns_listen), opts.dns_port, upstreams=opts.upstreams,
                               forward_zones=opts.forward_zones or None, node_ip=opts.ip,
-                              resolv_conf=opts.resolv_conf)
+                              resolv_conf=str(self.host_resolv.upstream_source() if self.host_resolv
+                                              else opts.resolv_conf))
         self._records_version = -1
 
     # -- events ---------------------------------------------------------------------------
@@ -266,6 +271,9 @@ class NodeAgent:
         # pyroute2's synchronous API refuses to run inside an event loop.
         await add_loopback_addresses(list(self.opts.dns_listen))
         await self.dns.start()
+        if self.host_resolv is not None:
+            # Only once the resolver answers: the host's lookups go to it from here on.
+            self.host_resolv.install()
         dns_metrics = DnsMetrics(self.dns)
         REGISTRY.register(dns_metrics)
         await self._start_dataplane()
@@ -285,6 +293,8 @@ class NodeAgent:
             # eBPF new VIP connections too (NFQUEUE rejects new ones until the agent is back).
             self.lb.close(keep_kernel_state=True)
             self.lb_metrics.unregister()
+            if self.host_resolv is not None:
+                self.host_resolv.restore()
             await self.dns.stop()
             REGISTRY.unregister(dns_metrics)
 
@@ -298,8 +308,7 @@ async def make_dataplane(opts: AgentOptions) -> Dataplane:
         ok, reason = ebpf_available()
         if ok:
             try:
-                socket_lb = await asyncio.to_thread(EbpfDataplane, Cgroup(opts.cgroup).unified_path,
-                                                    opts.bpf_pin_dir)
+                socket_lb = await asyncio.to_thread(EbpfDataplane, socket_lb_cgroup(opts), opts.bpf_pin_dir)
             except (LoaderError, MapError) as exc:
                 reason = str(exc)
             else:
@@ -315,13 +324,19 @@ async def make_dataplane(opts: AgentOptions) -> Dataplane:
     return await _nfqueue(opts)
 
 
+def socket_lb_cgroup(opts: AgentOptions) -> Path:
+    """Where the socket LB attaches: the node's cgroup (a lab node, its tasks), or on a real host
+    ``--lb-cgroup /``, the v2 root, so every process of the host reaches VIPs in the kernel."""
+    return Cgroup(opts.cgroup if opts.lb_cgroup is None else opts.lb_cgroup.strip("/")).unified_path
+
+
 def _remove_socket_lb(opts: AgentOptions) -> None:
     """An agent without the socket LB takes away one an earlier agent left in its cgroup: left
     attached, it would go on translating VIP connects with a frozen table."""
     try:
         from bpf.loader import teardown
 
-        teardown(Cgroup(opts.cgroup).unified_path, Path(opts.bpf_pin_dir))
+        teardown(socket_lb_cgroup(opts), Path(opts.bpf_pin_dir))
     except ImportError:
         pass       # no BPF tooling here: nothing of ours can be attached either
     except Exception:

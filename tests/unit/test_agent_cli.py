@@ -65,3 +65,19 @@ def test_public_agent_options_reach_the_registration(started):
 def test_bad_public_agent_options_are_refused_by_name(started, argv, named):
     result = CliRunner().invoke(app, ["agent", *argv])
     assert result.exit_code == 2 and named in result.output and not started
+
+
+def test_host_options_reach_the_agent_and_the_socket_lb_can_serve_the_whole_host(started):
+    from control.agent.cgroups import CgroupLayout
+    from navstar.agent_main import socket_lb_cgroup
+
+    result = CliRunner().invoke(app, ["agent", "--lb-cgroup", "/", "--manage-resolv-conf"])
+    assert result.exit_code == 0, result.output
+    (opts,) = started
+    assert opts.manage_resolv_conf and opts.lb_cgroup == "/"
+    unified = CgroupLayout.detect().unified
+    assert socket_lb_cgroup(opts) == unified                       # the v2 root: every process
+    opts.lb_cgroup = None
+    assert socket_lb_cgroup(opts) == unified / "navstar"           # a lab node: its own cgroup
+    assert CliRunner().invoke(app, ["agent"]).exit_code == 0
+    assert not started[1].manage_resolv_conf and started[1].lb_cgroup is None

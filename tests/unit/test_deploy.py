@@ -135,6 +135,8 @@ def test_units_check_what_they_need_before_starting(unit: Path):
         assert "ExecStartPre=/usr/bin/ping -c1 -W2 leader.mesos" in text
     if unit.name == "navstar-agent.service":
         assert "ready.spartan" in text
+        # A host's agent serves every process's VIP connects and is the host's resolver.
+        assert "--lb-cgroup / --manage-resolv-conf" in text
 
 
 # -- Vagrant ----------------------------------------------------------------------------------
