@@ -1,6 +1,6 @@
 """Labs for end-to-end tests: built with the real CLI, driven as a user would, always removed.
 
-``lab_factory(agents=3, lb="ebpf")`` builds a uniquely named lab on its own underlay subnet
+``lab_factory(agents=3, lb="ebpf", public_agents=1)`` builds a uniquely named lab on its own underlay subnet
 (198.18.100-199.0/24, never the default lab's) and tears it down at the end of the module.
 """
 
@@ -144,10 +144,12 @@ def _free_subnet() -> str:
 def lab_factory() -> Iterator[Callable[..., LabHandle]]:
     made: list[LabHandle] = []
 
-    def make(agents: int = 3, lb: str = "auto", overlay_interval: float | None = None) -> LabHandle:
+    def make(agents: int = 3, lb: str = "auto", overlay_interval: float | None = None,
+             public_agents: int = 0) -> LabHandle:
         handle = LabHandle(f"e{uuid.uuid4().hex[:6]}", _free_subnet(), lb)
         made.append(handle)
         extra = ["--overlay-interval", f"{overlay_interval:g}"] if overlay_interval else []
+        extra += ["--public-agents", str(public_agents)] if public_agents else []
         up = navstar("lab", "up", "--name", handle.name, "--agents", str(agents), "--underlay", handle.subnet,
                      "--lb", lb, *extra, timeout=180)
         assert up.returncode == 0, up.stdout + up.stderr
