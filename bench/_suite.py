@@ -66,7 +66,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     tools = {"iptables": ("iptables", "--version"), "nft": ("nft", "--version"), "dnsmasq": ("dnsmasq", "--version"),
-             "dnsperf": ("dnsperf", "-h"), "iperf3": ("iperf3", "--version"), "ip": ("ip", "-V")}
+             "unbound": ("unbound", "-V"), "dnsperf": ("dnsperf", "-h"), "iperf3": ("iperf3", "--version"),
+             "ip": ("ip", "-V")}
     versions = {name: _out(*command) for name, command in tools.items()}
     versions["dnsperf"] = next(iter(re.findall(r"DNS Performance Testing Tool.*|Version \S+", versions["dnsperf"])),
                                versions["dnsperf"])

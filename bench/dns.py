@@ -1,13 +1,16 @@
-"""DNS queries per second: navstar's resolver against dnsmasq, same names, same run, same namespace.
+"""DNS queries per second: navstar's resolver against dnsmasq and unbound, same names, same run,
+same namespace.
 
-Two workloads, each measured with dnsperf against both servers in alternation:
+Two workloads, each measured with dnsperf against the three servers in alternation:
 
 - own zone: 1,000 VIP names (``appN.marathon.l4lb.thisdcos.directory``, TTL 5) that navstar
-  serves from its l4lb zone and dnsmasq from a hosts file;
-- cached forwarded: 1,000 names an upstream dnsmasq serves; navstar and a caching dnsmasq both
-  forward to it, and both caches are warmed before timing, so this measures cache hits.
+  serves from its l4lb zone, dnsmasq from a hosts file and unbound as ``local-data``;
+- cached forwarded: 1,000 names an upstream dnsmasq serves; navstar, a caching dnsmasq and unbound
+  (one thread, like the others) all forward to it, and every cache is warmed before timing, so
+  this measures cache hits.
 
 Goals (issue 5): own zone ≥ 0.5× dnsmasq, cached forwarded ≥ 0.3×; exits 1 when one is missed.
+The ratios to unbound are reported (issue 17's ``dns.cached/unbound``) without a goal.
 Throughput counts correct answers only (NOERROR: every name asked exists), so a server answering
 SERVFAIL fast gains nothing; loss and wrong answers are reported for every server. Everything runs
 inside a namespace this benchmark creates and deletes, with every process it starts stopped by pid.
@@ -38,7 +41,9 @@ from bench._results import quick, record
 NAMES = 1000
 NAVSTAR_IP = "198.51.100.1"
 PEER_IP = "127.0.0.2"          # dnsmasq answering the own-zone names / forwarding with its cache
-UPSTREAM_IP = "127.0.0.3"      # dnsmasq both forward to
+UPSTREAM_IP = "127.0.0.3"      # dnsmasq every server forwards to
+UNBOUND_IP = "127.0.0.4"       # Debian's unbound: the same names as local-data, and a forward zone
+PEERS = {"dnsmasq": PEER_IP, "unbound": UNBOUND_IP}
 GOALS = {"own zone": 0.5, "cached forwarded": 0.3}
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +56,7 @@ class Namespace:
     def __enter__(self) -> Namespace:
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         self.run("ip", "link", "set", "lo", "up")
-        for address in (NAVSTAR_IP, PEER_IP, UPSTREAM_IP):
+        for address in (NAVSTAR_IP, PEER_IP, UPSTREAM_IP, UNBOUND_IP):
             self.run("ip", "addr", "add", f"{address}/32", "dev", "lo")
         return self
 
@@ -89,6 +94,14 @@ class Namespace:
             time.sleep(0.1)
         raise RuntimeError(f"dnsmasq on {address} did not start")
 
+    def unbound(self, config: Path) -> None:
+        self.start("unbound", "-d", "-c", str(config))
+        for _ in range(100):
+            if f"{UNBOUND_IP}:53" in self.run("ss", "-lun"):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"unbound on {UNBOUND_IP} did not start")
+
     def dnsperf(self, server: str, queries: Path, seconds: float | None = None) -> Run:
         limit = ["-l", str(seconds)] if seconds else ["-n", "1"]
         out = self.run("dnsperf", "-s", server, "-d", str(queries), "-c", "4", "-q", "500", "-t", "2", *limit)
@@ -102,6 +115,29 @@ class Namespace:
         return Run(qps * correct / completed if completed else 0.0,
                    lost / sent if sent else 1.0,
                    (completed - correct) / sent if sent else 0.0)
+
+
+def unbound_config(directory: Path, own: dict[str, str]) -> Path:
+    """One thread (dnsmasq uses one core, navstar's resolver one loop), no DNSSEC validation (no
+    trust anchor in a lab), the own-zone names as local-data with navstar's TTL, and example.test
+    forwarded to the upstream on loopback."""
+    lines = [
+        "server:", f"  interface: {UNBOUND_IP}", "  port: 53", "  do-daemonize: no", '  username: ""',
+        '  chroot: ""', f'  directory: "{directory}"', '  pidfile: ""', "  use-syslog: no", '  logfile: ""',
+        "  verbosity: 0", "  num-threads: 1", "  do-ip6: no", "  access-control: 0.0.0.0/0 allow",
+        '  module-config: "iterator"', "  do-not-query-localhost: no", "  msg-cache-size: 32m",
+        "  rrset-cache-size: 64m", "  ratelimit: 0", "  ip-ratelimit: 0",
+        '  local-zone: "test." nodefault',            # RFC 6761's test. is refused by default
+        '  local-zone: "l4lb.thisdcos.directory." static',
+        *(f'  local-data: "{name}. 5 IN A {ip}"' for name, ip in own.items()),
+        "forward-zone:", '  name: "example.test."', f"  forward-addr: {UPSTREAM_IP}",
+    ]
+    path = directory / "unbound.conf"
+    path.write_text("\n".join(lines) + "\n")
+    done = subprocess.run(["unbound-checkconf", str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"unbound-checkconf refused {path}: {done.stdout}{done.stderr}")
+    return path
 
 
 @dataclass
@@ -134,46 +170,55 @@ def main() -> int:
         ns.dnsmasq(UPSTREAM_IP, f"--addn-hosts={tmp / 'upstream.hosts'}", "--local-ttl=3600")
         ns.start(sys.executable, "-m", "spartan_dns", "--listen", NAVSTAR_IP, "--port", "53",
                  "--vips", str(tmp / "vips.json"), "--upstream", UPSTREAM_IP, ready="ready")
+        ns.unbound(unbound_config(tmp, own))
         results: dict[tuple[str, str], list[Run]] = {}
 
         def measure(workload: str, queries: Path) -> None:
             for _ in range(args.rounds):
-                for server, address in (("dnsmasq", PEER_IP), ("navstar", NAVSTAR_IP)):
+                for server, address in (*PEERS.items(), ("navstar", NAVSTAR_IP)):
                     results.setdefault((workload, server), []).append(ns.dnsperf(address, queries, args.seconds))
 
         # Own zone: the peer serves the same names from a hosts file, with the same TTL.
         ns.dnsmasq(PEER_IP, f"--addn-hosts={tmp / 'own.hosts'}", "--local-ttl=5")
         measure("own zone", tmp / "own.queries")
-        ns.processes.pop().terminate()
-        time.sleep(0.3)
+        own_zone_dnsmasq = ns.processes.pop()
+        own_zone_dnsmasq.terminate()
+        own_zone_dnsmasq.wait(5)
 
         # Cached forwarded: the peer is a caching forwarder to the same upstream; warm both caches.
         ns.dnsmasq(PEER_IP, f"--server={UPSTREAM_IP}", "--cache-size=10000")
-        for address in (PEER_IP, NAVSTAR_IP):
+        for address in (*PEERS.values(), NAVSTAR_IP):
             ns.dnsperf(address, tmp / "forwarded.queries")
         measure("cached forwarded", tmp / "forwarded.queries")
 
     table = Table(title=f"dnsperf, {NAMES} names, {args.rounds}×{args.seconds:g}s per server and workload; "
                         "correct (NOERROR) answers per second")
-    for column in ("workload", "dnsmasq QPS", "navstar QPS", "ratio", "goal", "lost dnsmasq", "lost navstar",
-                   "wrong dnsmasq", "wrong navstar"):
-        table.add_column(column, justify="right" if column != "workload" else "left", no_wrap=True)
+    for column in ("workload", "peer", "peer QPS", "navstar QPS", "ratio", "goal", "lost peer", "lost navstar",
+                   "wrong peer", "wrong navstar"):
+        table.add_column(column, justify="right" if column not in ("workload", "peer") else "left", no_wrap=True)
     verdict = 0
-    for workload, goal in GOALS.items():
-        runs = {server: results[(workload, server)] for server in ("dnsmasq", "navstar")}
-        peer, ours = (statistics.median(r.correct_qps for r in runs[s]) for s in ("dnsmasq", "navstar"))
-        ratio = ours / peer if peer else 0.0
-        verdict |= ratio < goal
-        for server in ("dnsmasq", "navstar"):
-            record(f"dns.{server}.qps", statistics.median(r.correct_qps for r in runs[server]), "qps",
+    short = {"own zone": "local", "cached forwarded": "cached"}
+    for workload in GOALS:
+        for server in (*PEERS, "navstar"):
+            record(f"dns.{server}.qps", statistics.median(r.correct_qps for r in results[(workload, server)]), "qps",
                    workload=workload, server=server)
-        record({"own zone": "dns.local/dnsmasq", "cached forwarded": "dns.cached/dnsmasq"}[workload], ratio, "x",
-               f">= {goal}", ratio >= goal, spread=[f(o.correct_qps / p.correct_qps if p.correct_qps else 0.0
-                                                      for o, p in zip(runs["navstar"], runs["dnsmasq"], strict=True))
-                                                    for f in (min, max)])
-        table.add_row(workload, f"{peer:,.0f}", f"{ours:,.0f}", f"[{'green' if ratio >= goal else 'red'}]{ratio:.2f}×",
-                      f"≥ {goal}×", *(f"{max(r.lost for r in runs[s]):.2%}" for s in ("dnsmasq", "navstar")),
-                      *(f"{max(r.wrong for r in runs[s]):.2%}" for s in ("dnsmasq", "navstar")))
+        ours_runs = results[(workload, "navstar")]
+        ours = statistics.median(r.correct_qps for r in ours_runs)
+        for peer_name in PEERS:
+            goal = GOALS[workload] if peer_name == "dnsmasq" else None
+            peer_runs = results[(workload, peer_name)]
+            peer = statistics.median(r.correct_qps for r in peer_runs)
+            ratio = ours / peer if peer else 0.0
+            met = goal is None or ratio >= goal
+            verdict |= not met
+            record(f"dns.{short[workload]}/{peer_name}", ratio, "x", f">= {goal}" if goal else None,
+                   met if goal else None,
+                   spread=[f(o.correct_qps / p.correct_qps if p.correct_qps else 0.0
+                             for o, p in zip(ours_runs, peer_runs, strict=True)) for f in (min, max)])
+            table.add_row(workload, peer_name, f"{peer:,.0f}", f"{ours:,.0f}",
+                          f"[{'green' if met else 'red'}]{ratio:.2f}×", f"≥ {goal}×" if goal else "—",
+                          f"{max(r.lost for r in peer_runs):.2%}", f"{max(r.lost for r in ours_runs):.2%}",
+                          f"{max(r.wrong for r in peer_runs):.2%}", f"{max(r.wrong for r in ours_runs):.2%}")
     console.print(table)
     return int(verdict)
 
