@@ -52,6 +52,7 @@ class AgentInfo(BaseModel):
     port: int = addresses.AGENT_API_PORT     # the agent's API (Mesos' ``slave(1)@ip:port``)
     reachable: bool = True
     overlay: OverlayAllocation | None = None
+    networks: list[str] | None = None        # its CNI networks (None: not reported)
 
 
 class TaskPort(BaseModel):

@@ -227,29 +227,31 @@ def node_type(slave: dict[str, Any]) -> str:
 def node_list(master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False,
               mesos: Annotated[str | None, typer.Option("--mesos", help="Mesos API URL (default: master:5050)")]
               = None) -> None:
-    """Agents: address, reachability, resources, tasks and overlay subnet."""
+    """Agents: address, reachability, resources, tasks, overlay subnet and container networks."""
     api = Api(master, lab, token, mesos)
     state = api.call("GET", "/master/state", mesos=True)
     view = api.call("GET", "/v1/view", mesos=True)
     overlay = {a["agent_id"]: a.get("overlay") for a in view["agents"]}
+    networks = {a["agent_id"]: a.get("networks") for a in view["agents"]}
     tasks: dict[str, int] = {}
     for framework in state["frameworks"]:
         for task in framework["tasks"]:
             tasks[task["slave_id"]] = tasks.get(task["slave_id"], 0) + 1
-    nodes = [{**slave, "tasks": tasks.get(slave["id"], 0), "overlay": overlay.get(slave["id"])}
-             for slave in state["slaves"]]
+    nodes = [{**slave, "tasks": tasks.get(slave["id"], 0), "overlay": overlay.get(slave["id"]),
+              "networks": networks.get(slave["id"])} for slave in state["slaves"]]
     if as_json:
         _emit_json(nodes)
         return
     table = Table(title=f"agents of {state['leader']}")
-    for column in ("agent", "type", "address", "state", "cpus", "mem", "ports", "tasks", "overlay"):
+    for column in ("agent", "type", "address", "state", "cpus", "mem", "ports", "tasks", "overlay", "networks"):
         table.add_column(column, overflow="fold")
     for node in nodes:
         res = node["resources"]
         address = node["pid"].rsplit("@", 1)[-1]
         status = "[green]reachable[/]" if node["active"] else "[red]unreachable[/]"
         table.add_row(node["id"], node_type(node), address, status, f"{res['cpus']:g}", f"{res['mem']:g}",
-                      res.get("ports", ""), str(node["tasks"]), (node["overlay"] or {}).get("subnet", "-"))
+                      res.get("ports", ""), str(node["tasks"]), (node["overlay"] or {}).get("subnet", "-"),
+                      ", ".join(node["networks"]) if node["networks"] is not None else "-")
     Console().print(table)
 
 

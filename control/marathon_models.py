@@ -21,9 +21,11 @@ from cluster.view import protocols_of
 from control.agent.images import ImageMap
 from control.roles import UNRESERVED, role_problem
 
-# What the overlay knows; anything else would leave a task waiting forever.
-KNOWN_NETWORKS = ("dcos",)
+# A container network is any CNI network an agent has (placement sends tasks only there);
+# its name follows the CNI specification's rule.
 DEFAULT_NETWORK = "dcos"
+NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$")
+NETWORK_NAME_RULE = "a CNI network name: letters, digits, '_', '.' and '-', starting with a letter or digit"
 CONSTRAINT_OPERATORS = ("UNIQUE", "CLUSTER", "GROUP_BY", "LIKE", "UNLIKE", "MAX_PER", "IS")
 PATH_SEGMENT = re.compile(r"^(([a-z0-9]|[a-z0-9][a-z0-9\-]*[a-z0-9])\.)*([a-z0-9]|[a-z0-9][a-z0-9\-]*[a-z0-9])$")
 # Fields Marathon computes; a client that PUTs back what it GOT sends them, and Marathon ignores them.
@@ -406,11 +408,10 @@ def _semantic_errors(app: AppDefinition) -> list[dict[str, Any]]:
         if len(app.networks) > 1:
             add("/networks", "only one network is supported per app")
         for i, net in enumerate(app.networks):
-            if net.mode == "container" and net.name and net.name not in KNOWN_NETWORKS:
-                add(f"/networks({i})/name", f"network {net.name!r} is not defined; known: {', '.join(KNOWN_NETWORKS)}")
-    if app.ip_address and app.ip_address.network_name and app.ip_address.network_name not in KNOWN_NETWORKS:
-        add("/ipAddress/networkName",
-            f"network {app.ip_address.network_name!r} is not defined; known: {', '.join(KNOWN_NETWORKS)}")
+            if net.mode == "container" and net.name is not None and not NETWORK_NAME.match(net.name):
+                add(f"/networks({i})/name", f"{net.name!r} is not {NETWORK_NAME_RULE}")
+    if app.ip_address and app.ip_address.network_name is not None and not NETWORK_NAME.match(app.ip_address.network_name):
+        add("/ipAddress/networkName", f"{app.ip_address.network_name!r} is not {NETWORK_NAME_RULE}")
     if app.network_mode == "host" and app.port_mappings:
         add("/container/docker/portMappings", "portMappings need BRIDGE or USER networking; use portDefinitions with HOST")
     if app.uses_port_mappings and app.port_definitions:

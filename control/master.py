@@ -230,7 +230,8 @@ class Master:
             return self._view_cache
         agents = [
             AgentInfo(agent_id=r.registration.agent_id, hostname=r.registration.hostname, ip=r.registration.ip,
-                      port=r.registration.port, reachable=r.reachable, overlay=self.ipam.get(r.registration.agent_id))
+                      port=r.registration.port, reachable=r.reachable, overlay=self.ipam.get(r.registration.agent_id),
+                      networks=r.registration.networks)
             for r in self.registry.all()]
         tasks = [
             TaskInfo(task_id=t.task_id, app_id=t.app_id, name=marathon_task_name(t.app_id), agent_id=t.agent_id,

@@ -19,6 +19,7 @@ from control.placement import (
     choose_host_ports,
     constraint_violation,
     insufficient,
+    network_shortfall,
     role_refusal,
     shortfall,
     task_resources,
@@ -27,6 +28,8 @@ from control.registry import AgentRecord
 from control.task_record import TaskRecord
 
 EXPLAIN_AGENTS = 10                     # agents named in a queued app's explanation
+# Marathon has no reason for it (Mesos failed such tasks); a queue entry names it instead.
+NETWORK_UNAVAILABLE = "UnavailableNetwork"
 
 
 def framework_for(role: str) -> str:
@@ -54,7 +57,8 @@ def agent_slots(agents: Iterable[AgentRecord], tasks: Iterable[TaskRecord]) -> d
         slots[reg.agent_id] = AgentSlot(
             agent_id=reg.agent_id, hostname=reg.hostname,
             attributes={k: str(v) for k, v in reg.attributes.items()},
-            port_ranges=[(r.begin, r.end) for r in reg.resources.ports], role=reg.role)
+            port_ranges=[(r.begin, r.end) for r in reg.resources.ports], role=reg.role,
+            networks=frozenset(reg.networks) if reg.networks is not None else None)
     for task in tasks:
         if not task.terminal and task.agent_id in slots:
             slots[task.agent_id].used_ports.update(task.host_ports)
@@ -120,6 +124,8 @@ def reject_reason(app: AppDefinition, slot: AgentSlot, available: dict[str, floa
     """Marathon's reason the app's next task does not fit ``available`` on ``slot``; None: it fits."""
     if role_refusal(app, slot) is not None:
         return "UnfulfilledRole"
+    if network_shortfall(app, slot) is not None:
+        return NETWORK_UNAVAILABLE
     short = insufficient(task_resources(app), available)
     if short is not None:
         return short
@@ -144,6 +150,7 @@ def explain(app: AppDefinition, slots: dict[str, AgentSlot], placed: list[AgentS
     why: list[str] = []
     for slot in slots.values():
         reason = role_refusal(app, slot) \
+            or network_shortfall(app, slot) \
             or shortfall(needed, free_of(slot.agent_id)) \
             or constraint_violation(app.constraints, slot, placed, usable) \
             or ("requested host ports are not free" if choose_host_ports(app, slot, random.Random(0)) is None

@@ -31,6 +31,10 @@ class AgentSlot:
     port_ranges: list[tuple[int, int]]
     used_ports: set[int] = field(default_factory=set)
     role: str = UNRESERVED          # the role its resources are reserved for ("*": none)
+    networks: frozenset[str] | None = None      # None: the agent did not report its networks
+
+    def lacks_network(self, name: str | None) -> bool:
+        return name is not None and self.networks is not None and name not in self.networks
 
     def value_of(self, field_name: str) -> str | None:
         if field_name == "hostname":
@@ -55,6 +59,16 @@ def role_refusal(app: AppDefinition, slot: AgentSlot) -> str | None:
         return None
     kind = "unreserved ('*')" if slot.role == UNRESERVED else f"reserved for role {slot.role!r}"
     return f"its resources are {kind}; acceptedResourceRoles is {app.accepted_roles}"
+
+
+def network_shortfall(app: AppDefinition, slot: AgentSlot) -> str | None:
+    """Why ``slot`` cannot attach the app's tasks to its network (Mesos' CNI isolator would fail
+    them there); None when it can."""
+    name = app.network_name
+    if not slot.lacks_network(name):
+        return None
+    have = ", ".join(sorted(slot.networks or ())) or "none"
+    return f"no container network {name!r} (has: {have})"
 
 
 def task_resources(app: AppDefinition) -> dict[str, float]:

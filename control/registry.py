@@ -41,6 +41,9 @@ class AgentRegistration(BaseModel):
     port: int = Field(default=5051, ge=1, le=65535)
     resources: AgentResources
     attributes: dict[str, str | float] = Field(default_factory=dict)
+    # The container networks the agent can attach tasks to (its CNI configurations); None: an
+    # agent that does not say (tasks on any network may go there, as before CNI).
+    networks: list[str] | None = None
     # Mesos' --default_role: "*" offers the resources to every role; another role reserves them
     # all for it (DC/OS's public agents: "slave_public").
     role: str = Field(default=UNRESERVED, min_length=1, max_length=128)

@@ -98,11 +98,20 @@ async def test_seed_examples_are_accepted_unmodified(cluster, example):
         assert {launch.network_name for launch in launches} == {"dcos"}
 
 
-async def test_unknown_network_is_a_clear_422(cluster):
+async def test_a_network_name_that_no_cni_network_could_have_is_a_clear_422(cluster):
+    # Any CNI network an agent has may be named (issue 23: placement finds it); a name that is
+    # not a CNI network name is refused at the field.
     resp = await cluster.marathon.post("/v2/apps", json={
-        "id": "/n", "cmd": "true", "networks": [{"mode": "container", "name": "weave"}]})
+        "id": "/n", "cmd": "true", "networks": [{"mode": "container", "name": "we ave"}]})
     assert resp.status_code == 422
     assert resp.json()["details"][0]["path"] == "/networks(0)/name"
+    resp = await cluster.marathon.post("/v2/apps", json={
+        "id": "/n", "cmd": "true", "ipAddress": {"networkName": "-x"}})
+    assert resp.status_code == 422
+    assert resp.json()["details"][0]["path"] == "/ipAddress/networkName"
+    resp = await cluster.marathon.post("/v2/apps", json={
+        "id": "/n", "cmd": "true", "networks": [{"mode": "container", "name": "weave"}]})
+    assert resp.status_code == 201, resp.text
 
 
 async def test_service_ports_running_out_is_a_422_naming_port_definitions(cluster, monkeypatch):

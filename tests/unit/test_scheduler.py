@@ -5,8 +5,9 @@ from collections import Counter
 
 import pytest
 
-from control.placement import AgentSlot, constraint_violation
-from tests.unit.master_harness import Cluster
+from control.marathon_models import parse_app
+from control.placement import AgentSlot, constraint_violation, network_shortfall
+from tests.unit.master_harness import Cluster, registration
 
 
 @pytest.fixture
@@ -280,3 +281,54 @@ async def test_unreachable_within_inactive_after_keeps_the_task(cluster):
     assert [t.task_id for t in cluster.running("/patient")] == [task.task_id]
     assert cluster.fake.kills == []
     assert cluster.master.allocator.allocation("marathon")["cpus"] == pytest.approx(0.1)
+
+
+# -- container networks (issue 23): tasks go only where their CNI network is -----------------
+async def register_with_networks(cluster: Cluster, index: int, networks: list[str] | None) -> None:
+    resp = await cluster.mesos.post("/v1/agents", json={**registration(index), "networks": networks})
+    assert resp.status_code == 200, resp.text
+    await cluster.settle(1)
+
+
+async def test_app_on_a_network_only_one_agent_has_runs_only_there():
+    cluster = Cluster()
+    try:
+        await register_with_networks(cluster, 1, ["dcos", "dcos-docker"])
+        await register_with_networks(cluster, 2, ["dcos", "dcos-docker", "lab-net"])
+        await cluster.post_app({"id": "/labnet", "cmd": "sleep 100", "cpus": 0.1, "mem": 16, "instances": 3,
+                                "ipAddress": {"networkName": "lab-net"}})
+        assert {t.agent_id for t in cluster.running("/labnet")} == {"agent-2"}
+        assert len(cluster.running("/labnet")) == 3
+        await cluster.post_app({"id": "/mesh", "cmd": "sleep 100", "cpus": 0.1, "mem": 16, "instances": 1,
+                                "container": {"type": "DOCKER", "docker": {"image": "nginx", "network": "USER"}},
+                                "ipAddress": {"networkName": "weave"}})
+        queue = (await cluster.marathon.get("/v2/queue")).json()["queue"]
+        (entry,) = [q for q in queue if q["app"]["id"] == "/mesh"]
+        summary = entry["processedOffersSummary"]
+        assert {r["reason"] for r in summary["rejectSummaryLastOffers"]} == {"UnavailableNetwork"}
+        assert "agent-1: no container network 'weave' (has: dcos, dcos-docker)" in summary["reason"]
+        assert "agent-2: no container network 'weave' (has: dcos, dcos-docker, lab-net)" in summary["reason"]
+        view = (await cluster.mesos.get("/v1/view")).json()
+        assert {a["agent_id"]: a["networks"] for a in view["agents"]}["agent-2"] == ["dcos", "dcos-docker", "lab-net"]
+        # The network appears on an agent (it registers again with it): the task goes there.
+        await register_with_networks(cluster, 1, ["dcos", "dcos-docker", "weave"])
+        await cluster.settle()
+        assert [t.agent_id for t in cluster.running("/mesh")] == ["agent-1"]
+    finally:
+        await cluster.close()
+
+
+async def test_agents_that_report_no_networks_take_any_network(cluster):
+    await cluster.post_app({"id": "/old", "cmd": "sleep 100", "cpus": 0.1, "mem": 16,
+                            "ipAddress": {"networkName": "dcos"}})
+    assert len(cluster.running("/old")) == 1
+    view = (await cluster.mesos.get("/v1/view")).json()
+    assert all(a["networks"] is None for a in view["agents"])
+
+
+def test_network_shortfall_names_the_agents_networks():
+    app = parse_app({"id": "/a", "cmd": "x", "networks": [{"mode": "container", "name": "lab-net"}]})
+    slot = AgentSlot("agent-1", "agent-1", {}, [], networks=frozenset({"dcos"}))
+    assert network_shortfall(app, slot) == "no container network 'lab-net' (has: dcos)"
+    assert network_shortfall(app, AgentSlot("agent-2", "agent-2", {}, [])) is None
+    assert network_shortfall(parse_app({"id": "/h", "cmd": "x"}), slot) is None
