@@ -16,8 +16,12 @@ from rich.table import Table
 
 from adminrouter.cli import use_lab_front_door, user_cli
 from control.cli import app_cli, node_cli, task_cli, use_lab_master
+from cosmos.cli import package_cli
+from cosmos.cli import use_lab_front_door as use_lab_front_door_for_packages
+from marathon_lb.cli import marathon_lb, marathon_lb_autoscale
 from minuteman.cli import vip_app
 from spartan_dns.cli import dns_app
+from universe.cli import universe_cli
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="navstar: DC/OS networking (VIPs, overlay, DNS) and a compact Mesos/Marathon.")
@@ -30,6 +34,10 @@ app.add_typer(app_cli, name="app")
 app.add_typer(task_cli, name="task")
 app.add_typer(node_cli, name="node")
 app.add_typer(user_cli, name="user")
+app.add_typer(package_cli, name="package")
+app.add_typer(universe_cli, name="universe")
+app.command("marathon-lb")(marathon_lb)
+app.command("marathon-lb-autoscale")(marathon_lb_autoscale)
 
 
 def _lab_master(lab: str) -> tuple[str, str | None, str] | None:
@@ -55,6 +63,7 @@ def _lab_front_door(lab: str) -> tuple[str, dict[str, str]] | None:
 
 use_lab_master(_lab_master)
 use_lab_front_door(_lab_front_door)
+use_lab_front_door_for_packages(_lab_front_door)
 
 console = Console()
 err = Console(stderr=True)
@@ -110,6 +119,9 @@ def master(
     overlay_mtu: Annotated[int, typer.Option(help="container MTU on the overlay")] = 1420,
     adminrouter_listen: Annotated[str, typer.Option(help="Admin Router's backend (login, validator, Mesos-DNS API): [host]:port, for nginx")] = "127.0.0.1:8101",
     token_expiry: Annotated[float, typer.Option(help="seconds a login token stays valid")] = 5 * 24 * 3600.0,
+    zk: Annotated[str | None, typer.Option(help="several masters: zk://host:2181[,host:2181…]/mesos (leader election and state in ZooKeeper; without it: one master, SQLite)")] = None,
+    ip: Annotated[str | None, typer.Option(help="with --zk: the address this master advertises (MasterInfo, leader.mesos)")] = None,
+    zk_session_timeout: Annotated[float, typer.Option(help="with --zk: ZooKeeper session timeout in seconds (how long a silent leader keeps leading)")] = 10.0,
 ) -> None:
     """Run the master (Marathon API, Mesos API, allocator, Admin Router's backend)."""
     from pydantic import ValidationError
@@ -129,8 +141,19 @@ def master(
     if token_expiry <= 0:
         err.print(f"--token-expiry: must be positive, got {token_expiry:g}")
         raise typer.Exit(2)
+    if zk is not None:
+        from control.zk import ZkUrl, ZkUrlError
+
+        try:
+            ZkUrl.parse(zk)
+        except ZkUrlError as exc:
+            err.print(f"--zk: {exc}")
+            raise typer.Exit(2) from None
+        if ip is None:
+            err.print("--zk needs --ip (the address this master advertises)")
+            raise typer.Exit(2)
     run_master(marathon_listen, mesos_listen, state_dir, token_file, agent_timeout, image_map, overlay,
-               adminrouter_listen, token_expiry)
+               adminrouter_listen, token_expiry, zk=zk, ip=ip, zk_session_timeout=zk_session_timeout)
 
 
 @app.command()
@@ -149,6 +172,26 @@ def adminrouter(
     from navstar.adminrouter_main import run_adminrouter
 
     run_adminrouter(listen, master, token_file, run_dir, backend, marathon, mesos, metrics_listen, nginx)
+
+
+@app.command()
+def cosmos(
+    listen: Annotated[str, typer.Option(help="Cosmos' API, for Admin Router's /package/ and /capabilities")] = "127.0.0.1:7070",
+    universe_listen: Annotated[str, typer.Option(help="where the local Universe is served (/repo)")] = "127.0.0.1:8082",
+    marathon: Annotated[str, typer.Option(help="the Marathon API packages are installed through")] = "http://127.0.0.1:8080",
+    token_file: Annotated[str | None, typer.Option(help="cluster secret (Marathon's credential)")] = None,
+    state_dir: Annotated[str | None, typer.Option(help="where the repository list is kept (default: memory)")] = None,
+    universe: Annotated[str | None, typer.Option(help="the local Universe's packages folder (default: the shipped one)")] = None,
+) -> None:
+    """Run Cosmos (the package service) and the local Universe server."""
+    from navstar.cosmos_main import run_cosmos
+    from universe.repository import UniverseError
+
+    try:
+        run_cosmos(listen, universe_listen, marathon, token_file, state_dir, universe)
+    except (UniverseError, ValueError) as exc:
+        err.print(f"[red]cosmos not started:[/] {exc}", soft_wrap=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()

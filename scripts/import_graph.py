@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGES = ("cluster", "kernel", "bpf", "control", "overlay", "minuteman", "spartan_dns", "adminrouter", "navstar")
+PACKAGES = ("cluster", "kernel", "bpf", "control", "overlay", "minuteman", "spartan_dns", "adminrouter", "marathon_lb", "navstar")
 DATAPLANE = ("minuteman", "overlay", "spartan_dns", "bpf", "kernel")
 COMPOSITION_ROOT = "navstar"
 KERNEL_LIBRARIES = ("bcc", "pyroute2", "netfilterqueue", "nftables")

@@ -1,0 +1,1 @@
+"""marathon-lb: HAProxy configured from Marathon's event bus (north–south), and the RPS autoscaler."""
