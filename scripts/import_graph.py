@@ -11,6 +11,8 @@ type-only or lazy import is still a dependency between two modules. Rules:
 * no cycle between the project's modules;
 * ``cluster/`` (the shared contract) imports no other project package;
 * ``control/`` and the dataplane packages do not import ``adminrouter/`` (the front door);
+* ``cosmos/`` and ``universe/`` import neither ``control/`` nor a dataplane (Marathon's API is
+  their way in), and ``universe/`` not ``cosmos/``;
 * ``control/`` imports no dataplane package (``minuteman``, ``overlay``, ``spartan_dns``, ``bpf``,
   ``kernel``);
 * no component imports ``navstar`` (the composition root): arrows only look down;
@@ -26,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGES = ("cluster", "kernel", "bpf", "control", "overlay", "minuteman", "spartan_dns", "adminrouter", "marathon_lb", "navstar")
+PACKAGES = ("cluster", "kernel", "bpf", "control", "overlay", "minuteman", "spartan_dns", "adminrouter", "marathon_lb", "cosmos", "universe", "navstar")
 DATAPLANE = ("minuteman", "overlay", "spartan_dns", "bpf", "kernel")
 COMPOSITION_ROOT = "navstar"
 KERNEL_LIBRARIES = ("bcc", "pyroute2", "netfilterqueue", "nftables")
@@ -166,6 +168,10 @@ def violations(known: dict[str, Module]) -> list[str]:
                 problems.append(f"{module.name} imports {target}: cluster/ is the bottom layer")
             if package in (*DATAPLANE, "control", "cluster") and target == "adminrouter":
                 problems.append(f"{module.name} imports {target}: the front door sits above the master and dataplanes")
+            if package in ("cosmos", "universe") and target in ("control", *DATAPLANE):
+                problems.append(f"{module.name} imports {target}: packages reach the cluster only through Marathon's API")
+            if package == "universe" and target == "cosmos":
+                problems.append(f"{module.name} imports {target}: the Universe is data and its format, below the service")
             if package == "control" and target in DATAPLANE:
                 problems.append(f"{module.name} imports {target}: control/ must not depend on a dataplane")
             if target == COMPOSITION_ROOT and package != COMPOSITION_ROOT and package in PACKAGES:

@@ -1,0 +1,1 @@
+"""The local Universe: packages as data (``packages/``), their format, build and rendering."""
