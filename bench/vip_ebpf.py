@@ -1,6 +1,7 @@
 """eBPF socket LB: new TCP connections per second and connect() latency through a VIP, against a
-direct connection and a kube-proxy-style iptables DNAT VIP, at 1, 1,000 and 10,000 VIPs; and
-the time to program 10,000 VIPs x 10 backends into the maps.
+direct connection, a kube-proxy-style iptables DNAT VIP and a kube-proxy-style nftables map DNAT
+VIP, at 1, 1,000 and 10,000 VIPs; and the time to program 10,000 VIPs x 10 backends into the
+maps, against iptables-restore and nft -f of the same service set.
 
 Set-up, all removed at the end (processes by pid, programs, pins, cgroups, namespaces):
 
@@ -11,8 +12,12 @@ Set-up, all removed at the end (processes by pid, programs, pins, cgroups, names
   ns <name>-ipt  the same server; nat OUTPUT -> KUBE-SERVICES (one rule per VIP, the measured one
                  in the middle) -> KUBE-SVC (statistic random) -> KUBE-SEP (DNAT), as kube-proxy
                    iptables: client -> 11.128.0.1:80
+  ns <name>-nft  the same server; table ip kube-proxy: nat output -> services (one verdict map
+                 keyed by address . protocol . port, every VIP an element) -> service-MEASURED
+                 (numgen random vmap) -> endpoint-N (DNAT), as kube-proxy's nftables mode
+                   nftables: client -> 11.128.0.1:80
 
-The iptables peer has its own namespace because its rules (and the conntrack they switch on)
+The iptables and nftables peers have their own namespaces because its rules (and the conntrack they switch on)
 would otherwise tax the direct and eBPF connections too. One client process takes turns between
 the three peers (setns + cgroup move between rounds of 1,000 connects, order rotated), so all see
 the same interference from the rest of the machine: "vs direct" is the median of round-by-round
@@ -121,6 +126,7 @@ class Bench:
         self.name = f"nvb-{uuid.uuid4().hex[:6]}"
         self.ns_lb = f"{self.name}-lb"
         self.ns_ipt = f"{self.name}-ipt"
+        self.ns_nft = f"{self.name}-nft"
         self.cg_lb = Cgroup(f"navstar-bench/{self.name}/lb")
         self.cg_plain = Cgroup(f"navstar-bench/{self.name}/plain")
         self.pin_dir = Path("/sys/fs/bpf/navstar-bench") / self.name
@@ -129,7 +135,7 @@ class Bench:
 
     # -- set-up and clean-up ---------------------------------------------------------------------
     def up(self) -> None:
-        for ns in (self.ns_lb, self.ns_ipt):
+        for ns in (self.ns_lb, self.ns_ipt, self.ns_nft):
             run("ip", "netns", "add", ns)
             run("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
             run("ip", "netns", "exec", ns, "ip", "addr", "add", f"{SERVER_IP}/32", "dev", "lo")
@@ -139,7 +145,8 @@ class Bench:
             if server.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"server in {ns} did not start")
         # kube-proxy's DNAT happens after the routing decision, so its VIPs need a route (here only).
-        run("ip", "netns", "exec", self.ns_ipt, "ip", "route", "add", "11.128.0.0/9", "dev", "lo")
+        for ns in (self.ns_ipt, self.ns_nft):
+            run("ip", "netns", "exec", ns, "ip", "route", "add", "11.128.0.0/9", "dev", "lo")
         self.cg_lb.create()
         self.cg_plain.create()
         self.dataplane = EbpfDataplane(self.cg_lb.unified_path, self.pin_dir, features=self.features)
@@ -161,7 +168,7 @@ class Bench:
                 parent.rmdir()
             except OSError:
                 pass
-        for ns in (self.ns_lb, self.ns_ipt):
+        for ns in (self.ns_lb, self.ns_ipt, self.ns_nft):
             run("ip", "netns", "del", ns, check=False)
 
     # -- the three peers ----------------------------------------------------------------------------
@@ -178,6 +185,8 @@ class Bench:
             "ebpf": {"netns": f"/run/netns/{self.ns_lb}", "cgroup_procs": procs(self.cg_lb),
                      "ip": EBPF_VIP.address, "ports": [EBPF_VIP.port]},
             "iptables": {"netns": f"/run/netns/{self.ns_ipt}", "cgroup_procs": procs(self.cg_plain),
+                         "ip": IPTABLES_VIP[0], "ports": [IPTABLES_VIP[1]]},
+            "nftables": {"netns": f"/run/netns/{self.ns_nft}", "cgroup_procs": procs(self.cg_plain),
                          "ip": IPTABLES_VIP[0], "ports": [IPTABLES_VIP[1]]},
         }}
         result = subprocess.run([sys.executable, "-c", CLIENT, json.dumps(config)], capture_output=True,
@@ -220,6 +229,32 @@ class Bench:
                        text=True, check=True, capture_output=True)
         return time.perf_counter() - started
 
+    def nftables_rules(self, vips: int) -> str:
+        """kube-proxy's nftables mode for the same service set: one verdict-map element per VIP."""
+        fillers = [f"11.{129 + n // 65536}.{n // 256 % 256}.{n % 256} . tcp . 80 : goto service-FILL"
+                   for n in range(1, vips)]
+        elements = ", ".join([f"{IPTABLES_VIP[0]} . tcp . {IPTABLES_VIP[1]} : goto service-MEASURED", *fillers])
+        endpoints = [f"  chain endpoint-{i} {{\n    meta l4proto tcp dnat to {SERVER_IP}:{PORTS[i]}\n  }}"
+                     for i in range(BACKENDS_PER_VIP)]
+        pick = ", ".join(f"{i} : goto endpoint-{i}" for i in range(BACKENDS_PER_VIP))
+        return "\n".join([
+            "table ip kube-proxy {",
+            "  map service-ips {", "    type ipv4_addr . inet_proto . inet_service : verdict",
+            f"    elements = {{ {elements} }}", "  }",
+            *endpoints,
+            "  chain service-MEASURED {", f"    numgen random mod {BACKENDS_PER_VIP} vmap {{ {pick} }}", "  }",
+            "  chain service-FILL {", "    goto endpoint-0", "  }",
+            "  chain services {", "    ip daddr . meta l4proto . th dport vmap @service-ips", "  }",
+            "  chain nat-output {", "    type nat hook output priority -100; policy accept;", "    jump services",
+            "  }", "}", ""])
+
+    def load_nftables(self, vips: int) -> float:
+        run("ip", "netns", "exec", self.ns_nft, "nft", "delete", "table", "ip", "kube-proxy", check=False)
+        started = time.perf_counter()
+        subprocess.run(["ip", "netns", "exec", self.ns_nft, "nft", "-f", "-"], input=self.nftables_rules(vips),
+                       text=True, check=True, capture_output=True)
+        return time.perf_counter() - started
+
     # -- measurements ----------------------------------------------------------------------------
     def programming(self) -> dict[str, float]:
         assert self.dataplane is not None
@@ -236,12 +271,13 @@ class Bench:
         self.dataplane.apply({})
         return {"program": first, "program_cpu": first_cpu, "reapply": again, "writes_on_reapply": writes_again}
 
-    def scale(self, vips: int) -> tuple[dict[str, dict], float]:
+    def scale(self, vips: int) -> tuple[dict[str, dict], float, float]:
         assert self.dataplane is not None
         result = self.dataplane.apply(self.ebpf_table(vips))
         if result.errors:
             raise RuntimeError(f"eBPF table for {vips} VIPs: {next(iter(result.errors.items()))}")
         restore = self.load_iptables(vips)
+        nft = self.load_nftables(vips)
         samples = self.client()
         direct = samples["direct"]["rates"]
         out = {}
@@ -251,7 +287,7 @@ class Bench:
                          "ratio": statistics.median(r / d for r, d in zip(sample["rates"], direct, strict=True)),
                          "spread": [f(r / d for r, d in zip(sample["rates"], direct, strict=True)) for f in (min, max)],
                          "p50": lat[len(lat) // 2] / 1000, "p99": lat[int(len(lat) * 0.99)] / 1000}
-        return out, restore
+        return out, restore, nft
 
 
 def main() -> int:
@@ -264,9 +300,9 @@ def main() -> int:
         bench.up()
         programming = bench.programming()
         results = {}
-        restores = {}
+        restores, nft_loads = {}, {}
         for vips in SCALES:
-            results[vips], restores[vips] = bench.scale(vips)
+            results[vips], restores[vips], nft_loads[vips] = bench.scale(vips)
     finally:
         bench.down()
 
@@ -286,6 +322,8 @@ def main() -> int:
           f"unchanged re-apply {programming['reapply']:.2f} s, {programming['writes_on_reapply']} writes")
     print("iptables-restore of the kube-proxy-style rules: " +
           ", ".join(f"{v} VIPs {t:.2f} s" for v, t in restores.items()))
+    print("nft -f of the kube-proxy-style nftables map: " +
+          ", ".join(f"{v} VIPs {t:.2f} s" for v, t in nft_loads.items()))
     print(f"ebpf / direct, worst scale: {ebpf_ratio:.2f}x (goal >= 0.95: {'met' if ebpf_ratio >= 0.95 else 'MISSED'})")
     print(f"ebpf at {last} / at {first} VIPs, each against direct: {ebpf_scale:.2f}x "
           f"(goal >= 0.90: {'met' if ebpf_scale >= 0.90 else 'MISSED'}; raw rates {ebpf_raw:.2f}x); "
@@ -305,6 +343,9 @@ def main() -> int:
     record("lb.program_10k_s", programming["program"], "s", "< 2", programming["program"] < 2)
     record("lb.program/iptables_restore", restores[last] / programming["program"], "x")
     record("lb.iptables_restore_10k_s", restores[last], "s")
+    record("lb.ebpf/nftables", min(results[v]["ebpf"]["ratio"] / results[v]["nftables"]["ratio"] for v in SCALES), "x")
+    record("lb.program/nft_f", nft_loads[last] / programming["program"], "x")
+    record("lb.nft_f_10k_s", nft_loads[last], "s")
     for goal in missed:
         print(f"goal missed: {goal}", file=sys.stderr)
     return 1 if missed else 0
