@@ -44,6 +44,7 @@ class Settings:
     backend: str = "127.0.0.1:8101"
     marathon: str = "127.0.0.1:8080"
     mesos: str = "127.0.0.1:5050"
+    cosmos: str = "127.0.0.1:7070"     # the package service (navstar cosmos)
     prometheus: str = "127.0.0.1:9090"   # the lab's Prometheus, when it runs (else a JSON 502)
     secret: str = ""             # the cluster secret upstreams expect ('' = none)
     workers: str = "auto"
@@ -79,6 +80,7 @@ def render(settings: Settings, services: list[ServiceRoute]) -> str:
         workers=settings.workers, run_dir=_check(settings.run_dir, "run directory"), user=settings.user,
         listen=_check(settings.listen, "listen"), backend=_check(settings.backend, "backend"),
         marathon=_check(settings.marathon, "marathon"), mesos=_check(settings.mesos, "mesos"),
+        cosmos=_check(settings.cosmos, "cosmos"),
         prometheus=_check(settings.prometheus, "prometheus"),
         secret=_check(settings.secret, "secret"), index_html=INDEX_HTML,
         common=_headers(4), common_location=_headers(12), common_nested=_headers(16),
