@@ -51,6 +51,8 @@ BPFFS_ROOT = Path("/sys/fs/bpf/navstar")
 DEFAULT_UNDERLAY = "198.18.0.0/24"
 MARATHON_PORT = 8080
 MESOS_PORT = 5050
+COSMOS_PORT = 7070       # Cosmos, behind Admin Router's /package/
+UNIVERSE_PORT = 8082     # the local Universe's /repo (DC/OS' local-universe port)
 PUBLIC_AGENT_BASE = 30              # public-agent-k at .(30+k), as DC/OS labs numbered them
 MAX_PUBLIC_AGENTS = 9
 PUBLIC_ROLE = "slave_public"
@@ -87,6 +89,7 @@ class LabState:
     overlay_interval: float = 30.0          # agents' overlay drift-repair period (s)
     adminrouter_pid: int | None = None      # `navstar adminrouter` (nginx's supervisor) in the master's namespace
     prometheus_pid: int | None = None       # Debian's prometheus in the master's namespace (--prometheus)
+    cosmos_pid: int | None = None           # `navstar cosmos` (packages, the local Universe) in the master's namespace
     public_agents: int = 0
 
     @property
@@ -381,11 +384,23 @@ class Lab:
             if node is state.master:
                 self.progress("starting Admin Router")
                 self._start_adminrouter(state)
+                self.progress("starting Cosmos")
+                self._start_cosmos(state)
 
     def _start_adminrouter(self, state: LabState) -> None:
         log = str(state.directory / "logs" / "adminrouter.log")
         state.adminrouter_pid = self._spawn(state.master, [sys.executable, "-m", "navstar",
                                                            *frontdoor.adminrouter_args(state)], log)
+        state.save()
+
+    def _start_cosmos(self, state: LabState) -> None:
+        """Cosmos behind Admin Router (127.0.0.1:7070), installing through the master's Marathon;
+        the local Universe served at ``<master ip>:8082/repo``, its default repository."""
+        log = str(state.directory / "logs" / "cosmos.log")
+        state.cosmos_pid = self._spawn(state.master, [
+            sys.executable, "-m", "navstar", "cosmos", "--listen", f"127.0.0.1:{COSMOS_PORT}",
+            "--universe-listen", f"{state.master.ip}:{UNIVERSE_PORT}", "--marathon", f"http://127.0.0.1:{MARATHON_PORT}",
+            "--token-file", str(state.secret_file), "--state-dir", str(state.directory / "cosmos")], log, leaf="cosmos")
         state.save()
 
     def _start_node(self, state: LabState, node: Node) -> None:
@@ -568,6 +583,9 @@ class Lab:
             if state.adminrouter_pid is not None and process_alive(state.adminrouter_pid):
                 end_process(state.adminrouter_pid)     # stops nginx gracefully
                 removed.append(f"process {state.adminrouter_pid} (adminrouter)")
+            if state.cosmos_pid is not None and process_alive(state.cosmos_pid):
+                end_process(state.cosmos_pid)
+                removed.append(f"process {state.cosmos_pid} (cosmos)")
             alive = [node for node in state.nodes if node.pid is not None and process_alive(node.pid)]
             end_processes({node.pid for node in alive if node.pid is not None})
             removed += [f"process {node.pid} ({node.name})" for node in alive]
