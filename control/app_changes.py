@@ -4,7 +4,8 @@ a scale only, and its service ports. Pure: no state but the arguments.
 - The version is now, but strictly after the app's last one (tasks tell configs apart by it).
 - A change that differs from the previous app only in ``instances`` is a scale: it keeps
   ``lastConfigChangeAt`` (tasks keep running); anything else, or a restart, is a config change.
-- Port 0 service ports get a unique port from ``SERVICE_PORT_RANGE``, kept across updates.
+- Port 0 service ports get a unique port from ``SERVICE_PORT_RANGE``, kept across updates; a
+  port given that another app holds is Marathon's 422 ("conflicts with a service port in app …").
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def stamp_app(app: AppDefinition, previous: AppDefinition | None, others: Iterab
               now: float, restart: bool = False) -> tuple[AppDefinition, bool]:
     """``app`` with its version, version info and service ports, and whether it only scales
     ``previous``. ``others``: every other stored app (their service ports are taken). Raises
-    ``AppInvalid`` (422, naming the port's path) when no service port is left."""
+    ``AppInvalid`` (422, naming the port's path) when no service port is left or a given one is
+    another app's."""
     version = _next_version(previous, now)
     if previous is not None and not restart:
         echoed = with_ports_of(app, previous)
@@ -51,30 +53,37 @@ def service_ports(app: AppDefinition) -> list[int]:
 def assign_service_ports(app: AppDefinition, previous: AppDefinition | None, others: Iterable[AppDefinition]) -> None:
     """Fills ``app``'s port 0 service ports in place: ``previous``'s where still free, else the
     lowest free one. Raises ``AppInvalid`` when the range is used up."""
-    used: set[int] = set()
+    owners: dict[int, str] = {}
     for other in others:
         if other.id != app.id:
-            used.update(service_ports(other))
+            owners.update((port, other.id) for port in service_ports(other) if port)
+    used = set(owners)
     old = service_ports(previous) if previous else []
     targets = app.port_mappings if app.uses_port_mappings else (app.port_definitions or [])
     for index, item in enumerate(targets):
         current = item.service_port if app.uses_port_mappings else item.port
         if current:
+            if current in owners:
+                raise AppInvalid([{"path": _port_field(app, index), "errors": [
+                    f"Requested service port {current} conflicts with a service port in app {owners[current]}"]}])
             used.add(current)
             continue
         keep = old[index] if index < len(old) and old[index] and old[index] not in used else None
         chosen = keep or next((p for p in range(*SERVICE_PORT_RANGE) if p not in used), None)
         if chosen is None:
             begin, end = SERVICE_PORT_RANGE
-            field = f"/container/portMappings({index})/servicePort" if app.uses_port_mappings \
-                else f"/portDefinitions({index})/port"
-            raise AppInvalid([{"path": field, "errors": [
+            raise AppInvalid([{"path": _port_field(app, index), "errors": [
                 f"no free service port left in {begin}-{end - 1}: set a port or free one"]}])
         used.add(chosen)
         if app.uses_port_mappings:
             item.service_port = chosen
         else:
             item.port = chosen
+
+
+def _port_field(app: AppDefinition, index: int) -> str:
+    return f"/container/portMappings({index})/servicePort" if app.uses_port_mappings \
+        else f"/portDefinitions({index})/port"
 
 
 def with_ports_of(app: AppDefinition, previous: AppDefinition) -> AppDefinition:

@@ -135,3 +135,16 @@ def order_steps(actions: Iterable[PlanAction], before: Mapping[str, Iterable[str
     ordered = [sorted(stops[d], key=lambda a: a.app_id) for d in sorted(stops, reverse=True)]
     ordered += [sorted(starts[d], key=lambda a: a.app_id) for d in sorted(starts)]
     return ordered
+
+
+def with_dependencies_checked(app: AppDefinition, apps: Mapping[str, AppDefinition],
+                              group_dependencies: Mapping[str, Iterable[str]],
+                              known_groups: Iterable[str] = ()) -> AppDefinition:
+    """A single app's change: its dependencies made absolute (relative to its group) and, when
+    it has any, the graph with it checked (``AppInvalid`` naming a missing one or a cycle)."""
+    if not app.dependencies:
+        return app
+    resolved = [resolve(d, parent_of(app.id), f"/dependencies({i})") for i, d in enumerate(app.dependencies)]
+    app = app.model_copy(update={"dependencies": resolved})
+    dependency_graph({**apps, app.id: app}, group_dependencies, known_groups)
+    return app

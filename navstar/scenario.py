@@ -25,8 +25,10 @@ from control.marathon_models import AppDefinition
 from navstar.lab import LabState
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-SCENARIO_APPS = ("web-vip.json", "nginxdocker-vip.json", "nginxmesos-overlay.json",
-                 "nginxdocker-overlay.json", "nginx-marathon-lb.json")
+# The app asking for a fixed service port (10000) first: a port-0 app posted before it would be
+# given 10000, and Marathon refuses a service port another app holds (422).
+SCENARIO_APPS = ("nginx-marathon-lb.json", "web-vip.json", "nginxdocker-vip.json", "nginxmesos-overlay.json",
+                 "nginxdocker-overlay.json")
 
 
 @dataclass

@@ -17,9 +17,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from control import app_plans
 from control.app_changes import SERVICE_PORT_RANGE
 from control.events import iso_now
 from control.http.common import guard, metrics_endpoint, pong
+from control.http.marathon_groups import routes as group_routes
 from control.marathon_models import (
     AppDefinition,
     AppExists,
@@ -160,6 +162,11 @@ class MarathonApi:
             raise AppInvalid([{"path": "/id", "errors": [f"the id in the body ({body.get('id')}) differs from "
                                                          f"the URL ({app_id}); apps cannot be renamed"]}])
         previous = self.scheduler.apps.get(app_id)
+        if previous is not None and isinstance(body, dict) and "version" in body and set(body) <= {"id", "version"}:
+            app, deployment = app_plans.rollback_app(self.master, app_id, str(body["version"]),
+                                                     force=_flag(request, "force"))
+            log.info("app %s rolled back to %s", app_id, body["version"])
+            return JSONResponse({"version": app.version, "deploymentId": deployment.id})
         if previous is None:
             app = parse_app(body, app_id, images=self.master.image_map)
             app, deployment = self.master.put_app(app)
@@ -281,6 +288,10 @@ def marathon_app(master: Master, metrics: MasterMetrics) -> Starlette:
             except AppLocked as exc:
                 return JSONResponse({"message": str(exc), "deployments": [{"id": d} for d in exc.deployment_ids]},
                                     status_code=409)
+            except app_plans.UnknownObject as exc:
+                return JSONResponse({"message": str(exc)}, status_code=404)
+            except app_plans.GroupExists as exc:
+                return JSONResponse({"message": str(exc)}, status_code=409)
         return endpoint
 
     app_path = "/v2/apps/{app_id:path}"
@@ -288,6 +299,7 @@ def marathon_app(master: Master, metrics: MasterMetrics) -> Starlette:
         Route("/ping", pong),
         Route("/v2/apps", guarded(api.list_apps), methods=["GET"]),
         Route("/v2/apps", guarded(api.create_app), methods=["POST"]),
+        *group_routes(api, guarded, _json_body),
         Route(app_path + "/tasks/{task_id}", guarded(api.kill_app_task), methods=["DELETE"]),
         Route(app_path + "/tasks", guarded(api.app_tasks), methods=["GET"]),
         Route(app_path + "/restart", guarded(api.restart_app), methods=["POST"]),
