@@ -21,6 +21,7 @@ from control.agent.images import ImageMap
 from control.agent_client import AgentAddress, AgentClient, HttpAgentClient
 from control.app_changes import stamp_app
 from control.app_versions import AppVersions
+from control.deployment_plan import with_dependencies_checked
 from control.deployments import Deployment, PlanAction
 from control.drf import Allocator
 from control.events import EventBus
@@ -170,13 +171,15 @@ class Master:
         VIPs get their addresses and label problems are published before it returns.
 
         Raises ``AppExists`` with ``create`` when the id is taken, ``AppLocked`` when the app
-        has a deployment running (unless ``force``), ``AppInvalid`` when no service port is left;
+        has a deployment running (unless ``force``), ``AppInvalid`` when no service port is left,
+        a service port is another app's or a dependency names nothing or closes a cycle;
         nothing changes then."""
         previous = self.scheduler.apps.get(app.id)
         if previous is not None and create:
             raise AppExists(app.id)
         if previous is not None:
             self.scheduler.deployments.check_lock(app.id, force)
+        app = with_dependencies_checked(app, self.scheduler.apps, self.groups.dependencies(), self.groups.records)
         others = [other for other in self.scheduler.apps.values() if other.id != app.id]
         app, scaling_only = stamp_app(app, previous, others, self.clock(), restart=restart)
         action = "StartApplication" if previous is None else \
