@@ -3,6 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 NAVSTAR := $(VENV)/bin/navstar
 AGENTS ?= 3
+PUBLIC_AGENTS ?= 1
 LB ?= auto
 
 .PHONY: setup lab lab-down test lint typecheck unit kernel e2e bench bench-quick clean
@@ -11,8 +12,9 @@ setup:
 	@scripts/setup.sh
 
 # Build the lab (or find it up), then deploy the seed apps and curl their VIP names.
+# (Next: `$(NAVSTAR) lab scenario edge` — marathon-lb on the public agent, siege, autoscale.)
 lab: setup
-	$(NAVSTAR) lab up --agents $(AGENTS) --lb $(LB) --prometheus
+	$(NAVSTAR) lab up --agents $(AGENTS) --public-agents $(PUBLIC_AGENTS) --lb $(LB) --prometheus
 	$(NAVSTAR) lab scenario
 
 lab-down:

@@ -392,20 +392,32 @@ def lab_logs(node: Annotated[str, typer.Argument()], name: LabName = "lab",
 
 
 @lab_app.command("scenario")
-def lab_scenario(name: LabName = "lab",
+def lab_scenario(which: Annotated[str, typer.Argument(help="seed (the default): the example apps and their VIPs; "
+                                                           "edge: marathon-lb on the public agent, siege and autoscale")] = "seed",
+                 name: LabName = "lab",
                  requests: Annotated[int, typer.Option(help="requests per VIP")] = 9,
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Deploy the seed example apps, curl their VIP names from agent-1 and say who answered from
     where; then where the metrics, Prometheus and Admin Router are, and how to look around.
-    Exits 1 when an app is short of tasks, a request failed, or no answer crossed to another agent."""
+    Exits 1 when an app is short of tasks, a request failed, or no answer crossed to another agent.
+
+    ``edge``: marathon-lb on the public agent, the nginx app on :10000, a curl from outside, the
+    HAProxy stats, then siege raising the load until marathon-lb-autoscale adds instances and
+    stopping until it removes them, printed as it happens; exits 1 unless they rose and fell back."""
     _need_root()
     from navstar.lab import process_alive
     from navstar.scenario import run_scenario
 
+    if which not in ("seed", "edge"):
+        err.print(f"scenario {which!r}: expected seed or edge")
+        raise typer.Exit(2)
     state = _lab(name).state()
     if state is None:
         err.print(f"lab {name!r} is not up: run `navstar lab up --name {name}` first")
         raise typer.Exit(1)
+    if which == "edge":
+        _edge_scenario(state)
+        return
     with console.status("deploying the example apps") as spinner:
         apps, vips = run_scenario(state, lambda msg: spinner.update(msg), requests=requests)
     tasks = [task for app in apps for task in app.tasks]
@@ -472,6 +484,21 @@ def lab_scenario(name: LabName = "lab",
         raise typer.Exit(1)
 
 
+def _edge_scenario(state) -> None:
+    from navstar.edge import run_edge
+    from navstar.lab import LabError
+
+    try:
+        outcome = run_edge(state, console)
+    except LabError as exc:
+        err.print(f"[red]edge scenario:[/] {exc}")
+        raise typer.Exit(1) from None
+    if not outcome.scaled_up_and_down:
+        err.print(f"[red]autoscale did not go above 1 instance and back (peak {outcome.peak_instances}, "
+                  f"final {outcome.final_instances})[/]")
+        raise typer.Exit(1)
+
+
 def _table(title: str | None, *columns: str) -> Table:
     """A table whose cells wrap (long names folded, never cut) at any console width."""
     table = Table(title=title)
@@ -518,7 +545,12 @@ def _lab_guide(state, agents: list[str]) -> None:
                   f"  {lab_exec} {master.name} -- curl -s 'http://127.0.0.1:{PROMETHEUS_PORT}/api/v1/alerts'"]
     else:
         lines.append(f"[bold]Prometheus[/]: not running (navstar lab up --name {name} --prometheus)")
+    public = [n for n in state.nodes if n.public]
     lines += [
+        "[bold]next[/]: north–south traffic through marathon-lb on the public agent "
+        f"({public[0].ip}), siege and autoscaling:" if public else
+        "[bold]next[/]: a lab with a public agent (navstar lab up --public-agents 1) runs the edge scenario:",
+        f"  {navstar} lab scenario edge --name {name}",
         "[bold]look around[/] (every listing takes --json):",
         f"  {navstar} lab status --name {name}",
         f"  {navstar} app list --lab {name}      {navstar} task list --lab {name}      "
