@@ -568,8 +568,10 @@ class Scheduler:
             task.ip_addresses = list(status.ip_addresses)
         if status.ports:
             task.ports = _merge_ports(task.ports, status.ports)
-        if status.healthy is not None and status.healthy != task.healthy:
-            task.healthy = status.healthy
+        if status.healthy is not None and status.healthy == task.healthy:
+            task.observe_health(status.healthy, now)
+        elif status.healthy is not None:
+            task.observe_health(status.healthy, now)
             self.events.publish("health_status_changed_event", appId=task.app_id, taskId=task.task_id,
                                 instanceId=task.task_id, version=task.version, alive=status.healthy)
             self.on_change()

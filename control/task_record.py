@@ -45,6 +45,23 @@ class TaskRecord(BaseModel):
     kill_sent_at: float | None = None
     unreachable_since: float | None = None
     released: bool = False              # resources already returned to the allocator
+    # Marathon's healthCheckResults: agents report health when it changes (and on reconciliation).
+    health_first_success: float | None = None
+    health_last_success: float | None = None
+    health_last_failure: float | None = None
+    health_consecutive_failures: int = 0
+
+    def observe_health(self, healthy: bool, at: float) -> None:
+        """A health report: a success (again) or a failure; a failure repeated unchanged is not
+        counted twice (the agent's report, resent, is the same failure)."""
+        if healthy:
+            self.health_first_success = self.health_first_success or at
+            self.health_last_success = at
+            self.health_consecutive_failures = 0
+        elif self.healthy is not False:
+            self.health_last_failure = at
+            self.health_consecutive_failures += 1
+        self.healthy = healthy
 
     @property
     def terminal(self) -> bool:

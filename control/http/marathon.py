@@ -78,8 +78,12 @@ class MarathonApi:
         ips = task.ip_addresses or [task.agent_ip]
         results = []
         if task.has_health_checks and task.healthy is not None:
-            results.append({"alive": task.healthy, "consecutiveFailures": 0 if task.healthy else 1,
-                            "firstSuccess": None, "lastFailure": None, "lastSuccess": None,
+            def when(at: float | None) -> str | None:
+                return iso_now(at) if at is not None else None
+            results.append({"alive": task.healthy, "consecutiveFailures": task.health_consecutive_failures,
+                            "firstSuccess": when(task.health_first_success),
+                            "lastSuccess": when(task.health_last_success),
+                            "lastFailure": when(task.health_last_failure),
                             "lastFailureCause": None if task.healthy else task.message,
                             "taskId": task.task_id, "instanceId": task.task_id})
         return {
