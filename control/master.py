@@ -25,6 +25,7 @@ from control.deployment_plan import with_dependencies_checked
 from control.deployments import Deployment, PlanAction
 from control.drf import Allocator
 from control.events import EventBus
+from control.frameworks import HEARTBEAT_SECONDS, Frameworks, view_parts
 from control.groups import GroupRecords
 from control.marathon_models import AppDefinition, AppExists, marathon_task_name
 from control.protocol import TaskStatus
@@ -49,7 +50,7 @@ class Master:
                  clock: Callable[[], float] = time.time, advertise_ip: str | None = None,
                  mesos_port: int = 5050, marathon_port: int = 8080,
                  image_map: ImageMap | None = None, overlay: OverlayConfig | None = None,
-                 store: StateStore | None = None) -> None:
+                 store: StateStore | None = None, framework_heartbeat: float = HEARTBEAT_SECONDS) -> None:
         """``store``: where state lives (default: SQLite in ``state_dir``, in memory without one)."""
         self.secret = secret
         # The agents' image map (apps naming an image but no command are checked against it).
@@ -74,6 +75,12 @@ class Master:
         self.agent_client = agent_client or HttpAgentClient(secret)
         self.scheduler = Scheduler(self.registry, self.allocator, self.agent_client, self.store, self.events,
                                    clock=clock, on_change=self.view_changed)
+        # The v1 scheduler API's frameworks, next to Marathon under the same allocator.
+        self.frameworks = Frameworks(self.registry, self.allocator, self.agent_client, self.store, self.master_id,
+                                     clock=clock, on_change=self.view_changed, poke=self.scheduler.poke,
+                                     heartbeat_seconds=framework_heartbeat,
+                                     marathon_tasks=lambda: self.scheduler.tasks.values())
+        self.scheduler.guests = self.frameworks
         self.vips = VipAllocator(dict(self.store.items("vips")),
                                  next_address=self.store.get("meta", "vip_next_address"))
         self.overlay = overlay or OverlayConfig()
@@ -107,6 +114,7 @@ class Master:
             self.registry.register(registration)
             self.allocator.add_agent(registration.agent_id, _totals(registration), registration.role)
         self.scheduler.load()
+        self.frameworks.load()
         self.versions.load()
         self.groups.load()
         for app in self.scheduler.apps.values():
@@ -243,9 +251,10 @@ class Master:
             for t in sorted(self.scheduler.tasks.values(), key=lambda t: t.task_id) if t.state in LIVE_STATES]
         marathon = FrameworkInfo(framework_id=self.marathon_framework_id, name="marathon", hostname=self.advertise_ip,
                                  ip=self.advertise_ip, port=self.marathon_port)
+        others, other_tasks = view_parts(self.frameworks, LIVE_STATES)
         self._view_cache = ClusterView(version=self.view_version, master_ip=self.advertise_ip,
-                                       master_port=self.mesos_port, frameworks=[marathon], agents=agents,
-                                       tasks=tasks, vip_addresses=dict(self.vips.allocations),
+                                       master_port=self.mesos_port, frameworks=[marathon, *others], agents=agents,
+                                       tasks=tasks + other_tasks, vip_addresses=dict(self.vips.allocations),
                                        overlay=self.overlay)
         return self._view_cache
 
@@ -312,6 +321,7 @@ class Master:
         if record.reachable and not force:
             return f"agent {agent_id} is reachable; stop it first or force the removal"
         self.scheduler.agent_removed(agent_id)
+        self.frameworks.agent_lost(agent_id, f"agent {agent_id} was removed")
         self.registry.remove(agent_id)
         self.store.delete("agents", agent_id)
         try:
@@ -334,6 +344,7 @@ class Master:
             except KeyError:
                 pass
             self.scheduler.agent_unreachable(agent_id)
+            self.frameworks.agent_lost(agent_id, f"agent {agent_id} is unreachable")
             self.view_changed()
         return newly
 
@@ -359,7 +370,7 @@ class Master:
             await asyncio.sleep(interval or self.ping_interval)
 
     def background(self) -> list[Coroutine[Any, Any, None]]:
-        return [self.scheduler.run(), self.watch_agents()]
+        return [self.scheduler.run(), self.watch_agents(), self.frameworks.run()]
 
     def close(self) -> None:
         self.store.close()

@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from control.marathon_models import marathon_task_name
+from control.mesos_v1 import ranges_of
 from control.roles import UNRESERVED
 
 if TYPE_CHECKING:
+    from control.frameworks import FrameworkTask
     from control.master import Master
     from control.task_record import TaskRecord
 
@@ -23,13 +25,7 @@ MESOS_VERSION = "1.11.0"
 
 def port_ranges(ports: list[int]) -> str:
     """``[31000, 31001, 31005]`` → ``"[31000-31001, 31005-31005]"`` (Mesos' text form)."""
-    ranges: list[list[int]] = []
-    for port in sorted(set(ports)):
-        if ranges and port == ranges[-1][1] + 1:
-            ranges[-1][1] = port
-        else:
-            ranges.append([port, port])
-    return "[" + ", ".join(f"{b}-{e}" for b, e in ranges) + "]"
+    return "[" + ", ".join(f"{b}-{e}" for b, e in ranges_of(ports)) + "]"
 
 
 def _labels(labels: dict[str, str]) -> dict[str, list[dict[str, str]]]:
@@ -137,8 +133,29 @@ def mesos_state(master: Master) -> dict[str, Any]:
         "failed_tasks": counts["failed"], "lost_tasks": counts["lost"],
         "flags": {"port": str(port), "allocation_interval": "1secs", "framework_sorter": "drf",
                   "authenticate_agents": str(master.secret is not None).lower()},
-        "slaves": slaves, "frameworks": [framework], "completed_frameworks": [], "unregistered_frameworks": [],
+        "slaves": slaves, "frameworks": [framework, *frameworks_json(master)],
+        "completed_frameworks": list(master.frameworks.completed_frameworks), "unregistered_frameworks": [],
     }
+
+
+def frameworks_json(master: Master) -> list[dict[str, Any]]:
+    """The v1 scheduler API's frameworks (``control.frameworks``) with their tasks, in Mesos' shape."""
+    now = master.clock()
+    out = []
+    for framework in master.frameworks.frameworks.values():
+        document = framework.as_json(now)
+        document["tasks"] = [_framework_task(t) for t in sorted(framework.tasks.values(), key=lambda t: t.task_id)]
+        document["completed_tasks"] = [_framework_task(t) for t in master.frameworks.completed_tasks[-100:]
+                                       if t.framework_id == framework.framework_id]
+        out.append(document)
+    return out
+
+
+def _framework_task(task: FrameworkTask) -> dict[str, Any]:
+    document = task_json(task, task.framework_id)
+    document["name"] = task.name
+    document["discovery"]["name"] = task.name
+    return document
 
 
 def state_summary(state: dict[str, Any], cluster: str = "navstar") -> dict[str, Any]:

@@ -35,14 +35,14 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from cluster.tasks import TERMINAL_STATES as TERMINAL
 from cluster.view import TaskPort
 from control.agent_client import AgentAddress, AgentClient, AgentUnavailable, LaunchAnswer
 from control.deployments import Action, Deployment, Deployments, PlanAction
-from control.drf import Allocator
+from control.drf import Allocator, Offer
 from control.events import EventBus, iso_now
 from control.launch_queue import LaunchQueue
 from control.marathon_models import AppDefinition, marathon_task_name, marathon_task_prefix, task_protocol
@@ -75,6 +75,19 @@ RECONCILE_RETRY_SECONDS = 2.0
 RECONCILE_RETRIES = 10
 # How finely a burst is spread over the offers of one cycle (rounds over the offers).
 SPREAD_ROUNDS = 8
+
+
+class Guests(Protocol):
+    """The other frameworks (v1 scheduler API, ``control.frameworks``): Marathon routes their
+    tasks' statuses and reconciliation to them, hands them their DRF offers, and counts their
+    tasks' host ports."""
+
+    def owns(self, task_id: str) -> bool: ...
+    async def on_status(self, agent_id: str, status: TaskStatus) -> str: ...
+    def reconciled(self, agent_id: str, reported: set[str], asked_at: float) -> None: ...
+    def wants_offers(self) -> bool: ...
+    def take_offers(self, offers: list[Offer], now: float) -> list[Offer]: ...
+    def framework_tasks(self) -> Iterable[TaskRecord]: ...
 
 
 class Scheduler:
@@ -115,6 +128,7 @@ class Scheduler:
         self.reconcile_retry_seconds = RECONCILE_RETRY_SECONDS
         self.orphan_confirm_seconds = ORPHAN_CONFIRM_SECONDS
         self.unknown_killed = 0
+        self.guests: Guests | None = None
 
     # ---- persistence ---------------------------------------------------------------------
     def load(self) -> None:
@@ -396,10 +410,14 @@ class Scheduler:
             else:
                 self.allocator.suppress(framework_id)
         self.queue.refresh(demand, ready)
-        if not ready:
+        guests = self.guests
+        if not ready and not (guests is not None and guests.wants_offers()):
             return []
         offers = self.allocator.allocate(now)
-        slots = agent_slots(self.registry.all(), self.tasks.values())
+        if guests is not None:
+            offers = guests.take_offers(offers, now)     # the other frameworks' offers go to them
+        live = list(self.tasks.values()) + (list(guests.framework_tasks()) if guests is not None else [])
+        slots = agent_slots(self.registry.all(), live)
         placed_on: dict[str, list[AgentSlot]] = {
             app_id: [slots[t.agent_id] for t in self.active(app_id) if t.agent_id in slots] for app_id in ready}
         launches: list[TaskRecord] = []
@@ -555,6 +573,8 @@ class Scheduler:
     # ---- statuses from agents ------------------------------------------------------------
     async def on_status(self, agent_id: str, status: TaskStatus) -> str:
         """Applies one status from an agent. Returns what happened (for the agent's answer)."""
+        if self.guests is not None and self.guests.owns(status.task_id):
+            return await self.guests.on_status(agent_id, status)
         task = self.tasks.get(status.task_id)
         if task is None or task.agent_id != agent_id or (task.terminal and status.state not in TERMINAL):
             if status.state in TERMINAL:
@@ -722,6 +742,9 @@ class Scheduler:
         self._reconcile_tries.pop(agent_id, None)
         reported = {s.task_id for s in statuses}
         for status in statuses:
+            if self.guests is not None and self.guests.owns(status.task_id):
+                await self.guests.on_status(agent_id, status)
+                continue
             task = self.tasks.get(status.task_id)
             known = task is not None and task.agent_id == agent_id and not task.terminal
             seen = self._suspects.get((agent_id, status.task_id))
@@ -733,6 +756,8 @@ class Scheduler:
                         "reconciliation): killing it", agent_id, status.task_id)
             self.unknown_killed += 1
             self._spawn(self._kill_unknown(record, status.task_id))
+        if self.guests is not None:
+            self.guests.reconciled(agent_id, reported, asked_at)
         for key in [key for key in self._suspects if key[0] == agent_id and key[1] not in reported]:
             del self._suspects[key]     # gone meanwhile
         for task in list(self.tasks.values()):

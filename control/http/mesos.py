@@ -18,6 +18,7 @@ from starlette.routing import Route
 from cluster.ipam import IpamError
 from cluster.view import ClusterView
 from control.http.common import guard, metrics_endpoint, pong, validation_details
+from control.http.scheduler_api import scheduler_routes
 from control.master import Master
 from control.master_metrics import MasterMetrics
 from control.mesos_state import mesos_state
@@ -149,4 +150,5 @@ def mesos_app(master: Master, metrics: MasterMetrics) -> Starlette:
         Route("/state", api.state),
         Route("/state.json", api.state),
         Route("/metrics", metrics_endpoint(metrics)),
+        *scheduler_routes(master),
     ]), master)
