@@ -46,6 +46,16 @@ from navstar import logs
 from navstar.localnet import add_loopback_addresses
 from navstar.servers import Listen, serve
 from overlay.agent import OverlayAgent
+from overlay.cni import (
+    DCOS_DOCKER_NETWORK,
+    DCOS_NETWORK,
+    DEFAULT_CONFIG_DIR,
+    DEFAULT_PLUGIN_DIRS,
+    NetworkDirectory,
+)
+from overlay.cni_exec_kernel import SubprocessExec
+from overlay.cni_networks import CniNetworks
+from overlay.cni_runner import CniRunner
 from overlay.netlink_kernel import PyRoute2Netlink
 from spartan_dns import api as dns_api
 from spartan_dns.host_resolv import HostResolvConf
@@ -92,6 +102,11 @@ class AgentOptions:
     legacy_vips_listen: str = ":61421"
     attributes: dict[str, str] = field(default_factory=dict)
     role: str = "*"                             # Mesos --default_role: "*" or the role reserving it all
+    container_networks: str = "cni"             # "cni" (plugin chains) or "netlink" (the overlay's own veths)
+    cni_config_dir: str = str(DEFAULT_CONFIG_DIR)
+    cni_plugin_dirs: tuple[str, ...] = tuple(str(p) for p in DEFAULT_PLUGIN_DIRS)
+    cni_timeout: float = 10.0                   # seconds a plugin may take before the task fails
+    cni_scan_interval: float = 2.0              # seconds between looks at the CNI directory
 
 
 class OverlayNetworks:
@@ -113,6 +128,38 @@ class OverlayNetworks:
         self.overlay.detach_container(task_id)
 
 
+def cni_network_for(launch: TaskLaunch) -> str:
+    """The CNI network a task joins: its named network; the dcos network's Docker twin (d-dcos)
+    for Docker containers on dcos and for BRIDGE networking, as DC/OS split them."""
+    if launch.network == "bridge":
+        return DCOS_DOCKER_NETWORK
+    name = launch.network_name or DCOS_NETWORK
+    if name == DCOS_NETWORK and bridge_for(launch) == "d-dcos":
+        return DCOS_DOCKER_NETWORK
+    return name
+
+
+class CniContainerNetworks:
+    """The executor's container networks, attached by CNI plugin chains (``overlay.cni_networks``).
+    Host ports of BRIDGE and USER tasks (the master chose them) go to ``portmap``; the task's
+    addresses are the plugin's result."""
+
+    def __init__(self, cni: CniNetworks) -> None:
+        self.cni = cni
+
+    def attach(self, task_id: str, netns: str, launch: TaskLaunch) -> tuple[list[str], list[TaskPort]]:
+        mappings = [(p.host_port, p.container_port, protocol) for p in launch.ports
+                    if p.host_port and p.container_port for protocol in p.protocols]
+        attachment = self.cni.attach(task_id, netns, cni_network_for(launch), mappings)
+        return attachment.ips, launch.ports
+
+    def detach(self, task_id: str) -> None:
+        self.cni.detach(task_id)
+
+    def adopt(self, live: dict[str, str]) -> None:
+        self.cni.adopt(live)
+
+
 class NodeAgent:
     def __init__(self, opts: AgentOptions) -> None:
         self.opts = opts
@@ -127,16 +174,28 @@ class NodeAgent:
                 ports=[PortRange(begin=begin, end=end) for begin, end in port_ranges]),
             attributes=dict(opts.attributes), role=opts.role,
         )
+        self.cni: CniNetworks | None = None
+        networks: OverlayNetworks | CniContainerNetworks
+        if opts.container_networks == "cni":
+            cni_state = Path(opts.work_dir) / "cni"
+            self.cni = CniNetworks(NetworkDirectory(opts.cni_config_dir, opts.cni_plugin_dirs),
+                                   CniRunner(SubprocessExec(opts.cni_plugin_dirs), timeout=opts.cni_timeout),
+                                   state_dir=cni_state / "attachments", data_dir=cni_state / "networks")
+            registration.networks = sorted(self.cni.scan().networks)
+        else:
+            registration.networks = [DCOS_NETWORK]
         self.overlay = OverlayAgent(PyRoute2Netlink(), opts.agent_id, opts.ip,
+                                    on_allocation=self.cni.write_dcos if self.cni else None,
                                     state_dir=Path(opts.work_dir) / "overlay",
                                     # Ports the overlay picks itself come from the last range
                                     # (31000-32000 on every lab agent).
                                     host_ports=port_ranges[-1],
                                     reconcile_interval=opts.overlay_interval)
+        networks = CniContainerNetworks(self.cni) if self.cni else OverlayNetworks(self.overlay)
         self.executor = Executor(
             Path(opts.work_dir), opts.ip, self._on_status, cgroup_scope=opts.cgroup,
             netns_prefix=opts.netns_prefix, user=opts.task_user, image_map=ImageMap.load(opts.image_map),
-            networks=OverlayNetworks(self.overlay), node_netns=opts.node_netns,
+            networks=networks, node_netns=opts.node_netns,
             resolv_conf=resolv_conf(),
         )
         self.link = MasterLink(opts.master, registration, self.secret, opts.heartbeat_interval,
@@ -264,6 +323,27 @@ class NodeAgent:
         self.lb_metrics = MinutemanMetrics(self.lb, REGISTRY)
         log.info("VIP dataplane: %s", self.dataplane.name)
 
+    def _describe_networks(self) -> dict:
+        if self.cni is None:
+            return {"networks": [{"name": DCOS_NETWORK, "plugins": ["navstar-netlink"]}], "skipped": []}
+        return self.cni.scan().describe()
+
+    async def _watch_networks(self) -> None:
+        """Networks dropped into (or removed from) the CNI directory reach the master: the agent
+        registers again with the new list, so placement sees them."""
+        if self.cni is None:
+            return
+        while True:
+            await asyncio.sleep(self.opts.cni_scan_interval)
+            try:
+                names = sorted((await asyncio.to_thread(self.cni.scan)).networks)
+            except OSError as exc:
+                log.warning("CNI directory %s: %s", self.opts.cni_config_dir, exc)
+                continue
+            if names != self.link.registration.networks:
+                log.info("CNI networks now: %s", ", ".join(names) or "none")
+                await self.link.reregister(self.link.registration.model_copy(update={"networks": names}))
+
     async def run(self) -> None:
         self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         for status in self.executor.adopt():
@@ -281,12 +361,13 @@ class NodeAgent:
         try:
             await serve(
                 [(self.local_api(), Listen.parse(self.opts.api_listen)),
-                 (agent_api(self.opts.agent_id, self.executor, self.secret, self._on_launch),
+                 (agent_api(self.opts.agent_id, self.executor, self.secret, self._on_launch,
+                            networks=self._describe_networks),
                   Listen.parse(self.opts.agent_listen)),
                  (self.metrics_app(), metrics),
                  (vip_api.legacy_app(self.lb), Listen.parse(self.opts.legacy_vips_listen))],
                 background=[self.link.run(), self.link.watch_view(self.on_view), self.executor.run(),
-                            self.overlay.run(), self.lb.run()],
+                            self.overlay.run(), self.lb.run(), self._watch_networks()],
             )
         finally:
             # Kernel state stays for a restarted agent to adopt: established flows continue, and with

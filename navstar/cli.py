@@ -228,6 +228,10 @@ def agent(
     resolv_conf: Annotated[str, typer.Option(help="where to find upstream resolvers when --upstream is not given")] = "/etc/resolv.conf",
     manage_resolv_conf: Annotated[bool, typer.Option("--manage-resolv-conf", help="a real host: point --resolv-conf at this node's resolver (the host's file kept beside it, its nameservers the upstreams), restored on stop")] = False,
     lb_cgroup: Annotated[str | None, typer.Option(help="v2 cgroup the eBPF socket LB serves (a real host: '/', every process; default: --cgroup)")] = None,
+    container_networks: Annotated[str, typer.Option(help="how tasks join container networks: cni (plugin chains) or netlink (the overlay's own veths, dcos only)")] = "cni",
+    cni_config_dir: Annotated[str, typer.Option(help="CNI network configurations (the agent writes dcos and dcos-docker here)")] = "/etc/navstar/cni",
+    cni_plugin_dir: Annotated[list[str] | None, typer.Option(help="where CNI plugins are (repeat; default /usr/lib/cni)")] = None,
+    cni_timeout: Annotated[float, typer.Option(help="seconds a CNI plugin may take before its task fails")] = 10.0,
 ) -> None:
     """Run the node agent (executor, overlay, load balancer, DNS)."""
     from navstar.agent_main import AgentOptions, run_agent
@@ -249,6 +253,12 @@ def agent(
         except ValueError as exc:
             err.print(f"{option}: {exc}")
             raise typer.Exit(2) from None
+    if container_networks not in ("cni", "netlink"):
+        err.print(f"--container-networks: expected cni or netlink, got {container_networks!r}")
+        raise typer.Exit(2)
+    if cni_timeout <= 0:
+        err.print(f"--cni-timeout: {cni_timeout} must be positive")
+        raise typer.Exit(2)
     problem = role_problem(default_role)
     if problem:
         err.print(f"--default-role: {problem}")
@@ -263,6 +273,8 @@ def agent(
         forward_zones=_forward_zones(forward_zone or []), resolv_conf=resolv_conf,
         manage_resolv_conf=manage_resolv_conf, lb_cgroup=lb_cgroup,
         role=default_role, attributes=parse_attributes(attributes),
+        container_networks=container_networks, cni_config_dir=cni_config_dir,
+        cni_plugin_dirs=tuple(cni_plugin_dir or ["/usr/lib/cni"]), cni_timeout=cni_timeout,
     ))
 
 

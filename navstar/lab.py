@@ -422,6 +422,8 @@ class Lab:
                 # The sealed lab has no upstream: its resolv.conf names only the node resolver.
                 "--resolv-conf", str(NETNS_ETC / node.namespace / "resolv.conf"),
                 "--bpf-pin-dir", str(BPFFS_ROOT / self.name / node.name),
+                # Each node its own CNI directory (the machine's /etc/navstar/cni is not the lab's).
+                "--cni-config-dir", str(state.directory / node.name / "cni-config"),
                 "--overlay-interval", f"{state.overlay_interval:g}",
                 *(["--default-role", PUBLIC_ROLE, "--attributes", "public_ip:true", "--ports", PUBLIC_PORTS]
                   if node.public else [])]

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -45,7 +45,11 @@ class OverlayAgent:
     def __init__(self, netlink: OverlayNetlink, agent_id: str, underlay_ip: str, *,
                  reconcile_interval: float = 30.0, netfilter: OverlayNetfilter | None = None,
                  state_dir: str | Path | None = None, host_ports: tuple[int, int] = DEFAULT_HOST_PORTS,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None,
+                 on_allocation: Callable[[OverlayAllocation, int], object] | None = None) -> None:
+        """``on_allocation(allocation, container MTU)`` runs on every pass that knows this agent's
+        allocation (and once for one restored from the state file): the CNI configurations of
+        the dcos networks are written from it."""
         if reconcile_interval <= 0:
             raise ValueError(f"reconcile_interval: {reconcile_interval} must be positive")
         self.netlink = netlink
@@ -65,6 +69,7 @@ class OverlayAgent:
         self._lock = threading.RLock()
         # Where passes run for coroutines (kernel.offloop): one at a time, off the loop.
         self._kernel_thread = KernelThread("overlay-agent")
+        self.on_allocation = on_allocation
         self._load()
 
     # -- the cluster view
@@ -161,6 +166,16 @@ class OverlayAgent:
                 log.info("overlay: allocation %s", allocation.model_dump())
             self.allocation = allocation
             self.containers.configure(allocation, desired.mtu.container)
+            self._announce_allocation(allocation, desired.mtu.container)
+
+    def _announce_allocation(self, allocation: OverlayAllocation, mtu: int) -> None:
+        if self.on_allocation is None:
+            return
+        try:
+            self.on_allocation(allocation, mtu)
+        except Exception:   # the overlay itself goes on; the next pass tries again
+            self.metrics.errors.labels("cni").inc()
+            log.exception("overlay: writing the dcos CNI configurations")
 
     def _repair_containers(self, result: ReconcileResult) -> None:
         try:
@@ -240,3 +255,4 @@ class OverlayAgent:
             return
         log.info("overlay: restored allocation %s and %d tasks from %s", self.allocation.vtep_ip,
                  len(self.containers.tasks), self.state_file)
+        self._announce_allocation(self.allocation, mtu)

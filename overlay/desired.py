@@ -82,6 +82,14 @@ def _gateway(half: str) -> str:
     return f"{network.network_address + 1}/{network.prefixlen}"
 
 
+def bridge_mac(half: str) -> str:
+    """A fixed, locally administered MAC for a bridge: 02 + its gateway address + 00. Left to the
+    kernel, a bridge takes its lowest port's MAC, which changes as tasks come and go — and the
+    CNI bridge plugin's CHECK compares the bridge MAC of its ADD result."""
+    gateway = ipaddress.IPv4Network(half).network_address + 1
+    return ":".join(f"{b:02x}" for b in (2, *gateway.packed, 0))
+
+
 def _check_peer(agent: AgentInfo, config: OverlayConfig) -> str | None:
     """Why this peer's allocation cannot be programmed, or None."""
     a = agent.overlay
@@ -115,7 +123,8 @@ def desired_state(view: ClusterView, agent_id: str, underlay_ip: str, underlay_m
     vtep = Link(name=config.vtep_name, kind="vxlan", mtu=mtu.vtep,
                 addresses=frozenset({f"{own.vtep_ip}/{vtep_prefixlen}"}), mac=own.vtep_mac.lower(),
                 vni=config.vni, port=config.port, local=underlay_ip, learning=False)
-    bridges = tuple(Link(name=name, kind="bridge", mtu=mtu.container, addresses=frozenset({_gateway(half)}))
+    bridges = tuple(Link(name=name, kind="bridge", mtu=mtu.container, addresses=frozenset({_gateway(half)}),
+                         mac=bridge_mac(half))
                     for name, half in ((M_DCOS, own.m_dcos), (D_DCOS, own.d_dcos)))
 
     neighbours, fdb, routes = set(), set(), set()

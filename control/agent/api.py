@@ -2,13 +2,15 @@
 
 Launches are answered at once (``control.agent.launcher``): the body is one ``TaskLaunch`` or
 ``{"launches": [TaskLaunch, …]}`` (a batch, answered per task); tasks start off the loop and
-report their statuses as they happen.
+report their statuses as they happen. ``GET /v1/networks`` lists the container networks the agent
+can attach tasks to (its CNI configurations) and the files it skipped, each with its error.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,8 +32,10 @@ def _invalid(exc: ValueError) -> str:
 
 
 def agent_api(agent_id: str, executor: Executor, secret: str | None,
-              on_launch=None, launcher: Launcher | None = None) -> Starlette:
-    """``on_launch(launch)`` (optional) runs after a task started (health checks)."""
+              on_launch=None, launcher: Launcher | None = None,
+              networks: Callable[[], dict[str, Any]] | None = None) -> Starlette:
+    """``on_launch(launch)`` (optional) runs after a task started (health checks);
+    ``networks()`` (optional) describes the agent's container networks for ``GET /v1/networks``."""
     launcher = launcher or Launcher(executor, on_started=on_launch)
 
     def guard(request: Request) -> JSONResponse | None:
@@ -94,8 +98,16 @@ def agent_api(agent_id: str, executor: Executor, secret: str | None,
             return denied
         return JSONResponse([s.model_dump() for s in [*executor.statuses(), *launcher.statuses()]])
 
+    async def list_networks(request: Request) -> JSONResponse:
+        if (denied := guard(request)) is not None:
+            return denied
+        if networks is None:
+            return JSONResponse({"networks": [], "skipped": []})
+        return JSONResponse(await asyncio.to_thread(networks))
+
     return Starlette(routes=[
         Route("/v1/ping", ping),
+        Route("/v1/networks", list_networks),
         Route("/v1/tasks", launch, methods=["POST"]),
         Route("/v1/tasks", tasks, methods=["GET"]),
         Route("/v1/tasks/{task_id}", kill, methods=["DELETE"]),

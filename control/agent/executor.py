@@ -55,6 +55,10 @@ class ContainerNetworks(Protocol):
     def detach(self, task_id: str) -> None:
         """Idempotent."""
 
+    def adopt(self, live: dict[str, str]) -> None:
+        """After an agent restart, ``live`` maps the tasks still running to their namespace: their
+        attachments are checked, anything attached for other tasks is released."""
+
 
 @dataclass
 class RunningTask:
@@ -165,6 +169,11 @@ class Executor:
                 self._cleanup(task)
                 self._forget(task_id)
         self._legacy_state_file.unlink(missing_ok=True)
+        if self.networks is not None:
+            try:
+                self.networks.adopt({t: task.netns for t, task in self.tasks.items() if task.netns})
+            except Exception:  # noqa: BLE001 — adoption of the rest goes on
+                log.exception("adopting container network attachments")
         return statuses
 
     # -- launch ------------------------------------------------------------------------

@@ -61,6 +61,13 @@ class MasterLink:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    async def reregister(self, registration: AgentRegistration) -> None:
+        """New facts about this agent (its container networks): it registers again, which the
+        master treats as an update. Before the first registration the new one is simply used."""
+        self.registration = registration
+        if self.registered.is_set():
+            await self.register()
+
     def send_status(self, status: TaskStatus) -> None:
         self._outbox.put_nowait(status)
 
