@@ -204,14 +204,43 @@ def _task_table(tasks: list[dict[str, Any]], title: str) -> None:
 
 @task_cli.command("list")
 def task_list(app_id: Annotated[str | None, typer.Option("--app", help="only this app's tasks")] = None,
-              master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False) -> None:
-    """Live tasks: where they run, on which ports, their state and health."""
+              master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False,
+              mesos: Annotated[str | None, typer.Option("--mesos", help="Mesos API URL (default: master:5050)")]
+              = None) -> None:
+    """Live tasks: Marathon's and (without --app) the other frameworks': where they run, on which
+    ports, their state and health."""
     path = _app_path(app_id) + "/tasks" if app_id else "/v2/tasks"
-    tasks = Api(master, lab, token).call("GET", path)["tasks"]
+    api = Api(master, lab, token, mesos)
+    tasks = api.call("GET", path)["tasks"]
+    if not app_id:
+        try:
+            tasks += framework_tasks(api.call("GET", "/master/state", mesos=True))
+        except typer.Exit:
+            err.print("[yellow]the other frameworks' tasks are left out: the Mesos API did not answer[/]")
     if as_json:
         _emit_json(tasks)
         return
     _task_table(tasks, "tasks")
+
+
+def framework_tasks(state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The live tasks of the frameworks other than Marathon (v1 scheduler API), in the shape of
+    Marathon's ``/v2/tasks`` entries, their ``appId`` the framework's name in parentheses."""
+    hosts = {slave["id"]: slave["hostname"] for slave in state.get("slaves", [])}
+    out = []
+    for framework in state.get("frameworks", []):
+        if framework.get("name") == "marathon":
+            continue
+        for task in framework.get("tasks", []):
+            ports = [p["number"] for p in task.get("discovery", {}).get("ports", {}).get("ports", [])]
+            running = next((s for s in reversed(task.get("statuses", [])) if s.get("container_status")), {})
+            ips = [ip["ip_address"] for info in running.get("container_status", {}).get("network_infos", [])
+                   for ip in info.get("ip_addresses", [])]
+            out.append({"id": task["id"], "appId": f"({framework['name']})", "framework": framework["name"],
+                        "frameworkId": framework["id"], "host": hosts.get(task["slave_id"], task["slave_id"]),
+                        "ports": ports, "ipAddresses": [{"ipAddress": ip, "protocol": "IPv4"} for ip in ips],
+                        "state": task["state"]})
+    return out
 
 
 # -- nodes -----------------------------------------------------------------------------------

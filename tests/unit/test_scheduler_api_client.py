@@ -13,7 +13,9 @@ import httpx
 import pytest
 from mesoshttp.client import MesosClient
 from requests.auth import HTTPBasicAuth
+from typer.testing import CliRunner
 
+from navstar.cli import app
 from tests.unit.master_harness import ServedMaster
 from tests.waiting import wait_until
 
@@ -62,6 +64,10 @@ def test_mesoshttp_launches_a_task_and_acknowledges_its_updates(served):
         framework = frameworks.frameworks[client.frameworkId]
         assert framework.spec.principal == "hello-principal" and framework.spec.failover_timeout == 30
         assert served.fake.agent(seen["launched"]).launches[-1].cmd == "echo hello"
+        listed = CliRunner().invoke(app, ["task", "list", "--master", served.url, "--mesos", served.mesos_url,
+                                          "--token", ServedMaster.SECRET, "--json"])
+        mine = [t for t in json.loads(listed.stdout) if t["id"] == "hello-1"]
+        assert mine and mine[0]["appId"] == "(hello-mesoshttp)" and mine[0]["state"] == "TASK_RUNNING"
         run_in_loop(served, served.fake.report(seen["launched"], "hello-1", "TASK_FINISHED"))
         wait_until(lambda: "TASK_FINISHED" in seen["states"], 15, message="mesoshttp saw TASK_FINISHED")
         wait_until(lambda: not framework.pending, 10, message="every update acknowledged")
