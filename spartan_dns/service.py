@@ -31,6 +31,7 @@ from spartan_dns.zones import (
     DCOS,
     DCOS_TTL,
     L4LB,
+    MESOS_DNS_NOERROR_TYPES,
     MESOS_MIRROR,
     MESOS_TTL,
     SPARTAN,
@@ -232,7 +233,8 @@ class DnsService:
         records = list(self._mesos)
         if not any(name.rstrip(".").lower() == soa.mname for name, _, _ in records):
             records.append((soa.mname, *address_rdata(self.listen[0])))   # Mesos-DNS: ns1 → listener
-        self._put(Zone(domain, records, ttl=self.mesos_ttl, soa=soa, serial=serial, ns_in_authority=True))
+        self._put(Zone(domain, records, ttl=self.mesos_ttl, soa=soa, serial=serial, ns_in_authority=True,
+                       noerror_types=MESOS_DNS_NOERROR_TYPES))
         if domain != MESOS_MIRROR and not domain.endswith("." + MESOS_MIRROR):
             mirror_soa = SoaNames(f"ns1.{MESOS_MIRROR}", f"root.ns1.{MESOS_MIRROR}")
             self._put(Zone(MESOS_MIRROR, rebase(records, domain, MESOS_MIRROR), ttl=self.mesos_ttl,

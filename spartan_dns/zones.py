@@ -4,6 +4,8 @@ Each :class:`Zone` is an immutable index built once per change of its inputs (re
 Mesos-DNS generator, the programmed VIP names, the masters); lookups never build anything but the
 reply's RRs. A name that exists with other types (or only has names below it) is NODATA, a name
 that does not exist is NXDOMAIN; both carry the zone's SOA in the authority section (RFC 2308).
+Mesos-DNS answers an absent name asked for SRV, SOA or NS with NOERROR (and the SOA), not
+NXDOMAIN; its zone is built with ``MESOS_DNS_NOERROR_TYPES`` to do the same.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ SOA_REFRESH, SOA_RETRY, SOA_EXPIRE = 60, 600, 86400
 
 T_A, T_AAAA, T_NS, T_SOA, T_SRV, T_ANY = QTYPE.A, QTYPE.AAAA, QTYPE.NS, QTYPE.SOA, QTYPE.SRV, QTYPE.ANY
 
+# Mesos-DNS's handleEmpty: an absent name asked for these types is NOERROR, for others NXDOMAIN.
+MESOS_DNS_NOERROR_TYPES = frozenset({T_SRV, T_SOA, T_NS})
+
 ZoneRecord = tuple[str, int, object]     # (name without trailing dot, QTYPE, dnslib rdata)
 
 
@@ -45,8 +50,11 @@ class Zone:
     """One authoritative zone. Thread-free and immutable once built: swap a new one in to change it."""
 
     def __init__(self, origin: str, records: Iterable[ZoneRecord], *, ttl: int, soa: SoaNames,
-                 serial: int, ns_in_authority: bool = False):
+                 serial: int, ns_in_authority: bool = False, noerror_types: frozenset[int] = frozenset()):
+        """``noerror_types``: query types for which an absent name is NOERROR (no answer, the
+        SOA in authority) rather than NXDOMAIN."""
         self.origin = origin.rstrip(".").lower()
+        self.noerror_types = noerror_types
         self.ttl = ttl
         self.ns_in_authority = ns_in_authority
         self._rrsets: dict[str, dict[int, list]] = {}
@@ -88,7 +96,7 @@ class Zone:
         """Answers ``qtype`` for ``name`` (lowercase); owner names keep the case the client asked in."""
         rrsets = self._rrsets.get(name)
         if rrsets is None:
-            return self._negative(NOERROR if name in self._exists else NXDOMAIN)
+            return self._negative(NOERROR if name in self._exists or qtype in self.noerror_types else NXDOMAIN)
         if qtype == T_ANY:
             found = [(rtype, rdata) for rtype, rdatas in rrsets.items() for rdata in rdatas]
         else:

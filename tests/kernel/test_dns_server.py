@@ -17,7 +17,7 @@ import pytest
 from dnslib import DNSRecord
 from pyroute2 import netns as pyroute2_netns
 
-from tests.reference import CONFORMANCE_VECTORS, REPO, conformance, conformance_state
+from tests.reference import CONFORMANCE, CONFORMANCE_VECTORS, REPO, conformance, conformance_state
 from tests.waiting import wait_until
 
 DNS_IP = "198.51.100.1"
@@ -194,6 +194,7 @@ def test_mesos_dns_conformance_vectors_hold_over_real_queries(dns_ns, start_dns,
     for vector in vectors["vectors"]:
         groups.setdefault(vector["ip_sources"], []).append(vector)
     checked = 0
+    rcodes_checked = False
     for ip_sources, vectors in groups.items():
         server = start_dns("--upstream", UPSTREAM_IP, "--mesos-state", str(state_file), "--domain", params["domain"],
                            "--ip-sources", ip_sources, "--label-spec", params["label_spec"].lower(),
@@ -204,5 +205,12 @@ def test_mesos_dns_conformance_vectors_hold_over_real_queries(dns_ns, start_dns,
                 got = sorted(f"{target}:{port}" for _prio, _weight, port, target in (g.split() for g in got))
             assert got == sorted(vector["want"]), (vector, server.log.read_text()[-2000:])
             checked += 1
+        if not rcodes_checked:
+            # rcodes.json: what a lookup without an answer gets, over real queries (issue 19).
+            for rcode in json.loads((CONFORMANCE / "rcodes.json").read_text())["vectors"]:
+                out = dig(dns_ns, rcode["name"], rcode["rtype"])
+                assert status(out) == rcode["rcode"] and "ANSWER: 0," in out, (rcode, out)
+                assert re.search(r"AUTHORITY SECTION:\n\S+\s+\d+\s+IN\s+SOA\s", out), (rcode, out)
+            rcodes_checked = True
         server.stop()
     assert checked == CONFORMANCE_VECTORS
