@@ -98,6 +98,7 @@ def _head(settings: Settings) -> list[str]:
         "  mode http",
         "  stats enable",
         "  stats uri /haproxy?stats",
+        "  stats show-legends",            # the CSV's addr column: each server's task address
         "  monitor-uri /_haproxy_health_check",
         "  http-request use-service prometheus-exporter if { path /metrics }",
         "  use_backend marathon_lb_status if { path /_haproxy_getconfig } || { path_beg /_marathon_lb/ }",

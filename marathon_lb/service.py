@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,9 +107,18 @@ async def resume(applier: Applier) -> None:
     await applier.apply(Plan())
 
 
+def fitting_maxconn(wanted: int = 50000) -> int:
+    """HAProxy raises its descriptor limit to about 2×maxconn and refuses to start when the hard
+    limit is lower: ask for what the limit allows (marathon-lb's 50000 where it can)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return wanted
+    return max(256, min(wanted, (hard - 256) // 2))
+
+
 async def run(opts: Options) -> None:
     settings = Settings(opts.run_dir, stats_port=opts.stats_port, http_port=opts.http_port,
-                        bind_address=opts.bind_address, min_slots=opts.min_slots)
+                        bind_address=opts.bind_address, min_slots=opts.min_slots, maxconn=fitting_maxconn())
     opts.run_dir.mkdir(parents=True, exist_ok=True)
     metrics = Metrics()
     haproxy = HaproxyProcess(opts.run_dir / "haproxy.cfg", settings.admin_socket, settings.master_socket, opts.haproxy)
