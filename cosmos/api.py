@@ -127,8 +127,10 @@ REQUEST_SCHEMAS: dict[str, dict[str, Any]] = {
                                  "all": {"type": ["boolean", "null"]}},
                   "required": ["packageName"]},
     "repository.list": {},
-    "repository.add": {"properties": {"name": _string(), "uri": _string(), "index": {"type": ["integer", "null"],
-                                                                                       "minimum": 0}},
+    # The dcos CLI sends --index as a string ("0"); Cosmos' decoder takes either.
+    "repository.add": {"properties": {"name": _string(), "uri": _string(),
+                                      "index": {"type": ["integer", "string", "null"], "minimum": 0,
+                                                "pattern": "^[0-9]+$"}},
                        "required": ["name", "uri"]},
     "repository.delete": {"properties": {"name": _string(nullable=True), "uri": _string(nullable=True)}},
 }
@@ -197,9 +199,9 @@ def cosmos_app(cosmos: Cosmos) -> Starlette:
         return value
 
     def describe_v2(package: dict[str, Any]) -> dict[str, Any]:
-        flat = {**package_details(package), **{k: package[k] for k in
-                ("minDcosReleaseVersion", "marathon", "resource", "config", "command") if k in package}}
-        return flat
+        extra: dict[str, Any] = {k: package[k] for k in
+                                 ("minDcosReleaseVersion", "marathon", "resource", "config", "command") if k in package}
+        return {**package_details(package), **extra}
 
     def install_v1(answer: dict[str, Any]) -> dict[str, Any]:
         return {k: answer[k] for k in ("packageName", "packageVersion", "appId")}
@@ -225,7 +227,8 @@ def cosmos_app(cosmos: Cosmos) -> Starlette:
         rpc("uninstall", [(1, same)],
             lambda b: cosmos.uninstall(b["packageName"], b.get("appId"), bool(b.get("all")))),
         rpc("repository.list", [(1, same)], _async(lambda _b: cosmos.repository_list())),
-        rpc("repository.add", [(1, same)], lambda b: cosmos.repository_add(b["name"], b["uri"], b.get("index"))),
+        rpc("repository.add", [(1, same)], lambda b: cosmos.repository_add(
+            b["name"], b["uri"], None if b.get("index") is None else int(b["index"]))),
         rpc("repository.delete", [(1, same)],
             _async(lambda b: cosmos.repository_delete(b.get("name"), b.get("uri")))),
     ]

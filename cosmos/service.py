@@ -234,7 +234,7 @@ class Cosmos:
 
     async def installations(self, name: str | None = None, app_id: str | None = None) -> list[dict[str, Any]]:
         wanted = normalize_app_id(app_id) if app_id else None
-        found = []
+        found: list[dict[str, Any]] = []
         for app in await self.marathon.list():
             package = installed_package(app)
             if package is None or (name and package.get("name") != name):
@@ -245,7 +245,7 @@ class Cosmos:
             if package.get("resource") is not None:
                 info["resourceDefinition"] = package["resource"]
             found.append({"appId": normalize_app_id(app["id"]), "packageInformation": info})
-        found.sort(key=lambda i: (i["packageInformation"]["packageDefinition"].get("name", ""), i["appId"]))
+        found.sort(key=lambda i: (str(i["packageInformation"]["packageDefinition"].get("name", "")), str(i["appId"])))
         return found
 
     async def list(self, name: str | None, app_id: str | None) -> dict[str, Any]:
