@@ -1,4 +1,5 @@
-"""``navstar app|task|node …``: the master's Marathon and Mesos APIs from a terminal.
+"""``navstar app|task|node …``: the master's Marathon and Mesos APIs from a terminal
+(``navstar app group …`` and ``navstar app version …`` for groups and app versions).
 
 Every command takes ``--master URL`` (the Marathon API; default: the running lab's master, read
 through ``use_lab_master``), ``--token`` (default: ``$NAVSTAR_TOKEN``, then the lab's secret)
@@ -183,6 +184,154 @@ def app_remove(app_id: Annotated[str, typer.Argument(help="app id")], force: For
         _emit_json(answer)
         return
     Console().print(f"removing {app_id}, deployment {answer['deploymentId']}")
+
+
+# -- groups and versions -----------------------------------------------------------------------
+group_cli = typer.Typer(no_args_is_help=True, help="Marathon groups: add, list, show, scale, update, remove.")
+version_cli = typer.Typer(no_args_is_help=True, help="An app's versions: list, show, rollback.")
+app_cli.add_typer(group_cli, name="group")
+app_cli.add_typer(version_cli, name="version")
+
+
+def _group_path(group_id: str) -> str:
+    return "/v2/groups/" + group_id.strip("/")
+
+
+def _read_definition(file: str) -> bytes:
+    try:
+        return (sys.stdin.read() if file == "-" else Path(file).read_text()).encode()
+    except OSError as exc:
+        err.print(f"[red]cannot read {file}:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _deployment_line(what: str, answer: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        _emit_json(answer)
+    else:
+        Console().print(f"{what}, deployment {answer['deploymentId']}")
+
+
+def _group_rows(group: dict[str, Any]) -> list[tuple[str, int, int, str]]:
+    """(id, apps directly in it, apps below it, dependencies), the group first, then its subgroups."""
+    def count(node: dict[str, Any]) -> int:
+        return len(node.get("apps", [])) + sum(count(g) for g in node.get("groups", []))
+    rows = [(group["id"], len(group.get("apps", [])), count(group), ", ".join(group.get("dependencies", [])))]
+    for sub in group.get("groups", []):
+        rows += _group_rows(sub)
+    return rows
+
+
+@group_cli.command("add")
+def group_add(file: Annotated[str, typer.Argument(help="group definition JSON ('-' for stdin)")],
+              master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Create a group (its apps start in dependency order)."""
+    answer = Api(master, lab, token).call("POST", "/v2/groups", content=_read_definition(file),
+                                          headers={"Content-Type": "application/json"})
+    _deployment_line("group created", answer, as_json)
+
+
+@group_cli.command("list")
+def group_list(master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None,
+               as_json: JsonOpt = False) -> None:
+    """Every group with its apps."""
+    root = Api(master, lab, token).call("GET", "/v2/groups")
+    if as_json:
+        _emit_json(root.get("groups", []))
+        return
+    table = Table(title="groups")
+    for column in ("id", "apps", "apps below", "depends on"):
+        table.add_column(column, overflow="fold")
+    for group in root.get("groups", []):
+        for gid, direct, below, deps in _group_rows(group):
+            table.add_row(gid, str(direct), str(below), deps or "-")
+    Console().print(table)
+
+
+@group_cli.command("show")
+def group_show(group_id: Annotated[str, typer.Argument(help="group id, e.g. /prod")], master: MasterOpt = None,
+               lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """One group: its apps (instances, running, dependencies) and subgroups."""
+    group = Api(master, lab, token).call("GET", _group_path(group_id))
+    if as_json:
+        _emit_json(group)
+        return
+    table = Table(title=f"group {group['id']} (version {group['version']})")
+    for column in ("app", "instances", "running", "healthy", "depends on"):
+        table.add_column(column, overflow="fold")
+
+    def add(node: dict[str, Any]) -> None:
+        for app in node.get("apps", []):
+            table.add_row(app["id"], str(app["instances"]), str(app.get("tasksRunning", 0)),
+                          str(app.get("tasksHealthy", 0)) if app.get("healthChecks") else "-",
+                          ", ".join(app.get("dependencies", [])) or "-")
+        for sub in node.get("groups", []):
+            add(sub)
+    add(group)
+    Console().print(table)
+
+
+@group_cli.command("scale")
+def group_scale(group_id: Annotated[str, typer.Argument(help="group id")],
+                factor: Annotated[float, typer.Argument(min=0, help="multiply every app's instances by this")],
+                force: ForceOpt = False, master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None,
+                as_json: JsonOpt = False) -> None:
+    """Scale every app in a group by a factor (Marathon's scaleBy)."""
+    answer = Api(master, lab, token).call("PUT", _group_path(group_id), json={"scaleBy": factor},
+                                          params={"force": str(force).lower()})
+    _deployment_line(f"scaling {group_id} by {factor:g}", answer, as_json)
+
+
+@group_cli.command("update")
+def group_update(group_id: Annotated[str, typer.Argument(help="group id")],
+                 file: Annotated[str, typer.Argument(help="group definition JSON ('-' for stdin)")],
+                 force: ForceOpt = False, master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Change a group to the definition given (apps listed replace its apps)."""
+    answer = Api(master, lab, token).call("PUT", _group_path(group_id), content=_read_definition(file),
+                                          headers={"Content-Type": "application/json"},
+                                          params={"force": str(force).lower()})
+    _deployment_line(f"updating {group_id}", answer, as_json)
+
+
+@group_cli.command("remove")
+def group_remove(group_id: Annotated[str, typer.Argument(help="group id")], force: ForceOpt = False,
+                 master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None,
+                 as_json: JsonOpt = False) -> None:
+    """Remove a group: its apps stop, dependents first."""
+    answer = Api(master, lab, token).call("DELETE", _group_path(group_id), params={"force": str(force).lower()})
+    _deployment_line(f"removing {group_id}", answer, as_json)
+
+
+@version_cli.command("list")
+def version_list(app_id: Annotated[str, typer.Argument(help="app id")], master: MasterOpt = None,
+                 lab: LabOpt = "lab", token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """An app's versions, newest first."""
+    versions = Api(master, lab, token).call("GET", _app_path(app_id) + "/versions")["versions"]
+    if as_json:
+        _emit_json(versions)
+        return
+    for version in versions:
+        Console().print(version)
+
+
+@version_cli.command("show")
+def version_show(app_id: Annotated[str, typer.Argument(help="app id")],
+                 version: Annotated[str, typer.Argument(help="the version (a timestamp from version list)")],
+                 master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None) -> None:
+    """An app's definition at a version (JSON)."""
+    _emit_json(Api(master, lab, token).call("GET", f"{_app_path(app_id)}/versions/{version}"))
+
+
+@version_cli.command("rollback")
+def version_rollback(app_id: Annotated[str, typer.Argument(help="app id")],
+                     version: Annotated[str, typer.Argument(help="the version to go back to")],
+                     force: ForceOpt = False, master: MasterOpt = None, lab: LabOpt = "lab",
+                     token: TokenOpt = None, as_json: JsonOpt = False) -> None:
+    """Store an earlier version's definition again (tasks replaced when it differs)."""
+    answer = Api(master, lab, token).call("PUT", _app_path(app_id), json={"version": version},
+                                          params={"force": str(force).lower()})
+    _deployment_line(f"rolling {app_id} back to {version}", answer, as_json)
 
 
 # -- tasks -----------------------------------------------------------------------------------
