@@ -39,6 +39,7 @@ log = logging.getLogger("navstar.master")
 
 LIVE_STATES = ("TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING", "TASK_UNREACHABLE")
 MAX_VIEW_WAIT = 60.0
+CLUSTER_SECRET_SOURCE = "navstar/cluster-secret"     # Marathon secret source naming the cluster secret
 # Long-polling agents are woken at most this often: a burst of changes (a thousand task statuses)
 # reaches them as a few views, not one view per change.
 VIEW_COALESCE_SECONDS = 1.0
@@ -81,6 +82,8 @@ class Master:
                                      heartbeat_seconds=framework_heartbeat,
                                      marathon_tasks=lambda: self.scheduler.tasks.values())
         self.scheduler.guests = self.frameworks
+        # In-cluster API clients run as apps (marathon-lb): secret source "navstar/cluster-secret".
+        self.scheduler.secret_source = lambda source: secret if source == CLUSTER_SECRET_SOURCE else None
         self.vips = VipAllocator(dict(self.store.items("vips")),
                                  next_address=self.store.get("meta", "vip_next_address"))
         self.overlay = overlay or OverlayConfig()

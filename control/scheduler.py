@@ -102,6 +102,9 @@ class Scheduler:
         self.clock = clock
         self.rng = rng or random.Random()
         self.on_change = on_change      # the cluster view's version bump
+        # Marathon's secrets: an app's env {"VAR": {"secret": "<name>"}} with secrets {"<name>":
+        # {"source": "<source>"}} gets this callable's value for <source> (None: the variable is left out).
+        self.secret_source: Callable[[str], str | None] = lambda _source: None
         self.apps: dict[str, AppDefinition] = {}
         self.tasks: dict[str, TaskRecord] = {}
         self._by_app: dict[str, dict[str, TaskRecord]] = {}   # app id → its tasks (index of self.tasks)
@@ -561,6 +564,11 @@ class Scheduler:
             max_consecutive_failures=c.max_consecutive_failures, delay_seconds=c.delay_seconds)
             for c in app.health_checks]
         env = {k: v for k, v in app.env.items() if isinstance(v, str)}
+        for name, ref in app.env.items():
+            source = (app.secrets.get(ref.get("secret", "")) or {}).get("source") if isinstance(ref, dict) else None
+            value = self.secret_source(str(source)) if source else None
+            if value is not None:
+                env[name] = value
         env.setdefault("MARATHON_APP_VERSION", app.version or "")
         container_type = app.container.type if app.container else "NONE"
         return TaskLaunch(
