@@ -27,6 +27,7 @@ import os
 import pwd
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +78,12 @@ class RunningTask:
         return {"launch": self.launch.model_dump(), "pid": self.pid, "sandbox": self.sandbox,
                 "netns": self.netns, "ip_addresses": self.ip_addresses, "state": self.state,
                 "started_at": self.started_at}
+
+
+# The system's directories, then the agent's own interpreter's (where `navstar` is installed), so an app's
+# cmd can run `navstar marathon-lb …` as DC/OS ran its packages' binaries.
+TASK_PATH = ":".join(dict.fromkeys(["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin",
+                                    os.path.dirname(sys.executable)]))
 
 
 class Executor:
@@ -290,7 +297,7 @@ class Executor:
             raise
 
     def _environment(self, launch: TaskLaunch, sandbox: Path, ips: list[str]) -> dict[str, str]:
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+        env = {"PATH": TASK_PATH, "LANG": "C.UTF-8",
                "HOME": str(sandbox), "MESOS_SANDBOX": str(sandbox), "MESOS_TASK_ID": launch.task_id,
                "MARATHON_APP_ID": launch.app_id, "HOST": self.agent_ip}
         ports = [p.host_port if launch.network != "container" else p.container_port for p in launch.ports]
