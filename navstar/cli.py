@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adminrouter.cli import use_lab_front_door, user_cli
+from batch.cli import job_cli, use_lab_front_door_for_jobs
 from control.cli import app_cli, node_cli, task_cli, use_lab_master
 from cosmos.cli import package_cli
 from cosmos.cli import use_lab_front_door as use_lab_front_door_for_packages
@@ -32,6 +33,7 @@ app.add_typer(dns_app, name="dns")
 app.add_typer(vip_app, name="vip")
 app.add_typer(app_cli, name="app")
 app.add_typer(task_cli, name="task")
+app.add_typer(job_cli, name="job")
 app.add_typer(node_cli, name="node")
 app.add_typer(user_cli, name="user")
 app.add_typer(package_cli, name="package")
@@ -63,6 +65,7 @@ def _lab_front_door(lab: str) -> tuple[str, dict[str, str]] | None:
 
 use_lab_master(_lab_master)
 use_lab_front_door(_lab_front_door)
+use_lab_front_door_for_jobs(_lab_front_door)
 use_lab_front_door_for_packages(_lab_front_door)
 
 console = Console()

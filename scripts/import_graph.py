@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGES = ("cluster", "kernel", "bpf", "control", "overlay", "minuteman", "spartan_dns", "adminrouter", "marathon_lb", "cosmos", "universe", "navstar")
+PACKAGES = ("cluster", "kernel", "bpf", "control", "overlay", "minuteman", "spartan_dns", "adminrouter", "marathon_lb", "cosmos", "universe", "batch", "navstar")
 DATAPLANE = ("minuteman", "overlay", "spartan_dns", "bpf", "kernel")
 COMPOSITION_ROOT = "navstar"
 KERNEL_LIBRARIES = ("bcc", "pyroute2", "netfilterqueue", "nftables")
@@ -170,6 +170,8 @@ def violations(known: dict[str, Module]) -> list[str]:
                 problems.append(f"{module.name} imports {target}: the front door sits above the master and dataplanes")
             if package in ("cosmos", "universe") and target in ("control", *DATAPLANE):
                 problems.append(f"{module.name} imports {target}: packages reach the cluster only through Marathon's API")
+            if package == "batch" and target in ("control", *DATAPLANE):
+                problems.append(f"{module.name} imports {target}: a framework reaches the master only over its HTTP API")
             if package == "universe" and target == "cosmos":
                 problems.append(f"{module.name} imports {target}: the Universe is data and its format, below the service")
             if package == "control" and target in DATAPLANE:
