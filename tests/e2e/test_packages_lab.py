@@ -162,3 +162,25 @@ def test_repositories_add_remove_and_unreadable(lab: LabHandle, dcos) -> None:
     assert json.loads(dcos("package", "repo", "list", "--json").stdout)["repositories"] == \
         [{"name": "Universe", "uri": universe}]
     assert "nginx" in dcos("package", "search", "nginx").stdout
+
+
+def test_the_navstar_package_cli(lab: LabHandle, dcos, tmp_path: Path) -> None:
+    found = json.loads(lab.cli("package", "search", "nginx", "--json").stdout)["packages"]
+    assert [p["name"] for p in found] == ["nginx"]
+    app = json.loads(lab.cli("package", "render", "marathon-lb").stdout)
+    assert app["acceptedResourceRoles"] == ["slave_public"] and app["labels"]["DCOS_PACKAGE_NAME"] == "marathon-lb"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"site": {"title": "", "theme": "neon"}}))
+    refused = lab.cli("package", "install", "static-site", "--options", str(bad), "--yes")
+    assert refused.returncode == 1 and "JsonSchemaMismatch" in refused.stderr
+    assert "site.theme" in refused.stderr and "site.title" in refused.stderr
+    installed = lab.cli("package", "install", "nginx", "--app-id", "/cli-nginx", "--yes")
+    assert installed.returncode == 0 and "/cli-nginx" in installed.stdout, installed.stderr
+    try:
+        listed = json.loads(lab.cli("package", "list", "--json").stdout)["packages"]
+        assert [i["appId"] for i in listed] == ["/cli-nginx"]
+        # The same install, seen by the real CLI.
+        assert json.loads(dcos("package", "list", "--json").stdout)[0]["apps"] == ["/cli-nginx"]
+    finally:
+        removed = lab.cli("package", "uninstall", "nginx", "--yes")
+    assert removed.returncode == 0 and marathon_app(lab, "/cli-nginx") is None
