@@ -174,6 +174,10 @@ class Autoscaler:
                 watched.rates.append(totals[watched.backend])
         decisions: dict[str, Decision] = {}
         for app_id in sorted({w.app_id for w in self.watched}):
+            if not any(w.backend in seen for w in self.watched if w.app_id == app_id):
+                # No fresh sample (stats unreadable, backend gone): never act on old numbers alone.
+                decisions[app_id] = Decision(None, "no fresh sample")
+                continue
             decisions[app_id] = await self._decide_app(app_id)
         for app_id in decisions:
             if self.cooldown.get(app_id, 0) > 0 and decisions[app_id].target is None:
