@@ -10,6 +10,10 @@ SIGTERM ──► SIGQUIT to nginx (graceful: in-flight requests finish) ──�
 
 The first configuration is written before the master answers (no services yet), so the open
 routes and the 502/503 answers work while the master starts.
+
+Several masters (``--master zk://…/mesos``): the leader comes from ZooKeeper's election
+(``control.leadership.ZkLeaderFollower``); ``leader_changed`` points the Marathon, Mesos and
+backend upstreams and the view long-poll at the leader, and the next render reloads nginx.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import os
 import pwd
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -28,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from adminrouter.config import Settings, render
 from adminrouter.routes import ServiceRoute, service_routes
 from cluster.view import ClusterView
+from control.leadership import Leadership
 
 log = logging.getLogger("navstar.adminrouter")
 
@@ -42,6 +48,8 @@ class Supervisor:
         self.conf = self.run_dir / "nginx.conf"
         self.proc: asyncio.subprocess.Process | None = None
         self.services: list[ServiceRoute] | None = None
+        self._applied: Settings | None = None
+        self._moved = asyncio.Event()
         self.stopping = False
         self.registry = CollectorRegistry()
         self.reloads = Counter("navstar_adminrouter_reloads_total", "configuration changes applied to nginx, by result",
@@ -75,7 +83,7 @@ class Supervisor:
 
     async def apply(self, services: list[ServiceRoute]) -> bool:
         """Renders, checks and (nginx running) reloads; True when the new routes are in force."""
-        if services == self.services:
+        if services == self.services and self.settings == self._applied:
             return True
         candidate = self.run_dir / "nginx.conf.new"
         self._write(candidate, render(self.settings, services))
@@ -85,7 +93,7 @@ class Supervisor:
             log.error("nginx -t refused the new configuration; keeping the old one: %s", problem)
             return False
         candidate.replace(self.conf)
-        self.services = services
+        self.services, self._applied = services, self.settings
         self.service_count.set(len(services))
         if self.proc is not None and self.proc.returncode is None:
             self.proc.send_signal(signal.SIGHUP)
@@ -122,13 +130,49 @@ class Supervisor:
                 self.proc.kill()
                 await self.proc.wait()
 
+    # -- the leader (several masters)
+    def leader_changed(self, leadership: Leadership) -> None:
+        """Upstreams and the view long-poll go to the leader (same ports as configured)."""
+        if leadership.leader is None:
+            return
+        ip = leadership.leader.ip
+
+        def at_leader(address: str) -> str:
+            return f"{ip}:{address.rpartition(':')[2]}"
+
+        self.settings = replace(self.settings, marathon=at_leader(self.settings.marathon),
+                                mesos=at_leader(self.settings.mesos), backend=at_leader(self.settings.backend))
+        self.master = f"http://{ip}:{leadership.leader.port}"
+        log.info("leader %s: upstreams %s, %s, backend %s", ip, self.settings.marathon, self.settings.mesos,
+                 self.settings.backend)
+        self._moved.set()
+
+    async def _view_request(self, client: httpx.AsyncClient, since: int) -> httpx.Response | None:
+        """The long-poll's answer, or None when the leader moved first (the request is dropped)."""
+        request = asyncio.ensure_future(client.get(f"{self.master}/v1/view",
+                                                   params={"since": since, "wait": self.poll_wait}))
+        moved = asyncio.ensure_future(self._moved.wait())
+        await asyncio.wait([request, moved], return_when=asyncio.FIRST_COMPLETED)
+        if not request.done():
+            request.cancel()
+        moved.cancel()
+        if self._moved.is_set():
+            self._moved.clear()
+            if self.services is not None:
+                await self.apply(self.services)
+            return None
+        return request.result()
+
     # -- the view
     async def follow(self, headers: dict[str, str]) -> None:
         since = 0
         async with httpx.AsyncClient(timeout=self.poll_wait + 10, headers=headers) as client:
             while not self.stopping:
                 try:
-                    resp = await client.get(f"{self.master}/v1/view", params={"since": since, "wait": self.poll_wait})
+                    resp = await self._view_request(client, since)
+                    if resp is None:
+                        since = 0       # a new leader counts its own versions
+                        continue
                     resp.raise_for_status()
                     view = ClusterView.model_validate(resp.json())
                 except (httpx.HTTPError, ValueError) as exc:

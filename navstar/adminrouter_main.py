@@ -14,6 +14,8 @@ from starlette.routing import Route
 from adminrouter.config import Settings
 from adminrouter.supervisor import Supervisor
 from control.auth import auth_header, read_secret
+from control.leadership import ZkLeaderFollower
+from control.zk import ZkUrl, is_zk_url
 from navstar import logs
 from navstar.servers import Listen, serve
 
@@ -26,11 +28,13 @@ def run_adminrouter(listen: str, master: str, token_file: str | None, run_dir: s
     secret = read_secret(token_file)
     settings = Settings(listen=listen, run_dir=run_dir, backend=backend, marathon=marathon, mesos=mesos,
                         secret=secret or "")
-    supervisor = Supervisor(settings, master, nginx=nginx)
+    supervisor = Supervisor(settings, "http://127.0.0.1:5050" if is_zk_url(master) else master, nginx=nginx)
+    # Several masters: --master zk://…/mesos, and the upstreams follow the elected leader.
+    follower = ZkLeaderFollower(ZkUrl.parse(master), supervisor.leader_changed) if is_zk_url(master) else None
 
     async def metrics(_request: Request) -> Response:
         return Response(generate_latest(supervisor.registry), media_type=CONTENT_TYPE_LATEST)
 
     app = Starlette(routes=[Route("/metrics", metrics)])
     asyncio.run(serve([(app, Listen.parse(metrics_listen, default_host="127.0.0.1"))],
-                      background=[supervisor.run(auth_header(secret))]))
+                      background=[supervisor.run(auth_header(secret)), *([follower.run()] if follower else [])]))

@@ -22,10 +22,21 @@ log = logging.getLogger("navstar.master")
 def run_master(marathon_listen: str, mesos_listen: str, state_dir: str | None,
                token_file: str | None, agent_timeout: float, image_map: str | None = None,
                overlay: OverlayConfig | None = None, adminrouter_listen: str = ADMINROUTER_LISTEN,
-               token_expiry: float = DEFAULT_EXPIRY) -> None:
+               token_expiry: float = DEFAULT_EXPIRY, zk: str | None = None, ip: str | None = None,
+               zk_session_timeout: float = 10.0) -> None:
     logs.configure()
     marathon, mesos = Listen.parse(marathon_listen), Listen.parse(mesos_listen)
     backend = Listen.parse(adminrouter_listen, default_host="127.0.0.1")
+    if zk is not None:
+        # Several masters: elected in ZooKeeper, state there (navstar/master_zk.py).
+        from control.zk import ZkUrl
+        from navstar.master_zk import ZkMaster
+
+        if ip is None:
+            raise SystemExit("--zk needs --ip: the address this master advertises in its MasterInfo")
+        ZkMaster(ZkUrl.parse(zk), ip, marathon, mesos, backend, token_file, agent_timeout, image_map, overlay,
+                 token_expiry, zk_session_timeout).run()
+        return
     advertise = mesos.host if mesos.host not in ("0.0.0.0", "") else None
     master = Master(secret=read_secret(token_file), agent_timeout=agent_timeout, state_dir=state_dir,
                     advertise_ip=advertise, mesos_port=mesos.port, marathon_port=marathon.port,

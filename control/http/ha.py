@@ -1,0 +1,83 @@
+"""What the leader's ports add for several masters (``guard`` installs both on each port).
+
+- ``StoreGuard``: a state store that cannot write now (ZooKeeper below quorum, leadership
+  lost) turns Marathon writes (POST/PUT/PATCH/DELETE under ``/v2/``) into 503 with a JSON
+  reason *before* anything changes; a ``StoreUnavailable`` raised by any handler (an agent's
+  registration or status on the Mesos port) is a 503 too, never a 500. Reads keep answering
+  from memory. Agents' heartbeats write nothing, so they are never refused.
+- ``LeaderRedirect``: ``/master/redirect`` answers 307 to this (leading) master, as Mesos'
+  leader does; followers redirect to the leader (``control.http.follower``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from control.state import StoreUnavailable
+
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+
+
+def store_refusal(store: object) -> str | None:
+    """Why the store refuses writes now (stores that may refuse have ``writable``), or None."""
+    return getattr(store, "writable", None)
+
+
+async def _json(send: Send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+    raw = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
+                            *headers]})
+    await send({"type": "http.response.body", "body": raw})
+
+
+def unavailable_body(why: str) -> dict:
+    return {"message": f"the master cannot change its state now: {why}", "reason": why}
+
+
+class StoreGuard:
+    def __init__(self, app: ASGIApp, store: Callable[[], object]) -> None:
+        self.app = app
+        self.store = store
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        retry = [(b"retry-after", b"1")]
+        if scope["method"] in WRITES and scope["path"].startswith("/v2/"):
+            why = store_refusal(self.store())
+            if why is not None:
+                await _json(send, 503, unavailable_body(why), retry)
+                return
+        started = False
+
+        async def tracking(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking)
+        except StoreUnavailable as exc:
+            if started:
+                raise
+            await _json(send, 503, unavailable_body(str(exc)), retry)
+
+
+class LeaderRedirect:
+    def __init__(self, app: ASGIApp, address: Callable[[], str]) -> None:
+        self.app = app
+        self.address = address
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/master/redirect":
+            await send({"type": "http.response.start", "status": 307,
+                        "headers": [(b"location", f"http://{self.address()}".encode()), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        await self.app(scope, receive, send)
