@@ -313,6 +313,7 @@ def lab_up(
     lb: Annotated[str, typer.Option(help="VIP dataplane: ebpf, nfqueue or auto")] = "auto",
     overlay_interval: Annotated[float, typer.Option(help="agents' overlay drift-repair period (s)")] = 30.0,
     prometheus: Annotated[bool, typer.Option("--prometheus", help="also run Prometheus in the master's namespace (:9090), with the rules in deploy/prometheus")] = False,
+    masters: Annotated[int, typer.Option(help="1 (SQLite, no ZooKeeper), 3 or 5 (master-k at .(1+k), a ZooKeeper ensemble, leader election)")] = 1,
 ) -> None:
     """Build the lab and start a master and the agents in it."""
     _need_root()
@@ -322,7 +323,7 @@ def lab_up(
         lab = _lab(name, progress=lambda msg: spinner.update(msg))
         try:
             state = lab.up(agents=agents, underlay=underlay, lb=lb, overlay_interval=overlay_interval,
-                           prometheus=prometheus, public_agents=public_agents)
+                           prometheus=prometheus, public_agents=public_agents, masters=masters)
         except LabAlreadyUp as exc:
             console.print(str(exc))
             raise typer.Exit(0) from None
@@ -436,7 +437,7 @@ def lab_scenario(which: Annotated[str, typer.Argument(help="seed (the default): 
     with console.status("deploying the example apps") as spinner:
         apps, vips = run_scenario(state, lambda msg: spinner.update(msg), requests=requests)
     tasks = [task for app in apps for task in app.tasks]
-    agents = [n.name for n in state.nodes if n.name != state.master.name and not n.public]
+    agents = [n.name for n in state.nodes if n not in state.master_nodes and not n.public]
     crossed = any(v.from_other_agents for v in vips) or len(agents) < 2
     failed = any(a.running < a.instances for a in apps) or any(v.failures for v in vips) or not crossed
     if as_json:

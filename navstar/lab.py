@@ -42,7 +42,7 @@ from pyroute2 import IPRoute, netns
 from cluster.addresses import resolv_conf
 from control.agent.cgroups import Cgroup
 from control.auth import auth_header
-from navstar import frontdoor, lab_seal
+from navstar import frontdoor, lab_masters, lab_seal
 from navstar.namespaces import namespace_pids
 
 LAB_ROOT = Path(os.environ.get("NAVSTAR_LAB_ROOT", "/var/lib/navstar/labs"))
@@ -72,6 +72,8 @@ class Node:
     ip: str
     pid: int | None = None
     log: str = ""
+    zk_pid: int | None = None               # --masters 3|5: the master's ZooKeeper server
+    adminrouter_pid: int | None = None      # --masters 3|5: Admin Router on this master
 
     @property
     def public(self) -> bool:
@@ -91,6 +93,11 @@ class LabState:
     prometheus_pid: int | None = None       # Debian's prometheus in the master's namespace (--prometheus)
     cosmos_pid: int | None = None           # `navstar cosmos` (packages, the local Universe) in the master's namespace
     public_agents: int = 0
+    masters: int = 1                        # 3 or 5: ZooKeeper and leader election (navstar/lab_masters.py)
+
+    @property
+    def master_nodes(self) -> list[Node]:
+        return [n for n in self.nodes if lab_masters.is_master_name(n.name)]
 
     @property
     def directory(self) -> Path:
@@ -167,7 +174,7 @@ def check_lab_name(name: str) -> None:
 def owns_namespace(lab: str, namespace: str) -> bool:
     """The lab's own namespaces: underlay, master, agent-N, public-agent-N, and their task
     namespaces (-t…)."""
-    return re.fullmatch(rf"navstar-{re.escape(lab)}-(underlay|master|(public-)?agent-\d+)(-t.+)?",
+    return re.fullmatch(rf"navstar-{re.escape(lab)}-(underlay|master(-\d+)?|(public-)?agent-\d+)(-t.+)?",
                         namespace) is not None
 
 
@@ -183,9 +190,11 @@ def cgroup_for(lab: str, node: str | None = None) -> Cgroup:
     return Cgroup(f"navstar/{lab}" + (f"/{node}" if node else ""))
 
 
-def plan_nodes(lab: str, underlay: ipaddress.IPv4Network, agents: int, public_agents: int = 0) -> list[Node]:
+def plan_nodes(lab: str, underlay: ipaddress.IPv4Network, agents: int, public_agents: int = 0,
+               masters: int = 1) -> list[Node]:
     base = underlay.network_address
-    nodes = [Node("master", f"navstar-{lab}-master", str(base + 2))]
+    nodes = [Node(name, f"navstar-{lab}-{name}", str(base + 2 + k))
+             for k, name in enumerate(lab_masters.master_names(masters))]
     for k in range(1, agents + 1):
         nodes.append(Node(f"agent-{k}", f"navstar-{lab}-agent-{k}", str(base + 10 + k)))
     for k in range(1, public_agents + 1):
@@ -292,7 +301,7 @@ class Lab:
     # ---- up
     def up(self, agents: int = 2, underlay: str = DEFAULT_UNDERLAY, lb: str = "auto",
            timeout: float = 60.0, overlay_interval: float = 30.0, prometheus: bool = False,
-           public_agents: int = 0) -> LabState:
+           public_agents: int = 0, masters: int = 1) -> LabState:
         if self.is_up():
             raise LabAlreadyUp(f"lab {self.name!r} is already up; `navstar lab down --name {self.name}` first")
         if self.state() is not None or self._leftovers():
@@ -300,6 +309,8 @@ class Lab:
             self.down()
         if agents < 1 or agents > 200:
             raise LabError("--agents must be between 1 and 200")
+        if masters not in lab_masters.MASTER_COUNTS:
+            raise LabError(f"--masters must be one of {', '.join(map(str, lab_masters.MASTER_COUNTS))}")
         if not 0 <= public_agents <= MAX_PUBLIC_AGENTS:
             raise LabError(f"--public-agents must be between 0 and {MAX_PUBLIC_AGENTS}")
         if public_agents and agents > PUBLIC_AGENT_BASE - 10:
@@ -313,8 +324,8 @@ class Lab:
             raise LabError("--underlay needs at least a /24")
         if overlay_interval <= 0:
             raise LabError("--overlay-interval must be positive")
-        state = LabState(self.name, str(net), agents, lb, plan_nodes(self.name, net, agents, public_agents),
-                         overlay_interval=overlay_interval, public_agents=public_agents)
+        state = LabState(self.name, str(net), agents, lb, plan_nodes(self.name, net, agents, public_agents, masters),
+                         overlay_interval=overlay_interval, public_agents=public_agents, masters=masters)
         state.save()
         try:
             self._build(state, net)
@@ -354,7 +365,7 @@ class Lab:
             self._build_node(node, ul, net.prefixlen)
             # The outside reaches the masters only on :80, public agents only on their service
             # ports, and no agent's own ports.
-            kind = "master" if node is state.master else "public" if node.public else "agent"
+            kind = "master" if lab_masters.is_master_name(node.name) else "public" if node.public else "agent"
             lab_seal.seal(node.namespace, str(net.network_address + 1), kind)
             if node.public:
                 # Tasks run as nobody; marathon-lb binds :80 and :443 on the public agent.
@@ -378,17 +389,47 @@ class Lab:
         cgroup_for(self.name, node.name).create()
 
     def _start(self, state: LabState) -> None:
+        if state.masters > 1:
+            self._start_zookeepers(state)
         for node in state.nodes:
             self.progress(f"starting {node.name}")
             self._start_node(state, node)
+            if state.masters > 1 and lab_masters.is_master_name(node.name):
+                self._start_master_adminrouter(state, node)
             if node is state.master:
                 self.progress("starting Admin Router")
                 self._start_adminrouter(state)
                 self.progress("starting Cosmos")
                 self._start_cosmos(state)
 
+    def _start_zookeepers(self, state: LabState, timeout: float = 60.0) -> None:
+        """One ZooKeeper server per master, in its namespace; returns once they have a quorum."""
+        for node in state.master_nodes:
+            self.start_zookeeper(state, node)
+        self.progress("waiting for a ZooKeeper quorum")
+        try:
+            lab_masters.wait_quorum(state.master_nodes, timeout)
+        except TimeoutError as exc:
+            raise LabError(f"{exc}; see {state.directory / 'logs'}") from None
+
+    def start_zookeeper(self, state: LabState, node: Node) -> None:
+        self.progress(f"starting ZooKeeper on {node.name}")
+        argv = lab_masters.zookeeper_argv(state.master_nodes, node, state.directory / "zookeeper" / node.name)
+        node.zk_pid = self._spawn(node, argv, str(state.directory / "logs" / f"zookeeper-{node.name}.log"),
+                                  leaf="zookeeper")
+        state.save()
+
+    def _start_master_adminrouter(self, state: LabState, node: Node) -> None:
+        log = str(state.directory / "logs" / f"adminrouter-{node.name}.log")
+        argv = lab_masters.adminrouter_args(state.master_nodes, node, state.secret_file,
+                                            state.directory / f"adminrouter-{node.name}")
+        node.adminrouter_pid = self._spawn(node, [sys.executable, "-m", "navstar", *argv], log, leaf="adminrouter")
+        state.save()
+
     def _start_adminrouter(self, state: LabState) -> None:
         log = str(state.directory / "logs" / "adminrouter.log")
+        if state.masters > 1:
+            return      # every master has its own (_start_master_adminrouter)
         state.adminrouter_pid = self._spawn(state.master, [sys.executable, "-m", "navstar",
                                                            *frontdoor.adminrouter_args(state)], log)
         state.save()
@@ -410,11 +451,14 @@ class Lab:
 
     def _node_args(self, state: LabState, node: Node) -> list[str]:
         secret = str(state.secret_file)
+        if state.masters > 1 and lab_masters.is_master_name(node.name):
+            return lab_masters.master_args(state.master_nodes, node, secret)
         if node is state.master:
             return ["master", "--marathon-listen", f":{MARATHON_PORT}", "--mesos-listen", f":{MESOS_PORT}",
                     "--state-dir", str(state.directory / "master"), "--token-file", secret,
                     "--agent-timeout", "5"]
-        return ["agent", "--master", state.inside_mesos_url, "--ip", node.ip, "--agent-id", node.name,
+        master = state.inside_mesos_url if state.masters == 1 else lab_masters.zk_url(state.master_nodes)
+        return ["agent", "--master", master, "--ip", node.ip, "--agent-id", node.name,
                 "--token-file", secret, "--lb", state.lb, "--heartbeat-interval", "1",
                 "--work-dir", str(state.directory / node.name),
                 "--cgroup", cgroup_for(self.name, node.name).relpath,
@@ -442,7 +486,7 @@ class Lab:
     def _wait_ready(self, state: LabState, node: Node, timeout: float, since: float = 0.0) -> None:
         """The master answers ``/ping``; an agent is registered and reachable, and has been heard
         from ``since`` (the master keeps a killed agent reachable for its agent timeout)."""
-        is_master = node is state.master
+        is_master = lab_masters.is_master_name(node.name)
         url = f"{state.master_url}/ping" if is_master else f"{state.mesos_url}/v1/agents"
 
         def ready(resp: httpx.Response) -> bool:
@@ -481,7 +525,7 @@ class Lab:
         return proc.pid
 
     def _wait_registered(self, state: LabState, timeout: float) -> None:
-        want = {n.name for n in state.nodes[1:]}
+        want = {n.name for n in state.nodes if not lab_masters.is_master_name(n.name)}
         headers = auth_header(state.secret())
         deadline = time.monotonic() + timeout
         self.progress(f"waiting for {len(want)} agents to register")
@@ -510,7 +554,8 @@ class Lab:
         self.progress("starting prometheus")
         home = state.directory / "prometheus"
         config = prometheus.render(
-            home, masters=[state.master.ip], agents=[n.ip for n in state.nodes[1:]],
+            home, masters=[n.ip for n in state.master_nodes],
+            agents=[n.ip for n in state.nodes if not lab_masters.is_master_name(n.name)],
             secret_file=state.secret_file, cluster=self.name, scrape_interval="1s",
             evaluation_interval="1s", alert_for="3s")
         try:

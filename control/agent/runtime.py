@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import httpx
 
@@ -24,6 +25,8 @@ from control.registry import AgentRegistration
 log = logging.getLogger("navstar.agent")
 
 STATUS_BATCH = 200
+MOVED = object()        # what a request cut short by a leader change gives
+T = TypeVar("T")
 
 
 class MasterLink:
@@ -37,6 +40,9 @@ class MasterLink:
         self._client = httpx.AsyncClient(headers=auth_header(secret), timeout=5.0)
         self._outbox: asyncio.Queue[TaskStatus] = asyncio.Queue()
         self.registered = asyncio.Event()
+        # Several masters (``--master zk://…``): the leader's URL arrives by leader_changed().
+        self._leader_moved = False
+        self._move_waiters: set[asyncio.Future] = set()
 
     @property
     def agent_id(self) -> str:
@@ -51,6 +57,7 @@ class MasterLink:
                                                json=self.registration.model_dump())
                 if resp.status_code == 200:
                     log.info("registered with %s as %s", self.master_url, self.agent_id)
+                    self._leader_moved = False
                     for status in self.live_statuses():
                         self.send_status(status)
                     self.registered.set()
@@ -58,8 +65,40 @@ class MasterLink:
                 log.error("master refused registration: %s %s", resp.status_code, resp.text)
             except httpx.HTTPError as exc:
                 log.info("master %s not reachable yet: %s", self.master_url, exc)
-            await asyncio.sleep(delay)
+            if await self._unless_leader_moves(asyncio.sleep(delay)) is MOVED:
+                delay = 0.1
+                continue
             delay = min(delay * 2, 2.0)
+
+    def leader_changed(self, url: str) -> None:
+        """Several masters: another master leads now (``control.agent.leader``). The agent
+        registers with it, its statuses go there, and the view long-poll continues there from
+        the version it had (a new leader's view is always newer)."""
+        url = url.rstrip("/")
+        if url == self.master_url:
+            return
+        log.info("the leading master is %s now (was %s)", url, self.master_url or "unknown")
+        self.master_url = url
+        self._leader_moved = True
+        for waiter in list(self._move_waiters):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _unless_leader_moves(self, request: Awaitable[T]) -> T | object:
+        """The request's result, or ``MOVED`` (the request cancelled) when the leader moves first:
+        a long-poll to a stopped or cut-off leader must not wait out its timeout."""
+        moved = asyncio.get_running_loop().create_future()
+        self._move_waiters.add(moved)
+        task = asyncio.ensure_future(request)
+        try:
+            await asyncio.wait([task, moved], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self._move_waiters.discard(moved)
+        if task.done():
+            moved.cancel()
+            return task.result()
+        task.cancel()
+        return MOVED
 
     async def reregister(self, registration: AgentRegistration) -> None:
         """New facts about this agent (its container networks): it registers again, which the
@@ -96,7 +135,12 @@ class MasterLink:
 
     async def _heartbeats(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            await self._unless_leader_moves(asyncio.sleep(self.heartbeat_interval))
+            if self._leader_moved:
+                self._leader_moved = False
+                self.registered.clear()
+                await self.register()
+                continue
             try:
                 resp = await self._client.post(f"{self.master_url}/v1/agents/{self.agent_id}/heartbeat")
                 if resp.status_code == 404:
@@ -114,8 +158,11 @@ class MasterLink:
         version = 0
         while True:
             try:
-                resp = await self._client.get(f"{self.master_url}/v1/view",
-                                              params={"since": version, "wait": wait}, timeout=wait + 5)
+                resp = await self._unless_leader_moves(self._client.get(
+                    f"{self.master_url}/v1/view", params={"since": version, "wait": wait}, timeout=wait + 5))
+                if resp is MOVED:
+                    continue
+                assert isinstance(resp, httpx.Response)
                 if resp.status_code == 200:
                     view = ClusterView.model_validate(resp.json())
                     if view.version != version:

@@ -12,6 +12,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from control.http.auth import TokenAuth
+from control.http.ha import LeaderRedirect, StoreGuard
 
 if TYPE_CHECKING:
     from control.master import Master
@@ -38,7 +39,10 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
 
 def guard(app: Starlette, master: Master) -> Starlette:
     """The token check on every route but ``/ping``, and address learning (outermost)."""
+    # Several masters (control/http/ha.py): 503 while the store refuses writes; /master/redirect.
+    app.add_middleware(StoreGuard, store=lambda: master.store)
     app.add_middleware(TokenAuth, secret=master.secret, open_paths=OPEN_PATHS)
+    app.add_middleware(LeaderRedirect, address=lambda: f"{master.advertise_ip}:{master.mesos_port}")
     app.add_middleware(LearnAddress, master=master)
     return app
 
