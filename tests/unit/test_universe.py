@@ -36,6 +36,28 @@ def test_the_shipped_universe_builds_into_a_v3_repository() -> None:
     assert "--group edge" in app["cmd"] and app["cmd"].split()[1:3] == ["navstar", "marathon-lb"]
 
 
+def _default_app(name: str) -> dict:
+    package = next(p for p in build()["packages"] if p["name"] == name)
+    template = base64.b64decode(package["marathon"]["v2AppMustacheTemplate"]).decode()
+    return render_app(template, options_with_defaults(package["config"], None), package.get("resource"))
+
+
+@pytest.mark.parametrize("name", ["marathon-lb", "marathon-lb-autoscale"])
+def test_the_edge_packages_render_the_examples_apps(name: str) -> None:
+    """With its defaults, the package is examples/<name>.json: same placement, ports, health check and
+    credential (the cluster secret as a Marathon secret); the command line the example's, with the
+    package's ports (marathon-lb) or marathon-lb-autoscale's own defaults (the example's are short
+    test intervals)."""
+    app, example = _default_app(name), json.loads((REPO / "examples" / f"{name}.json").read_text())
+    command, example_command = app.pop("cmd").split(), example.pop("cmd").split()
+    assert app == example
+    assert command[:4] == example_command[:4] == ["exec", "navstar", name, "--marathon"]
+    flags = {f for f in command if f.startswith("--")}
+    assert flags >= {f for f in example_command if f.startswith("--")}
+    if name == "marathon-lb":
+        assert command == [*example_command, "--http-port", "80", "--stats-port", "9090"]
+
+
 def test_navstar_universe_build_writes_the_repository_file(tmp_path: Path) -> None:
     out = tmp_path / "repo.json"
     done = subprocess.run([sys.executable, "-m", "navstar", "universe", "build", "--out", str(out)],
