@@ -10,13 +10,22 @@ siege.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
+import math
 import os
+import re
+import signal
 import subprocess
+import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import NAVSTAR, LabHandle, wait_until
+from navstar.edge import with_options
+from tests.e2e.conftest import NAVSTAR, REPO, LabHandle, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -124,3 +133,170 @@ def test_outside_reaches_the_public_agent_only_on_its_service_ports(lab: LabHand
         assert refused_from_outside(lab.state.master.ip, 8080)
     finally:
         lab.remove_app("/probe")
+
+
+# -- marathon-lb on the public agent ---------------------------------------------------------------
+def example(name: str) -> dict:
+    return json.loads((REPO / "examples" / name).read_text())
+
+
+def app_path(app: dict) -> str:
+    return "/" + app["id"].strip("/")
+
+
+def stats_rows(ip: str) -> list[dict[str, str]]:
+    """HAProxy's stats CSV, read from outside as a user would (``:9090`` is a service port)."""
+    text = outside(f"http://{ip}:9090/haproxy?stats;csv", timeout=5).text
+    return list(csv.DictReader(io.StringIO(text.lstrip("# "))))
+
+
+def serving(ip: str, backend: str) -> list[str]:
+    """Addresses of the backend's servers HAProxy serves (free slots are in maintenance; servers
+    are up, or "no check": marathon-lb leaves health to Marathon)."""
+    return sorted(r["addr"] for r in stats_rows(ip)
+                  if r["pxname"] == backend and r["svname"] not in ("FRONTEND", "BACKEND")
+                  and (r["status"] == "UP" or r["status"] == "no check"))
+
+
+def task_addresses(lab: LabHandle, tasks: list[dict]) -> list[str]:
+    return sorted(f"{lab.ip(t['slaveId'])}:{t['ports'][0]}" for t in tasks)
+
+
+@pytest.fixture(scope="module")
+def edge(lab: LabHandle) -> Iterator[tuple[str, str]]:
+    """marathon-lb (examples/marathon-lb.json) on the public agent and the nginx app
+    (examples/nginx-marathon-lb.json, unchanged), both running; (lb app id, nginx app id)."""
+    lb, nginx = example("marathon-lb.json"), example("nginx-marathon-lb.json")
+    lab.add_app(lb)
+    lab.add_app(nginx)
+    try:
+        (lb_task,) = lab.running(app_path(lb), 1, timeout=90)
+        assert lb_task["slaveId"] == PUBLIC
+        lab.running(app_path(nginx), 1, timeout=90, healthy=True)
+        yield app_path(lb), app_path(nginx)
+    finally:
+        lab.remove_app(app_path(nginx))
+        lab.remove_app(app_path(lb))
+
+
+def test_nginx_answers_through_marathon_lb_outside_and_inside(lab: LabHandle, edge: tuple[str, str]) -> None:
+    _lb, nginx = edge
+    ip = lab.ip(PUBLIC)
+    (task,) = lab.running(nginx, 1, healthy=True)
+
+    def page() -> str | None:
+        try:
+            resp = outside(f"http://{ip}:10000/")
+        except httpx.HTTPError:
+            return None
+        return resp.text if resp.status_code == 200 else None
+    body = wait_until(page, 60, message=f"nginx through http://{ip}:10000/ from the root namespace")
+    assert "Welcome to nginx!" in body and task["id"] in body
+    # Inside, by the Mesos-DNS name of marathon-lb's task: the public agent's address (HOST network).
+    dig = lab.exec("agent-1", "dig", "+short", "marathon-lb.marathon.mesos", "@198.51.100.1")
+    assert dig.stdout.split() == [ip], dig.stdout
+    inside = lab.exec("agent-1", "curl", "-s", "-m", "5", "http://marathon-lb.marathon.mesos:10000/")
+    assert inside.returncode == 0 and "Welcome to nginx!" in inside.stdout and task["id"] in inside.stdout
+    assert wait_until(lambda: serving(ip, "nginx_10000") == task_addresses(lab, [task]), 20,
+                      message="backend nginx_10000 in the stats CSV with the task's address")
+    assert any(r["pxname"] == "nginx_10000" and r["svname"] == "FRONTEND" for r in stats_rows(ip))
+
+
+def test_scaling_under_wrk_fails_no_request(lab: LabHandle, edge: tuple[str, str]) -> None:
+    _lb, nginx = edge
+    ip = lab.ip(PUBLIC)
+    wait_until(lambda: len(serving(ip, "nginx_10000")) == 1, 30, message="one nginx server behind :10000")
+    wrk = subprocess.Popen(["wrk", "-t2", "-c8", "-d120s", f"http://{ip}:10000/"], stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    try:
+        for instances in (4, 2):
+            with lab.marathon() as client:
+                resp = client.put(f"/v2/apps{nginx}", params={"force": "true"}, json={"instances": instances})
+                assert resp.status_code == 200, resp.text
+
+            def settled(instances: int = instances) -> bool:
+                tasks = [t for t in lab.tasks(nginx) if t.get("state") == "TASK_RUNNING"]
+                healthy = [t for t in tasks if all(r.get("alive") for r in t.get("healthCheckResults") or [{}])]
+                return len(tasks) == instances and len(healthy) == instances \
+                    and serving(ip, "nginx_10000") == task_addresses(lab, healthy)
+            wait_until(settled, 60, message=f"{instances} healthy nginx tasks, all of them behind :10000")
+        assert wrk.poll() is None, "wrk ended before the scaling did"
+    finally:
+        wrk.send_signal(signal.SIGINT)           # wrk stops and prints its summary
+        out, _ = wrk.communicate(timeout=20)
+    done = re.search(r"(\d+) requests in", out)
+    assert done and int(done.group(1)) > 100, out
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    assert errors is None and non_2xx is None, out       # wrk prints these lines only when not zero
+
+
+def test_vhosts_route_by_host_header_on_port_80(lab: LabHandle, edge: tuple[str, str]) -> None:
+    ip = lab.ip(PUBLIC)
+    apps = {}
+    for name, port in (("a", 10001), ("b", 10002)):
+        app = example("nginx-marathon-lb.json")
+        app["id"] = f"/vhost-{name}"
+        app["container"]["docker"]["portMappings"][0]["servicePort"] = port
+        app["labels"] = {"HAPROXY_GROUP": "external", "HAPROXY_0_VHOST": f"{name}.example"}
+        apps[name] = app
+        lab.add_app(app)
+    try:
+        tasks = {name: lab.running(app_path(app), 1, healthy=True, timeout=60)[0] for name, app in apps.items()}
+
+        def routed(host: str) -> str | None:
+            try:
+                resp = outside(f"http://{ip}/", headers={"Host": host})
+            except httpx.HTTPError:
+                return None
+            return resp.text if resp.status_code == 200 else None
+        for name, other in (("a", "b"), ("b", "a")):
+            body = wait_until(lambda name=name: routed(f"{name}.example"), 60,
+                              message=f"{name}.example routed on :80")
+            assert tasks[name]["id"] in body and tasks[other]["id"] not in body
+        assert outside(f"http://{ip}/", headers={"Host": "c.example"}).status_code in (403, 404, 503)
+    finally:
+        for app in apps.values():
+            lab.remove_app(app_path(app))
+
+
+def test_autoscale_follows_siege_up_to_the_target_and_back_to_the_minimum(lab: LabHandle,
+                                                                          edge: tuple[str, str]) -> None:
+    _lb, nginx = edge
+    ip = lab.ip(PUBLIC)
+    target_rps, maximum = 5, 3
+    with lab.marathon() as client:
+        client.put(f"/v2/apps{nginx}", params={"force": "true"}, json={"instances": 1}).raise_for_status()
+    auto = with_options(example("marathon-lb-autoscale.json"), {
+        "--apps": "nginx_10000", "--target-rps": str(target_rps), "--interval": "1", "--samples": "3",
+        "--cooldown": "2", "--min-instances": "1", "--max-instances": str(maximum)})
+    lab.add_app(auto)
+    siege = None
+    try:
+        lab.running(app_path(auto), 1, timeout=60)
+        wait_until(lambda: len(serving(ip, "nginx_10000")) == 1, 60, message="nginx back to one server")
+        # About 23 requests/s (10 users, up to 1 s apart): ceil(23 / 5) is above the maximum, 3.
+        siege = subprocess.Popen(["siege", "-c", "10", "-d", "1", "-t", "5M", f"http://{ip}:10000/"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        first = (backend_requests(ip), time.monotonic())
+        wait_until(lambda: lab_instances(lab, nginx) == maximum, 60, message=f"{nginx} scaled to {maximum}")
+        rate = (backend_requests(ip) - first[0]) / (time.monotonic() - first[1])
+        assert min(maximum, math.ceil(rate / target_rps)) == maximum, rate
+        siege.send_signal(signal.SIGINT)
+        siege.wait(timeout=20)
+        wait_until(lambda: lab_instances(lab, nginx) == 1, 60, message=f"{nginx} back to 1 after the load")
+    finally:
+        if siege is not None and siege.poll() is None:
+            siege.kill()
+            siege.wait()
+        lab.remove_app(app_path(auto))
+
+
+def backend_requests(ip: str) -> float:
+    row = next(r for r in stats_rows(ip) if r["pxname"] == "nginx_10000" and r["svname"] == "BACKEND")
+    return float(row["req_tot"] or row["stot"])
+
+
+def lab_instances(lab: LabHandle, app_id: str) -> int:
+    with lab.marathon() as client:
+        return int(client.get(f"/v2/apps{app_id}").json()["app"]["instances"])
