@@ -11,6 +11,7 @@ local REST 127.0.0.1:62080 · metrics <ip>:61091
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -27,7 +28,7 @@ from starlette.routing import Route
 
 from cluster.addresses import RESOLVER_ADDRESSES, resolv_conf
 from cluster.tasks import TERMINAL_STATES
-from cluster.view import ClusterView, TaskPort
+from cluster.view import ClusterView, OverlayAllocation, TaskPort
 from control.agent.api import agent_api
 from control.agent.cgroups import Cgroup
 from control.agent.executor import Executor, bridge_for
@@ -35,10 +36,8 @@ from control.agent.health import CheckTarget, TaskHealth
 from control.agent.images import ImageMap
 from control.agent.runtime import MasterLink
 from control.auth import read_secret
-from control.leadership import Leadership, ZkLeaderFollower
 from control.protocol import HealthCheckSpec, TaskLaunch
 from control.registry import AgentRegistration, AgentResources, PortRange
-from control.zk import ZkUrl, is_zk_url
 from minuteman import api as vip_api
 from minuteman.dataplane import Dataplane
 from minuteman.health import HealthConfig
@@ -187,7 +186,7 @@ class NodeAgent:
         else:
             registration.networks = [DCOS_NETWORK]
         self.overlay = OverlayAgent(PyRoute2Netlink(), opts.agent_id, opts.ip,
-                                    on_allocation=self.cni.write_dcos if self.cni else None,
+                                    on_allocation=self._write_dcos if self.cni else None,
                                     state_dir=Path(opts.work_dir) / "overlay",
                                     # Ports the overlay picks itself come from the last range
                                     # (31000-32000 on every lab agent).
@@ -200,10 +199,7 @@ class NodeAgent:
             networks=networks, node_netns=opts.node_netns,
             resolv_conf=resolv_conf(),
         )
-        # --master zk://…/mesos: the leader comes from ZooKeeper (control/agent/leader.py).
-        self.leader_follower = ZkLeaderFollower(ZkUrl.parse(opts.master), self._on_leadership) \
-            if is_zk_url(opts.master) else None
-        self.link = MasterLink("" if self.leader_follower else opts.master, registration, self.secret, opts.heartbeat_interval,
+        self.link = MasterLink(opts.master, registration, self.secret, opts.heartbeat_interval,
                                live_statuses=self.executor.statuses)
         self._health: dict[str, asyncio.Task] = {}
         self._background: set[asyncio.Task] = set()
@@ -221,6 +217,7 @@ class NodeAgent:
                               resolv_conf=str(self.host_resolv.upstream_source() if self.host_resolv
                                               else opts.resolv_conf))
         self._records_version = -1
+        self._networks_wake: asyncio.Event | None = None
 
     # -- events ---------------------------------------------------------------------------
     def _on_status(self, status) -> None:
@@ -266,7 +263,7 @@ class NodeAgent:
         if self.lb is not None:
             self._lb_pending = view
             self._spawn(self._lb_view())
-        self.dns.set_masters(view.master_ip, self._master_ips(view))
+        self.dns.set_masters(view.master_ip, [view.master_ip])
         self._spawn(self._refresh_records(view))
 
     async def _lb_view(self) -> None:
@@ -285,8 +282,7 @@ class NodeAgent:
         generated off the loop; a view older than the one already served is dropped."""
         try:
             records = await asyncio.to_thread(
-                generate, state_of_view(view), masters=[f"{ip}:{view.master_port}" for ip in self._master_ips(view)],
-                listener=self.opts.ip)
+                generate, state_of_view(view), masters=[f"{view.master_ip}:{view.master_port}"], listener=self.opts.ip)
         except (MesosStateError, ValueError) as exc:
             log.warning("cluster view %d gave no DNS records: %s", view.version, exc)
             return
@@ -294,19 +290,6 @@ class NodeAgent:
             return
         self._records_version = view.version
         self.dns.set_mesos_records(records)
-
-    def _master_ips(self, view: ClusterView) -> list[str]:
-        """Every master (``master.mesos``): the election's, or the view's one master."""
-        if self.leader_follower is not None and self.leader_follower.leadership.masters:
-            return sorted({m.ip for m in self.leader_follower.leadership.masters})
-        return [view.master_ip]
-
-    def _on_leadership(self, leadership: Leadership) -> None:
-        if leadership.leader is not None:
-            self.link.leader_changed(leadership.leader.url)
-        if self.view is not None and leadership.leader is not None:
-            # leader.mesos and master.mesos follow the election at once, before the new view.
-            self.dns.set_masters(leadership.leader.ip, self._master_ips(self.view))
 
     async def _overlay_view(self, view: ClusterView) -> None:
         result = await self.overlay.apply_view(view)
@@ -342,6 +325,13 @@ class NodeAgent:
         self.lb_metrics = MinutemanMetrics(self.lb, REGISTRY)
         log.info("VIP dataplane: %s", self.dataplane.name)
 
+    def _write_dcos(self, allocation: OverlayAllocation, mtu: int) -> None:
+        """From the overlay's pass: the dcos pair; a change is registered with the master at once."""
+        if self.cni is not None and self.cni.write_dcos(allocation, mtu):
+            wake, loop = self._networks_wake, self._loop
+            if wake is not None and loop is not None:
+                loop.call_soon_threadsafe(wake.set)
+
     def _describe_networks(self) -> dict:
         if self.cni is None:
             return {"networks": [{"name": DCOS_NETWORK, "plugins": ["navstar-netlink"]}], "skipped": []}
@@ -352,8 +342,11 @@ class NodeAgent:
         registers again with the new list, so placement sees them."""
         if self.cni is None:
             return
+        self._networks_wake = wake = asyncio.Event()
         while True:
-            await asyncio.sleep(self.opts.cni_scan_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self.opts.cni_scan_interval)
+            wake.clear()
             try:
                 names = sorted((await asyncio.to_thread(self.cni.scan)).networks)
             except OSError as exc:
@@ -385,8 +378,7 @@ class NodeAgent:
                   Listen.parse(self.opts.agent_listen)),
                  (self.metrics_app(), metrics),
                  (vip_api.legacy_app(self.lb), Listen.parse(self.opts.legacy_vips_listen))],
-                background=[*([self.leader_follower.run()] if self.leader_follower else []),
-                            self.link.run(), self.link.watch_view(self.on_view), self.executor.run(),
+                background=[self.link.run(), self.link.watch_view(self.on_view), self.executor.run(),
                             self.overlay.run(), self.lb.run(), self._watch_networks()],
             )
         finally:
