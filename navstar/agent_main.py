@@ -36,8 +36,10 @@ from control.agent.health import CheckTarget, TaskHealth
 from control.agent.images import ImageMap
 from control.agent.runtime import MasterLink
 from control.auth import read_secret
+from control.leadership import Leadership, ZkLeaderFollower
 from control.protocol import HealthCheckSpec, TaskLaunch
 from control.registry import AgentRegistration, AgentResources, PortRange
+from control.zk import ZkUrl, is_zk_url
 from minuteman import api as vip_api
 from minuteman.dataplane import Dataplane
 from minuteman.health import HealthConfig
@@ -199,7 +201,10 @@ class NodeAgent:
             networks=networks, node_netns=opts.node_netns,
             resolv_conf=resolv_conf(),
         )
-        self.link = MasterLink(opts.master, registration, self.secret, opts.heartbeat_interval,
+        # --master zk://…/mesos: the leader comes from ZooKeeper (control/agent/leader.py).
+        self.leader_follower = ZkLeaderFollower(ZkUrl.parse(opts.master), self._on_leadership) \
+            if is_zk_url(opts.master) else None
+        self.link = MasterLink("" if self.leader_follower else opts.master, registration, self.secret, opts.heartbeat_interval,
                                live_statuses=self.executor.statuses)
         self._health: dict[str, asyncio.Task] = {}
         self._background: set[asyncio.Task] = set()
@@ -263,7 +268,7 @@ class NodeAgent:
         if self.lb is not None:
             self._lb_pending = view
             self._spawn(self._lb_view())
-        self.dns.set_masters(view.master_ip, [view.master_ip])
+        self.dns.set_masters(view.master_ip, self._master_ips(view))
         self._spawn(self._refresh_records(view))
 
     async def _lb_view(self) -> None:
@@ -282,7 +287,8 @@ class NodeAgent:
         generated off the loop; a view older than the one already served is dropped."""
         try:
             records = await asyncio.to_thread(
-                generate, state_of_view(view), masters=[f"{view.master_ip}:{view.master_port}"], listener=self.opts.ip)
+                generate, state_of_view(view), masters=[f"{ip}:{view.master_port}" for ip in self._master_ips(view)],
+                listener=self.opts.ip)
         except (MesosStateError, ValueError) as exc:
             log.warning("cluster view %d gave no DNS records: %s", view.version, exc)
             return
@@ -290,6 +296,19 @@ class NodeAgent:
             return
         self._records_version = view.version
         self.dns.set_mesos_records(records)
+
+    def _master_ips(self, view: ClusterView) -> list[str]:
+        """Every master (``master.mesos``): the election's, or the view's one master."""
+        if self.leader_follower is not None and self.leader_follower.leadership.masters:
+            return sorted({m.ip for m in self.leader_follower.leadership.masters})
+        return [view.master_ip]
+
+    def _on_leadership(self, leadership: Leadership) -> None:
+        if leadership.leader is not None:
+            self.link.leader_changed(leadership.leader.url)
+        if self.view is not None and leadership.leader is not None:
+            # leader.mesos and master.mesos follow the election at once, before the new view.
+            self.dns.set_masters(leadership.leader.ip, self._master_ips(self.view))
 
     async def _overlay_view(self, view: ClusterView) -> None:
         result = await self.overlay.apply_view(view)
@@ -378,7 +397,8 @@ class NodeAgent:
                   Listen.parse(self.opts.agent_listen)),
                  (self.metrics_app(), metrics),
                  (vip_api.legacy_app(self.lb), Listen.parse(self.opts.legacy_vips_listen))],
-                background=[self.link.run(), self.link.watch_view(self.on_view), self.executor.run(),
+                background=[*([self.leader_follower.run()] if self.leader_follower else []),
+                            self.link.run(), self.link.watch_view(self.on_view), self.executor.run(),
                             self.overlay.run(), self.lb.run(), self._watch_networks()],
             )
         finally:
