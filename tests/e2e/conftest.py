@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -117,6 +118,32 @@ class LabHandle:
                 agents = client.get("/v1/agents").json()["agents"]
             return sorted(a["agent_id"] for a in agents if a["reachable"]) == sorted(self.agents)
         wait_until(agents_reachable, 60, message=f"every agent of {self.name} registered and reachable")
+
+
+# -- the real dcos CLI 0.6.1 (installed into .venv-dcos by scripts/setup-dcos-cli.sh, idempotent) ----
+DCOS = REPO / ".venv-dcos" / "bin" / "dcos"
+
+
+@pytest.fixture(scope="module")
+def dcos_cli() -> Path:
+    setup = subprocess.run([str(REPO / "scripts" / "setup-dcos-cli.sh")], capture_output=True, text=True, timeout=600)
+    assert setup.returncode == 0, setup.stdout + setup.stderr
+    return DCOS
+
+
+@pytest.fixture
+def dcos(dcos_cli: Path, lab: LabHandle, tmp_path: Path) -> Iterator:
+    """``dcos <args>`` with its own configuration directory (the module's ``lab`` must be up)."""
+    env = {**os.environ, "DCOS_DIR": str(tmp_path / "dcos"), "HOME": str(tmp_path)}
+    env.pop("DCOS_URL", None)
+
+    def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        done = subprocess.run([str(dcos_cli), *args], capture_output=True, text=True, env=env, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        if check:
+            assert done.returncode == 0, f"dcos {' '.join(args)}: {done.stdout}\n{done.stderr}"
+        return done
+    yield run
 
 
 def pid_running(pid: int) -> bool:

@@ -12,9 +12,7 @@ import collections
 import json
 import os
 import signal
-import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -24,8 +22,6 @@ import pytest
 from tests.e2e.conftest import REPO, LabHandle, wait_until
 
 pytestmark = pytest.mark.e2e
-
-DCOS = REPO / ".venv-dcos" / "bin" / "dcos"
 
 
 @pytest.fixture(scope="module")
@@ -184,27 +180,6 @@ def test_an_upstream_down_is_a_json_502_within_a_second(lab: LabHandle) -> None:
 
 
 # -- the real dcos CLI ---------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def dcos_cli() -> Path:
-    setup = subprocess.run([str(REPO / "scripts" / "setup-dcos-cli.sh")], capture_output=True, text=True, timeout=600)
-    assert setup.returncode == 0, setup.stdout + setup.stderr
-    return DCOS
-
-
-@pytest.fixture
-def dcos(dcos_cli: Path, lab: LabHandle, tmp_path: Path) -> Iterator:
-    env = {**os.environ, "DCOS_DIR": str(tmp_path / "dcos"), "HOME": str(tmp_path)}
-    env.pop("DCOS_URL", None)
-
-    def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        done = subprocess.run([str(dcos_cli), *args], capture_output=True, text=True, env=env, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-        if check:
-            assert done.returncode == 0, f"dcos {' '.join(args)}: {done.stdout}\n{done.stderr}"
-        return done
-    yield run
-
-
 def test_the_real_dcos_cli_through_admin_router(lab: LabHandle, dcos, tmp_path: Path) -> None:
     dcos("cluster", "setup", front(lab), "--username", "admin", f"--password={password(lab)}")
     app_file = REPO / "examples" / "web-vip.json"
