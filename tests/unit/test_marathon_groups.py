@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.master_harness import running_cluster
+from tests.unit.master_harness import Cluster, running_cluster
 
 HEALTH = [{"protocol": "HTTP", "path": "/", "portIndex": 0}]
 
@@ -218,6 +218,7 @@ async def test_rolling_back_a_group_deployment_removes_what_it_started(cluster):
         await cluster.settle()
     assert cluster.scheduler.apps == {} and not cluster.scheduler.tasks
     assert await deployments(cluster) == []
+    assert (await cluster.marathon.get("/v2/groups/prod")).status_code == 404     # the group it created, too
 
 
 async def test_bulk_kills_scale_or_replace_and_the_queue_delay_resets(cluster):
@@ -270,3 +271,37 @@ async def test_health_check_results_carry_marathons_fields(cluster):
     (result,) = (await cluster.marathon.get("/v2/apps/checked")).json()["app"]["tasks"][0]["healthCheckResults"]
     assert result["alive"] is False and result["consecutiveFailures"] == 1 and result["lastFailure"]
     assert result["firstSuccess"]
+
+
+async def test_a_restarted_master_continues_a_group_deployment_and_keeps_versions(tmp_path):
+    cluster = Cluster(state_dir=tmp_path)
+    try:
+        for index in (1, 2):
+            await cluster.register(index)
+        await cluster.marathon.post("/v2/groups", json=three_tier())
+        await cluster.settle()
+        await healthy(cluster, "/prod/db")
+        (plan,) = await deployments(cluster)
+        assert plan["currentStep"] == 2
+    finally:
+        await cluster.close()
+    again = Cluster(state_dir=tmp_path, fake=cluster.fake)
+    try:
+        (resumed,) = await deployments(again)
+        assert resumed == plan and set(again.scheduler.apps) == {"/prod/db", "/prod/api"}
+        assert len((await again.marathon.get("/v2/apps/prod/db/versions")).json()["versions"]) == 1
+        assert (await again.marathon.get("/v2/groups/prod")).json()["id"] == "/prod"
+        await again.settle()
+        await healthy(again, "/prod/api")
+        await healthy(again, "/prod/web")
+        assert await deployments(again) == [] and set(again.scheduler.apps) == {"/prod/db", "/prod/api", "/prod/web"}
+    finally:
+        await again.close()
+
+
+def test_a_deployment_stored_before_plans_had_steps_still_loads():
+    from control.deployments import Deployment
+    old = Deployment.model_validate({"id": "d1", "version": "v", "app_id": "/a", "action": "ScaleApplication",
+                                     "started_at": 1.0})
+    assert old.affected_apps == ["/a"] and old.to_marathon()["steps"] == [
+        {"actions": [{"action": "ScaleApplication", "app": "/a"}]}]
