@@ -19,6 +19,9 @@ from marathon_lb.plan import Backend, Plan, Server, slot_count
 Slots = dict[str, tuple[Server | None, ...]]      # backend name → its slots, in order
 PLACEHOLDER = "127.0.0.1:1"                        # a free slot's address; the slot is in maintenance
 HTTP_FRONTEND = "marathon_http_in"
+# At a reload the old worker closes a keep-alive connection only after answering its next request
+# (with "Connection: close"), never while idle: a client's request cannot cross the close.
+IDLE_CLOSE = "  option idle-close-on-response"
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,8 @@ def _head(settings: Settings) -> list[str]:
         "",
         "defaults",
         "  mode http",
-        "  retries 3",
-        "  option redispatch",
+        "  retries 6",
+        "  option redispatch 1",        # every retry goes to another server (a killed task refuses fast)
         "  option dontlognull",
         "  timeout connect 3s",
         "  timeout client 30s",
@@ -112,7 +115,8 @@ def _head(settings: Settings) -> list[str]:
 def _http_frontend(plan: Plan, settings: Settings) -> list[str]:
     if not settings.http_port:
         return []
-    lines = ["", f"frontend {HTTP_FRONTEND}", f"  bind {settings.bind_address}:{settings.http_port}", "  mode http"]
+    lines = ["", f"frontend {HTTP_FRONTEND}", f"  bind {settings.bind_address}:{settings.http_port}", "  mode http",
+             IDLE_CLOSE]
     routes: list[tuple[str, str]] = sorted((h, b.name) for b in plan.backends for h in b.vhosts)
     for host, _name in routes:
         lines.append(f"  acl {_host_acl(host)} req.hdr(host),field(1,:) -i {host}")
@@ -123,8 +127,11 @@ def _http_frontend(plan: Plan, settings: Settings) -> list[str]:
 
 def _backend(backend: Backend, slots: tuple[Server | None, ...], settings: Settings, with_servers: bool) -> list[str]:
     lines = ["", f"frontend {backend.name}", f"  bind {settings.bind_address}:{backend.port}",
-             f"  mode {backend.mode}", f"  use_backend {backend.name}",
+             f"  mode {backend.mode}", *([IDLE_CLOSE] if backend.mode == "http" else []), f"  use_backend {backend.name}",
              "", f"backend {backend.name}", f"  balance {backend.balance}", f"  mode {backend.mode}"]
+    # Passive health: the first refused connection marks a server down at once (a killed task, before
+    # Marathon says so); a light check brings it back. Marathon's health checks decide membership.
+    lines.append("  default-server check inter 5s rise 1 fall 2 observe layer4 error-limit 1 on-error mark-down")
     if backend.mode == "http":
         lines += ["  option forwardfor",
                   # A task that just went away answers with a reset: the request goes to another.
