@@ -13,6 +13,7 @@ apps + records ─► group_tree(id) ─► GroupNode (apps, groups, dependencie
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,18 +152,7 @@ def _parse_node(raw: dict[str, Any], group_id: str, path: str, body: GroupBody, 
         resolve(d, parent_of(group_id), f"{path}/dependencies({i})") for i, d in enumerate(dependencies)])
     if raw.get("apps") is not None:
         body.apps_given.add(group_id)
-        if not isinstance(raw["apps"], list):
-            raise AppInvalid([{"path": f"{path}/apps", "errors": ["expected a list of apps"]}])
-        for index, app_raw in enumerate(raw["apps"]):
-            where = f"{path}/apps({index})"
-            if not isinstance(app_raw, dict):
-                raise AppInvalid([{"path": where, "errors": ["expected a JSON object"]}])
-            app_id = _group_id(app_raw.get("id"), group_id, f"{where}/id")
-            if parent_of(app_id) != group_id:
-                raise AppInvalid([{"path": f"{where}/id", "errors": [
-                    f"app {app_id} is not a direct child of group {group_id}"]}])
-            if app_id in body.apps:
-                raise AppInvalid([{"path": f"{where}/id", "errors": [f"app {app_id} is defined twice"]}])
+        for where, app_raw, app_id in _children(raw, "apps", group_id, path, body):
             try:
                 app = parse_app(app_raw, app_id, images=images)
             except AppInvalid as exc:
@@ -171,16 +161,24 @@ def _parse_node(raw: dict[str, Any], group_id: str, path: str, body: GroupBody, 
             body.apps[app_id] = app.model_copy(update={"dependencies": deps})
     if raw.get("groups") is not None:
         body.groups_given.add(group_id)
-        if not isinstance(raw["groups"], list):
-            raise AppInvalid([{"path": f"{path}/groups", "errors": ["expected a list of groups"]}])
-        for index, child in enumerate(raw["groups"]):
-            where = f"{path}/groups({index})"
-            if not isinstance(child, dict):
-                raise AppInvalid([{"path": where, "errors": ["expected a JSON object"]}])
-            child_id = _group_id(child.get("id"), group_id, f"{where}/id")
-            if parent_of(child_id) != group_id:
-                raise AppInvalid([{"path": f"{where}/id", "errors": [
-                    f"group {child_id} is not a direct child of group {group_id}"]}])
-            if child_id in body.records or child_id in body.apps:
-                raise AppInvalid([{"path": f"{where}/id", "errors": [f"{child_id} is defined twice"]}])
+        for where, child, child_id in _children(raw, "groups", group_id, path, body):
             _parse_node(child, child_id, where, body, images)
+
+
+def _children(raw: dict[str, Any], key: str, group_id: str, path: str,
+              body: GroupBody) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """``raw[key]``'s entries (apps or groups) as (their path in the body, their JSON, their
+    absolute id); each must be an object, a direct child of the group and not defined twice."""
+    if not isinstance(raw[key], list):
+        raise AppInvalid([{"path": f"{path}/{key}", "errors": [f"expected a list of {key}"]}])
+    for index, item in enumerate(raw[key]):
+        where = f"{path}/{key}({index})"
+        if not isinstance(item, dict):
+            raise AppInvalid([{"path": where, "errors": ["expected a JSON object"]}])
+        child_id = _group_id(item.get("id"), group_id, f"{where}/id")
+        if parent_of(child_id) != group_id:
+            raise AppInvalid([{"path": f"{where}/id", "errors": [
+                f"{child_id} is not a direct child of group {group_id}"]}])
+        if child_id in body.apps or (key == "groups" and child_id in body.records):
+            raise AppInvalid([{"path": f"{where}/id", "errors": [f"{child_id} is defined twice"]}])
+        yield where, item, child_id

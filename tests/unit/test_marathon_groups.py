@@ -118,6 +118,11 @@ async def test_group_errors_name_the_cycle_the_missing_dependency_and_the_clash(
     bad_app = {"id": "/bad", "apps": [{"id": "x", "cmd": "true", "instances": -1}]}
     resp = await cluster.marathon.post("/v2/groups", json=bad_app)
     assert resp.status_code == 422 and resp.json()["details"][0]["path"] == "/apps(0)/instances"
+    twice = await cluster.marathon.post("/v2/groups", json={"id": "/d", "apps": [app("a"), app("/d/a")]})
+    assert twice.status_code == 422 and twice.json()["details"] == [
+        {"path": "/apps(1)/id", "errors": ["/d/a is defined twice"]}]
+    elsewhere = await cluster.marathon.post("/v2/groups", json={"id": "/d", "groups": [{"id": "/x/y"}]})
+    assert elsewhere.status_code == 422 and "not a direct child of group /d" in elsewhere.text
 
     assert (await cluster.marathon.post("/v2/groups", json={"id": "/empty"})).status_code == 201
     again = await cluster.marathon.post("/v2/groups", json={"id": "/empty"})
