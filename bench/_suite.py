@@ -40,7 +40,7 @@ RATIO_GOALS: dict[str, tuple[str, float] | None] = {
     "dns.cached/dnsmasq": (">=", 1.0), "dns.cached/unbound": None, "overlay/underlay": (">=", 0.85),
     "overlay.program_1k_s": None, "overlay.program/ip_batch": (">=", 1.0),
     "control.deploy_to_reachable_s": ("<", 1.0), "control.fanout_1k_p99_s": ("<", 1.0),
-    "drf.cycle_10k_s": ("<", 0.15), "edge/direct": (">=", 0.8),
+    "drf.cycle_10k_s": ("<", 0.15), "cni.launch/netlink": (">=", 0.7), "cni.tcp/netlink": None, "edge/direct": (">=", 0.8),
     "edge.new_connections/direct": (">=", 0.7), "edge.scaling_failed_requests": ("<", 1), "edge.apply_1k_s": ("<", 1.0), "adminrouter/direct": None, "ha.failover_s": None,
 }
 
