@@ -312,3 +312,28 @@ def test_subprocess_exec_names_a_missing_plugin(tmp_path):
         CniRunner(SubprocessExec([tmp_path])).add(
             parse_config({"cniVersion": "1.0.0", "name": "m", "type": "nothere"}), "t", "/run/netns/t")
     assert os.listdir(tmp_path) == []
+
+
+# -- which network a launch joins, and what portmap gets (the agent's adapter) ----------------
+def test_launches_map_to_dcos_its_docker_twin_or_their_named_network(tmp_path):
+    from cluster.view import TaskPort
+    from control.protocol import TaskLaunch
+    from navstar.agent_main import CniContainerNetworks, cni_network_for
+
+    def launch(**kw) -> TaskLaunch:
+        return TaskLaunch(task_id="t1", app_id="/a", name="a", cmd="x", **kw)
+
+    assert cni_network_for(launch(network="container", network_name="dcos", container_type="MESOS")) == "dcos"
+    assert cni_network_for(launch(network="container", network_name="dcos", container_type="DOCKER")) == "dcos-docker"
+    assert cni_network_for(launch(network="bridge", container_type="DOCKER")) == "dcos-docker"
+    assert cni_network_for(launch(network="container", network_name="lab-net", container_type="DOCKER")) == "lab-net"
+    fake = FakeExec({"bridge": FakeIpam(), "portmap": passthrough})
+    cni = networks_with(tmp_path, fake)
+    cni.write_dcos(ALLOCATION, 1420)
+    ports = [TaskPort(host_port=31007, container_port=80, protocol="udp,tcp"), TaskPort(container_port=9000)]
+    ips, bound = CniContainerNetworks(cni).attach("t1", "ns", launch(network="bridge", container_type="DOCKER",
+                                                                     ports=ports))
+    assert ips == ["10.9.0.2"] and bound == ports
+    assert fake.calls[1].config["runtimeConfig"]["portMappings"] == [
+        {"hostPort": 31007, "containerPort": 80, "protocol": "tcp"},
+        {"hostPort": 31007, "containerPort": 80, "protocol": "udp"}]
