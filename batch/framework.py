@@ -98,6 +98,7 @@ class BatchFramework:
         self._tasks: dict[str, tuple[Job, BatchTask]] = {}
         self._sequence = 0
         self.last_error = ""
+        self._acks: set[asyncio.Future[bool]] = set()
 
     # ---- jobs ------------------------------------------------------------------------------
     async def submit(self, cmd: str, parallel: int, cpus: float, mem: float) -> Job:
@@ -210,8 +211,11 @@ class BatchFramework:
                         job.done_event.set()
                         log.info("job %s done: %s", job.job_id, job.as_json()["states"])
         if "uuid" in status:
-            await self._call("ACKNOWLEDGE", {"agent_id": status["agent_id"], "task_id": status["task_id"],
-                                             "uuid": status["uuid"]})
+            # Acknowledged in the background: the stream keeps moving (offers wait behind updates).
+            ack = asyncio.ensure_future(self._call("ACKNOWLEDGE", {
+                "agent_id": status["agent_id"], "task_id": status["task_id"], "uuid": status["uuid"]}))
+            self._acks.add(ack)
+            ack.add_done_callback(self._acks.discard)
 
     async def _revive(self) -> None:
         if await self._call("REVIVE"):
