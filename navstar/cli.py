@@ -409,7 +409,8 @@ def lab_logs(node: Annotated[str, typer.Argument()], name: LabName = "lab",
 
 @lab_app.command("scenario")
 def lab_scenario(which: Annotated[str, typer.Argument(help="seed (the default): the example apps and their VIPs; "
-                                                           "edge: marathon-lb on the public agent, siege and autoscale")] = "seed",
+                                                           "edge: marathon-lb on the public agent, siege and autoscale; "
+                                                           "frameworks: two batch frameworks weighted 1 and 2 under DRF")] = "seed",
                  name: LabName = "lab",
                  requests: Annotated[int, typer.Option(help="requests per VIP")] = 9,
                  as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
@@ -424,8 +425,8 @@ def lab_scenario(which: Annotated[str, typer.Argument(help="seed (the default): 
     from navstar.lab import process_alive
     from navstar.scenario import run_scenario
 
-    if which not in ("seed", "edge"):
-        err.print(f"scenario {which!r}: expected seed or edge")
+    if which not in ("seed", "edge", "frameworks"):
+        err.print(f"scenario {which!r}: expected seed, edge or frameworks")
         raise typer.Exit(2)
     state = _lab(name).state()
     if state is None:
@@ -433,6 +434,9 @@ def lab_scenario(which: Annotated[str, typer.Argument(help="seed (the default): 
         raise typer.Exit(1)
     if which == "edge":
         _edge_scenario(state)
+        return
+    if which == "frameworks":
+        _frameworks_scenario(state)
         return
     with console.status("deploying the example apps") as spinner:
         apps, vips = run_scenario(state, lambda msg: spinner.update(msg), requests=requests)
@@ -498,6 +502,22 @@ def lab_scenario(which: Annotated[str, typer.Argument(help="seed (the default): 
         if not crossed:
             err.print("[red]no VIP request was answered by a backend on another agent[/]")
         raise typer.Exit(1)
+
+
+def _frameworks_scenario(state) -> None:
+    from navstar.frameworks_scenario import run_frameworks
+    from navstar.lab import LabError
+
+    try:
+        outcome = run_frameworks(state, console)
+    except LabError as exc:
+        err.print(f"[red]frameworks scenario:[/] {exc}")
+        raise typer.Exit(1) from None
+    if outcome.settled_after is None:
+        err.print("[red]the dominant shares did not settle near 1:2 in time[/]")
+        raise typer.Exit(1)
+    console.print(f"DRF settled: batch-heavy holds twice batch-light's dominant share "
+                  f"(±10%, mean of the last samples) after {outcome.settled_after:.0f} s")
 
 
 def _edge_scenario(state) -> None:
