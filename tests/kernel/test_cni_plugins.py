@@ -20,7 +20,7 @@ import pytest
 from cluster.view import OverlayAllocation, TaskPort
 from control.agent.executor import Executor
 from control.protocol import TaskLaunch
-from overlay.cni import NetworkDirectory, parse_config
+from overlay.cni import NetworkDirectory
 from overlay.cni_exec_kernel import SubprocessExec
 from overlay.cni_networks import CniNetworks
 from overlay.cni_runner import CniError, CniRunner
@@ -166,6 +166,24 @@ def test_a_user_bridge_network_dropped_into_the_directory_is_usable(agent):
     cni.detach("lab.1")
     assert leases(agent, "lab-net") == {} and veths(agent) == []
     agent["netns"].run("ip", "link", "del", "labnet0")
+
+
+def test_a_macvlan_network_on_a_node_interface(agent):
+    netns = agent["netns"]
+    netns.run("ip", "link", "add", "node0", "type", "veth", "peer", "name", "node0p")
+    netns.run("ip", "link", "set", "node0", "up")
+    cni = agent["networks"]()
+    (agent["dir"] / "cni").mkdir(parents=True)
+    (agent["dir"] / "cni" / "mac.conf").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": "mac", "type": "macvlan", "master": "node0", "mode": "bridge",
+        "ipam": {"type": "host-local", "subnet": "198.19.90.0/24", "dataDir": str(agent["store"])}}))
+    task_ns = agent["task_namespace"]()
+    (ip,) = cni.attach("m.1", task_ns, "mac").ips
+    assert ip.startswith("198.19.90.") and "macvlan" in run_in(task_ns, "ip", "-d", "link", "show", "eth0")
+    assert leases(agent, "mac") == {ip: "m.1"}
+    cni.detach("m.1")
+    assert leases(agent, "mac") == {} and "eth0" not in run_in(task_ns, "ip", "-o", "link")
+    netns.run("ip", "link", "del", "node0")
 
 
 @pytest.mark.parametrize(("plugin", "says"), [("broken", "plugin broken ADD failed: lab0 refused the port "
