@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import httpx
@@ -74,6 +74,7 @@ class Node:
     log: str = ""
     zk_pid: int | None = None               # --masters 3|5: the master's ZooKeeper server
     adminrouter_pid: int | None = None      # --masters 3|5: Admin Router on this master
+    cosmos_pid: int | None = None           # every master: `navstar cosmos` (packages, the local Universe)
 
     @property
     def public(self) -> bool:
@@ -91,7 +92,6 @@ class LabState:
     overlay_interval: float = 30.0          # agents' overlay drift-repair period (s)
     adminrouter_pid: int | None = None      # `navstar adminrouter` (nginx's supervisor) in the master's namespace
     prometheus_pid: int | None = None       # Debian's prometheus in the master's namespace (--prometheus)
-    cosmos_pid: int | None = None           # `navstar cosmos` (packages, the local Universe) in the master's namespace
     public_agents: int = 0
     masters: int = 1                        # 3 or 5: ZooKeeper and leader election (navstar/lab_masters.py)
 
@@ -153,8 +153,10 @@ class LabState:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             return None
-        raw["nodes"] = [Node(**n) for n in raw.get("nodes", [])]
-        return cls(**raw)
+        # A state file written by an older navstar may hold fields this one no longer has.
+        node_fields = {f.name for f in fields(Node)}
+        raw["nodes"] = [Node(**{k: v for k, v in n.items() if k in node_fields}) for n in raw.get("nodes", [])]
+        return cls(**{k: v for k, v in raw.items() if k in {f.name for f in fields(cls)}})
 
 
 # -- naming: everything derives from the lab name, so `down` needs no state ------------------
@@ -399,8 +401,9 @@ class Lab:
             if node is state.master:
                 self.progress("starting Admin Router")
                 self._start_adminrouter(state)
-                self.progress("starting Cosmos")
-                self._start_cosmos(state)
+            if lab_masters.is_master_name(node.name):
+                self.progress(f"starting Cosmos on {node.name}")
+                self._start_cosmos(state, node)
 
     def _start_zookeepers(self, state: LabState, timeout: float = 60.0) -> None:
         """One ZooKeeper server per master, in its namespace; returns once they have a quorum."""
@@ -434,14 +437,16 @@ class Lab:
                                                            *frontdoor.adminrouter_args(state)], log)
         state.save()
 
-    def _start_cosmos(self, state: LabState) -> None:
-        """Cosmos behind Admin Router (127.0.0.1:7070), installing through the master's Marathon;
-        the local Universe served at ``<master ip>:8082/repo``, its default repository."""
-        log = str(state.directory / "logs" / "cosmos.log")
-        state.cosmos_pid = self._spawn(state.master, [
+    def _start_cosmos(self, state: LabState, node: Node) -> None:
+        """Cosmos behind this master's Admin Router (127.0.0.1:7070), installing through its Marathon
+        port (a follower's forwards to the leader); the local Universe served at ``<its ip>:8082/repo``,
+        its default repository. Each master keeps its own repository list."""
+        log = str(state.directory / "logs" / f"cosmos-{node.name}.log")
+        node.cosmos_pid = self._spawn(node, [
             sys.executable, "-m", "navstar", "cosmos", "--listen", f"127.0.0.1:{COSMOS_PORT}",
-            "--universe-listen", f"{state.master.ip}:{UNIVERSE_PORT}", "--marathon", f"http://127.0.0.1:{MARATHON_PORT}",
-            "--token-file", str(state.secret_file), "--state-dir", str(state.directory / "cosmos")], log, leaf="cosmos")
+            "--universe-listen", f"{node.ip}:{UNIVERSE_PORT}", "--marathon", f"http://127.0.0.1:{MARATHON_PORT}",
+            "--token-file", str(state.secret_file), "--state-dir", str(state.directory / "cosmos" / node.name)],
+            log, leaf="cosmos")
         state.save()
 
     def _start_node(self, state: LabState, node: Node) -> None:
@@ -630,9 +635,10 @@ class Lab:
             if state.adminrouter_pid is not None and process_alive(state.adminrouter_pid):
                 end_process(state.adminrouter_pid)     # stops nginx gracefully
                 removed.append(f"process {state.adminrouter_pid} (adminrouter)")
-            if state.cosmos_pid is not None and process_alive(state.cosmos_pid):
-                end_process(state.cosmos_pid)
-                removed.append(f"process {state.cosmos_pid} (cosmos)")
+            for node in state.nodes:
+                if node.cosmos_pid is not None and process_alive(node.cosmos_pid):
+                    end_process(node.cosmos_pid)
+                    removed.append(f"process {node.cosmos_pid} (cosmos on {node.name})")
             alive = [node for node in state.nodes if node.pid is not None and process_alive(node.pid)]
             end_processes({node.pid for node in alive if node.pid is not None})
             removed += [f"process {node.pid} ({node.name})" for node in alive]
