@@ -73,6 +73,10 @@ def test_a_clean_synthetic_tree_passes(tmp_path):
      "minuteman.nfqueue imports netfilterqueue: only the kernel-layer modules may"),
     ({"spartan_dns/service.py": "import nftables\n"},
      "spartan_dns.service imports nftables: only the kernel-layer modules may"),
+    ({"cosmos/service.py": "from control.master import Master\n"},
+     "cosmos.service imports control: packages reach the cluster only through Marathon's API"),
+    ({"universe/render.py": "from cosmos.errors import CosmosError\n"},
+     "universe.render imports cosmos: the Universe is data and its format, below the service"),
     # a relative import is resolved like any other
     ({"control/agent/__init__.py": "", "control/agent/api.py": "from ...navstar import lab\n"},
      "control.agent.api imports navstar: components must not import the composition root"),
