@@ -131,19 +131,25 @@ def dcos_cli() -> Path:
     return DCOS
 
 
-@pytest.fixture
-def dcos(dcos_cli: Path, lab: LabHandle, tmp_path: Path) -> Iterator:
-    """``dcos <args>`` with its own configuration directory (the module's ``lab`` must be up)."""
-    env = {**os.environ, "DCOS_DIR": str(tmp_path / "dcos"), "HOME": str(tmp_path)}
+def dcos_runner(cli: Path, home: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """``run(*args, check=True, timeout=60)``: ``dcos <args>`` with ``home`` as its configuration
+    directory; ``check`` asserts it exited 0."""
+    env = {**os.environ, "DCOS_DIR": str(home / "dcos"), "HOME": str(home)}
     env.pop("DCOS_URL", None)
 
     def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        done = subprocess.run([str(dcos_cli), *args], capture_output=True, text=True, env=env, timeout=timeout,
+        done = subprocess.run([str(cli), *args], capture_output=True, text=True, env=env, timeout=timeout,
                               stdin=subprocess.DEVNULL)
         if check:
             assert done.returncode == 0, f"dcos {' '.join(args)}: {done.stdout}\n{done.stderr}"
         return done
-    yield run
+    return run
+
+
+@pytest.fixture
+def dcos(dcos_cli: Path, lab: LabHandle, tmp_path: Path) -> Iterator:
+    """``dcos <args>`` with its own configuration directory (the module's ``lab`` must be up)."""
+    yield dcos_runner(dcos_cli, tmp_path)
 
 
 def pid_running(pid: int) -> bool:

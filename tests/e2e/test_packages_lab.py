@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.conftest import REPO, LabHandle, wait_until
+from tests.e2e.conftest import LabHandle, dcos_runner, wait_until
 
 pytestmark = pytest.mark.e2e
-
-DCOS = REPO / ".venv-dcos" / "bin" / "dcos"
 
 
 @pytest.fixture(scope="module")
@@ -29,19 +25,8 @@ def lab(lab_factory) -> LabHandle:
 
 
 @pytest.fixture(scope="module")
-def dcos(lab: LabHandle, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
-    setup = subprocess.run([str(REPO / "scripts" / "setup-dcos-cli.sh")], capture_output=True, text=True, timeout=600)
-    assert setup.returncode == 0, setup.stdout + setup.stderr
-    home = tmp_path_factory.mktemp("dcos")
-    env = {**os.environ, "DCOS_DIR": str(home / "dcos"), "HOME": str(home)}
-    env.pop("DCOS_URL", None)
-
-    def run(*args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        done = subprocess.run([str(DCOS), *args], capture_output=True, text=True, env=env, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-        if check:
-            assert done.returncode == 0, f"dcos {' '.join(args)}: {done.stdout}\n{done.stderr}"
-        return done
+def dcos(lab: LabHandle, dcos_cli: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    run = dcos_runner(dcos_cli, tmp_path_factory.mktemp("dcos"))
 
     state = lab.state
     password = (state.directory / "admin-password").read_text().strip()
