@@ -93,14 +93,15 @@ class HaproxyProcess:
 
     async def check(self, config: Path) -> str | None:
         try:
-            proc = await asyncio.create_subprocess_exec(self.binary, "-c", "-q", "-f", str(config),
+            proc = await asyncio.create_subprocess_exec(self.binary, "-c", "-f", str(config),
                                                         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
         except OSError as exc:
             return f"cannot run {self.binary}: {exc}"
         out, _ = await proc.communicate()
         if proc.returncode == 0:
             return None
-        return out.decode(errors="replace").strip() or f"haproxy -c exited {proc.returncode}"
+        alerts = [line for line in out.decode(errors="replace").splitlines() if "[NOTICE]" not in line]
+        return "\n".join(alerts).strip() or f"haproxy -c exited {proc.returncode}"
 
     async def start(self) -> None:
         if self.running():

@@ -32,18 +32,19 @@ class Settings:
     bind_address: str = "*"
     min_slots: int = 8
     maxconn: int = 50000
+    socket_dir: Path | None = None     # the unix sockets, when run_dir's path is too long for them
 
     @property
     def admin_socket(self) -> Path:
-        return self.run_dir / "admin.sock"
+        return (self.socket_dir or self.run_dir) / "admin.sock"
 
     @property
     def master_socket(self) -> Path:
-        return self.run_dir / "master.sock"
+        return (self.socket_dir or self.run_dir) / "master.sock"
 
     @property
     def status_socket(self) -> Path:
-        return self.run_dir / "status.sock"
+        return (self.socket_dir or self.run_dir) / "status.sock"
 
     @property
     def reserved_ports(self) -> tuple[int, ...]:

@@ -18,7 +18,9 @@ import asyncio
 import contextlib
 import logging
 import resource
+import shutil
 import signal
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,10 +118,31 @@ def fitting_maxconn(wanted: int = 50000) -> int:
     return max(256, min(wanted, (hard - 256) // 2))
 
 
+SUN_PATH_MAX = 107      # a unix socket's path, in bytes, without the final NUL
+
+
+def socket_dir_for(run_dir: Path) -> Path | None:
+    """None when the sockets fit in ``run_dir`` (a Mesos sandbox path often does not): else a fresh
+    private directory under the temporary directory."""
+    if len(str(run_dir.resolve() / "master.sock").encode()) <= SUN_PATH_MAX - 8:
+        return None
+    return Path(tempfile.mkdtemp(prefix="marathon-lb-"))
+
+
 async def run(opts: Options) -> None:
-    settings = Settings(opts.run_dir, stats_port=opts.stats_port, http_port=opts.http_port,
-                        bind_address=opts.bind_address, min_slots=opts.min_slots, maxconn=fitting_maxconn())
     opts.run_dir.mkdir(parents=True, exist_ok=True)
+    sockets = socket_dir_for(opts.run_dir)
+    try:
+        await _run(opts, sockets)
+    finally:
+        if sockets is not None:
+            shutil.rmtree(sockets, ignore_errors=True)
+
+
+async def _run(opts: Options, sockets: Path | None) -> None:
+    settings = Settings(opts.run_dir, stats_port=opts.stats_port, http_port=opts.http_port,
+                        bind_address=opts.bind_address, min_slots=opts.min_slots, maxconn=fitting_maxconn(),
+                        socket_dir=sockets)
     metrics = Metrics()
     haproxy = HaproxyProcess(opts.run_dir / "haproxy.cfg", settings.admin_socket, settings.master_socket, opts.haproxy)
     applier = Applier(haproxy, settings, metrics)

@@ -56,7 +56,8 @@ class Edge:
         self.ns = ns
         self.tmp = tmp
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.run_dir = tmp / "haproxy"
+        # As deep as a Mesos sandbox: too long for unix socket paths, which then go elsewhere.
+        self.run_dir = tmp / ("sandbox-" + "x" * 80) / "haproxy"
 
     def spawn(self, name: str, *argv: str) -> None:
         log = open(self.tmp / f"{name}.log", "ab")
