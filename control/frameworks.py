@@ -29,9 +29,11 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from cluster.view import FrameworkInfo, TaskInfo, TaskPort
 from control.agent_client import AgentAddress, AgentClient, AgentUnavailable, LaunchAnswer
@@ -842,3 +844,33 @@ def view_parts(frameworks: Frameworks, live_states: tuple[str, ...]) -> tuple[li
                                       healthy=task.healthy, network=task.network, ip_addresses=task.ip_addresses,
                                       ports=task.ports, labels=task.labels))
     return infos, tasks
+
+
+def metric_families(frameworks: Frameworks, allocator: Allocator, marathon: Iterable[str]) -> Iterator[Metric]:
+    """``navstar_master_frameworks{state}``, ``navstar_master_framework_tasks{state}``,
+    ``navstar_master_framework_unacknowledged_updates``, ``navstar_master_scheduler_calls_refused_total``
+    and ``navstar_master_dominant_share{framework}`` (every framework, Marathon's roles included:
+    held resources, offers counted, ÷ the cluster's)."""
+    states = GaugeMetricFamily("navstar_master_frameworks", "v1 scheduler API frameworks by state", labels=["state"])
+    known = list(frameworks.frameworks.values())
+    states.add_metric(["connected"], sum(1 for f in known if f.connected))
+    states.add_metric(["disconnected"], sum(1 for f in known if not f.connected))
+    yield states
+    tasks = GaugeMetricFamily("navstar_master_framework_tasks", "Live tasks of v1 frameworks by state",
+                              labels=["state"])
+    counts: dict[str, int] = {}
+    for task in frameworks.framework_tasks():
+        counts[task.state] = counts.get(task.state, 0) + 1
+    for state in ("TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING"):
+        tasks.add_metric([state], counts.get(state, 0))
+    yield tasks
+    yield GaugeMetricFamily("navstar_master_framework_unacknowledged_updates", "Status updates awaiting ACKNOWLEDGE",
+                            value=sum(len(f.pending) for f in known))
+    yield CounterMetricFamily("navstar_master_scheduler_calls_refused", "Scheduler API calls answered 4xx/5xx",
+                              value=frameworks.calls_refused)
+    shares = GaugeMetricFamily("navstar_master_dominant_share", "Each framework's dominant share of the cluster",
+                               labels=["framework"])
+    names = {f.framework_id: f.spec.name for f in known} | {framework_id: framework_id for framework_id in marathon}
+    for framework_id, share in sorted(allocator.shares().items()):
+        shares.add_metric([names.get(framework_id, framework_id)], share)
+    yield shares

@@ -3,7 +3,10 @@
 ``navstar_master_apps``, ``navstar_master_tasks{state}``, ``navstar_master_agents{state}``,
 ``navstar_master_offers_total{result}``, ``navstar_master_allocation_cycle_seconds`` (histogram),
 ``navstar_master_deployments``, ``navstar_master_queued_instances``,
-``navstar_master_rejected_agent_messages_total``, ``navstar_master_named_vips``.
+``navstar_master_rejected_agent_messages_total``, ``navstar_master_named_vips``; the v1 frameworks'
+(``control.frameworks.metric_families``): ``navstar_master_frameworks{state}``,
+``navstar_master_framework_tasks{state}``, ``navstar_master_framework_unacknowledged_updates``,
+``navstar_master_scheduler_calls_refused_total``, ``navstar_master_dominant_share{framework}``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from control.frameworks import metric_families
 
 if TYPE_CHECKING:
     from control.master import Master
@@ -51,6 +56,7 @@ class _StateCollector:
                                   value=master.rejected_statuses)
         yield GaugeMetricFamily("navstar_master_named_vips", "Named VIP addresses allocated",
                                 value=len(master.vips.allocations))
+        yield from metric_families(master.frameworks, master.allocator, scheduler.frameworks)
 
 
 class MasterMetrics:

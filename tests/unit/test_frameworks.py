@@ -182,8 +182,11 @@ async def test_bad_calls_answer_400_with_mesos_sentences(cluster):
     assert resp.status_code == 400 and "should not include the 'Mesos-Stream-Id'" in resp.text
     resp = await sched.call("ACCEPT", {"offer_ids": [], "filters": {"refuse_seconds": -1}})
     assert resp.status_code == 400 and "refuse_seconds" in resp.text
-    # Still serving: a good call goes through.
+    # Still serving: a good call goes through; the refusals are counted.
     assert (await sched.call("SUPPRESS")).status_code == 202
+    metrics = (await cluster.mesos.get("/metrics")).text
+    assert "navstar_master_scheduler_calls_refused_total 8.0" in metrics
+    assert 'navstar_master_frameworks{state="connected"} 1.0' in metrics
 
 
 async def test_unknown_or_rescinded_offer_and_over_accept_end_tasks(cluster):
@@ -359,6 +362,8 @@ async def test_drf_weights_one_to_two_and_a_third_framework(cluster):
         await finish_oldest(2)
     settled = sum(ratios[-10:]) / 10
     assert abs(settled - 2.0) <= 0.2, ratios
+    metrics = (await cluster.mesos.get("/metrics")).text
+    assert 'navstar_master_dominant_share{framework="heavy"}' in metrics
     third = Sched(cluster, "third", role="heavy")
     scheds.append(third)
     thirds, role_ratios = [], []
