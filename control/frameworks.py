@@ -744,17 +744,19 @@ class Frameworks:
                 task.launch_next_at = 0.0
 
     def agent_lost(self, agent_id: str, why: str) -> None:
-        """The agent is unreachable or removed: its framework tasks are lost (as Mesos tells
-        frameworks that are not partition-aware)."""
+        """The agent is unreachable or removed (the allocator has dropped it): offers of it are
+        rescinded and its framework tasks end TASK_LOST (``REASON_AGENT_REMOVED``), as Mesos
+        tells frameworks; a task seen again later is killed by reconciliation."""
+        for framework in self.frameworks.values():
+            for offer_id, (offer, _ports) in list(framework.offers.items()):
+                if offer.agent_id == agent_id:
+                    del framework.offers[offer_id]
+                    self._send(framework, {"type": "RESCIND", "rescind": {"offer_id": {"value": offer_id}}})
         for task in list(self.framework_tasks()):
             if task.agent_id == agent_id and not task.terminal:
-                framework = self.frameworks.get(task.framework_id)
-                state = "TASK_UNREACHABLE" if framework is not None and framework.partition_aware else "TASK_LOST"
                 task.released = True    # the allocator already dropped the agent
-                self._spawn(self._apply(task, state, why, reason="REASON_AGENT_REMOVED", source="SOURCE_MASTER"))
-                if state == "TASK_UNREACHABLE":
-                    self._spawn(self._apply(task, "TASK_LOST", why, reason="REASON_AGENT_REMOVED",
-                                            source="SOURCE_MASTER"))
+                self._spawn(self._apply(task, "TASK_LOST", why, reason="REASON_AGENT_REMOVED",
+                                        source="SOURCE_MASTER"))
 
     # ---- time ----------------------------------------------------------------------------------
     def tick(self, now: float | None = None) -> None:

@@ -376,3 +376,30 @@ async def test_drf_weights_one_to_two_and_a_third_framework(cluster):
     # The third framework shares the heavy role: it gets tasks as others finish, half the role's share.
     assert sum(thirds[-10:]) / 10 >= 0.25, thirds
     assert abs(sum(role_ratios[-10:]) / 10 - 2.0) <= 0.2, role_ratios
+
+
+async def test_a_lost_agent_rescinds_its_offers_and_loses_its_tasks(cluster):
+    sched = Sched(cluster, "mortal")
+    await settle(cluster, sched)
+    on_agent_1 = next(o for o, offer in sched.offers.items() if offer["agent_id"]["value"] == "agent-1")
+    await sched.launch(on_agent_1, task_info("m1", "agent-1"), refuse=0)
+    await settle(cluster, sched)
+    assert sched.updates("m1")[-1]["state"] == "TASK_RUNNING"
+    await sched.call("DECLINE", {"offer_ids": [{"value": o} for o in sched.offers], "filters": {"refuse_seconds": 0}})
+    sched.offers.clear()
+    await settle(cluster, sched)
+    held = [o for o, offer in sched.offers.items() if offer["agent_id"]["value"] == "agent-1"]
+    assert held, "agent-1's remaining resources are offered again"
+    cluster.fake.agent("agent-1").up = False
+    cluster.clock.advance(6)            # past the harness's agent_timeout of 5 s; the others are heard
+    cluster.master.agent_heard("agent-2")
+    cluster.master.agent_heard("agent-3")
+    sched.subscription.delivered(cluster.clock())
+    assert cluster.master.check_agents() == ["agent-1"]
+    await cluster.master.frameworks.settle()
+    sched.drain()
+    lost = sched.updates("m1")[-1]
+    assert lost["state"] == "TASK_LOST" and lost["reason"] == "REASON_AGENT_REMOVED"
+    rescinded = {e["rescind"]["offer_id"]["value"] for e in sched.events if e["type"] == "RESCIND"}
+    assert set(held) <= rescinded
+    assert not any(offer["agent_id"]["value"] == "agent-1" for offer in sched.offers.values())
