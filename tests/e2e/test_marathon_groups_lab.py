@@ -142,6 +142,8 @@ def test_dcos_cli_groups_versions_rollback_and_kill(lab: LabHandle, client, dcos
         dcos("marathon", "group", "scale", "/shop", "2")
         no_deployments(client, "/shop scaled")
         assert {a["instances"] for a in json.loads(dcos("marathon", "group", "show", "/shop").stdout)["apps"]} == {2}
+        assert "Created deployment" in dcos("marathon", "group", "update", "/shop", 'dependencies=["/shop/db"]').stdout
+        assert json.loads(dcos("marathon", "group", "show", "/shop").stdout)["dependencies"] == ["/shop/db"]
         missing = dcos("marathon", "group", "update", "/shop", 'dependencies=["/nowhere"]', check=False)
         assert missing.returncode != 0 and "/nowhere" in missing.stdout + missing.stderr
         versions = json.loads(dcos("marathon", "app", "version", "list", "/shop/web").stdout)
