@@ -127,6 +127,11 @@ def create_group(master: Master, body: GroupBody, force: bool = False) -> Deploy
     return update_group(master, body, force)
 
 
+def _group_changed(master: Master, group_id: str, deployment: Deployment) -> Deployment:
+    master.events.publish("group_change_success", groupId=group_id, version=deployment.version)
+    return deployment
+
+
 def update_group(master: Master, body: GroupBody, force: bool = False) -> Deployment:
     """``PUT /v2/groups/{id}``: the group becomes what the body says (apps and subgroups listed
     replace the ones there; fields left out stay); ``scaleBy`` scales every app below it; a
@@ -138,7 +143,7 @@ def update_group(master: Master, body: GroupBody, force: bool = False) -> Deploy
         targets: dict[str, AppDefinition | None] = {
             app_id: app.model_copy(update={"instances": math.ceil(app.instances * body.scale_by - 1e-9)})
             for app_id, app in apps.items() if in_group(app_id, body.id)}
-        return deploy(master, targets, force=force)
+        return _group_changed(master, body.id, deploy(master, targets, force=force))
     targets = dict(body.apps)
     for group_id in body.apps_given:
         for app_id in apps:
@@ -154,7 +159,7 @@ def update_group(master: Master, body: GroupBody, force: bool = False) -> Deploy
             for sub in group_tree(group_id, apps, master.groups.records).groups:
                 if sub.id not in body.records:
                     _remove_subtree(master, sub.id, targets, records)
-    return deploy(master, targets, force=force, records=records)
+    return _group_changed(master, body.id, deploy(master, targets, force=force, records=records))
 
 
 def delete_group(master: Master, group_id: str, force: bool = False) -> Deployment:
@@ -165,7 +170,7 @@ def delete_group(master: Master, group_id: str, force: bool = False) -> Deployme
     targets: dict[str, AppDefinition | None] = {}
     records: dict[str, GroupRecord | None] = {}
     _remove_subtree(master, group_id, targets, records)
-    return deploy(master, targets, force=force, records=records)
+    return _group_changed(master, group_id, deploy(master, targets, force=force, records=records))
 
 
 def _remove_subtree(master: Master, group_id: str, targets: dict[str, AppDefinition | None],

@@ -310,3 +310,18 @@ def test_a_deployment_stored_before_plans_had_steps_still_loads():
                                      "started_at": 1.0})
     assert old.affected_apps == ["/a"] and old.to_marathon()["steps"] == [
         {"actions": [{"action": "ScaleApplication", "app": "/a"}]}]
+
+
+async def test_an_app_of_a_later_step_gets_its_named_vip_when_stored_and_group_events(cluster):
+    events = cluster.master.events.subscribe({"group_change_success", "deployment_step_success"})
+    vip = {"portDefinitions": [{"port": 0, "labels": {"VIP_0": "/shopfront:80"}}]}
+    body = {"id": "/vipped", "apps": [app("db", healthChecks=HEALTH), app("front", dependencies=["db"], **vip)]}
+    await cluster.marathon.post("/v2/groups", json=body)
+    await cluster.settle()
+    assert "marathon:/shopfront" not in cluster.master.vips.allocations      # front waits for db
+    await healthy(cluster, "/vipped/db")
+    assert "marathon:/shopfront" in cluster.master.vips.allocations
+    seen = [events.get_nowait() for _ in range(events.qsize())]
+    assert [e["eventType"] for e in seen][:2] == ["group_change_success", "deployment_step_success"]
+    assert seen[0]["groupId"] == "/vipped"
+    cluster.master.events.unsubscribe(events)
