@@ -325,3 +325,24 @@ async def test_an_app_of_a_later_step_gets_its_named_vip_when_stored_and_group_e
     assert [e["eventType"] for e in seen][:2] == ["group_change_success", "deployment_step_success"]
     assert seen[0]["groupId"] == "/vipped"
     cluster.master.events.unsubscribe(events)
+
+
+async def test_put_makes_the_group_what_the_body_says(cluster):
+    body = {"id": "/site", "apps": [app("a"), app("b")], "groups": [{"id": "sub", "apps": [app("c")]}]}
+    created = await cluster.marathon.put("/v2/groups/site", json=body)      # PUT creates a missing group
+    assert created.status_code == 200, created.text
+    await cluster.settle()
+    assert set(cluster.scheduler.apps) == {"/site/a", "/site/b", "/site/sub/c"}
+    a_tasks = {t.task_id for t in live(cluster, "/site/a")}
+    changed = await cluster.marathon.put("/v2/groups/site", json={"apps": [app("a"), app("d", instances=2)],
+                                                                  "groups": []})
+    (plan,) = await deployments(cluster)
+    assert plan["id"] == changed.json()["deploymentId"]
+    assert sorted(a["action"] + " " + a["app"] for s in plan["steps"] for a in s["actions"]) == [
+        "StartApplication /site/d", "StopApplication /site/b", "StopApplication /site/sub/c"]
+    await cluster.settle()
+    assert set(cluster.scheduler.apps) == {"/site/a", "/site/d"} and len(live(cluster, "/site/d")) == 2
+    assert {t.task_id for t in live(cluster, "/site/a")} == a_tasks      # unchanged app untouched
+    assert (await cluster.marathon.get("/v2/groups/site/sub")).status_code == 404
+    renamed = await cluster.marathon.put("/v2/groups/site", json={"id": "/elsewhere"})
+    assert renamed.status_code == 422 and renamed.json()["details"][0]["path"] == "/id"
