@@ -144,6 +144,12 @@ def update_group(master: Master, body: GroupBody, force: bool = False) -> Deploy
             app_id: app.model_copy(update={"instances": math.ceil(app.instances * body.scale_by - 1e-9)})
             for app_id, app in apps.items() if in_group(app_id, body.id)}
         return _group_changed(master, body.id, deploy(master, targets, force=force))
+    for group_id in body.records:
+        if group_id in apps:
+            raise AppInvalid([{"path": "/id", "errors": [f"{group_id} is an app; a group cannot take its id"]}])
+    for app_id in body.apps:
+        if app_id in master.groups.records or any(a.startswith(app_id + "/") for a in apps):
+            raise AppInvalid([{"path": "/apps", "errors": [f"{app_id} is a group; an app cannot take its id"]}])
     targets = dict(body.apps)
     for group_id in body.apps_given:
         for app_id in apps:

@@ -346,3 +346,7 @@ async def test_put_makes_the_group_what_the_body_says(cluster):
     assert (await cluster.marathon.get("/v2/groups/site/sub")).status_code == 404
     renamed = await cluster.marathon.put("/v2/groups/site", json={"id": "/elsewhere"})
     assert renamed.status_code == 422 and renamed.json()["details"][0]["path"] == "/id"
+    taken = await cluster.marathon.post("/v2/groups", json={"id": "/site/a"})
+    assert taken.status_code == 422 and "/site/a is an app" in taken.text
+    shadow = await cluster.marathon.put("/v2/groups/", json={"apps": [app("site")]})
+    assert shadow.status_code == 422 and "/site is a group" in shadow.text
