@@ -6,7 +6,7 @@ PUT /mesos/weights (batch-light 1, batch-heavy 2) ─► POST /marathon/v2/apps:
 batch frameworks (python -m batch, Admin Router /service/<name>/) ─► both subscribe ─► a job each
 big enough to fill the lab ─► every second: /mesos/master/frameworks (used + offered
 resources: what DRF counts as allocated) ÷ the agents' totals = dominant shares ─► settled when heavy ÷ light stays within 10% of 2 for five
-samples on average ─► the apps are removed (the frameworks hold nothing once idle)
+samples on average ─► the apps are removed, the frameworks torn down (POST /mesos/master/teardown)
 ```
 Everything goes through Admin Router, as an operator's tools would.
 """
@@ -127,6 +127,11 @@ def run_frameworks(state: LabState, console: Console, timeout: float = 120.0) ->
         finally:
             for app in apps:
                 http.delete(f"/marathon/v2/apps{app['id']}", params={"force": "true"})
+            # Their schedulers are gone: the operator tears the frameworks down (their running
+            # tasks are killed now rather than after the failover timeout).
+            for framework in http.get("/mesos/master/frameworks").json()["frameworks"]:
+                if framework["name"] in FRAMEWORKS:
+                    http.post("/mesos/master/teardown", data={"frameworkId": framework["id"]})
     return outcome
 
 

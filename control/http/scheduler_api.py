@@ -24,6 +24,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
@@ -126,6 +127,19 @@ class SchedulerApi:
         return JSONResponse({"frameworks": state["frameworks"], "completed_frameworks": state["completed_frameworks"],
                              "unregistered_frameworks": []})
 
+    async def teardown(self, request: Request) -> Response:
+        """Mesos' operator ``POST /master/teardown`` (``frameworkId=<id>``, form or query): the
+        framework is removed as by its own TEARDOWN."""
+        form = parse_qs((await request.body()).decode(errors="replace"))
+        framework_id = (form.get("frameworkId") or [""])[0] or request.query_params.get("frameworkId")
+        if not framework_id:
+            return PlainTextResponse("Missing 'frameworkId' query parameter in the request body", status_code=400)
+        framework = self.frameworks.frameworks.get(framework_id)
+        if framework is None:
+            return PlainTextResponse("No framework found with specified ID", status_code=400)
+        self.frameworks.remove(framework, "operator teardown")
+        return Response(status_code=200)
+
     async def get_weights(self, _request: Request) -> JSONResponse:
         return JSONResponse([{"role": role, "weight": weight} for role, weight in sorted(self.frameworks.weights().items())])
 
@@ -158,6 +172,8 @@ def scheduler_routes(master: Master) -> list[Route]:
         Route("/master/api/v1/scheduler", api.call, methods=["POST"]),
         Route("/master/frameworks", api.list_frameworks),
         Route("/frameworks", api.list_frameworks),
+        Route("/master/teardown", api.teardown, methods=["POST"]),
+        Route("/teardown", api.teardown, methods=["POST"]),
         Route("/weights", api.get_weights, methods=["GET"]),
         Route("/weights", api.put_weights, methods=["PUT"]),
     ]

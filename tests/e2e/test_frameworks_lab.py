@@ -6,6 +6,7 @@
 - The batch framework runs as a Marathon app (its scheduler registers with the master), takes a
   20-task job through Admin Router (``navstar job run``), runs it on the three agents and, idle
   again, holds no resources.
+- ``navstar lab scenario frameworks``: two batch frameworks weighted 1 and 2 settle near 1:2.
 
 One three-agent lab for the module (under ``flock /tmp/navstar-lab.lock``).
 """
@@ -172,3 +173,15 @@ def test_batch_framework_runs_a_20_task_job_on_three_agents_and_then_holds_nothi
                    message="the idle batch framework holds nothing")
     finally:
         lab.remove_app("/batch")
+
+
+def test_scenario_frameworks_settles_drf_near_one_to_two(lab: LabHandle):
+    """Two batch frameworks, roles weighted 1 and 2, fill the lab next to a Marathon app: the
+    scenario exits 0 once heavy ÷ light averages within 10% of 2; afterwards neither is left."""
+    run = subprocess.run([*NAVSTAR, "lab", "scenario", "frameworks", "--name", lab.name],
+                         capture_output=True, text=True, timeout=180)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "DRF settled" in run.stdout
+    with lab.mesos() as mesos:
+        frameworks = mesos.get("/master/frameworks").json()["frameworks"]
+    assert not [f["name"] for f in frameworks if f["name"].startswith("batch-")]

@@ -242,6 +242,10 @@ async def test_decline_filters_revive_kill_reconcile_teardown(cluster):
                                                            ["value"]))
     await settle(cluster, sched)
     assert "k2" in sched.framework.tasks
+    other = Sched(cluster, "bystander")
+    assert (await cluster.mesos.post("/master/teardown", data={"frameworkId": "nope"})).status_code == 400
+    assert (await cluster.mesos.post("/master/teardown", data={"frameworkId": other.id})).status_code == 200
+    assert other.id not in cluster.master.frameworks.frameworks and other.subscription.closed
     await sched.call("TEARDOWN")
     await settle(cluster, sched)
     assert sched.id not in cluster.master.frameworks.frameworks
