@@ -140,11 +140,13 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="leave the lab up (no lab down measurement)")
     parser.add_argument("--remove", action="store_true",
                         help="then remove every app and time it until no task is left (before lab down)")
+    parser.add_argument("--lab", default="lab", help="the lab's name (another than the default lab's)")
+    parser.add_argument("--underlay", default="198.18.0.0/24", help="its underlay, when it is built")
     args = parser.parse_args()
 
-    lab = Lab("lab", progress=lambda msg: print(f"  lab: {msg}", flush=True))
+    lab = Lab(args.lab, progress=lambda msg: print(f"  lab: {msg}", flush=True))
     if not lab.is_up():
-        lab.up(agents=args.agents)
+        lab.up(agents=args.agents, underlay=args.underlay)
     state = lab.state()
     assert state is not None
     agents = [n.name for n in state.nodes if n is not state.master]
