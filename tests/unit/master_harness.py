@@ -131,7 +131,8 @@ class ServedMaster:
         async def main() -> None:
             for index in (1, 2):
                 self.master.register_agent(AgentRegistration.model_validate(registration(index)))
-            loop_task = asyncio.ensure_future(self.master.scheduler.run(interval=0.05))
+            loop_task = asyncio.gather(self.master.scheduler.run(interval=0.05),
+                                       self.master.frameworks.run(interval=0.1))
             await asyncio.gather(*(server.serve(sockets=[sock]) for server, sock in zip(self.servers, self.socks,
                                                                                        strict=True)))
             loop_task.cancel()

@@ -23,6 +23,8 @@ from tests.waiting import wait_until
 @pytest.fixture
 def served():
     master = ServedMaster()
+    # Heartbeats every second: mesoshttp's reader notices its own disconnect only when data comes.
+    master.master.frameworks.heartbeat_seconds = 1.0
     yield master
     master.stop()
 
@@ -114,3 +116,61 @@ def test_stream_framing_headers_and_refusals(served):
             assert b"Framework has been removed" in buffer + rest_of_stream
         state = http.get("/master/state").json()
         assert framework_id in [f["id"] for f in state["completed_frameworks"]]
+
+
+def _launching_client(served: ServedMaster, name: str, failover: float, framework_id: str | None = None,
+                      task_id: str | None = None) -> tuple[MesosClient, dict[str, Any], threading.Thread]:
+    """A mesoshttp scheduler that launches ``task_id`` on its first offer (none: launches nothing)."""
+    client = MesosClient(mesos_urls=[served.mesos_url], frameworkId=framework_id, frameworkName=name,
+                         frameworkUser="nobody")
+    client.requests_auth = HTTPBasicAuth(name, ServedMaster.SECRET)
+    client.set_failover_timeout(failover)
+    seen: dict[str, Any] = {"updates": [], "driver": None, "launched": False}
+
+    def on_subscribed(driver: Any) -> None:
+        seen["driver"] = driver
+
+    def on_offers(offers: list) -> None:
+        for offer in offers:
+            if task_id and not seen["launched"]:
+                seen["launched"] = True
+                offer.accept([{"name": task_id, "task_id": {"value": task_id},
+                               "resources": [{"name": "cpus", "type": "SCALAR", "scalar": {"value": 0.1}}],
+                               "command": {"value": "sleep 600"}}])
+            else:
+                offer.decline({"filters": {"refuse_seconds": 60}})
+
+    client.on(MesosClient.SUBSCRIBED, on_subscribed)
+    client.on(MesosClient.OFFERS, on_offers)
+    client.on(MesosClient.UPDATE, lambda update: seen["updates"].append(update["status"]))
+    thread = threading.Thread(target=client.register, daemon=True)
+    thread.start()
+    return client, seen, thread
+
+
+def test_mesoshttp_failover_within_the_timeout_finds_its_task_and_past_it_loses_it(served):
+    first, seen, thread = _launching_client(served, "phoenix", failover=30, task_id="ph-1")
+    wait_until(lambda: any(s["state"] == "TASK_RUNNING" for s in seen["updates"]), 15, message="ph-1 running")
+    framework_id = first.frameworkId
+    first.disconnect_framework()            # the scheduler dies without TEARDOWN
+    thread.join(20)
+    wait_until(lambda: not served.master.frameworks.frameworks[framework_id].connected, 10, message="disconnected")
+    again, seen_again, thread_again = _launching_client(served, "phoenix", failover=30, framework_id=framework_id)
+    try:
+        wait_until(lambda: seen_again["driver"] is not None, 15, message="re-subscribed with its id")
+        assert again.frameworkId == framework_id
+        seen_again["driver"].reconcile([{"task_id": {"value": "ph-1"}}])
+        wait_until(lambda: any(s["task_id"]["value"] == "ph-1" and s["state"] == "TASK_RUNNING"
+                               for s in seen_again["updates"]), 15, message="ph-1 still running after failover")
+    finally:
+        again.disconnect_framework()
+        thread_again.join(20)
+    # This one stays away longer than its 1 s failover timeout: its task is killed, it is gone.
+    brief, seen_brief, thread_brief = _launching_client(served, "mayfly", failover=1, task_id="mf-1")
+    wait_until(lambda: any(s["state"] == "TASK_RUNNING" for s in seen_brief["updates"]), 15, message="mf-1 running")
+    mayfly = brief.frameworkId
+    brief.disconnect_framework()
+    thread_brief.join(20)
+    wait_until(lambda: mayfly not in served.master.frameworks.frameworks and "mf-1" in served.fake.kills, 15,
+               message="past its failover timeout the framework is removed and its task killed")
+    assert framework_id in served.master.frameworks.frameworks, "phoenix is still within its 30 s"
