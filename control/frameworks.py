@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator
@@ -252,8 +253,14 @@ class Frameworks:
         else:
             if framework_id is None:
                 framework_id = self._next_id()
+            elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", framework_id):
+                raise CallInvalid(f"Framework id {framework_id!r} is invalid: letters, digits, '.', '_' and '-' only")
             framework = Framework(framework_id, spec, now, ip)
-            self._add(framework)
+            try:
+                self._add(framework)
+            except ValueError as exc:       # the allocator's word on the role
+                self.frameworks.pop(framework_id, None)
+                raise CallInvalid(str(exc)) from None
             log.info("framework %s (%s) subscribed, role %s", framework_id, spec.name, spec.role)
         framework.disconnected_at = None
         self._save(framework)

@@ -180,12 +180,18 @@ async def test_bad_calls_answer_400_with_mesos_sentences(cluster):
     resp = await cluster.mesos.post("/api/v1/scheduler", json={"type": "SUBSCRIBE", "subscribe": {
         "framework_info": {"user": "u", "name": "n"}}}, headers={"Mesos-Stream-Id": "x"})
     assert resp.status_code == 400 and "should not include the 'Mesos-Stream-Id'" in resp.text
+    resp = await cluster.mesos.post("/api/v1/scheduler", json={"type": "SUBSCRIBE", "framework_id": {"value": "a/b"},
+                                                               "subscribe": {"framework_info": {"user": "u", "name": "n"}}})
+    assert resp.status_code == 400 and "Framework id 'a/b' is invalid" in resp.text
+    resp = await cluster.mesos.post("/api/v1/scheduler", json={"type": "SUBSCRIBE", "subscribe": {
+        "framework_info": {"user": "u", "name": "n", "roles": ["a", "b"]}}})
+    assert resp.status_code == 400 and "one role" in resp.text
     resp = await sched.call("ACCEPT", {"offer_ids": [], "filters": {"refuse_seconds": -1}})
     assert resp.status_code == 400 and "refuse_seconds" in resp.text
     # Still serving: a good call goes through; the refusals are counted.
     assert (await sched.call("SUPPRESS")).status_code == 202
     metrics = (await cluster.mesos.get("/metrics")).text
-    assert "navstar_master_scheduler_calls_refused_total 8.0" in metrics
+    assert "navstar_master_scheduler_calls_refused_total 10.0" in metrics
     assert 'navstar_master_frameworks{state="connected"} 1.0' in metrics
 
 
