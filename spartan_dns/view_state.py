@@ -28,7 +28,9 @@ def state_of_view(view: ClusterView) -> MesosState:
     """The Mesos state Mesos-DNS would read for ``view`` (pure). It goes through the same
     validation as a fetched ``/master/state``, so both paths meet one parser."""
     slaves = [{"id": a.agent_id, "hostname": a.hostname, "pid": f"slave(1)@{a.ip}:{a.port}"} for a in view.agents]
-    frameworks = [{"name": f.name, "hostname": f.hostname, "pid": f"scheduler-{f.framework_id}@{f.ip}:{f.port}",
+    # A framework on the v1 HTTP API listens nowhere (port 0): no pid, so no _framework._tcp SRV.
+    frameworks = [{"name": f.name, "hostname": f.ip if not f.port else f.hostname,
+                   **({"pid": f"scheduler-{f.framework_id}@{f.ip}:{f.port}"} if f.port else {}),
                    "tasks": [_task(t) for t in view.tasks if t.framework == f.name]} for f in view.frameworks]
     return parse_state({"leader": f"master@{view.master_ip}:{view.master_port}", "frameworks": frameworks,
                         "slaves": slaves})

@@ -9,6 +9,8 @@ import pytest
 
 from control.frameworks import MISSED_HEARTBEATS, Framework, Subscription
 from control.mesos_v1 import parse_call
+from spartan_dns.records import generate
+from spartan_dns.view_state import state_of_view
 from tests.unit.master_harness import Cluster
 
 
@@ -140,6 +142,10 @@ async def test_subscribe_offers_launch_running_finished_acknowledged(cluster):
     mine = next(f for f in state["frameworks"] if f["id"] == sched.id)
     assert [t["id"] for t in mine["tasks"]] == ["t1"] and mine["tasks"][0]["name"] == "t1"
     assert any(t.task_id == "t1" and t.framework == "hello" for t in cluster.master.view().tasks)
+    records = {(r.name, r.rtype): r.value for r in generate(state_of_view(cluster.master.view())).records}
+    assert records[("t1.hello.mesos.", "A")] == "198.18.0.1" + agent[-1]     # the agent's address
+    assert records[("hello.mesos.", "A")] == "198.18.0.11"                    # where the scheduler called from
+    assert ("_framework._tcp.hello.mesos.", "SRV") not in records               # it listens nowhere
     listed = (await cluster.mesos.get("/master/frameworks")).json()
     assert sched.id in [f["id"] for f in listed["frameworks"]]
     # The update is resent until acknowledged.
