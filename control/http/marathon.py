@@ -166,7 +166,9 @@ class MarathonApi:
             raise AppInvalid([{"path": "/id", "errors": [f"the id in the body ({body.get('id')}) differs from "
                                                          f"the URL ({app_id}); apps cannot be renamed"]}])
         previous = self.scheduler.apps.get(app_id)
-        if previous is not None and isinstance(body, dict) and "version" in body and set(body) <= {"id", "version"}:
+        if isinstance(body, dict) and "version" in body and set(body) <= {"id", "version"}:
+            if previous is None:
+                raise ApiError(404, f"App '{app_id}' does not exist")
             app, deployment = app_plans.rollback_app(self.master, app_id, str(body["version"]),
                                                      force=_flag(request, "force"))
             log.info("app %s rolled back to %s", app_id, body["version"])

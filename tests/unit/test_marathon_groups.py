@@ -164,6 +164,8 @@ async def test_versions_and_rolling_an_app_back_to_its_first(cluster):
     old = (await cluster.marathon.get(f"/v2/apps/svc/versions/{first['version']}")).json()
     assert old["cmd"] == "sleep 100" and old["version"] == first["version"]
     assert (await cluster.marathon.get("/v2/apps/svc/versions/2001-01-01T00:00:00.000Z")).status_code == 404
+    no_app = await cluster.marathon.put("/v2/apps/nosvc", json={"version": first["version"]})
+    assert no_app.status_code == 404 and no_app.json()["message"] == "App '/nosvc' does not exist"
     unknown = await cluster.marathon.put("/v2/apps/svc", json={"version": "2001-01-01T00:00:00.000Z"})
     assert unknown.status_code == 404 and "2001-01-01" in unknown.json()["message"]
 
