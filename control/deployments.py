@@ -138,6 +138,14 @@ class Deployments:
             locked = next(a for a in ids if self.for_app(a))
             raise AppLocked(locked, [d.id for d in running])
 
+    def check_create(self, app_id: str, force: bool = False) -> None:
+        """Raises ``AppLocked`` (409) for a new app that a running plan will store at a later
+        step (it exists for that plan already), unless ``force``."""
+        pending = [d for d in self.for_app(app_id) if any(
+            a.app_id == app_id and a.app is not None for step in d.steps[d.current_step + 1:] for a in step)]
+        if pending and not force:
+            raise AppLocked(app_id, [d.id for d in pending])
+
     def supersede(self, app_ids: str | Iterable[str]) -> None:
         """Ends the deployments touching these apps as failed (``deployment_failed``); their
         pending actions on other apps are applied at once (the target they promised). Idempotent."""

@@ -190,6 +190,8 @@ class Master:
             raise AppExists(app.id)
         if previous is not None:
             self.scheduler.deployments.check_lock(app.id, force)
+        else:
+            self.scheduler.deployments.check_create(app.id, force)
         app = with_dependencies_checked(app, self.scheduler.apps, self.groups.dependencies(), self.groups.records)
         others = [other for other in self.scheduler.apps.values() if other.id != app.id]
         app, scaling_only = stamp_app(app, previous, others, self.clock(), restart=restart)

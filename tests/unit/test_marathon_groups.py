@@ -54,6 +54,8 @@ async def test_group_deploys_in_dependency_order_scales_and_is_removed_in_revers
     await cluster.settle()
     (plan,) = await deployments(cluster)
     assert plan["id"] == created.json()["deploymentId"]
+    early = await cluster.marathon.post("/v2/apps", json=app("/prod/web"))     # not started yet, but planned
+    assert early.status_code == 409 and early.json()["deployments"] == [{"id": plan["id"]}]
     assert [[a["app"] for a in s["actions"]] for s in plan["steps"]] == [["/prod/db"], ["/prod/api"], ["/prod/web"]]
     assert {a["action"] for s in plan["steps"] for a in s["actions"]} == {"StartApplication"}
     # Each app starts only once the one it depends on is healthy.
