@@ -1,8 +1,9 @@
 """Issue 14 in a real lab, from the root namespace through Admin Router, with the real ``dcos``
 CLI 0.6.1: the local Universe searched and described, packages installed (defaults and
 ``--options``), listed and uninstalled from Marathon's apps, options that break a package's
-schema refused naming the field, marathon-lb rendered (not run: it needs a public agent), and
-the repository list edited. One lab for the module; every app is removed at the end."""
+schema refused naming the field, marathon-lb installed from the Universe serving nginx on the
+public agent's service port, and the repository list edited. One lab (an agent and a public
+agent) for the module; every app is removed at the end."""
 
 from __future__ import annotations
 
@@ -14,14 +15,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.e2e.conftest import LabHandle, dcos_runner, wait_until
+from tests.e2e.conftest import REPO, LabHandle, dcos_runner, wait_until
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory) -> LabHandle:
-    return lab_factory(agents=1)
+    return lab_factory(agents=1, public_agents=1)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def dcos(lab: LabHandle, dcos_cli: Path, tmp_path_factory: pytest.TempPathFactor
         return resp.status_code == 200
     wait_until(cosmos_ready, 30, message="Cosmos answers /capabilities through Admin Router")
     yield run
-    for app_id in ("/nginx", "/site-a"):
+    for app_id in ("/nginx", "/site-a", "/marathon-lb"):
         lab.remove_app(app_id)
 
 
@@ -113,6 +114,36 @@ def test_install_list_and_uninstall_through_marathon(lab: LabHandle, dcos, tmp_p
     assert empty.returncode == 1 and "no installed packages" in empty.stderr
     gone = dcos("package", "uninstall", "nginx", "--yes", check=False)
     assert gone.returncode != 0 and "not installed" in (gone.stdout + gone.stderr)
+
+
+def test_marathon_lb_from_the_universe_serves_nginx_on_the_public_agent(lab: LabHandle, dcos) -> None:
+    """The issue's acceptance: ``dcos package install marathon-lb --yes`` runs it on the public agent,
+    and the nginx app with servicePort 10000 (examples/nginx-marathon-lb.json) answers there from
+    the root namespace; uninstalled, the port goes quiet."""
+    public = lab.ip("public-agent-1")
+    out = dcos("package", "install", "marathon-lb", "--yes").stdout
+    assert "Installing Marathon app for package [marathon-lb]" in out
+    lab.add_app(json.loads((REPO / "examples" / "nginx-marathon-lb.json").read_text()))
+
+    def page() -> str | None:
+        try:
+            resp = httpx.get(f"http://{public}:10000/", timeout=2)
+        except httpx.HTTPError:
+            return None
+        return resp.text if resp.status_code == 200 else None
+    try:
+        (task,) = lab.running("/marathon-lb", 1, timeout=60)
+        assert task["slaveId"] == "public-agent-1"
+        (nginx,) = lab.running("/nginx", 1, timeout=60, healthy=True)
+        body = wait_until(page, 60, message=f"nginx through marathon-lb at http://{public}:10000/")
+        assert "Welcome to nginx!" in body and nginx["id"] in body
+        listed = json.loads(dcos("package", "list", "--json").stdout)
+        assert [(p["name"], p["apps"]) for p in listed] == [("marathon-lb", ["/marathon-lb"])]
+    finally:
+        lab.remove_app("/nginx")
+        dcos("package", "uninstall", "marathon-lb", "--yes", check=False)
+    assert marathon_app(lab, "/marathon-lb") is None
+    wait_until(lambda: page() is None, 30, message=f"http://{public}:10000/ quiet once marathon-lb is uninstalled")
 
 
 def test_options_breaking_the_schema_are_refused_naming_the_field(lab: LabHandle, dcos, tmp_path: Path) -> None:
