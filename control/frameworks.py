@@ -805,12 +805,23 @@ class Frameworks:
                 del self._gone[framework_id]
 
     async def run(self, interval: float = 0.5) -> None:
-        while True:
-            try:
-                self.tick()
-            except Exception:
-                log.exception("framework tick failed")
-            await asyncio.sleep(interval)
+        """Ticks until cancelled; cancelled (the master stops), it ends every event stream, so
+        the servers can finish their responses and frameworks re-subscribe elsewhere."""
+        try:
+            while True:
+                try:
+                    self.tick()
+                except Exception:
+                    log.exception("framework tick failed")
+                await asyncio.sleep(interval)
+        finally:
+            self.close_streams()
+
+    def close_streams(self) -> None:
+        """Ends every subscription's stream (idempotent); the frameworks stay registered."""
+        for framework in self.frameworks.values():
+            if framework.subscription is not None:
+                framework.subscription.close()
 
     # ---- helpers -------------------------------------------------------------------------------
     def _send(self, framework: Framework, event: dict[str, Any]) -> None:

@@ -14,6 +14,8 @@ from starlette.types import ASGIApp
 
 log = logging.getLogger("navstar.servers")
 
+SHUTDOWN_GRACE_SECONDS = 3.0
+
 
 @dataclass(frozen=True)
 class Listen:
@@ -39,8 +41,11 @@ class _QuietServer(uvicorn.Server):
 async def serve(apps: list[tuple[ASGIApp, Listen]], background: list[Awaitable[None]] = ()) -> None:
     """Serves every app until SIGTERM/SIGINT; background coroutines run alongside."""
     servers = [
+        # Streams (scheduler API subscriptions, event streams) never end by themselves: past the
+        # grace period, shutdown cancels them instead of waiting forever.
         _QuietServer(uvicorn.Config(app, host=listen.host, port=listen.port, log_level="warning",
-                                    lifespan="off", access_log=False))
+                                    lifespan="off", access_log=False,
+                                    timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS))
         for app, listen in apps
     ]
     stop = asyncio.Event()

@@ -119,7 +119,8 @@ class ServedMaster:
             sock.bind(("127.0.0.1", 0))
         self.url, self.mesos_url = (f"http://127.0.0.1:{s.getsockname()[1]}" for s in self.socks)
         self.loop = asyncio.new_event_loop()
-        self.servers = [uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+        self.servers = [uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                                                      timeout_graceful_shutdown=1))
                         for app in master_apps(self.master)]
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()

@@ -3,6 +3,7 @@ frameworks with weights, failover, missed heartbeats — over the real allocator
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -419,3 +420,13 @@ async def test_a_lost_agent_rescinds_its_offers_and_loses_its_tasks(cluster):
     rescinded = {e["rescind"]["offer_id"]["value"] for e in sched.events if e["type"] == "RESCIND"}
     assert set(held) <= rescinded
     assert not any(offer["agent_id"]["value"] == "agent-1" for offer in sched.offers.values())
+
+
+async def test_a_stopping_master_ends_every_stream(cluster):
+    sched = Sched(cluster, "listener", failover=60)
+    ticking = asyncio.ensure_future(cluster.master.frameworks.run(interval=0.01))
+    await asyncio.sleep(0.05)
+    ticking.cancel()
+    await asyncio.gather(ticking, return_exceptions=True)
+    assert sched.subscription.closed      # its stream ends (the face finishes the response)
+    assert sched.id in cluster.master.frameworks.frameworks     # still registered: it re-subscribes elsewhere
