@@ -36,7 +36,9 @@ LabOpt = Annotated[str, typer.Option("--lab", help="lab to use when --master is 
 TokenOpt = Annotated[str | None, typer.Option("--token", help="login token (default: $NAVSTAR_TOKEN, or the lab's)")]
 
 
-def _target(master: str | None, lab: str, token: str | None) -> tuple[str, dict[str, str]]:
+def front_door(master: str | None, lab: str, token: str | None) -> tuple[str, dict[str, str]]:
+    """Admin Router's URL and the Authorization header to send (``--master``/``--token``, else the
+    lab's, logged in by itself); exits 2 naming what is missing. ``navstar package`` uses it too."""
     token = token or os.environ.get("NAVSTAR_TOKEN")
     if master is None:
         found = _lab_front_door(lab) if _lab_front_door is not None and token is None else None
@@ -80,7 +82,7 @@ def user_add(name: Annotated[str, typer.Argument(help="uid")],
     if not password:
         err.print("empty password on stdin")
         raise typer.Exit(2)
-    url, headers = _target(master, lab, token)
+    url, headers = front_door(master, lab, token)
     _call("PUT", f"{url}/acs/api/v1/users/{name}", headers, json={"password": password, "description": description})
     Console().print(f"user [bold]{name}[/] created")
 
@@ -89,7 +91,7 @@ def user_add(name: Annotated[str, typer.Argument(help="uid")],
 def user_list(master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None,
               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The users who may log in."""
-    url, headers = _target(master, lab, token)
+    url, headers = front_door(master, lab, token)
     users = _call("GET", f"{url}/acs/api/v1/users", headers).json()["array"]
     if as_json:
         sys.stdout.write(json.dumps(users, indent=2) + "\n")
@@ -106,6 +108,6 @@ def user_list(master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = N
 def user_remove(name: Annotated[str, typer.Argument(help="uid")],
                 master: MasterOpt = None, lab: LabOpt = "lab", token: TokenOpt = None) -> None:
     """Remove a user; their tokens stop working at once."""
-    url, headers = _target(master, lab, token)
+    url, headers = front_door(master, lab, token)
     _call("DELETE", f"{url}/acs/api/v1/users/{name}", headers)
     Console().print(f"user [bold]{name}[/] removed")

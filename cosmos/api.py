@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jsonschema import Draft4Validator
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -168,7 +169,13 @@ def error_response(error: CosmosError) -> Response:
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-def cosmos_app(cosmos: Cosmos) -> Starlette:
+def cosmos_app(cosmos: Cosmos, registry: CollectorRegistry | None = None) -> Starlette:
+    """The API; ``GET /metrics`` (Prometheus) counts requests by operation and answer type."""
+    registry = registry or CollectorRegistry()
+    requests = Counter("navstar_cosmos_requests_total", "Cosmos requests by operation and result "
+                       "(ok, or the error type: JsonSchemaMismatch, PackageNotFound, not_valid, ...)",
+                       ["operation", "result"], registry=registry)
+
     def rpc(operation: str, responses: list[tuple[int, Callable[[Any], Any]]], handler: Handler) -> Route:
         """``POST /package/<operation>``: headers and body checked, ``handler`` run, its result
         shaped for the version negotiated (``responses``: version → shape, preferred first)."""
@@ -184,13 +191,17 @@ def cosmos_app(cosmos: Cosmos) -> Starlette:
             if body_problem:
                 problems.append(body_problem)
             if problems or chosen is None or body is None:
-                return error_response(RequestInvalid(problems))
+                error = RequestInvalid(problems)
+                requests.labels(operation, error.kind).inc()
+                return error_response(error)
             try:
                 result = await handler(body)
             except CosmosError as exc:
                 if exc.status >= 500:
                     log.warning("%s: %s", operation, exc.message)
+                requests.labels(operation, exc.kind).inc()
                 return error_response(exc)
+            requests.labels(operation, "ok").inc()
             return _json(offered[chosen](result), chosen)
 
         return Route("/package/" + operation.replace(".", "/"), endpoint, methods=["POST"])
@@ -236,7 +247,10 @@ def cosmos_app(cosmos: Cosmos) -> Starlette:
     async def ping(_request: Request) -> Response:
         return Response("pong", media_type="text/plain")
 
-    return Starlette(routes=[*routes, Route("/ping", ping)])
+    async def metrics(_request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return Starlette(routes=[*routes, Route("/ping", ping), Route("/metrics", metrics)])
 
 
 def _async(function: Callable[[dict[str, Any]], Any]) -> Handler:

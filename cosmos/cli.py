@@ -8,9 +8,7 @@ exit 1.
 from __future__ import annotations
 
 import json
-import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,25 +17,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from adminrouter.cli import LabOpt, MasterOpt, TokenOpt, front_door
+
 package_cli = typer.Typer(no_args_is_help=True, help="Packages from the Universe (Cosmos, through Admin Router).")
 repo_cli = typer.Typer(no_args_is_help=True, help="The package repositories Cosmos reads, in order.")
 package_cli.add_typer(repo_cli, name="repo")
 err = Console(stderr=True)
 out = Console()
 
-# Admin Router's URL and an Authorization header for a lab, by name; set by ``navstar.cli``.
-LabFrontDoor = Callable[[str], tuple[str, dict[str, str]] | None]
-_lab_front_door: LabFrontDoor | None = None
-
-
-def use_lab_front_door(locate: LabFrontDoor) -> None:
-    global _lab_front_door
-    _lab_front_door = locate
-
-
-MasterOpt = Annotated[str | None, typer.Option("--master", help="Admin Router URL (default: the lab's)")]
-LabOpt = Annotated[str, typer.Option("--lab", help="lab to use when --master is not given")]
-TokenOpt = Annotated[str | None, typer.Option("--token", help="login token (default: $NAVSTAR_TOKEN, or the lab's)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print Cosmos' JSON answer")]
 
 
@@ -47,18 +34,7 @@ def _media(name: str, version: int) -> str:
 
 class _Cosmos:
     def __init__(self, master: str | None, lab: str, token: str | None) -> None:
-        token = token or os.environ.get("NAVSTAR_TOKEN")
-        if master is None:
-            found = _lab_front_door(lab) if _lab_front_door is not None else None
-            if found is None:
-                err.print(f"[red]no --master given and lab {lab!r} is not up[/]")
-                raise typer.Exit(2)
-            self.url, self.headers = found
-            if token:
-                self.headers = {"Authorization": f"token={token}"}
-        else:
-            self.url = master.rstrip("/")
-            self.headers = {"Authorization": f"token={token}"} if token else {}
+        self.url, self.headers = front_door(master, lab, token)     # Admin Router's, as `navstar user` finds it
 
     def call(self, operation: str, body: dict[str, Any], version: int = 1) -> Any:
         name = "package." + operation.replace("/", ".")

@@ -18,7 +18,6 @@ from adminrouter.cli import use_lab_front_door, user_cli
 from batch.cli import job_cli, use_lab_front_door_for_jobs
 from control.cli import app_cli, node_cli, task_cli, use_lab_master
 from cosmos.cli import package_cli
-from cosmos.cli import use_lab_front_door as use_lab_front_door_for_packages
 from marathon_lb.cli import marathon_lb, marathon_lb_autoscale
 from minuteman.cli import vip_app
 from spartan_dns.cli import dns_app
@@ -66,7 +65,6 @@ def _lab_front_door(lab: str) -> tuple[str, dict[str, str]] | None:
 use_lab_master(_lab_master)
 use_lab_front_door(_lab_front_door)
 use_lab_front_door_for_jobs(_lab_front_door)
-use_lab_front_door_for_packages(_lab_front_door)
 
 console = Console()
 err = Console(stderr=True)

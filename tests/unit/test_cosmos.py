@@ -235,6 +235,16 @@ async def test_repositories_add_delete_and_unreadable_ones(tmp_path: Path) -> No
     assert (await setup.call("repository/delete", {})).json()["type"] == "RepoNameOrUriMissing"
 
 
+async def test_metrics_count_requests_by_operation_and_result(setup: Setup) -> None:
+    await setup.call("search", {})
+    await setup.call("describe", {"packageName": "nope"}, 3)
+    await setup.api.post("/package/list", json={}, headers={"Accept": "text/plain"})
+    text = (await setup.api.get("/metrics")).text
+    assert 'navstar_cosmos_requests_total{operation="search",result="ok"} 1.0' in text
+    assert 'navstar_cosmos_requests_total{operation="describe",result="PackageNotFound"} 1.0' in text
+    assert 'navstar_cosmos_requests_total{operation="list",result="multiple_errors"} 1.0' in text
+
+
 async def test_an_unreadable_repository_fails_the_request_naming_it(tmp_path: Path) -> None:
     setup = Setup(repos={})
     resp = await setup.call("search", {})
