@@ -12,6 +12,7 @@ State is kept as JSON documents under ``(kind, key)``:
 | ``allocations`` | ``overlay`` | the overlay IPAM snapshot |
 | ``groups`` | group id | a group's own fields (``dependencies``, ``version``); its apps are in ``apps`` |
 | ``app_versions`` | ``<app id> <version>`` | the app's definition as stored at that version (``/v2/apps/{id}/versions``) |
+| ``group_versions`` | ``<group id> <version>`` | the group as a change left it (its apps and subgroups, as a group body) |
 | ``frameworks`` | framework id | a v1 scheduler framework: its ``FrameworkInfo``, when it registered and left |
 | ``framework_tasks`` | task id | a framework's task record (live tasks only) |
 | ``users`` | uid | ``{"uid", "description", "hash"}`` (an argon2id hash, never the password) |
@@ -30,7 +31,7 @@ from collections.abc import Iterator
 from typing import Any, Literal, Protocol, get_args
 
 Kind = Literal["apps", "tasks", "deployments", "agents", "vips", "allocations", "users", "groups", "app_versions",
-               "frameworks", "framework_tasks", "meta"]
+               "group_versions", "frameworks", "framework_tasks", "meta"]
 KINDS: tuple[Kind, ...] = get_args(Kind)
 
 
