@@ -585,6 +585,10 @@ def _lab_guide(state, agents: list[str]) -> None:
         f"({public[0].ip}), siege and autoscaling:" if public else
         "[bold]next[/]: a lab with a public agent (navstar lab up --public-agents 1) runs the edge scenario:",
         f"  {navstar} lab scenario edge --name {name}",
+        "[bold]packages[/] (Cosmos behind Admin Router, the local Universe at "
+        f"http://{master.ip}:8082/repo inside):",
+        f"  {navstar} package search --lab {name}      {navstar} package install nginx --app-id /nginx-pkg --yes --lab {name}"
+        + ("" if not public else "      .venv-dcos/bin/dcos package install marathon-lb --yes"),
         "[bold]look around[/] (every listing takes --json):",
         f"  {navstar} lab status --name {name}",
         f"  {navstar} app list --lab {name}      {navstar} task list --lab {name}      "
