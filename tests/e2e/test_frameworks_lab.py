@@ -5,7 +5,7 @@
   update is sent again); while the task runs, its Mesos-DNS name answers from another agent.
 - The batch framework runs as a Marathon app (its scheduler registers with the master), takes a
   20-task job through Admin Router (``navstar job run``), runs it on the three agents and, idle
-  again, holds no resources.
+  again, holds no resources; after a master restart it re-subscribes under its id and runs jobs.
 - ``navstar lab scenario frameworks``: two batch frameworks weighted 1 and 2 settle near 1:2.
 
 One three-agent lab for the module (under ``flock /tmp/navstar-lab.lock``).
@@ -168,9 +168,20 @@ def test_batch_framework_runs_a_20_task_job_on_three_agents_and_then_holds_nothi
         used_agents = {t["agent_id"] for t in job["tasks"]}
         assert len(used_agents) == 3, f"20 tasks of 0.25 cpus need every agent: {used_agents} of {agents}"
         # Idle again: no tasks, no offers, nothing held.
-        wait_until(lambda: (f := batch_framework()) and not f["tasks"] and not f["offered_resources"]
-                   and not any(f["used_resources"].values()) and not f["active"], 20,
-                   message="the idle batch framework holds nothing")
+        idle = wait_until(lambda: (f := batch_framework()) and not f["tasks"] and not f["offered_resources"]
+                          and not any(f["used_resources"].values()) and not f["active"] and f, 20,
+                          message="the idle batch framework holds nothing")
+        # The master restarts: the framework re-subscribes under its id (reloaded from the master's
+        # store, registered_time kept) and takes jobs again.
+        master = lab.state.master.name
+        restarted = subprocess.run([*NAVSTAR, "lab", "restart", "--name", lab.name, master], capture_output=True,
+                                   text=True, timeout=120)
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        back = wait_until(batch_framework, 40, message="the batch framework re-subscribed after the master restart")
+        assert back["id"] == idle["id"] and back["registered_time"] == idle["registered_time"]
+        again = subprocess.run([*NAVSTAR, "job", "run", "--lab", lab.name, "--service", "batch", "--parallel", "3",
+                                "--json", "--wait", "60", "--", "true"], capture_output=True, text=True, timeout=90)
+        assert again.returncode == 0, again.stdout + again.stderr
     finally:
         lab.remove_app("/batch")
 
