@@ -138,7 +138,8 @@ class Cosmos:
         return await self.repositories.packages()
 
     async def find(self, name: str, version: str | None = None) -> tuple[dict[str, Any], str]:
-        """The package (the highest release when no version is given) and its repository URI."""
+        """The package and its repository URI: the version asked for, else the highest release in the
+        first repository (in list order) that has the package."""
         candidates = [(p, uri) for p, uri in await self._packages() if p["name"] == name]
         if not candidates:
             raise PackageNotFound(name)
@@ -147,7 +148,8 @@ class Cosmos:
                 if package["version"] == version:
                     return package, uri
             raise VersionNotFound(name, version)
-        return max(candidates, key=lambda c: c[0]["releaseVersion"])
+        first = candidates[0][1]
+        return max((c for c in candidates if c[1] == first), key=lambda c: c[0]["releaseVersion"])
 
     async def search(self, query: str | None) -> dict[str, Any]:
         results: dict[str, dict[str, Any]] = {}

@@ -206,7 +206,9 @@ async def test_list_and_uninstall_come_from_marathon_alone(setup: Setup) -> None
 
 
 async def test_repositories_add_delete_and_unreadable_ones(tmp_path: Path) -> None:
-    extra = {"packages": [dict(build()["packages"][2], name="nginx-extra", version="2.0")]}
+    site = next(p for p in build()["packages"] if p["name"] == "static-site")
+    extra = {"packages": [dict(build()["packages"][2], name="nginx-extra", version="2.0"),
+                          dict(site, version="2.0.0")]}
     setup = Setup(state_dir=tmp_path, repos={"universe": build(), "extra": extra, "junk": {"apps": []}})
     listed = await setup.call("repository/list", {})
     assert listed.headers["content-type"] == media("package.repository.list-response")
@@ -214,6 +216,12 @@ async def test_repositories_add_delete_and_unreadable_ones(tmp_path: Path) -> No
     added = await setup.call("repository/add", {"name": "extra", "uri": "http://extra/repo", "index": "0"})
     assert added.json()["repositories"][0] == {"name": "extra", "uri": "http://extra/repo"}
     assert (await setup.call("describe", {"packageName": "nginx-extra"}, 3)).status_code == 200
+    # The first repository with the package answers; a version only the other has is still found.
+    assert (await setup.call("describe", {"packageName": "static-site"}, 3)).json()["package"]["version"] == "2.0.0"
+    older = await setup.call("describe", {"packageName": "static-site", "packageVersion": "1.0.0"}, 3)
+    assert older.json()["package"]["version"] == "1.0.0"
+    assert (await setup.call("search", {"query": "static-site"})).json()["packages"][0]["versions"] == \
+        {"2.0.0": 0, "1.0.0": 0}
     for body, kind, words in (
             ({"name": "down", "uri": "http://nowhere/repo"}, "RepositoryUriConnection",
              "Could not access data at URI for repository [down]: http://nowhere/repo"),
