@@ -133,7 +133,7 @@ class Framework:
     def partition_aware(self) -> bool:
         return "PARTITION_AWARE" in self.spec.capabilities
 
-    def as_json(self, now: float) -> dict[str, Any]:
+    def as_json(self) -> dict[str, Any]:
         """The framework as Mesos' ``/master/state`` and ``/master/frameworks`` list it."""
         used: dict[str, float] = {}
         for task in self.tasks.values():
@@ -600,7 +600,8 @@ class Frameworks:
             framework.subscription = None
         del self.frameworks[framework.framework_id]
         self.store.delete("frameworks", framework.framework_id)
-        self.completed_frameworks = (self.completed_frameworks + [framework.as_json(self.clock())])[-50:]
+        self.completed_frameworks = (self.completed_frameworks + [framework.as_json() | {
+            "tasks": [], "completed_tasks": [], "active": False, "connected": False}])[-50:]
         self._gone[framework.framework_id] = framework
         self.on_change()
         self.poke()

@@ -140,10 +140,9 @@ def mesos_state(master: Master) -> dict[str, Any]:
 
 def frameworks_json(master: Master) -> list[dict[str, Any]]:
     """The v1 scheduler API's frameworks (``control.frameworks``) with their tasks, in Mesos' shape."""
-    now = master.clock()
     out = []
     for framework in master.frameworks.frameworks.values():
-        document = framework.as_json(now)
+        document = framework.as_json()
         document["tasks"] = [_framework_task(t) for t in sorted(framework.tasks.values(), key=lambda t: t.task_id)]
         document["completed_tasks"] = [_framework_task(t) for t in master.frameworks.completed_tasks[-100:]
                                        if t.framework_id == framework.framework_id]
