@@ -251,6 +251,8 @@ class Frameworks:
             framework.ip = ip or framework.ip
             log.info("framework %s (%s) re-subscribed with %d tasks", framework_id, spec.name, len(framework.tasks))
         else:
+            if framework_id is not None and any(f["id"] == framework_id for f in self.completed_frameworks):
+                raise CallRefused(403, "Framework has been removed")
             if framework_id is None:
                 framework_id = self._next_id()
             elif not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", framework_id):

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from control.frameworks import MISSED_HEARTBEATS, Framework, Subscription
+from control.frameworks import MISSED_HEARTBEATS, CallRefused, Framework, Subscription
 from control.mesos_v1 import parse_call
 from spartan_dns.records import generate
 from spartan_dns.view_state import state_of_view
@@ -262,6 +262,8 @@ async def test_decline_filters_revive_kill_reconcile_teardown(cluster):
     await sched.call("TEARDOWN")
     await settle(cluster, sched)
     assert sched.id not in cluster.master.frameworks.frameworks
+    with pytest.raises(CallRefused, match="Framework has been removed"):
+        Sched(cluster, "polite", framework_id=sched.id)
     assert "k2" in cluster.fake.kills
     assert all(cluster.master.allocator.free(f"agent-{i}") == {"cpus": 2, "mem": 1024, "disk": 1000}
                for i in (1, 2, 3))
