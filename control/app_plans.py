@@ -22,8 +22,16 @@ from typing import TYPE_CHECKING
 from control.app_changes import stamp_app, with_ports_of
 from control.deployment_plan import dependency_graph, order_steps, parent_of
 from control.deployments import Action, Deployment, PlanAction
-from control.events import iso_now
-from control.groups import GroupBody, GroupRecord, group_exists, group_tree, in_group
+from control.events import iso_now, parse_iso
+from control.groups import (
+    GroupBody,
+    GroupRecord,
+    group_body,
+    group_exists,
+    group_tree,
+    in_group,
+    parse_group_body,
+)
 from control.marathon_models import AppDefinition, AppInvalid
 from control.scheduler import app_record
 from control.task_record import TaskRecord
@@ -44,7 +52,8 @@ class UnknownObject(Exception):
 
 
 def deploy(master: Master, targets: Mapping[str, AppDefinition | None], *, force: bool,
-           records: Mapping[str, GroupRecord | None] | None = None, stamp: bool = True) -> Deployment:
+           records: Mapping[str, GroupRecord | None] | None = None, stamp: bool = True,
+           version: str | None = None) -> Deployment:
     """Starts one deployment taking every app in ``targets`` to its definition (None: removed)
     and the group records to ``records`` (None: deleted). With ``stamp`` definitions get a new
     version and service ports; without, they are restored as they were (a rollback).
@@ -101,7 +110,7 @@ def deploy(master: Master, targets: Mapping[str, AppDefinition | None], *, force
     scheduler.deployments.supersede(affected)
     original = {app_id: app_record(current[app_id]) if app_id in current else None for app_id in affected}
     deployment = scheduler.deployments.start(order_steps(actions, before_graph, after_graph), original,
-                                             iso_now(now), original_groups)
+                                             version or iso_now(now), original_groups)
     for action in actions:
         if action.action == "StopApplication":
             master.versions.forget(action.app_id)
@@ -128,8 +137,36 @@ def create_group(master: Master, body: GroupBody, force: bool = False) -> Deploy
 
 
 def _group_changed(master: Master, group_id: str, deployment: Deployment) -> Deployment:
+    """Keeps the group as the change leaves it (its version) and says so on the event bus."""
+    after = dict(master.scheduler.apps)
+    for step in deployment.steps:
+        for action in step:
+            if action.app is None:
+                after.pop(action.app_id, None)
+            else:
+                after[action.app_id] = AppDefinition.model_validate(action.app)
+    if group_exists(group_id, after, master.groups.records):
+        master.groups.versions.put(group_id, deployment.version,
+                                   group_body(group_tree(group_id, after, master.groups.records)))
     master.events.publish("group_change_success", groupId=group_id, version=deployment.version)
     return deployment
+
+
+def _next_group_version(master: Master, group_id: str) -> str:
+    """Now, but strictly after the group's last version (versions tell a group's states apart)."""
+    now = master.clock()
+    last = master.groups.versions.versions(group_id)[:1]
+    return iso_now(max(now, parse_iso(last[0]) + 0.001) if last else now)
+
+
+def rollback_group(master: Master, group_id: str, version: str, force: bool = False) -> Deployment:
+    """``PUT /v2/groups/{id}`` with ``{"version": …}``: the group made what it was at that
+    version again (apps added since stop, removed ones start), as a new version. Raises
+    ``UnknownObject`` (404)."""
+    raw = master.groups.versions.raw(group_id, version)
+    if raw is None:
+        raise UnknownObject(f"Group '{group_id}' does not exist in version {version}")
+    return update_group(master, parse_group_body({k: v for k, v in raw.items() if k != "id"}, group_id), force)
 
 
 def update_group(master: Master, body: GroupBody, force: bool = False) -> Deployment:
@@ -143,7 +180,8 @@ def update_group(master: Master, body: GroupBody, force: bool = False) -> Deploy
         targets: dict[str, AppDefinition | None] = {
             app_id: app.model_copy(update={"instances": math.ceil(app.instances * body.scale_by - 1e-9)})
             for app_id, app in apps.items() if in_group(app_id, body.id)}
-        return _group_changed(master, body.id, deploy(master, targets, force=force))
+        return _group_changed(master, body.id, deploy(master, targets, force=force,
+                                                      version=_next_group_version(master, body.id)))
     for group_id in body.records:
         if group_id in apps:
             raise AppInvalid([{"path": "/id", "errors": [f"{group_id} is an app; a group cannot take its id"]}])
@@ -165,7 +203,8 @@ def update_group(master: Master, body: GroupBody, force: bool = False) -> Deploy
             for sub in group_tree(group_id, apps, master.groups.records).groups:
                 if sub.id not in body.records:
                     _remove_subtree(master, sub.id, targets, records)
-    return _group_changed(master, body.id, deploy(master, targets, force=force, records=records))
+    return _group_changed(master, body.id, deploy(master, targets, force=force, records=records,
+                                                  version=_next_group_version(master, body.id)))
 
 
 def delete_group(master: Master, group_id: str, force: bool = False) -> Deployment:
@@ -176,7 +215,12 @@ def delete_group(master: Master, group_id: str, force: bool = False) -> Deployme
     targets: dict[str, AppDefinition | None] = {}
     records: dict[str, GroupRecord | None] = {}
     _remove_subtree(master, group_id, targets, records)
-    return _group_changed(master, group_id, deploy(master, targets, force=force, records=records))
+    deployment = deploy(master, targets, force=force, records=records)
+    for owner in master.groups.versions.owners():
+        if in_group(owner, group_id):
+            master.groups.versions.forget(owner)
+    master.events.publish("group_change_success", groupId=group_id, version=deployment.version)
+    return deployment
 
 
 def _remove_subtree(master: Master, group_id: str, targets: dict[str, AppDefinition | None],

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from control.agent.images import ImageMap
+from control.app_versions import VersionLog
 from control.deployment_plan import ancestors, parent_of, resolve
 from control.marathon_models import AppDefinition, AppInvalid, normalize_app_id, parse_app
 from control.state import StateStore
@@ -58,15 +59,18 @@ class GroupBody:
 
 
 class GroupRecords:
-    """The groups' own records in the state store (kind ``groups``)."""
+    """The groups' own records in the state store (kind ``groups``) and their versions (kind
+    ``group_versions``: the group as each change left it, a group body)."""
 
     def __init__(self, store: StateStore) -> None:
         self._store = store
         self.records: dict[str, GroupRecord] = {}
+        self.versions = VersionLog(store, "group_versions")
 
     def load(self) -> None:
         for group_id, raw in self._store.items("groups"):
             self.records[group_id] = GroupRecord.model_validate(raw)
+        self.versions.load()
 
     def put(self, record: GroupRecord) -> None:
         self.records[record.id] = record
@@ -108,6 +112,13 @@ def group_tree(group_id: str, apps: dict[str, AppDefinition], records: dict[str,
                          groups=[build(child) for child in sorted(children.get(node_id, set())) if child != node_id])
 
     return build(group_id)
+
+
+def group_body(node: GroupNode) -> dict[str, Any]:
+    """A group as a body ``parse_group_body`` reads back (apps with every field, subgroups nested)."""
+    return {"id": node.id, "dependencies": node.dependencies,
+            "apps": [app.model_dump(by_alias=True, exclude_none=True) for app in node.apps],
+            "groups": [group_body(group) for group in node.groups]}
 
 
 def parse_group_body(raw: Any, group_id: str | None = None, images: ImageMap | None = None) -> GroupBody:

@@ -8,6 +8,8 @@ parses, renders and answers as Marathon does.
 | ``POST /v2/groups`` | 201 ``{"version", "deploymentId"}``; 409 when it exists |
 | ``PUT /v2/groups/{id}`` (a body, or ``{"scaleBy": f}``) | ``{"version", "deploymentId"}`` |
 | ``DELETE /v2/groups/{id}`` | ``{"version", "deploymentId"}`` |
+| ``GET /v2/groups/{id}/versions[/{version}]`` | ``[newest first]`` / the group at that version |
+| ``PUT /v2/groups/{id}`` ``{"version": v}`` (or ``PUT …/versions/{v}``) | the group rolled back, as a new version |
 | ``GET /v2/apps/{id}/versions[/{version}]`` | ``{"versions": [newest first]}`` / the definition |
 | ``DELETE /v2/deployments/{id}[?force=true]`` | 200 the rollback deployment / 202 cancelled |
 | ``POST /v2/tasks/delete?scale=&wipe=`` ``{"ids": […]}`` | ``{"tasks": […]}`` / ``{"version", "deploymentId"}`` |
@@ -84,8 +86,9 @@ class GroupsApi:
 
     # ---- rendering -----------------------------------------------------------------------
     def group_json(self, node: GroupNode, groups: bool, apps: bool, app_embeds: set[str]) -> dict[str, Any]:
+        own = self.master.groups.versions.versions(node.id)[:1]
         versions = [a.version for a in node.all_apps() if a.version]
-        version = node.version or (max(versions) if versions else iso_now(self.master.started_at))
+        version = own[0] if own else node.version or (max(versions) if versions else iso_now(self.master.started_at))
         return {"id": node.id, "dependencies": node.dependencies, "version": version,
                 "apps": [self.api.app_json(a, app_embeds) for a in node.apps] if apps else [],
                 "groups": [self.group_json(g, groups, apps, app_embeds) for g in node.groups] if groups else [],
@@ -117,15 +120,32 @@ class GroupsApi:
             raw = {k: v for k, v in raw.items() if k != "id"}
         body = parse_group_body(raw, group_id, images=self.master.image_map)
         if body.version is not None:
-            raise AppInvalid([{"path": "/version", "errors": [
-                "rolling a group back to a version is not supported; PUT the group's definition"]}])
-        deployment = app_plans.update_group(self.master, body, force=_flag(request, "force"))
+            deployment = app_plans.rollback_group(self.master, group_id, body.version, force=_flag(request, "force"))
+        else:
+            deployment = app_plans.update_group(self.master, body, force=_flag(request, "force"))
         return _deployment_answer(deployment)
 
     async def delete_group(self, request: Request) -> JSONResponse:
         group_id = _group_id(request.path_params.get("group_id", ""))
         deployment = app_plans.delete_group(self.master, group_id, force=_flag(request, "force"))
         return _deployment_answer(deployment)
+
+    async def group_versions(self, request: Request) -> JSONResponse:
+        node = self._node(_group_id(request.path_params["group_id"]))
+        return JSONResponse(self.master.groups.versions.versions(node.id))
+
+    async def group_version(self, request: Request) -> JSONResponse:
+        group_id, version = _group_id(request.path_params["group_id"]), request.path_params["version"]
+        raw = self.master.groups.versions.raw(group_id, version)
+        if raw is None:
+            raise app_plans.UnknownObject(f"Group '{group_id}' does not exist in version {version}")
+        return JSONResponse({**raw, "version": version, "pods": []})
+
+    async def put_group_version(self, request: Request) -> JSONResponse:
+        """marathon-python's ``rollback_group`` path."""
+        group_id = _group_id(request.path_params["group_id"])
+        return _deployment_answer(app_plans.rollback_group(self.master, group_id, request.path_params["version"],
+                                                           force=_flag(request, "force")))
 
     # ---- versions ------------------------------------------------------------------------
     async def app_versions(self, request: Request) -> JSONResponse:
@@ -188,6 +208,9 @@ def routes(api: MarathonApi, guarded: Callable[[Handler], Handler],
         Route("/v2/groups", guarded(groups.get_group), methods=["GET"]),
         Route("/v2/groups", guarded(groups.create_group), methods=["POST"]),
         Route("/v2/groups/", guarded(groups.get_group), methods=["GET"]),
+        Route("/v2/groups/{group_id:path}/versions/{version}", guarded(groups.group_version), methods=["GET"]),
+        Route("/v2/groups/{group_id:path}/versions/{version}", guarded(groups.put_group_version), methods=["PUT"]),
+        Route("/v2/groups/{group_id:path}/versions", guarded(groups.group_versions), methods=["GET"]),
         Route("/v2/groups/{group_id:path}", guarded(groups.get_group), methods=["GET"]),
         Route("/v2/groups/{group_id:path}", guarded(groups.put_group), methods=["PUT"]),
         Route("/v2/groups/{group_id:path}", guarded(groups.delete_group), methods=["DELETE"]),

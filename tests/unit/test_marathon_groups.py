@@ -354,3 +354,30 @@ async def test_put_makes_the_group_what_the_body_says(cluster):
     assert taken.status_code == 422 and "/site/a is an app" in taken.text
     shadow = await cluster.marathon.put("/v2/groups/", json={"apps": [app("site")]})
     assert shadow.status_code == 422 and "/site is a group" in shadow.text
+
+
+async def test_group_versions_and_rolling_a_group_back(cluster):
+    await cluster.marathon.post("/v2/groups", json={"id": "/gv", "apps": [app("a"), app("b")]})
+    await cluster.settle()
+    await cluster.marathon.put("/v2/groups/gv", json={"scaleBy": 2})
+    await cluster.settle()
+    await cluster.marathon.put("/v2/groups/gv", json={"apps": [app("a", instances=2)]})     # b stops
+    await cluster.settle()
+    versions = (await cluster.marathon.get("/v2/groups/gv/versions")).json()
+    assert len(versions) == 3 and versions == sorted(versions, reverse=True)
+    first = (await cluster.marathon.get(f"/v2/groups/gv/versions/{versions[-1]}")).json()
+    assert first["id"] == "/gv" and [(a["id"], a["instances"]) for a in first["apps"]] == [("/gv/a", 1), ("/gv/b", 1)]
+    assert set(cluster.scheduler.apps) == {"/gv/a"}
+    back = await cluster.marathon.put("/v2/groups/gv", json={"version": versions[-1]})
+    assert back.status_code == 200, back.text
+    await cluster.settle()
+    assert {a: cluster.scheduler.apps[a].instances for a in cluster.scheduler.apps} == {"/gv/a": 1, "/gv/b": 1}
+    assert len(live(cluster, "/gv/b")) == 1
+    assert len((await cluster.marathon.get("/v2/groups/gv/versions")).json()) == 4
+    unknown = await cluster.marathon.put("/v2/groups/gv/versions/2001-01-01T00:00:00.000Z")
+    assert unknown.status_code == 404 and "2001-01-01" in unknown.json()["message"]
+    assert (await cluster.marathon.get("/v2/groups/gv/versions/2001-01-01T00:00:00.000Z")).status_code == 404
+    await cluster.marathon.delete("/v2/groups/gv")
+    await cluster.settle()
+    assert cluster.master.groups.versions.versions("/gv") == []
+    assert (await cluster.marathon.get("/v2/groups/gv/versions")).status_code == 404

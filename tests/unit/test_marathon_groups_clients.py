@@ -51,8 +51,16 @@ def test_marathon_python_groups_versions_and_kills(served):
     settled(client, "/mp")
     assert {a.id: a.instances for a in client.get_group("/mp").apps} == {"/mp/api": 2, "/mp/db": 2}
 
+    group_versions = client.session.get(f"{served.url}/v2/groups/mp/versions",
+                                        headers={"Authorization": f"token={ServedMaster.SECRET}"}).json()
+    assert len(group_versions) == 2 and client.get_group("/mp").version == group_versions[0]
+    client.rollback_group("/mp", group_versions[-1], force=True)
+    settled(client, "/mp")
+    assert {a.id: a.instances for a in client.get_group("/mp").apps} == {"/mp/api": 1, "/mp/db": 1}
+    client.scale_group("/mp", 2)
+    settled(client, "/mp")
     versions = client.list_versions("/mp/db")
-    assert len(versions) == 2 and client.get_version("/mp/db", versions[-1]).instances == 1
+    assert len(versions) == 4 and client.get_version("/mp/db", versions[-1]).instances == 1
     killed = client.kill_tasks("/mp/db", scale=True)
     assert set(killed) == {"version", "deploymentId"}
     wait_until(lambda: client.get_app("/mp/db").instances == 0 and not client.list_tasks("/mp/db"),
