@@ -291,7 +291,11 @@ class AppDefinition(_Model):
 
     def config_without_scaling(self) -> dict[str, Any]:
         """Everything that, when changed, needs the tasks replaced (not ``instances``)."""
-        return self.model_dump(by_alias=True, exclude={"instances", "version", "version_info"})
+        config = self.model_dump(by_alias=True, exclude={"instances", "version", "version_info"})
+        # Absent and empty are one thing (port-mapping apps: Marathon renders [] for none, and a
+        # PUT merged onto that rendering must not read as a new configuration).
+        config["portDefinitions"] = config.get("portDefinitions") or []
+        return config
 
     def to_marathon(self) -> dict[str, Any]:
         """The app as Marathon renders it: every default filled, camelCase keys."""

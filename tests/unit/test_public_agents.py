@@ -198,3 +198,24 @@ def test_seal_opens_only_the_service_ports_of_public_agents():
     agent = seal_script("198.18.0.1", "agent")
     assert "10000" not in agent and "tcp dport { 5051, 62080, 61091, 61421 } counter drop" in agent
     assert "tcp dport 80 accept" in seal_script("198.18.0.1", "master")
+
+
+async def test_scaling_a_bridge_app_keeps_its_tasks(cluster):
+    # examples/nginx-marathon-lb.json (BRIDGE, port mappings, no portDefinitions): Marathon renders
+    # "portDefinitions": [] and a PUT of {"instances": n} merged onto that is a scale, not a new
+    # configuration — the running task stays (1 → 4 → 2 behind marathon-lb without a failure).
+    import json as _json
+    from pathlib import Path
+
+    app = _json.loads((Path(__file__).resolve().parents[2] / "examples" / "nginx-marathon-lb.json").read_text())
+    assert (await cluster.post_app(app)).status_code == 201
+    kept = {t.task_id for t in cluster.running("/nginx")}
+    for instances in (4, 2):
+        resp = await cluster.marathon.put("/v2/apps/nginx", params={"force": "true"}, json={"instances": instances})
+        assert resp.status_code == 200, resp.text
+        await cluster.settle()
+        now = {t.task_id for t in cluster.running("/nginx")}
+        assert len(now) == instances and (kept <= now if instances == 4 else now <= kept)
+        kept = now
+    info = (await cluster.marathon.get("/v2/apps/nginx")).json()["app"]["versionInfo"]
+    assert info["lastScalingAt"] > info["lastConfigChangeAt"]
