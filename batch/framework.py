@@ -6,6 +6,7 @@ submit(job) ─► pending tasks ─► REVIVE ─► OFFERS ─► pack tasks (
                                             └─ nothing to run ─► DECLINE (refuse 60 s) ─► SUPPRESS
 UPDATE ─► task state (+ ACKNOWLEDGE its uuid) ─► job done when every task ended
 stream lost ─► SUBSCRIBE again with the framework id (its tasks survive failover_timeout) ─► RECONCILE
+started anew ─► fails over into the framework of the same name and role a predecessor left disconnected
 ```
 
 Talks to the master only over HTTP (``POST /api/v1/scheduler``, RecordIO events). One asyncio
@@ -128,7 +129,27 @@ class BatchFramework:
             self.connected = False
             await asyncio.sleep(1.0)
 
+    async def _adopt_previous(self) -> None:
+        """A replaced scheduler (its Marathon task restarted elsewhere) fails over into the
+        framework its predecessor left disconnected (same name and role), so the tasks still
+        running are kept rather than killed at the failover timeout; their jobs are not known
+        any more (jobs live in memory), but their updates are acknowledged and their resources
+        return as they end."""
+        try:
+            response = await self.http.get("/master/frameworks")
+            frameworks = response.json().get("frameworks", []) if response.status_code == 200 else []
+        except (httpx.HTTPError, ValueError):
+            return
+        for framework in frameworks:
+            if framework.get("name") == self.name and framework.get("role") == self.role \
+                    and framework.get("connected") is False:
+                self.framework_id = framework["id"]
+                log.info("failing over into %s, left by a previous scheduler", self.framework_id)
+                return
+
     async def _session(self) -> None:
+        if self.framework_id is None:
+            await self._adopt_previous()
         info: dict[str, Any] = {"user": "nobody", "name": self.name, "roles": [self.role],
                                 "failover_timeout": self.failover_timeout, "principal": self.principal,
                                 "capabilities": [{"type": "MULTI_ROLE"}]}
@@ -198,7 +219,12 @@ class BatchFramework:
     async def _on_update(self, status: dict[str, Any]) -> None:
         task_id = status["task_id"]["value"]
         entry = self._tasks.get(task_id)
-        if entry is not None:
+        if entry is not None and status.get("reason") == "REASON_INVALID_OFFERS" and entry[1].state == "TASK_STAGING":
+            # The offer was rescinded before our ACCEPT reached the master (e.g. a SUPPRESS we sent
+            # while the offer was on its way): the task never started, it waits for another offer.
+            entry[1].state, entry[1].agent_id = "PENDING", None
+            await self._revive()
+        elif entry is not None:
             job, task = entry
             if task.state not in TERMINAL:
                 task.state = status["state"]

@@ -77,3 +77,33 @@ async def test_a_20_task_job_runs_and_idle_holds_nothing(served):
         await asyncio.gather(runner, return_exceptions=True)
         await api.aclose()
         await framework.close()
+
+
+async def test_a_replaced_scheduler_fails_over_into_its_predecessors_framework(served):
+    first = BatchFramework(served.mesos_url, "batch-phoenix", secret=ServedMaster.SECRET, failover_timeout=300)
+    runner = asyncio.ensure_future(first.run())
+    master = served.master
+    await wait_until_async(lambda: first.connected, 10, message="first subscribed")
+    job = await first.submit("sleep 600", 2, 0.1, 16)
+    await wait_until_async(lambda: all(t.state == "TASK_RUNNING" for t in job.tasks), 10,
+                           message="tasks running")
+    framework_id = first.framework_id
+    runner.cancel()                                   # the scheduler's task dies
+    await asyncio.gather(runner, return_exceptions=True)
+    await first.close()
+    await wait_until_async(lambda: not master.frameworks.frameworks[framework_id].connected, 10,
+                           message="the master sees it gone")
+    second = BatchFramework(served.mesos_url, "batch-phoenix", secret=ServedMaster.SECRET, failover_timeout=300)
+    runner = asyncio.ensure_future(second.run())
+    try:
+        await wait_until_async(lambda: second.connected, 10, message="second subscribed")
+        assert second.framework_id == framework_id
+        framework = master.frameworks.frameworks[framework_id]
+        assert {t.task_id for t in framework.tasks.values()} == {t.task_id for t in job.tasks}
+        asyncio.run_coroutine_threadsafe(finish_running(served), served.loop).result(5)
+        await wait_until_async(lambda: not framework.tasks and not framework.pending, 10,
+                               message="the old tasks end, their updates acknowledged")
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await second.close()
