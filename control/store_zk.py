@@ -117,7 +117,7 @@ class ZkStore:
                 return      # idempotent: nothing to make durable
             path = self._path(kind, key)
 
-            def op(tx) -> None:
+            def op(tx: Any) -> None:
                 if known is None:
                     tx.create(path, text.encode())
                 else:
@@ -205,7 +205,7 @@ class ZkStore:
                 self._lose("a document changed under this writer (compare-and-set failed)")
             raise StoreUnavailable(f"refused by ZooKeeper: {', '.join(type(r).__name__ for r in failures)}")
         self.writes += 1
-        return results
+        return list(results)
 
     def _ensure_kind(self, kind: str) -> None:
         try:

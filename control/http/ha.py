@@ -26,7 +26,7 @@ def store_refusal(store: object) -> str | None:
     return getattr(store, "writable", None)
 
 
-async def _json(send: Send, status: int, body: dict, headers: list[tuple[bytes, bytes]] = ()) -> None:
+async def _json(send: Send, status: int, body: dict[str, str], headers: list[tuple[bytes, bytes]]) -> None:
     raw = json.dumps(body).encode()
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(raw)).encode()),
@@ -34,7 +34,7 @@ async def _json(send: Send, status: int, body: dict, headers: list[tuple[bytes, 
     await send({"type": "http.response.body", "body": raw})
 
 
-def unavailable_body(why: str) -> dict:
+def unavailable_body(why: str) -> dict[str, str]:
     return {"message": f"the master cannot change its state now: {why}", "reason": why}
 
 
