@@ -69,6 +69,9 @@ def test_search_describe_and_render_the_local_universe(dcos) -> None:
     assert app["id"] == "marathon-lb" and app["acceptedResourceRoles"] == ["slave_public"]
     assert "marathon-lb" in app["cmd"] and "--group external" in app["cmd"]
     assert app["labels"]["DCOS_PACKAGE_NAME"] == "marathon-lb"
+    assert json.loads(dcos("package", "describe", "nginx", "--package-versions").stdout) == ["1.7.7-0.1"]
+    config = json.loads(dcos("package", "describe", "static-site", "--config").stdout)
+    assert config["properties"]["site"]["required"] == ["title"]
     missing = dcos("package", "describe", "no-such-package", check=False)
     assert missing.returncode != 0 and "Package [no-such-package] not found" in missing.stderr
 
