@@ -142,6 +142,10 @@ def test_dcos_cli_groups_versions_rollback_and_kill(lab: LabHandle, client, dcos
         dcos("marathon", "group", "scale", "/shop", "2")
         no_deployments(client, "/shop scaled")
         assert {a["instances"] for a in json.loads(dcos("marathon", "group", "show", "/shop").stdout)["apps"]} == {2}
+        with lab.marathon() as direct:
+            first = direct.get("/v2/groups/shop/versions").json()[-1]
+        then = json.loads(dcos("marathon", "group", "show", f"--group-version={first}", "/shop").stdout)
+        assert {a["instances"] for a in then["apps"]} == {1}
         assert "Created deployment" in dcos("marathon", "group", "update", "/shop", 'dependencies=["/shop/db"]').stdout
         assert json.loads(dcos("marathon", "group", "show", "/shop").stdout)["dependencies"] == ["/shop/db"]
         missing = dcos("marathon", "group", "update", "/shop", 'dependencies=["/nowhere"]', check=False)
