@@ -104,9 +104,15 @@ def test_a_malformed_package_is_refused_naming_file_and_field(tmp_path: Path, ch
     with pytest.raises(UniverseError) as refused:
         build(root)
     assert expected in str(refused.value).replace(str(root) + "/", "")
+
+
+def test_navstar_universe_build_refuses_a_malformed_package(tmp_path: Path) -> None:
+    root = _copy(tmp_path)
+    _edit(root / "S/static-site/0/package.json", lambda d: d.pop("description"))
     done = subprocess.run([sys.executable, "-m", "navstar", "universe", "build", "--source", str(root)],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert done.returncode == 1 and "universe build refused" in done.stderr
+    assert done.returncode == 1 and done.stdout == ""
+    assert "universe build refused" in done.stderr and "package.json: description: required" in done.stderr
 
 
 def test_a_fetched_repository_is_checked_the_same_way() -> None:
