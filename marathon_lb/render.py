@@ -130,9 +130,10 @@ def _backend(backend: Backend, slots: tuple[Server | None, ...], settings: Setti
     lines = ["", f"frontend {backend.name}", f"  bind {settings.bind_address}:{backend.port}",
              f"  mode {backend.mode}", *([IDLE_CLOSE] if backend.mode == "http" else []), f"  use_backend {backend.name}",
              "", f"backend {backend.name}", f"  balance {backend.balance}", f"  mode {backend.mode}"]
-    # Passive health: the first refused connection marks a server down at once (a killed task, before
-    # Marathon says so); a light check brings it back. Marathon's health checks decide membership.
-    lines.append("  default-server check inter 5s rise 1 fall 2 observe layer4 error-limit 1 on-error mark-down")
+    # Passive health: three failed connections in a row mark a server down (a killed task, before
+    # Marathon says so; one lost SYN must not empty a backend); a check every 0.5 s while down brings it back. Marathon's health checks decide membership.
+    lines.append("  default-server check inter 5s downinter 500ms rise 1 fall 2"
+                 " observe layer4 error-limit 3 on-error mark-down")
     if backend.mode == "http":
         lines += ["  option forwardfor",
                   # A task that just went away answers with a reset: the request goes to another.
@@ -179,5 +180,8 @@ def runtime_commands(old: Mapping[str, tuple[Server | None, ...]], new: Mapping[
                 # A slot moving to another task is drained first, so no request races the address change.
                 commands.append(f"set server {server} state maint")
             commands.append(f"set server {server} addr {after.ip} port {after.port}")
+            # A slot that was disabled has never passed a check: without this it would wait DOWN for
+            # one (a backend whose only task it is would answer 503). Marathon already says it is healthy.
+            commands.append(f"set server {server} health up")
             commands.append(f"set server {server} state ready")
     return commands

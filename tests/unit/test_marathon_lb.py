@@ -169,6 +169,7 @@ def test_slots_grow_in_powers_of_two_and_keep_staying_servers_in_place() -> None
     assert moved["w_10000"][:3] == (Server("10.0.0.3", 3), Server("10.0.0.2", 2), None)
     assert runtime_commands(slots, moved) == ["set server w_10000/srv1 state maint",
                                               "set server w_10000/srv1 addr 10.0.0.3 port 3",
+                                              "set server w_10000/srv1 health up",
                                               "set server w_10000/srv1 state ready"]
     assert render(one, slots, settings(), with_servers=False) == render(two, moved, settings(), with_servers=False)
 
