@@ -131,7 +131,8 @@ def _backend(backend: Backend, slots: tuple[Server | None, ...], settings: Setti
              f"  mode {backend.mode}", *([IDLE_CLOSE] if backend.mode == "http" else []), f"  use_backend {backend.name}",
              "", f"backend {backend.name}", f"  balance {backend.balance}", f"  mode {backend.mode}"]
     # Passive health: three failed connections in a row mark a server down (a killed task, before
-    # Marathon says so; one lost SYN must not empty a backend); a check every 0.5 s while down brings it back. Marathon's health checks decide membership.
+    # Marathon says so; one lost SYN must not empty a backend); a check every 0.5 s while down brings
+    # it back. Which tasks are servers at all is Marathon's health, not these checks.
     lines.append("  default-server check inter 5s downinter 500ms rise 1 fall 2"
                  " observe layer4 error-limit 3 on-error mark-down")
     if backend.mode == "http":
