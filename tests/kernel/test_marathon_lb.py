@@ -26,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 name, port = sys.argv[1], int(sys.argv[2])
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True      # headers and body go out at once, not 40 ms apart
     def do_GET(self):
         body = f"{name} host={self.headers.get('Host')}\\n".encode()
         self.send_response(200)
@@ -232,3 +233,26 @@ def test_haproxy_killed_is_restarted_and_marathon_away_keeps_the_configuration(e
     edge.marathon([app("/nginx", 10000, [31002])])
     wait_until(lambda: edge.answers("http://127.0.0.1:10000/", tries=4) == {"b31002"},
                message="the new Marathon's tasks after reconnecting")
+
+
+def test_autoscale_reads_haproxy_and_scales_through_marathon(edge: Edge) -> None:
+    edge.backend(31001)
+    edge.marathon([app("/nginx", 10000, [31001], HAPROXY_0_MODE="http")])     # requests are counted in http mode
+    edge.lb()
+    wait_until(lambda: edge.curl("http://127.0.0.1:10000/").startswith("b31001"), message="nginx_10000 served")
+    edge.spawn("autoscale", sys.executable, "-m", "navstar", "marathon-lb-autoscale", "--marathon", MARATHON,
+               "--haproxy", "http://127.0.0.1:9090", "--apps", "nginx_10000", "--target-rps", "50",
+               "--interval", "0.5", "--samples", "2", "--cooldown", "1", "--min-instances", "1",
+               "--max-instances", "3")
+
+    def instances() -> int:
+        return int(json.loads(edge.curl(f"{MARATHON}/v2/apps/nginx"))["app"]["instances"])
+
+    load = edge.ns.popen("wrk", "-t1", "-c4", "-d60s", "http://127.0.0.1:10000/", stdout=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: instances() == 3, message="scaled up to --max-instances under load")
+    finally:
+        load.terminate()
+        load.wait(timeout=10)
+    wait_until(lambda: instances() == 1, message="back to --min-instances once the load stopped")
+    assert "scaling /nginx from 1 to 3 instances" in (edge.tmp / "autoscale.log").read_text()

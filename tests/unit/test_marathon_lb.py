@@ -324,3 +324,25 @@ async def test_cluster_secret_reaches_the_task_env_through_marathon_secrets() ->
         assert other.status_code == 201
         launched = list(cluster.scheduler.app_tasks("/x"))
         assert launched and "T" not in cluster.scheduler.launch_message(launched[0]).env
+
+
+# -- the CLI: bad options are refused naming the option ------------------------------------------
+@pytest.mark.parametrize(("argv", "option"), [
+    (["marathon-lb", "--marathon", "leader.mesos:8080"], "--marathon"),
+    (["marathon-lb", "--marathon", "http://m:8080", "--group", "a b"], "--group"),
+    (["marathon-lb", "--marathon", "http://m:8080", "--stats-port", "70000"], "--stats-port"),
+    (["marathon-lb", "--marathon", "http://m:8080", "--auth-credentials", "nopassword"], "--auth-credentials"),
+    (["marathon-lb", "--marathon", "http://m:8080", "--token-file", "/nonexistent/secret"], "--token-file"),
+    (["marathon-lb-autoscale", "--marathon", "http://m", "--haproxy", "http://lb:9090", "--apps", "nginx"], "--apps"),
+    (["marathon-lb-autoscale", "--marathon", "http://m", "--haproxy", "http://lb:9090", "--apps", "nginx_10000",
+      "--target-rps", "0"], "--target-rps"),
+    (["marathon-lb-autoscale", "--marathon", "http://m", "--haproxy", "lb:9090", "--apps", "nginx_10000"], "lb:9090"),
+])
+def test_cli_refuses_bad_options_naming_them(argv: list[str], option: str) -> None:
+    from typer.testing import CliRunner
+
+    from navstar.cli import app as cli
+
+    result = CliRunner().invoke(cli, argv)
+    assert result.exit_code == 2, result.output
+    assert option in result.output
