@@ -116,10 +116,8 @@ class MarathonClient:
                 self.auth.token = None
             resp.raise_for_status()
             async for line in resp.aiter_lines():
-                if line.startswith("event:"):
+                if line.startswith("event:"):       # the type; the data line is not needed (we re-read)
                     yield line[6:].strip()
-                elif line.startswith("data:") and '"eventType"' in line[:200]:
-                    continue      # the event: line already named it
         raise httpx.ReadError("the event stream ended")
 
     async def close(self) -> None:
