@@ -256,7 +256,8 @@ def _run(sc: EdgeScenario, on_sample: Callable[[Sample], None] | None) -> EdgeOu
     if sc.app(nginx_id)["instances"] != s.min_instances:
         sc.scale(nginx_id, s.min_instances)
     for task in sc.wait_running(nginx_id, s.min_instances):
-        sc.say(f"   {task['id']} on {task['slaveId']} {task['host']}:{task['ports'][0]}")
+        node = sc.state.node(task["slaveId"])
+        sc.say(f"   {task['id']} on {task['slaveId']} {node.ip if node else task['host']}:{task['ports'][0]}")
     sc.say("[bold]3. from outside[/]")
     out.curl = sc.curl_outside()
     out.stats = sc.stats()
