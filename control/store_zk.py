@@ -39,6 +39,8 @@ from control.state import KINDS, Kind, StoreUnavailable, check_kind
 log = logging.getLogger("navstar.store.zk")
 
 WRITE_TIMEOUT = 5.0
+# Documents per transaction (a transaction is one request: ZooKeeper's 1 MB jute.maxbuffer).
+MAX_OPS = 100
 
 
 def key_node(key: str) -> str:
@@ -62,6 +64,8 @@ class ZkStore:
         # kind → key → (JSON text, znode version): what this writer knows is durable.
         self._docs: dict[str, dict[str, tuple[str, int]]] = {}
         self._uncertain: set[tuple[str, str]] = set()
+        self._staging = 0                                       # write requests in flight
+        self._staged: dict[tuple[str, str], str | None] = {}    # (kind, key) → JSON, None: delete
         self._lock = threading.Lock()
         self.writes = 0
         self.lost: str | None = None
@@ -110,42 +114,63 @@ class ZkStore:
     # ---- the seam ----------------------------------------------------------------------
     def put(self, kind: Kind, key: str, value: Any) -> None:
         check_kind(kind)
-        text = json.dumps(value, separators=(",", ":"))
-        with self._lock:
-            known = self._known(kind, key)
-            if known is not None and known[0] == text:
-                return      # idempotent: nothing to make durable
-            path = self._path(kind, key)
-
-            def op(tx: Any) -> None:
-                if known is None:
-                    tx.create(path, text.encode())
-                else:
-                    tx.set_data(path, text.encode(), version=known[1])
-
-            results = self._commit(kind, op, key)
-            version = results[1].version if known is not None else 0
-            self._docs.setdefault(kind, {})[key] = (text, version)
+        self._write(kind, key, json.dumps(value, separators=(",", ":")))
 
     def delete(self, kind: Kind, key: str) -> None:
         check_kind(kind)
-        with self._lock:
-            known = self._known(kind, key)
-            if known is None:
-                return
-            path = self._path(kind, key)
-            self._commit(kind, lambda tx: tx.delete(path, version=known[1]), key)
-            del self._docs[kind][key]
+        self._write(kind, key, None)
 
     def get(self, kind: Kind, key: str, default: Any = None) -> Any:
         check_kind(kind)
-        known = self._docs.get(kind, {}).get(key)
-        return json.loads(known[0]) if known is not None else copy.deepcopy(default)
+        if (kind, key) in self._staged:
+            text = self._staged[(kind, key)]
+        else:
+            known = self._docs.get(kind, {}).get(key)
+            text = known[0] if known is not None else None
+        return json.loads(text) if text is not None else copy.deepcopy(default)
 
     def items(self, kind: Kind) -> Iterator[tuple[str, Any]]:
         check_kind(kind)
-        for key, (text, _version) in sorted(self._docs.get(kind, {}).items()):
+        texts = {key: text for key, (text, _version) in self._docs.get(kind, {}).items()}
+        for (staged_kind, key), text in self._staged.items():
+            if staged_kind == kind:
+                if text is None:
+                    texts.pop(key, None)
+                else:
+                    texts[key] = text
+        for key, text in sorted(texts.items()):
             yield key, json.loads(text)
+
+    # ---- group commit ------------------------------------------------------------------
+    def begin(self) -> None:
+        """A request that writes has started: writes from here on are staged (every writer on
+        the loop's), and committed together by ``flush`` — one transaction for what one API
+        call changes, instead of one round trip per document. A write staged while the store
+        refuses writes raises ``StoreUnavailable`` at once."""
+        self._staging += 1
+
+    def end(self) -> None:
+        """The request is answered (after ``flush``); staging stops with the last one."""
+        self._staging = max(0, self._staging - 1)
+        if self._staging == 0 and self._staged:
+            self.flush()
+
+    def flush(self) -> None:
+        """Commits everything staged (by any request) before an answer leaves: the caller's
+        writes are durable when it returns. Raises ``StoreUnavailable`` (the staged writes are
+        dropped; their keys are read back before their next write)."""
+        staged, self._staged = self._staged, {}
+        if staged:
+            self._commit_many(staged)
+
+    def _write(self, kind: str, key: str, text: str | None) -> None:
+        if self._staging:
+            why = self.writable
+            if why is not None:
+                raise StoreUnavailable(why)
+            self._staged[(kind, key)] = text
+            return
+        self._commit_many({(kind, key): text})
 
     def close(self) -> None:
         pass        # the client belongs to the process (the election shares its session)
@@ -169,9 +194,6 @@ class ZkStore:
         """What ZooKeeper holds for the key: from memory, or read again when a write of it had
         an unknown outcome (it may or may not have committed; only this writer writes it)."""
         if (kind, key) in self._uncertain:
-            why = self.writable
-            if why is not None:
-                raise StoreUnavailable(why)
             try:
                 data, stat = self.client.get(self._path(kind, key))
                 self._docs.setdefault(kind, {})[key] = (data.decode(), stat.version)
@@ -182,20 +204,41 @@ class ZkStore:
             self._uncertain.discard((kind, key))
         return self._docs.get(kind, {}).get(key)
 
-    def _commit(self, kind: str, op: Callable[[Any], None], key: str) -> list[Any]:
-        why = self.writable
-        if why is not None:
-            raise StoreUnavailable(why)
-        if kind not in self._docs:
-            self._ensure_kind(kind)
+    def _commit_many(self, writes: dict[tuple[str, str], str | None]) -> None:
+        """One transaction per MAX_OPS documents, each checking the epoch's version and every
+        document's (compare-and-set); memory follows what committed."""
+        with self._lock:
+            why = self.writable
+            if why is not None:
+                raise StoreUnavailable(why)
+            ops: list[tuple[str, str, str | None, tuple[str, int] | None]] = []
+            for (kind, key), text in writes.items():
+                known = self._known(kind, key)
+                if (known is None and text is None) or (known is not None and known[0] == text):
+                    continue        # idempotent: nothing to make durable
+                if kind not in self._docs:
+                    self._ensure_kind(kind)
+                ops.append((kind, key, text, known))
+            for start in range(0, len(ops), MAX_OPS):
+                self._commit(ops[start:start + MAX_OPS])
+
+    def _commit(self, ops: list[tuple[str, str, str | None, tuple[str, int] | None]]) -> None:
         tx = self.client.transaction()
         tx.check(self.epoch_path, self._epoch_version)
-        op(tx)
+        for kind, key, text, known in ops:
+            path = self._path(kind, key)
+            if text is None:
+                assert known is not None
+                tx.delete(path, version=known[1])
+            elif known is None:
+                tx.create(path, text.encode())
+            else:
+                tx.set_data(path, text.encode(), version=known[1])
         try:
             results = tx.commit_async().get(timeout=self.write_timeout)
         except (KazooException, KazooTimeoutError) as exc:
-            # Sent, but whether it committed is unknown: the key is read again before its next write.
-            self._uncertain.add((kind, key))
+            # Sent, but whether it committed is unknown: the keys are read again before their next write.
+            self._uncertain.update((kind, key) for kind, key, _text, _known in ops)
             raise StoreUnavailable(f"ZooKeeper: {exc.__class__.__name__}") from exc
         failures = [r for r in results if isinstance(r, Exception)]
         if failures:
@@ -204,8 +247,13 @@ class ZkStore:
             elif any(isinstance(r, (BadVersionError, NoNodeError, NodeExistsError)) for r in results[1:]):
                 self._lose("a document changed under this writer (compare-and-set failed)")
             raise StoreUnavailable(f"refused by ZooKeeper: {', '.join(type(r).__name__ for r in failures)}")
+        for (kind, key, text, known), result in zip(ops, results[1:], strict=True):
+            if text is None:
+                self._docs[kind].pop(key, None)
+            else:
+                version = result.version if known is not None else 0
+                self._docs.setdefault(kind, {})[key] = (text, version)
         self.writes += 1
-        return list(results)
 
     def _ensure_kind(self, kind: str) -> None:
         try:

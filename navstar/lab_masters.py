@@ -14,6 +14,7 @@ agents: navstar agent --master zk://…/mesos        (they find the leader in Zo
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -84,3 +85,26 @@ def wait_quorum(masters: list[_Node], timeout: float) -> None:
             return
         time.sleep(0.3)
     raise TimeoutError(f"no ZooKeeper quorum within {timeout:.0f}s: {last}")
+
+
+ELECTION_SCRIPT = """
+import json, sys
+from control.leadership import PREFIX, MasterAddress
+from control.zk import ZkUrl, connect
+url = ZkUrl.parse(sys.argv[1])
+client = connect(url, session_timeout=4.0, start_timeout=10.0)
+names = sorted((n for n in client.get_children(url.path) if n.startswith(PREFIX)), key=lambda n: int(n[len(PREFIX):]))
+print(json.dumps([MasterAddress.parse(client.get(url.path + "/" + n)[0]).ip for n in names]))
+client.stop()
+"""
+
+
+def election(masters: list[_Node]) -> list[str]:
+    """The masters in the election, leader first (their addresses), read from master-1's
+    namespace; [] when ZooKeeper does not answer."""
+    out = subprocess.run(["nsenter", f"--net=/run/netns/{masters[0].namespace}", "--", sys.executable, "-c",
+                          ELECTION_SCRIPT, zk_url(masters)], capture_output=True, text=True, timeout=30)
+    try:
+        return list(json.loads(out.stdout))
+    except ValueError:
+        return []

@@ -4,7 +4,9 @@
   lost) turns Marathon writes (POST/PUT/PATCH/DELETE under ``/v2/``) into 503 with a JSON
   reason *before* anything changes; a ``StoreUnavailable`` raised by any handler (an agent's
   registration or status on the Mesos port) is a 503 too, never a 500. Reads keep answering
-  from memory. Agents' heartbeats write nothing, so they are never refused.
+  from memory. Agents' heartbeats write nothing, so they are never refused. With a store that
+  groups writes (``ZkStore.begin/flush/end``), what a write request changes is committed in one
+  transaction just before its answer leaves (a failed commit answers 503 instead).
 - ``LeaderRedirect``: ``/master/redirect`` answers 307 to this (leading) master, as Mesos'
   leader does; followers redirect to the leader (``control.http.follower``).
 """
@@ -48,16 +50,31 @@ class StoreGuard:
             await self.app(scope, receive, send)
             return
         retry = [(b"retry-after", b"1")]
+        store = self.store()
+        grouped = scope["method"] in WRITES and hasattr(store, "begin")
         if scope["method"] in WRITES and scope["path"].startswith("/v2/"):
-            why = store_refusal(self.store())
+            why = store_refusal(store)
             if why is not None:
                 await _json(send, 503, unavailable_body(why), retry)
                 return
+        if grouped:
+            store.begin()       # type: ignore[attr-defined]
         started = False
+        refused = False
 
         async def tracking(message: Message) -> None:
-            nonlocal started
+            nonlocal started, refused
+            if refused:
+                return      # the handler's answer was replaced by a 503
             if message["type"] == "http.response.start":
+                if grouped:
+                    try:
+                        store.flush()   # type: ignore[attr-defined]
+                    except StoreUnavailable as exc:
+                        refused = True
+                        started = True
+                        await _json(send, 503, unavailable_body(str(exc)), retry)
+                        return
                 started = True
             await send(message)
 
@@ -67,6 +84,12 @@ class StoreGuard:
             if started:
                 raise
             await _json(send, 503, unavailable_body(str(exc)), retry)
+        finally:
+            if grouped:
+                try:
+                    store.end()     # type: ignore[attr-defined]
+                except StoreUnavailable:
+                    pass            # the next write reads its keys back
 
 
 class LeaderRedirect:

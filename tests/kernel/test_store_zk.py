@@ -71,6 +71,23 @@ def test_store_round_trip_fencing_and_quorum_loss(ensemble: Ensemble) -> None:
         assert second_client.get("/mesos/state/apps/" + key_node("/web"))[0] == b'{"id":"/web","instances":3}'
         successor.put("apps", "/web", {"id": "/web", "instances": 4})
 
+        # Group commit (one write request): staged writes are read back at once and reach
+        # ZooKeeper in one transaction, only at flush.
+        transactions = successor.writes
+        successor.begin()
+        successor.put("apps", "/grouped", {"id": "/grouped"})
+        successor.put("vips", "marathon:/grouped", "11.0.0.2")
+        successor.delete("vips", "marathon:/web")
+        assert successor.get("apps", "/grouped") == {"id": "/grouped"}
+        assert dict(successor.items("vips")) == {"marathon:/grouped": "11.0.0.2", "/vips/one": {"kind": "vips", "n": 1}}
+        assert not second_client.exists("/mesos/state/apps/" + key_node("/grouped"))
+        successor.flush()
+        successor.end()
+        assert successor.writes == transactions + 1
+        assert second_client.exists("/mesos/state/apps/" + key_node("/grouped"))
+        assert not second_client.exists("/mesos/state/vips/" + key_node("marathon:/web"))
+        successor.delete("apps", "/grouped")
+
         # Quorum lost: writes are refused at once, reads keep answering from memory.
         ensemble.kill(1)
         ensemble.kill(2)
@@ -87,6 +104,10 @@ def test_store_round_trip_fencing_and_quorum_loss(ensemble: Ensemble) -> None:
         wait_until(refused, timeout=30, message="writes refused without quorum")
         assert successor.get("apps", "/web") == {"id": "/web", "instances": 4}
         assert len(list(successor.items("apps"))) == 2
+        successor.begin()
+        with pytest.raises(StoreUnavailable):
+            successor.put("apps", "/staged", {"id": "/staged"})
+        successor.end()
 
         ensemble.start(1)
         ensemble.start(2)
