@@ -120,7 +120,9 @@ class SchedulerApi:
                 frameworks.stream_ended(framework, subscription)
 
         return StreamingResponse(events(), media_type="application/json",
-                                 headers={"Mesos-Stream-Id": subscription.stream_id, "Cache-Control": "no-cache"})
+                                 # X-Accel-Buffering: nginx (Admin Router's /mesos/) passes records on at once.
+                                 headers={"Mesos-Stream-Id": subscription.stream_id, "Cache-Control": "no-cache",
+                                          "X-Accel-Buffering": "no"})
 
     async def list_frameworks(self, _request: Request) -> JSONResponse:
         state = mesos_state(self.master)

@@ -7,6 +7,8 @@
   20-task job through Admin Router (``navstar job run``), runs it on the three agents and, idle
   again, holds no resources; after a master restart it re-subscribes under its id and runs jobs.
 - ``navstar lab scenario frameworks``: two batch frameworks weighted 1 and 2 settle near 1:2.
+- From the root namespace, a scheduler subscribes through Admin Router (``/mesos/api/v1/scheduler``)
+  and gets its events as they happen.
 
 One three-agent lab for the module (under ``flock /tmp/navstar-lab.lock``).
 """
@@ -26,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from batch.recordio import RecordReader
 from tests.e2e.conftest import NAVSTAR, REPO, LabHandle, wait_until
 from tests.e2e.traffic import dig
 
@@ -134,6 +137,25 @@ def test_mesoshttp_from_an_agent_runs_a_task_with_a_dns_name(lab: LabHandle, tmp
             process.kill()
             process.wait(10)
         shutil.rmtree(gate_dir, ignore_errors=True)
+
+
+def test_scheduler_api_streams_through_admin_router(lab: LabHandle):
+    """From outside the lab only Admin Router answers: a scheduler there subscribes at
+    /mesos/api/v1/scheduler and its events arrive as they happen (nginx does not hold them)."""
+    subscribe = {"type": "SUBSCRIBE", "subscribe": {"framework_info": {"user": "nobody", "name": "outside"}}}
+    with lab.mesos() as mesos:
+        with mesos.stream("POST", "/api/v1/scheduler", json=subscribe) as stream:
+            assert stream.status_code == 200, stream.read()
+            # One iterator kept open: leaving a for loop over iter_bytes() would close the stream.
+            reader, events, chunks = RecordReader(), [], stream.iter_bytes()
+            while not any(e["type"] == "OFFERS" for e in events):
+                events += reader.feed(next(chunks))
+            assert events[0]["type"] == "SUBSCRIBED"
+            framework_id = events[0]["subscribed"]["framework_id"]["value"]
+            teardown = mesos.post("/api/v1/scheduler", json={"type": "TEARDOWN", "framework_id": {"value": framework_id}},
+                                  headers={"Mesos-Stream-Id": stream.headers["Mesos-Stream-Id"]})
+            assert teardown.status_code == 202, teardown.text
+            assert b"Framework has been removed" in b"".join(chunks)     # the master ends the stream
 
 
 def test_batch_framework_runs_a_20_task_job_on_three_agents_and_then_holds_nothing(lab: LabHandle):
