@@ -117,22 +117,31 @@ def test_outside_reaches_the_public_agent_only_on_its_service_ports(lab: LabHand
     lab.add_app({"id": "/probe", "cmd": f"exec python3 -c \"{serve}\"", "cpus": 0.05, "mem": 32,
                  "acceptedResourceRoles": ["slave_public"], "requirePorts": True,
                  "portDefinitions": [{"port": 10100}, {"port": 31999}]})
+    # Bridge-mode tasks there too: their host ports are forwarded into the task's namespace.
+    for app_id, host_port in (("/probe-open", 10099), ("/probe-closed", 31998)):
+        bridge = example("nginx-marathon-lb.json")
+        bridge.update(id=app_id, labels={}, healthChecks=[], acceptedResourceRoles=["slave_public"])
+        bridge["container"]["docker"]["portMappings"] = [{"hostPort": host_port, "containerPort": 80}]
+        lab.add_app(bridge)
     ip = lab.ip(PUBLIC)
     try:
-        lab.running("/probe", 1, timeout=60)
-        for port in (10100, 31999):
+        for app_id in ("/probe", "/probe-open", "/probe-closed"):
+            lab.running(app_id, 1, timeout=60)
+        for port in (10100, 31999, 10099, 31998):
             wait_until(lambda port=port: lab.exec("agent-1", "curl", "-sf", "-o", "/dev/null",
                                                   f"http://{ip}:{port}/").returncode == 0,
                        20, message=f"the probe answering on {ip}:{port} inside the lab")
         assert outside(f"http://{ip}:10100/").status_code == 200
-        for port in (31999, 5051, 61091, 61421):
+        assert "Welcome to nginx!" in outside(f"http://{ip}:10099/").text
+        for port in (31999, 31998, 5051, 61091, 61421):
             assert refused_from_outside(ip, port), f"{ip}:{port} answered from the root namespace"
         inside = lab.exec("agent-1", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ip}:5051/v1/ping")
         assert inside.stdout == "401"           # there, and asking for the cluster secret
         # The masters' other ports stay sealed as before; only :80 is open.
         assert refused_from_outside(lab.state.master.ip, 8080)
     finally:
-        lab.remove_app("/probe")
+        for app_id in ("/probe", "/probe-open", "/probe-closed"):
+            lab.remove_app(app_id)
 
 
 # -- marathon-lb on the public agent ---------------------------------------------------------------
@@ -275,13 +284,17 @@ def test_autoscale_follows_siege_up_to_the_target_and_back_to_the_minimum(lab: L
     try:
         lab.running(app_path(auto), 1, timeout=60)
         wait_until(lambda: len(serving(ip, "nginx_10000")) == 1, 60, message="nginx back to one server")
-        # About 23 requests/s (10 users, up to 1 s apart): ceil(23 / 5) is above the maximum, 3.
-        siege = subprocess.Popen(["siege", "-c", "10", "-d", "1", "-t", "5M", f"http://{ip}:10000/"],
+        # 20 users, each waiting up to 1 s between requests: some 25 requests/s, and
+        # ceil(25 / 5) is above the maximum, so the target is the maximum.
+        siege = subprocess.Popen(["siege", "-c", "20", "-d", "1", "-t", "5M", f"http://{ip}:10000/"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        first = (backend_requests(ip), time.monotonic())
         wait_until(lambda: lab_instances(lab, nginx) == maximum, 60, message=f"{nginx} scaled to {maximum}")
+        # The rate HAProxy counts under this load (as the autoscaler reads it) asks for that target.
+        first = (backend_requests(ip), time.monotonic())
+        wait_until(lambda: time.monotonic() - first[1] >= 3, 5, interval=0.2, message="a 3 s window")
         rate = (backend_requests(ip) - first[0]) / (time.monotonic() - first[1])
         assert min(maximum, math.ceil(rate / target_rps)) == maximum, rate
+        assert lab_instances(lab, nginx) == maximum           # and it stays there under the load
         siege.send_signal(signal.SIGINT)
         siege.wait(timeout=20)
         wait_until(lambda: lab_instances(lab, nginx) == 1, 60, message=f"{nginx} back to 1 after the load")
