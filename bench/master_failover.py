@@ -6,8 +6,9 @@ store costs against SQLite.
   one is accepted; the killed master is started again (it rejoins as a follower) before the
   next round. Goal (issue 15): p50 under 5 s over 10 failovers (Marathon's own: tens of seconds).
 - Store rate (peer: SQLite in the same run): app creates (POST) and scales (PUT ``instances``)
-  through the Marathon API (in process, ASGI: validation, version, deployment, named VIPs, every
-  store write — grouped per request in one ZooKeeper transaction) with fake agents, once on
+  through the Marathon API, 8 calls in flight (in process, ASGI: validation, version,
+  deployment, named VIPs, every store write — ZooKeeper commits what the requests in flight
+  changed together, one transaction before each answer) with fake agents, once on
   ``SqliteStore`` in a directory and once on ``ZkStore`` on the lab's ensemble (from master-1's
   namespace; its own path, removed after). Goal: ZooKeeper ÷ SQLite ≥ 0.5.
 
@@ -82,19 +83,26 @@ from control.store import SqliteStore
 from control.store_zk import ZkStore
 from control.zk import ZkUrl, connect
 
-apps, url = int(sys.argv[1]), ZkUrl.parse(sys.argv[2])
+apps, url, concurrency = int(sys.argv[1]), ZkUrl.parse(sys.argv[2]), int(sys.argv[3])
 
 async def rate(store):
     master = Master(agent_client=FakeAgents(), store=store, advertise_ip="127.0.0.1")
     transport = httpx.ASGITransport(app=master_apps(master).marathon)
     async with httpx.AsyncClient(transport=transport, base_url="http://master") as client:
-        started = time.perf_counter()
-        for i in range(apps):
+        async def one(i):
             body = {"id": f"/rate/a{i}", "cmd": "sleep 1", "cpus": 0.01, "mem": 8,
                     "portDefinitions": [{"port": 0, "labels": {"VIP_0": f"/rate-a{i}:80"}}]}
-            assert (await client.post("/v2/apps", json=body)).status_code == 201
+            created = await client.post("/v2/apps", json=body)
+            assert created.status_code == 201, created.text
             scaled = await client.put(f"/v2/apps/rate/a{i}", params={"force": "true"}, json={"instances": 2})
             assert scaled.status_code == 200, scaled.text
+
+        async def worker(k):
+            for i in range(k, apps, concurrency):
+                await one(i)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(concurrency)))
         return 2 * apps / (time.perf_counter() - started)
 
 with tempfile.TemporaryDirectory() as tmp:
@@ -112,11 +120,11 @@ print(json.dumps({"sqlite": sqlite, "zk": zk}))
 """
 
 
-def store_rates(state: LabState, apps: int) -> dict[str, float]:
+def store_rates(state: LabState, apps: int, concurrency: int) -> dict[str, float]:
     """Operations per second on each store, measured inside master-1's namespace (the ensemble
     is sealed in the lab)."""
     out = subprocess.run(["nsenter", f"--net=/run/netns/{state.master_nodes[0].namespace}", "--", sys.executable,
-                          "-c", RATE_SCRIPT, str(apps), lab_masters.zk_url(state.master_nodes)],
+                          "-c", RATE_SCRIPT, str(apps), lab_masters.zk_url(state.master_nodes), str(concurrency)],
                          capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"store rate run failed: {out.stderr[-2000:]}")
@@ -127,6 +135,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3 if quick() else 10)
     parser.add_argument("--apps", type=int, default=100 if quick() else 300, help="apps created then scaled")
+    parser.add_argument("--concurrency", type=int, default=8, help="API calls in flight at once (both stores)")
     parser.add_argument("--lab", default="failover")
     parser.add_argument("--underlay", default="198.18.0.0/24")
     parser.add_argument("--keep", action="store_true", help="leave the lab up")
@@ -150,7 +159,7 @@ def main() -> int:
         record("master.failover_p50_s", p50, "s", f"< {FAILOVER_GOAL_S:g}", met, rounds=len(times))
         record("master.failover_max_s", max(times), "s", rounds=len(times))
 
-        rates = store_rates(state, args.apps)
+        rates = store_rates(state, args.apps, args.concurrency)
         ratio = rates["zk"] / rates["sqlite"]
         met = ratio >= RATE_GOAL
         ok &= met

@@ -66,6 +66,7 @@ class ZkStore:
         self._uncertain: set[tuple[str, str]] = set()
         self._staging = 0                                       # write requests in flight
         self._staged: dict[tuple[str, str], str | None] = {}    # (kind, key) → JSON, None: delete
+        self._inflight: list[dict[tuple[str, str], str | None]] = []   # being committed by flush
         self._lock = threading.Lock()
         self.writes = 0
         self.lost: str | None = None
@@ -122,8 +123,10 @@ class ZkStore:
 
     def get(self, kind: Kind, key: str, default: Any = None) -> Any:
         check_kind(kind)
-        if (kind, key) in self._staged:
-            text = self._staged[(kind, key)]
+        for pending in (self._staged, *reversed(self._inflight)):
+            if (kind, key) in pending:
+                text = pending[(kind, key)]
+                break
         else:
             known = self._docs.get(kind, {}).get(key)
             text = known[0] if known is not None else None
@@ -131,8 +134,10 @@ class ZkStore:
 
     def items(self, kind: Kind) -> Iterator[tuple[str, Any]]:
         check_kind(kind)
-        texts = {key: text for key, (text, _version) in self._docs.get(kind, {}).items()}
-        for (staged_kind, key), text in self._staged.items():
+        # list(): a flush on a worker thread may be adding documents meanwhile.
+        texts = {key: text for key, (text, _version) in list(self._docs.get(kind, {}).items())}
+        pending = [item for writes in (*self._inflight, self._staged) for item in list(writes.items())]
+        for (staged_kind, key), text in pending:
             if staged_kind == kind:
                 if text is None:
                     texts.pop(key, None)
@@ -158,10 +163,18 @@ class ZkStore:
     def flush(self) -> None:
         """Commits everything staged (by any request) before an answer leaves: the caller's
         writes are durable when it returns. Raises ``StoreUnavailable`` (the staged writes are
-        dropped; their keys are read back before their next write)."""
+        dropped; their keys are read back before their next write). May run on a worker thread
+        while the loop stages more: commits are serialised, and each reads the versions the one
+        before it left, so concurrent requests share transactions (group commit)."""
         staged, self._staged = self._staged, {}
-        if staged:
+        if not staged:
+            return
+        # Until committed, reads still see these (flush may run on a worker thread).
+        self._inflight.append(staged)
+        try:
             self._commit_many(staged)
+        finally:
+            self._inflight.remove(staged)
 
     def _write(self, kind: str, key: str, text: str | None) -> None:
         if self._staging:

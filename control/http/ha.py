@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable
 
@@ -69,7 +70,8 @@ class StoreGuard:
             if message["type"] == "http.response.start":
                 if grouped:
                     try:
-                        store.flush()   # type: ignore[attr-defined]
+                        # Off the loop: other requests run (and stage) while this one commits.
+                        await asyncio.to_thread(store.flush)    # type: ignore[attr-defined]
                     except StoreUnavailable as exc:
                         refused = True
                         started = True
