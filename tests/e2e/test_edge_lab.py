@@ -68,6 +68,15 @@ def test_public_agent_registers_with_its_role_and_attribute(lab: LabHandle) -> N
     assert public["pid"].endswith(f"@{lab.ip(PUBLIC)}:5051")
     assert lab.ip(PUBLIC).endswith(".31")
     assert all(slaves[a]["reserved_resources"] == {} for a in ("agent-1", "agent-2"))
+    # Like any agent it runs the overlay and the resolver.
+    with lab.mesos() as client:
+        view = {a["agent_id"]: a for a in client.get("/v1/view").json()["agents"]}
+    assert view[PUBLIC]["overlay"]["subnet"]
+    # (The agent builds both from the first view it gets after registering.)
+    wait_until(lambda: "vtep1024" in lab.exec(PUBLIC, "ip", "-br", "link").stdout, 20,
+               message="vtep1024 on the public agent")
+    wait_until(lambda: lab.exec(PUBLIC, "dig", "+short", "leader.mesos", "@198.51.100.1").stdout.split()
+               == [lab.state.master.ip], 20, message="leader.mesos from the public agent's resolver")
     listing = subprocess.run([*NAVSTAR, "node", "list", "--lab", lab.name], capture_output=True, text=True,
                              timeout=30, env={**os.environ, "COLUMNS": "200"})
     assert listing.returncode == 0, listing.stderr
