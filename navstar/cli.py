@@ -160,7 +160,7 @@ def master(
 @app.command()
 def adminrouter(
     listen: Annotated[str, typer.Option(help="where nginx listens: ip:port (the master's address, :80)")] = "0.0.0.0:80",
-    master: Annotated[str, typer.Option(help="the master's Mesos API (routes follow its cluster view)")] = "http://127.0.0.1:5050",
+    master: Annotated[str, typer.Option(help="the master's Mesos API (routes follow its cluster view), or zk://host:2181[,…]/mesos: upstreams follow the elected leader")] = "http://127.0.0.1:5050",
     token_file: Annotated[str | None, typer.Option(help="cluster secret (upstream credential)")] = None,
     run_dir: Annotated[str, typer.Option(help="nginx's configuration, pid, logs and caches")] = "/run/navstar/adminrouter",
     backend: Annotated[str, typer.Option(help="the master's Admin Router backend (login, validator)")] = "127.0.0.1:8101",
@@ -197,7 +197,7 @@ def cosmos(
 
 @app.command()
 def agent(
-    master: Annotated[str, typer.Option(help="the master's Mesos API URL")] = "http://127.0.0.1:5050",
+    master: Annotated[str, typer.Option(help="the master's Mesos API URL, or zk://host:2181[,…]/mesos to follow the elected leader (several masters)")] = "http://127.0.0.1:5050",
     ip: Annotated[str, typer.Option(help="this node's underlay IP")] = "127.0.0.1",
     agent_id: Annotated[str | None, typer.Option(help="stable identity (default: hostname)")] = None,
     token_file: Annotated[str | None, typer.Option(help="cluster secret file")] = None,
