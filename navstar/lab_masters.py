@@ -18,6 +18,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -43,28 +44,28 @@ def is_master_name(name: str) -> bool:
     return name == "master" or (name.startswith("master-") and name[len("master-"):].isdigit())
 
 
-def zk_url(masters: list[_Node]) -> str:
+def zk_url(masters: Sequence[_Node]) -> str:
     return zookeeper.zk_url([m.ip for m in masters], "/mesos")
 
 
-def master_args(masters: list[_Node], node: _Node, secret_file: str) -> list[str]:
+def master_args(masters: Sequence[_Node], node: _Node, secret_file: str) -> list[str]:
     return ["master", "--marathon-listen", ":8080", "--mesos-listen", ":5050", "--token-file", secret_file,
             "--agent-timeout", "5", "--zk", zk_url(masters), "--ip", node.ip,
             "--zk-session-timeout", f"{ZK_SESSION_TIMEOUT:g}", "--adminrouter-listen", f"{node.ip}:{BACKEND_PORT}"]
 
 
-def adminrouter_args(masters: list[_Node], node: _Node, secret_file: Path, run_dir: Path) -> list[str]:
+def adminrouter_args(masters: Sequence[_Node], node: _Node, secret_file: Path, run_dir: Path) -> list[str]:
     return ["adminrouter", "--listen", f"{node.ip}:80", "--master", zk_url(masters),
             "--token-file", str(secret_file), "--run-dir", str(run_dir)]
 
 
-def zookeeper_argv(masters: list[_Node], node: _Node, home: Path) -> list[str]:
+def zookeeper_argv(masters: Sequence[_Node], node: _Node, home: Path) -> list[str]:
     server_id = [m.name for m in masters].index(node.name) + 1
     config = zookeeper.write_config(home, server_id, [m.ip for m in masters])
     return zookeeper.server_argv(config)
 
 
-def modes(masters: list[_Node]) -> dict[str, str | None]:
+def modes(masters: Sequence[_Node]) -> dict[str, str | None]:
     """Each master's ZooKeeper server mode (``leader``/``follower``; None: not serving)."""
     found: dict[str, str | None] = {}
     for node in masters:
@@ -75,7 +76,7 @@ def modes(masters: list[_Node]) -> dict[str, str | None]:
     return found
 
 
-def wait_quorum(masters: list[_Node], timeout: float) -> None:
+def wait_quorum(masters: Sequence[_Node], timeout: float) -> None:
     """Raises ``TimeoutError`` naming each server's mode when no quorum forms in time."""
     deadline = time.monotonic() + timeout
     last: dict[str, str | None] = {}
@@ -99,7 +100,7 @@ client.stop()
 """
 
 
-def election(masters: list[_Node]) -> list[str]:
+def election(masters: Sequence[_Node]) -> list[str]:
     """The masters in the election, leader first (their addresses), read from master-1's
     namespace; [] when ZooKeeper does not answer."""
     out = subprocess.run(["nsenter", f"--net=/run/netns/{masters[0].namespace}", "--", sys.executable, "-c",
