@@ -14,7 +14,8 @@ leader is the only writer — so they keep answering while ZooKeeper is below qu
 
 ``StoreUnavailable`` when the client is not connected (quorum lost, session gone; nothing
 sent), the ensemble refuses the transaction, or the connection drops mid-commit (the outcome is
-unknown: that key is read back before its next write). ``on_lost`` is told once another writer
+unknown: those keys are read back before their next write, and once ZooKeeper answers again
+``on_lost`` is told, since the master's memory already holds the change). ``on_lost`` is told once another writer
 has taken over (the epoch moved) or a document changed under this writer: its memory must not
 be acted on any more (the master restarts as a follower).
 """
@@ -70,6 +71,7 @@ class ZkStore:
         self._lock = threading.Lock()
         self.writes = 0
         self.lost: str | None = None
+        self._divergence_watch = False
 
     # ---- taking over -------------------------------------------------------------------
     def claim(self) -> int:
@@ -252,6 +254,7 @@ class ZkStore:
         except (KazooException, KazooTimeoutError) as exc:
             # Sent, but whether it committed is unknown: the keys are read again before their next write.
             self._uncertain.update((kind, key) for kind, key, _text, _known in ops)
+            self._diverged()
             raise StoreUnavailable(f"ZooKeeper: {exc.__class__.__name__}") from exc
         failures = [r for r in results if isinstance(r, Exception)]
         if failures:
@@ -274,6 +277,23 @@ class ZkStore:
         except (KazooException, KazooTimeoutError) as exc:
             raise StoreUnavailable(f"ZooKeeper: {exc.__class__.__name__}") from exc
         self._docs.setdefault(kind, {})
+
+    def _diverged(self) -> None:
+        """A commit's outcome is unknown, and the caller's memory already holds the change: once
+        ZooKeeper answers again this writer hands over (``on_lost``), so a master reloads what
+        did commit. Until then it keeps serving reads (and refusing writes)."""
+        if self._divergence_watch:
+            return
+        self._divergence_watch = True
+
+        def reconnected(state: str) -> bool:
+            if state == KazooState.CONNECTED:
+                self._lose("a commit's outcome was unknown while ZooKeeper was unreachable; "
+                           "reloading what committed")
+                return True     # removes the listener
+            return False
+
+        self.client.add_listener(reconnected)
 
     def _lose(self, why: str) -> None:
         if self.lost is None:

@@ -22,6 +22,9 @@ import sys
 import threading
 import uuid
 
+from kazoo.client import KazooClient
+from kazoo.protocol.states import KazooState
+
 from adminrouter.backend import backend_app
 from cluster.view import OverlayConfig
 from control.agent.images import ImageMap
@@ -43,9 +46,14 @@ from navstar.servers import Listen, serve
 log = logging.getLogger("navstar.master")
 
 
-def abdicate(why: str) -> None:
-    """This process may not act as leader any more: start it again, as a follower."""
+def abdicate(why: str, client: KazooClient | None = None) -> None:
+    """This process may not act as leader any more: start it again, as a follower. A session
+    that still answers is closed first, so its election znode goes at once (not at its timeout)."""
     log.error("leaving leadership (%s): starting again as a follower", why)
+    if client is not None and client.state == KazooState.CONNECTED:
+        closing = threading.Thread(target=client.stop, daemon=True)
+        closing.start()
+        closing.join(2.0)
     for handler in logging.getLogger().handlers:
         handler.flush()
     os.execv(sys.executable, sys.orig_argv)
@@ -79,10 +87,10 @@ class ZkMaster:
             if self._loop is not None:
                 self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._lead()))
         elif self._elected.is_set() and not leadership.is_self and leadership.leader is not None:
-            abdicate(f"the election names {leadership.leader.ip} now")
+            self._abdicate(f"the election names {leadership.leader.ip} now")
 
     async def _lead(self) -> None:
-        store = ZkStore(self.client, self.url.path, on_lost=abdicate)
+        store = ZkStore(self.client, self.url.path, on_lost=self._abdicate)
         while True:
             try:
                 epoch = await asyncio.to_thread(store.claim)
@@ -109,6 +117,11 @@ class ZkMaster:
         self.contender = Contender(self.client, self.url.path, info, self._changed, abdicate)
         await asyncio.to_thread(self.contender.start)
         await asyncio.Event().wait()
+
+    def _abdicate(self, why: str) -> None:
+        # From kazoo's threads or the loop; closing the session from its own event thread
+        # would wait on itself, so the close runs on a thread of its own (bounded).
+        abdicate(why, self.client)
 
     def run(self) -> None:
         self.client = connect(self.url, session_timeout=self.session_timeout)
