@@ -60,8 +60,9 @@ def masters(lab: LabHandle) -> list:
     return lab.state.master_nodes
 
 
-def election(lab: LabHandle) -> list[tuple[str, dict]]:
-    """The masters' znodes, lowest sequence first, read with kazoo from master-1's namespace."""
+def election(lab: LabHandle, via=None) -> list[tuple[str, dict]]:
+    """The masters' znodes, lowest sequence first, read with kazoo from a master's namespace
+    (``via``, master-1 by default)."""
     state = lab.state
     url = ZkUrl.parse(lab_masters.zk_url(state.master_nodes))
 
@@ -75,7 +76,7 @@ def election(lab: LabHandle) -> list[tuple[str, dict]]:
             client.stop()
             client.close()
 
-    return in_netns(state.master_nodes[0].namespace, read)
+    return in_netns((via or state.master_nodes[0]).namespace, read)
 
 
 def stored_apps(lab: LabHandle) -> set[str]:
@@ -94,8 +95,8 @@ def stored_apps(lab: LabHandle) -> set[str]:
     return in_netns(state.master_nodes[0].namespace, read)
 
 
-def leader_node(lab: LabHandle):
-    info = election(lab)[0][1]
+def leader_node(lab: LabHandle, via=None):
+    info = election(lab, via)[0][1]
     return next(n for n in masters(lab) if n.ip == info["address"]["ip"])
 
 
@@ -244,8 +245,11 @@ def test_quorum_lost_refuses_writes_with_503_and_keeps_serving(lab):
     victims = [n for n in state.master_nodes if n.name != leader.name]
     via = leader
     before = snapshot(lab, via)
-    for node in victims:
-        os.kill(node.zk_pid, signal.SIGKILL)
+    # One ZooKeeper server down: two of three are a quorum, writes go on.
+    os.kill(victims[0].zk_pid, signal.SIGKILL)
+    wait_until(lambda: accepted(lab, via, "/one-zk-down"), timeout=30, interval=0.2,
+               message="writes accepted with one ZooKeeper server down")
+    os.kill(victims[1].zk_pid, signal.SIGKILL)
     try:
         def refused() -> httpx.Response | None:
             resp = post_app(lab, via, "/no-quorum")
@@ -275,8 +279,10 @@ def test_quorum_lost_refuses_writes_with_503_and_keeps_serving(lab):
         return after if set(after["apps"]) == set(stored_apps(lab)) else None
 
     after = wait_until(agreed, timeout=30, message="the leader's apps to be ZooKeeper's")
-    assert {k: v for k, v in after["apps"].items() if k not in ("/quorum-back", "/no-quorum")} == before["apps"]
-    assert {k: v for k, v in after["tasks"].items() if not k.startswith(("quorum-back.", "no-quorum."))} \
+    assert {k: v for k, v in after["apps"].items()
+            if k not in ("/quorum-back", "/no-quorum", "/one-zk-down")} == before["apps"]
+    assert {k: v for k, v in after["tasks"].items()
+            if not k.startswith(("quorum-back.", "no-quorum.", "one-zk-down."))} \
         == before["tasks"]
 
 
@@ -291,7 +297,7 @@ def test_leader_cut_off_the_underlay_is_replaced_and_rejoins_as_follower(lab):
 
     cable("down")
     try:
-        new = wait_until(lambda: (n := leader_node(lab)).name != leader.name and n, timeout=30,
+        new = wait_until(lambda: (n := leader_node(lab, other)).name != leader.name and n, timeout=30,
                          message="a new leader while the old one is cut off")
         wait_until(lambda: accepted(lab, other, "/during-cut"), timeout=30, interval=0.2,
                    message="a POST /v2/apps accepted by the new leader")
@@ -303,8 +309,25 @@ def test_leader_cut_off_the_underlay_is_replaced_and_rejoins_as_follower(lab):
         assert own.stdout in ("503", "000"), own.stdout
     finally:
         cable("up")
-    wait_until(lambda: len(election(lab)) == 3, timeout=60, message="the old leader contends again")
-    assert leader_node(lab).name == new.name and process_alive(leader.pid)
+    wait_until(lambda: len(election(lab, other)) == 3, timeout=60, message="the old leader contends again")
+    assert leader_node(lab, other).name == new.name and process_alive(leader.pid)
     after = snapshot(lab, other)
     assert "/cut-off" not in after["apps"]
     assert {k: v for k, v in after["tasks"].items() if not k.startswith("during-cut.")} == before["tasks"]
+
+
+def test_all_masters_restarted_together_lose_nothing(lab):
+    via = masters(lab)[0]
+    before = snapshot(lab, via)
+    for node in masters(lab):
+        os.kill(node.pid, signal.SIGKILL)
+    for node in masters(lab):
+        started = navstar("lab", "restart", "--name", lab.name, node.name, timeout=120)
+        assert started.returncode == 0, started.stdout + started.stderr
+    wait_until(lambda: len(election(lab)) == 3, timeout=60, message="three masters in the election")
+    wait_until(lambda: accepted(lab, via, "/after-restart"), timeout=60, interval=0.3,
+               message="a POST /v2/apps accepted once the masters are back")
+    after = snapshot(lab, via)
+    assert {k: v for k, v in after["apps"].items() if k != "/after-restart"} == before["apps"]
+    assert {k: v for k, v in after["tasks"].items() if not k.startswith("after-restart.")} == before["tasks"]
+    assert after["vips"] == before["vips"] and after["overlay"] == before["overlay"]
