@@ -111,14 +111,23 @@ def front_door(lab: LabHandle, node) -> httpx.Client:
                         headers={"Authorization": f"token={lab.state.secret()}"})
 
 
+def read_json(client: httpx.Client, url: str) -> dict:
+    """A read through Admin Router, once it answers (right after a drill its upstreams may
+    still be moving to the leader)."""
+    def answered() -> dict | None:
+        resp = client.get(url)
+        return resp.json() if resp.status_code == 200 else None
+    return wait_until(answered, timeout=30, interval=0.2, message=f"{url} answered through Admin Router")
+
+
 def snapshot(lab: LabHandle, via) -> dict:
     """What a failover must not change: apps, task ids and start times, VIP addresses, overlay."""
     with front_door(lab, via) as client:
-        apps = {a["id"]: (a["instances"], a["version"]) for a in client.get("/v2/apps").json()["apps"]}
+        apps = {a["id"]: (a["instances"], a["version"]) for a in read_json(client, "/v2/apps")["apps"]}
         tasks = {t["id"]: (t["slaveId"], t.get("startedAt"), tuple(t["ports"]))
-                 for t in client.get("/v2/tasks").json()["tasks"]}
+                 for t in read_json(client, "/v2/tasks")["tasks"]}
     with httpx.Client(timeout=10, headers={"Authorization": f"token={lab.state.secret()}"}) as client:
-        view = client.get(f"http://{via.ip}/mesos/v1/view").json()
+        view = read_json(client, f"http://{via.ip}/mesos/v1/view")
     return {"apps": apps, "tasks": tasks, "vips": view["vip_addresses"],
             "overlay": {a["agent_id"]: a["overlay"] for a in view["agents"]}}
 
