@@ -19,6 +19,7 @@ DEBIAN_PACKAGES=(
   haproxy siege wrk unbound
   zookeeper default-jre-headless
   containernetworking-plugins
+  chromium chromium-driver
   python3-venv python3-dev build-essential
 )
 
