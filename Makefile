@@ -27,11 +27,11 @@ lint: setup
 typecheck: setup
 	$(PY) -m mypy
 
-# ruff, mypy, then the whole suite; pytest prints its summary line and its exit code is ours.
+# ruff, mypy, then the whole suite; pytest prints its summary line and the 15 slowest steps (the 20-minute budget), its exit code is ours.
 test: setup
 	$(VENV)/bin/ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=15 tests
 
 unit: setup
 	$(PY) -m pytest -q -m unit tests
