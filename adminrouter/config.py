@@ -17,11 +17,8 @@ from adminrouter.routes import ServiceRoute
 
 TEMPLATE = Path(__file__).with_name("nginx.conf.template")
 
-INDEX_HTML = ("<!doctype html><title>navstar</title><h1>navstar</h1><p>Admin Router. APIs: "
-              "<code>/marathon/</code>, <code>/service/marathon/</code>, <code>/mesos/</code>, "
-              "<code>/mesos_dns/v1/</code>, <code>/net/v1/vips</code>, <code>/service/&lt;name&gt;/</code>, "
-              "<code>/prometheus/</code>; "
-              "log in at <code>POST /acs/api/v1/auth/login</code>.</p>\\n")
+# The web UI's static files (served at / and /ui/; see ui/README.md).
+UI_ROOT = str(Path(__file__).resolve().parent.parent / "ui" / "public")
 
 
 COMMON_HEADERS = (
@@ -49,6 +46,7 @@ class Settings:
     secret: str = ""             # the cluster secret upstreams expect ('' = none)
     workers: str = "auto"
     user: str = "www-data"
+    ui_root: str = UI_ROOT       # the web UI's files (nginx's workers read them as `user`)
 
 
 def _upstream_name(name: str) -> str:
@@ -82,7 +80,7 @@ def render(settings: Settings, services: list[ServiceRoute]) -> str:
         marathon=_check(settings.marathon, "marathon"), mesos=_check(settings.mesos, "mesos"),
         cosmos=_check(settings.cosmos, "cosmos"),
         prometheus=_check(settings.prometheus, "prometheus"),
-        secret=_check(settings.secret, "secret"), index_html=INDEX_HTML,
+        secret=_check(settings.secret, "secret"), ui_root=_check(settings.ui_root, "ui root"),
         common=_headers(4), common_location=_headers(12), common_nested=_headers(16),
         service_upstreams="\n".join(upstreams) + ("\n" if upstreams else ""),
         service_locations="\n".join(locations) + ("\n" if locations else ""),
