@@ -31,7 +31,7 @@ from control.marathon_models import AppDefinition, AppExists, marathon_task_name
 from control.protocol import TaskStatus
 from control.registry import AgentRegistration, AgentRegistry
 from control.scheduler import Scheduler
-from control.state import StateStore
+from control.state import StateStore, write_refusal
 from control.store import SqliteStore
 from control.vips import VipAllocator
 
@@ -369,7 +369,8 @@ class Master:
         while True:
             try:
                 await self.ping_agents()
-                self.check_agents()
+                if write_refusal(self.store) is None:     # marking tasks unreachable writes them
+                    self.check_agents()
             except Exception:
                 log.exception("agent check failed")
             await asyncio.sleep(interval or self.ping_interval)

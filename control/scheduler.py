@@ -50,7 +50,7 @@ from control.matching import Placement, agent_slots, explain, fill_offer, framew
 from control.placement import AgentSlot, task_resources
 from control.protocol import HealthCheckSpec, TaskLaunch, TaskStatus
 from control.registry import AgentRecord, AgentRegistry
-from control.state import StateStore
+from control.state import StateStore, write_refusal
 from control.task_record import TaskRecord
 
 log = logging.getLogger("navstar.scheduler")
@@ -115,6 +115,7 @@ class Scheduler:
         self.unplaceable: set[str] = set()     # apps whose demand found no place in the last cycle
         self.frameworks: set[str] = set()
         self.wake = asyncio.Event()
+        self.paused_by: str | None = None     # why the cycle waits (the store refuses writes)
         self.offers_accepted = 0
         self.offers_declined = 0
         self.last_cycle_seconds = 0.0
@@ -259,6 +260,16 @@ class Scheduler:
             except TimeoutError:
                 pass
             self.wake.clear()
+            # A store that refuses writes: no decisions it could not keep (launches, kills, steps).
+            refusal = write_refusal(self.store)
+            if refusal != self.paused_by:
+                if refusal is not None:
+                    log.error("scheduler paused: %s", refusal)
+                else:
+                    log.info("scheduler resumed: the state store takes writes again")
+                self.paused_by = refusal
+            if refusal is not None:
+                continue
             try:
                 await self.cycle()
             except Exception:

@@ -22,7 +22,9 @@ Every write is durable when the call returns, so a master killed at any point re
 it last decided. Implementations: ``control.store.SqliteStore`` (one SQLite file; in memory
 without a directory) and ``control.state_memory.MemoryStore`` (a dict, for tests). A store shared
 by several masters (ZooKeeper) raises ``StoreUnavailable`` from writes it cannot make durable or
-may not make (quorum lost, leadership lost), so the caller can refuse the request.
+may not make (quorum lost, leadership lost), and SQLite from writes its disk refuses (read-only,
+full, I/O errors), so the caller can refuse the request. Such stores say why they refuse writes
+before any is tried (``writable``, read through ``write_refusal``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,11 @@ class StateStore(Protocol):
     def close(self) -> None:
         """Releases the store; idempotent. Nothing may be called afterwards."""
         ...
+
+
+def write_refusal(store: object) -> str | None:
+    """Why ``store`` refuses writes now (stores that may refuse have ``writable``), or None."""
+    return getattr(store, "writable", None)
 
 
 def check_kind(kind: str) -> None:

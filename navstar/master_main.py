@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 
 from adminrouter.backend import DEFAULT_LISTEN as ADMINROUTER_LISTEN
 from adminrouter.backend import backend_app
@@ -13,10 +15,19 @@ from control.agent.images import ImageMap
 from control.auth import read_secret
 from control.http import master_apps
 from control.master import Master
+from control.store import SqliteStore
 from navstar import logs
 from navstar.servers import Listen, serve
 
 log = logging.getLogger("navstar.master")
+
+
+def restart(why: str) -> None:
+    """Starts this process again (same arguments, same pid): the master reloads its state."""
+    log.error("restarting the master: %s", why)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os.execv(sys.executable, sys.orig_argv)
 
 
 def run_master(marathon_listen: str, mesos_listen: str, state_dir: str | None,
@@ -38,7 +49,10 @@ def run_master(marathon_listen: str, mesos_listen: str, state_dir: str | None,
                  token_expiry, zk_session_timeout).run()
         return
     advertise = mesos.host if mesos.host not in ("0.0.0.0", "") else None
-    master = Master(secret=read_secret(token_file), agent_timeout=agent_timeout, state_dir=state_dir,
+    # A commit the disk refused after the change was applied in memory: once the disk takes
+    # writes again, this process starts again and loads what the file holds (control/store.py).
+    store = SqliteStore(state_dir, on_lost=restart)
+    master = Master(secret=read_secret(token_file), agent_timeout=agent_timeout, store=store,
                     advertise_ip=advertise, mesos_port=mesos.port, marathon_port=marathon.port,
                     image_map=ImageMap.load(image_map), overlay=overlay)
     log.info("master: Marathon API on %s:%d, Mesos API on %s:%d, Admin Router's backend on %s:%d",

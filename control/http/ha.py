@@ -1,10 +1,11 @@
 """What the leader's ports add for several masters (``guard`` installs both on each port).
 
 - ``StoreGuard``: a state store that cannot write now (ZooKeeper below quorum, leadership
-  lost) turns Marathon writes (POST/PUT/PATCH/DELETE under ``/v2/``) into 503 with a JSON
-  reason *before* anything changes; a ``StoreUnavailable`` raised by any handler (an agent's
-  registration or status on the Mesos port) is a 503 too, never a 500. Reads keep answering
-  from memory. Agents' heartbeats write nothing, so they are never refused. With a store that
+  lost, SQLite's directory read-only or its disk refusing writes) turns writes (POST/PUT/PATCH/
+  DELETE: Marathon's, agents' registrations and statuses, scheduler calls) into 503 with a JSON
+  reason *before* anything changes; a ``StoreUnavailable`` raised by any handler is a 503 too,
+  never a 500. Reads keep answering from memory. Agents' heartbeats write nothing, so they are
+  never refused (agents resend statuses until acknowledged). With a store that
   groups writes (``ZkStore.begin/flush/end``), what a write request changes is committed in one
   transaction just before its answer leaves (a failed commit answers 503 instead).
 - ``LeaderRedirect``: ``/master/redirect`` answers 307 to this (leading) master, as Mesos'
@@ -19,14 +20,11 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control.state import StoreUnavailable
+from control.state import StoreUnavailable, write_refusal
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
-
-
-def store_refusal(store: object) -> str | None:
-    """Why the store refuses writes now (stores that may refuse have ``writable``), or None."""
-    return getattr(store, "writable", None)
+# Writes that change no state: never refused (an agent refused its heartbeat would be unreachable).
+STATELESS_WRITES = ("/heartbeat",)
 
 
 async def _json(send: Send, status: int, body: dict[str, str], headers: list[tuple[bytes, bytes]]) -> None:
@@ -53,8 +51,8 @@ class StoreGuard:
         retry = [(b"retry-after", b"1")]
         store = self.store()
         grouped = scope["method"] in WRITES and hasattr(store, "begin")
-        if scope["method"] in WRITES and scope["path"].startswith("/v2/"):
-            why = store_refusal(store)
+        if scope["method"] in WRITES and not scope["path"].endswith(STATELESS_WRITES):
+            why = write_refusal(store)
             if why is not None:
                 await _json(send, 503, unavailable_body(why), retry)
                 return

@@ -1,0 +1,118 @@
+"""The SQLite state store on a disk that refuses writes (root: mounts over the test's own temp
+directory only). A read-only bind mount over the state directory is refused before any write
+(SQLite keeps its files open, and those stay writable to the kernel, so the store reads the
+directory's flag); a full filesystem refuses the commit itself. Either way reads keep answering,
+the file keeps what it had (``PRAGMA integrity_check`` ok) and writes work again with no restart
+once the disk takes them."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sqlite3
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from control.state import StoreUnavailable
+from control.store import SqliteStore
+
+
+def _mount(*argv: str) -> None:
+    subprocess.run(["mount", *argv], check=True, capture_output=True, timeout=10)
+
+
+@contextlib.contextmanager
+def read_only(directory: Path) -> Iterator[None]:
+    _mount("--bind", str(directory), str(directory))
+    try:
+        _mount("-o", "remount,ro,bind", str(directory))
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True, capture_output=True, timeout=10)
+
+
+@contextlib.contextmanager
+def small_tmpfs(directory: Path, size: str) -> Iterator[None]:
+    directory.mkdir()
+    _mount("-t", "tmpfs", "-o", f"size={size}", "navstar-test", str(directory))
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(directory)], check=True, capture_output=True, timeout=10)
+
+
+def rows(directory: Path) -> dict[tuple[str, str], str]:
+    with contextlib.closing(sqlite3.connect(directory / "master.sqlite")) as db:
+        assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        return {(kind, key): value for kind, key, value in db.execute("SELECT kind, key, value FROM state")}
+
+
+def test_a_read_only_state_directory_refuses_writes_serves_reads_and_recovers(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    store = SqliteStore(state)
+    try:
+        for n in range(20):
+            store.put("apps", f"/app-{n}", {"id": f"/app-{n}", "instances": n})
+        before = rows(state)
+        with read_only(state):
+            with pytest.raises(OSError) as denied:              # the mount is real
+                (state / "probe").write_text("x")
+            assert denied.value.errno == 30                     # EROFS
+            assert store.writable == f"the state directory {state} is read-only"
+            with pytest.raises(StoreUnavailable, match="is read-only"):
+                store.put("apps", "/new", {"id": "/new"})
+            store.begin()
+            with pytest.raises(StoreUnavailable, match="is read-only"):
+                store.delete("apps", "/app-1")
+            store.end()
+            assert store.get("apps", "/app-1") == {"id": "/app-1", "instances": 1}
+            assert len(list(store.items("apps"))) == 20
+        assert rows(state) == before and store.diverged is None
+        store.put("apps", "/new", {"id": "/new"})              # writable again, same store
+        assert store.get("apps", "/new") == {"id": "/new"}
+    finally:
+        store.close()
+    reopened = SqliteStore(state)
+    try:
+        assert len(list(reopened.items("apps"))) == 21
+    finally:
+        reopened.close()
+
+
+def test_a_full_disk_refuses_the_commit_and_the_file_keeps_what_it_had(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    with small_tmpfs(state, "2m"):
+        lost: list[str] = []
+        store = SqliteStore(state, on_lost=lost.append)
+        try:
+            for n in range(20):
+                store.put("apps", f"/app-{n}", {"id": f"/app-{n}"})
+            before = rows(state)
+            filler = state / "filler"
+            with open(filler, "wb") as out, contextlib.suppress(OSError):
+                while True:
+                    out.write(b"\0" * 65536)
+                    out.flush()
+            big = {"id": "/big", "cmd": "x" * 512 * 1024}      # more than the WAL holds: it must grow
+            with pytest.raises(StoreUnavailable, match="database or disk is full"):
+                store.put("apps", "/big", big)
+            assert rows(state) == before
+            assert "disk is full" in (store.writable or "") and lost == []
+            assert store.get("apps", "/app-3") == {"id": "/app-3"}    # reads are served
+            filler.unlink()
+            store._probed_at = 0.0
+            assert store.writable is not None and len(lost) == 1     # the master reloads now
+        finally:
+            store.close()
+        reopened = SqliteStore(state)
+        try:
+            assert reopened.writable is None
+            reopened.put("apps", "/big", big)
+            assert len(list(reopened.items("apps"))) == 21
+        finally:
+            reopened.close()
+        os.sync()
+        assert len(rows(state)) == 21
