@@ -42,7 +42,7 @@ class Settings:
     marathon: str = "127.0.0.1:8080"
     mesos: str = "127.0.0.1:5050"
     cosmos: str = "127.0.0.1:7070"     # the package service (navstar cosmos)
-    prometheus: str = "127.0.0.1:9090"   # the lab's Prometheus, when it runs (else a JSON 502)
+    prometheus: str = "127.0.0.1:9090"   # the lab's Prometheus, when it runs (else a JSON 503)
     secret: str = ""             # the cluster secret upstreams expect ('' = none)
     workers: str = "auto"
     user: str = "www-data"
