@@ -31,7 +31,7 @@ RESULTS = BENCH / "results"
 PLOTS = BENCH / "plots"
 LAB_LOCK = "/tmp/navstar-lab.lock"
 SERIES_LABELS = {"path", "vips", "source", "workload", "server"}   # a point in a series, not a ratio
-LAB_SCENARIOS = {"control_burst", "adminrouter"}   # build a lab: under the lock, left out of --quick
+LAB_SCENARIOS = {"control_burst", "control_reach", "adminrouter", "master_failover"}   # build a lab: under the lock, left out of --quick
 # Issue 17's ratio keys and goals (navstar ÷ peer, or seconds where the key says _s). None: no goal yet.
 RATIO_GOALS: dict[str, tuple[str, float] | None] = {
     "lb.ebpf/direct": (">=", 0.98), "lb.nfqueue/direct": (">=", 0.8), "lb.ebpf/iptables": None,
@@ -41,7 +41,8 @@ RATIO_GOALS: dict[str, tuple[str, float] | None] = {
     "overlay.program_1k_s": None, "overlay.program/ip_batch": (">=", 1.0),
     "control.deploy_to_reachable_s": ("<", 1.0), "control.fanout_1k_p99_s": ("<", 1.0),
     "drf.cycle_10k_s": ("<", 0.15), "cni.launch/netlink": (">=", 0.7), "cni.tcp/netlink": None, "edge/direct": (">=", 0.8),
-    "edge.new_connections/direct": (">=", 0.7), "edge.scaling_failed_requests": ("<", 1), "edge.apply_1k_s": ("<", 1.0), "adminrouter/direct": None, "ha.failover_s": None,
+    "edge.new_connections/direct": (">=", 0.7), "edge.scaling_failed_requests": ("<", 1), "edge.apply_1k_s": ("<", 1.0), "adminrouter/direct": None, "ha.failover_s": ("<", 5.0),
+    "dns.records_10k_s": ("<", 1.0), "dns.records_100k_s": None,
 }
 
 
