@@ -4,11 +4,17 @@ An agent cut off the underlay (its port on the underlay bridge set down, as a pu
 after the agent timeout its tasks are replaced on the other agents and the other nodes stop
 sending its backends VIP traffic; reconnected, it rejoins, its stale tasks are killed and no task
 is left twice.
+
+The master's state directory turned read-only (a read-only bind mount over it): writes are
+refused with a JSON 503 naming the reason, directly and through Admin Router, while reads, the
+agents, the VIPs and the DNS names keep working; writable again, writes succeed without a
+restart and nothing was lost (apps, tasks, ``PRAGMA integrity_check``).
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +23,7 @@ import pytest
 
 from navstar.lab import underlay_namespace
 from tests.e2e.conftest import LabHandle, pid_running, wait_until
+from tests.mounts import read_only
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 VIP = "drill.marathon.l4lb.thisdcos.directory"
@@ -124,3 +131,81 @@ def test_agent_cut_off_the_underlay_is_replaced_then_rejoins_without_duplicates(
         with lab.marathon() as client:
             wait_until(lambda: client.get("/v2/apps/drill").status_code == 404, timeout=30,
                        message="/drill removed")
+
+
+# ---- the master's state directory turning read-only --------------------------------------------
+
+def direct(lab: LabHandle, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+    """The master's Marathon port from its own namespace (sealed from the root namespace)."""
+    argv = ["curl", "-s", "-m", "10", "-X", method, "-w", "\n%{http_code}",
+            "-H", f"Authorization: token={lab.state.secret()}", f"http://127.0.0.1:8080{path}"]
+    if body is not None:
+        argv += ["-H", "Content-Type: application/json", "-d", json.dumps(body)]
+    out = lab.exec("master", *argv, timeout=30).stdout
+    text, _, status = out.rpartition("\n")
+    return int(status), json.loads(text) if text.strip() else {}
+
+
+def snapshot(lab: LabHandle, leave_out: str = "") -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """Apps (id → version) and tasks (id → agent, state), as Marathon lists them."""
+    with lab.marathon() as client:
+        apps = {a["id"]: a["version"] for a in client.get("/v2/apps").json()["apps"] if a["id"] != leave_out}
+        tasks = {t["id"]: (t["slaveId"], t["state"]) for t in client.get("/v2/tasks").json()["tasks"]
+                 if t["appId"] != leave_out}
+    return apps, tasks
+
+
+def integrity(lab: LabHandle) -> list[tuple[str]]:
+    database = lab.state.directory / "master" / "master.sqlite"
+    with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
+        return db.execute("PRAGMA integrity_check").fetchall()
+
+
+def test_a_read_only_state_directory_refuses_writes_with_503_serves_reads_and_loses_nothing(lab):
+    agents = lab.agents
+    lab.add_app(drill_app(2))
+    late = {**drill_app(1), "id": "/drill-late"}
+    late["portDefinitions"] = [{"port": 0, "protocol": "tcp", "name": "http"}]
+    try:
+        drill_tasks = {t["id"] for t in lab.running("/drill", 2, healthy=True)}
+        wait_until(lambda: all(len(backends(lab, n) or []) == 2 for n in agents), timeout=30,
+                   message=f"every agent sending {VIP} to both /drill tasks")
+        master_pid = lab.state.master.pid
+        apps_before, tasks_before = snapshot(lab)
+        with read_only(lab.state.directory / "master"):
+            status, refused = direct(lab, "POST", "/v2/apps", late)
+            assert status == 503, refused
+            assert "is read-only" in refused["reason"] and refused["message"].startswith(
+                "the master cannot change its state now"), refused
+            with lab.marathon() as client:          # through Admin Router: the master's answer as is
+                through = client.post("/v2/apps", json=late)
+                assert through.status_code == 503 and through.json()["reason"] == refused["reason"], through.text
+                assert client.put("/v2/apps/drill", json={"instances": 3}).status_code == 503
+                assert client.delete("/v2/apps/drill").status_code == 503
+                assert client.get("/v2/apps/drill-late").status_code == 404
+            # Reads, the agents, the VIP and its name keep working.
+            assert snapshot(lab) == (apps_before, tasks_before)
+            with lab.mesos() as client:
+                state = client.get("/master/state").json()
+            assert sorted(a["id"] for a in state["slaves"]) == sorted(agents)
+            assert all(reachable(lab).values())
+            for node in agents:
+                answers = curl_answers(lab, node, 10)
+                assert len(answers) == 10 and set(answers) <= drill_tasks, answers
+                dug = lab.exec(node, "dig", "+short", VIP, "@198.51.100.1").stdout.split()
+                assert len(dug) == 1 and dug[0].startswith("11."), dug
+        # Writable again, no restart: the write is taken, the app runs, nothing was lost.
+        assert lab.state.master.pid == master_pid and pid_running(master_pid)
+        with lab.marathon() as client:
+            created = client.post("/v2/apps", json=late)
+            assert created.status_code == 201, created.text
+        lab.running("/drill-late", 1)
+        assert snapshot(lab, leave_out="/drill-late") == (apps_before, tasks_before)
+        assert integrity(lab) == [("ok",)]
+    finally:
+        for app_id in ("/drill-late", "/drill"):
+            lab.remove_app(app_id)
+        with lab.marathon() as client:
+            for app_id in ("drill-late", "drill"):
+                wait_until(lambda a=app_id: client.get(f"/v2/apps/{a}").status_code == 404, timeout=30,
+                           message=f"/{app_id} removed")

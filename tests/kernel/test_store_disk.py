@@ -18,20 +18,11 @@ import pytest
 
 from control.state import StoreUnavailable
 from control.store import SqliteStore
+from tests.mounts import read_only
 
 
 def _mount(*argv: str) -> None:
     subprocess.run(["mount", *argv], check=True, capture_output=True, timeout=10)
-
-
-@contextlib.contextmanager
-def read_only(directory: Path) -> Iterator[None]:
-    _mount("--bind", str(directory), str(directory))
-    try:
-        _mount("-o", "remount,ro,bind", str(directory))
-        yield
-    finally:
-        subprocess.run(["umount", str(directory)], check=True, capture_output=True, timeout=10)
 
 
 @contextlib.contextmanager
