@@ -11,26 +11,24 @@ writes are refused before a request changes anything (``control.http.ha.StoreGua
 503). The directory's read-only flag is read with ``statvfs``: SQLite keeps its files open,
 and a file opened before the directory was remounted read-only stays writable to the kernel.
 
-A write request's changes are staged (``begin``) and committed as one transaction before its
-answer leaves (``flush``), as ``ZkStore`` does. A commit refused after the master applied the
+A write request's changes are staged and committed as one transaction before its answer leaves
+(``control.staging``, as ``ZkStore``). A commit refused after the master applied the
 change in memory leaves memory ahead of the file: the store then refuses every write until the
 disk takes one again, and tells ``on_lost`` so the master reloads what the file holds.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from control.state import Kind, StoreUnavailable, check_kind
+from control.staging import StagedWrites, Writes
+from control.state import StoreUnavailable
 
 log = logging.getLogger("navstar.store")
 
@@ -38,9 +36,10 @@ BUSY_TIMEOUT = 5.0          # seconds a write waits for another process's lock
 PROBE_INTERVAL = 1.0        # seconds between tries of a disk that refused a write
 
 
-class SqliteStore:
+class SqliteStore(StagedWrites):
     def __init__(self, state_dir: str | Path | None, on_lost: Callable[[str], None] | None = None,
                  busy_timeout: float = BUSY_TIMEOUT) -> None:
+        super().__init__()
         self.directory: Path | None = None
         if state_dir is None:
             self.path = ":memory:"
@@ -57,79 +56,20 @@ class SqliteStore:
             " PRIMARY KEY (kind, key))"
         )
         self._lock = threading.Lock()       # one transaction at a time (flush runs on a worker thread)
-        self._staging = 0                                       # write requests in flight
-        self._staged: dict[tuple[str, str], str | None] = {}    # (kind, key) → JSON, None: delete
-        self._inflight: list[dict[tuple[str, str], str | None]] = []   # being committed by flush
         self.diverged: str | None = None    # a refused commit the master had already applied
         self._probed_at = 0.0
         self.refused = 0                    # commits the disk refused
 
-    # ---- the seam ----------------------------------------------------------------------
-    def put(self, kind: Kind, key: str, value: Any) -> None:
-        check_kind(kind)
-        self._write(kind, key, json.dumps(value, separators=(",", ":")))
-
-    def delete(self, kind: Kind, key: str) -> None:
-        check_kind(kind)
-        self._write(kind, key, None)
-
-    def get(self, kind: Kind, key: str, default: Any = None) -> Any:
-        check_kind(kind)
-        for pending in (self._staged, *reversed(self._inflight)):
-            if (kind, key) in pending:
-                text = pending[(kind, key)]
-                return json.loads(text) if text is not None else copy.deepcopy(default)
+    # ---- what is committed (control.staging gives the seam) -------------------------------
+    def _committed(self, kind: str, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM state WHERE kind = ? AND key = ?", (kind, key)).fetchone()
-        return json.loads(row[0]) if row else default
+        return row[0] if row else None
 
-    def items(self, kind: Kind) -> Iterator[tuple[str, Any]]:
-        check_kind(kind)
-        rows = self._db.execute("SELECT key, value FROM state WHERE kind = ? ORDER BY key", (kind,)).fetchall()
-        texts: dict[str, str] = dict(rows)
-        pending = [item for writes in (*self._inflight, self._staged) for item in list(writes.items())]
-        for (staged_kind, key), text in pending:
-            if staged_kind == kind:
-                if text is None:
-                    texts.pop(key, None)
-                else:
-                    texts[key] = text
-        for key, text in sorted(texts.items()):
-            yield key, json.loads(text)
+    def _committed_texts(self, kind: str) -> dict[str, str]:
+        return dict(self._db.execute("SELECT key, value FROM state WHERE kind = ?", (kind,)).fetchall())
 
     def close(self) -> None:
         self._db.close()
-
-    # ---- group commit (control.http.ha.StoreGuard) ---------------------------------------
-    def begin(self) -> None:
-        """A request that writes has started: writes are staged until ``flush``."""
-        self._staging += 1
-
-    def end(self) -> None:
-        """The request is answered; staging stops with the last one."""
-        self._staging = max(0, self._staging - 1)
-        if self._staging == 0 and self._staged:
-            self.flush()
-
-    def flush(self) -> None:
-        """Commits everything staged in one transaction; raises ``StoreUnavailable`` (nothing of
-        it is in the file then). Reads see the staged values until it returns."""
-        staged, self._staged = self._staged, {}
-        if not staged:
-            return
-        self._inflight.append(staged)
-        try:
-            self._commit(staged)
-        finally:
-            self._inflight.remove(staged)
-
-    def _write(self, kind: str, key: str, text: str | None) -> None:
-        if self._staging:
-            why = self.writable
-            if why is not None:
-                raise StoreUnavailable(why)
-            self._staged[(kind, key)] = text
-            return
-        self._commit({(kind, key): text})
 
     # ---- writing -----------------------------------------------------------------------
     @property
@@ -147,7 +87,7 @@ class SqliteStore:
             return self.diverged
         return None
 
-    def _commit(self, writes: dict[tuple[str, str], str | None]) -> None:
+    def _commit_many(self, writes: Writes) -> None:
         with self._lock:
             why = self.writable
             if why is not None:

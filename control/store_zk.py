@@ -22,12 +22,9 @@ be acted on any more (the master restarts as a follower).
 
 from __future__ import annotations
 
-import copy
-import json
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 from urllib.parse import quote, unquote
 
 from kazoo.client import KazooClient
@@ -35,7 +32,8 @@ from kazoo.exceptions import BadVersionError, KazooException, NodeExistsError, N
 from kazoo.handlers.threading import KazooTimeoutError
 from kazoo.protocol.states import KazooState
 
-from control.state import KINDS, Kind, StoreUnavailable, check_kind
+from control.staging import StagedWrites, Writes
+from control.state import KINDS, StoreUnavailable
 
 log = logging.getLogger("navstar.store.zk")
 
@@ -53,9 +51,10 @@ def node_key(name: str) -> str:
     return "" if name == "%" else unquote(name)
 
 
-class ZkStore:
+class ZkStore(StagedWrites):
     def __init__(self, client: KazooClient, path: str = "/mesos", write_timeout: float = WRITE_TIMEOUT,
                  on_lost: Callable[[str], None] | None = None) -> None:
+        super().__init__()
         self.client = client
         self.base = path.rstrip("/") + "/state"
         self.epoch_path = self.base + "/epoch"
@@ -65,9 +64,6 @@ class ZkStore:
         # kind → key → (JSON text, znode version): what this writer knows is durable.
         self._docs: dict[str, dict[str, tuple[str, int]]] = {}
         self._uncertain: set[tuple[str, str]] = set()
-        self._staging = 0                                       # write requests in flight
-        self._staged: dict[tuple[str, str], str | None] = {}    # (kind, key) → JSON, None: delete
-        self._inflight: list[dict[tuple[str, str], str | None]] = []   # being committed by flush
         self._lock = threading.Lock()
         self.writes = 0
         self.lost: str | None = None
@@ -114,78 +110,14 @@ class ZkStore:
         # Every kind under state/, known to this version or not: a newer master's kinds survive.
         return [name for name in self.client.get_children(self.base) if name != "epoch"]
 
-    # ---- the seam ----------------------------------------------------------------------
-    def put(self, kind: Kind, key: str, value: Any) -> None:
-        check_kind(kind)
-        self._write(kind, key, json.dumps(value, separators=(",", ":")))
+    # ---- what is committed (control.staging gives the seam) -------------------------------
+    def _committed(self, kind: str, key: str) -> str | None:
+        known = self._docs.get(kind, {}).get(key)
+        return known[0] if known is not None else None
 
-    def delete(self, kind: Kind, key: str) -> None:
-        check_kind(kind)
-        self._write(kind, key, None)
-
-    def get(self, kind: Kind, key: str, default: Any = None) -> Any:
-        check_kind(kind)
-        for pending in (self._staged, *reversed(self._inflight)):
-            if (kind, key) in pending:
-                text = pending[(kind, key)]
-                break
-        else:
-            known = self._docs.get(kind, {}).get(key)
-            text = known[0] if known is not None else None
-        return json.loads(text) if text is not None else copy.deepcopy(default)
-
-    def items(self, kind: Kind) -> Iterator[tuple[str, Any]]:
-        check_kind(kind)
+    def _committed_texts(self, kind: str) -> dict[str, str]:
         # list(): a flush on a worker thread may be adding documents meanwhile.
-        texts = {key: text for key, (text, _version) in list(self._docs.get(kind, {}).items())}
-        pending = [item for writes in (*self._inflight, self._staged) for item in list(writes.items())]
-        for (staged_kind, key), text in pending:
-            if staged_kind == kind:
-                if text is None:
-                    texts.pop(key, None)
-                else:
-                    texts[key] = text
-        for key, text in sorted(texts.items()):
-            yield key, json.loads(text)
-
-    # ---- group commit ------------------------------------------------------------------
-    def begin(self) -> None:
-        """A request that writes has started: writes from here on are staged (every writer on
-        the loop's), and committed together by ``flush`` — one transaction for what one API
-        call changes, instead of one round trip per document. A write staged while the store
-        refuses writes raises ``StoreUnavailable`` at once."""
-        self._staging += 1
-
-    def end(self) -> None:
-        """The request is answered (after ``flush``); staging stops with the last one."""
-        self._staging = max(0, self._staging - 1)
-        if self._staging == 0 and self._staged:
-            self.flush()
-
-    def flush(self) -> None:
-        """Commits everything staged (by any request) before an answer leaves: the caller's
-        writes are durable when it returns. Raises ``StoreUnavailable`` (the staged writes are
-        dropped; their keys are read back before their next write). May run on a worker thread
-        while the loop stages more: commits are serialised, and each reads the versions the one
-        before it left, so concurrent requests share transactions (group commit)."""
-        staged, self._staged = self._staged, {}
-        if not staged:
-            return
-        # Until committed, reads still see these (flush may run on a worker thread).
-        self._inflight.append(staged)
-        try:
-            self._commit_many(staged)
-        finally:
-            self._inflight.remove(staged)
-
-    def _write(self, kind: str, key: str, text: str | None) -> None:
-        if self._staging:
-            why = self.writable
-            if why is not None:
-                raise StoreUnavailable(why)
-            self._staged[(kind, key)] = text
-            return
-        self._commit_many({(kind, key): text})
+        return {key: text for key, (text, _version) in list(self._docs.get(kind, {}).items())}
 
     def close(self) -> None:
         pass        # the client belongs to the process (the election shares its session)
@@ -219,7 +151,7 @@ class ZkStore:
             self._uncertain.discard((kind, key))
         return self._docs.get(kind, {}).get(key)
 
-    def _commit_many(self, writes: dict[tuple[str, str], str | None]) -> None:
+    def _commit_many(self, writes: Writes) -> None:
         """One transaction per MAX_OPS documents, each checking the epoch's version and every
         document's (compare-and-set); memory follows what committed."""
         with self._lock:
