@@ -118,6 +118,9 @@ export function startEvents() {
     eventListeners.forEach((listener) => listener(type, data));
   };
   EVENT_TYPES.forEach((type) => source.addEventListener(type, deliver(type)));
+  // Events sent while no stream was open (first connect, reconnect, a new login) are lost: every
+  // list reloads when the stream opens.
+  source.addEventListener("open", () => eventListeners.forEach((listener) => listener("stream_opened", null)));
   source.onerror = () => {
     if (source && source.readyState === EventSource.CLOSED) {
       source = null;

@@ -156,11 +156,11 @@ export function buildApp(form) {
   return {app: {...app, ...extra}, errors};
 }
 
-// Marathon's 422 details name JSON paths ("/cpus", "/portDefinitions/0/port"): each goes next to
+// Marathon's 422 details name JSON paths ("/cpus", "/portDefinitions(0)/port"): each goes next to
 // its field, the rest to the form.
 const FIELD_OF_PATH = [[/^\/id\b/, "id"], [/^\/cmd\b/, "cmd"], [/^\/cpus\b/, "cpus"], [/^\/mem\b/, "mem"],
-  [/^\/instances\b/, "instances"], [/^\/portDefinitions\/(\d+)\/labels/, "vipport-$1"],
-  [/^\/portDefinitions\/(\d+)/, "port-$1"]];
+  [/^\/instances\b/, "instances"], [/^\/portDefinitions[/(](\d+)\)?\/labels/, "vipport-$1"],
+  [/^\/portDefinitions[/(](\d+)/, "port-$1"]];
 
 export function fieldErrorsOf(err) {
   const errors = {};
@@ -289,11 +289,11 @@ async function connectionCounts() {
 
 async function loadDetail(appId) {
   const path = enc(appId);
-  const [app, tasks, slaves, vips, counts] = await Promise.all([
+  const [app, tasks, view, vips, counts] = await Promise.all([
     request(`/marathon/v2/apps/${path}`), request(`/marathon/v2/apps/${path}/tasks`),
-    request("/mesos/master/slaves"), request("/net/v1/vips"), connectionCounts()]);
+    request("/mesos/v1/view"), request("/net/v1/vips"), connectionCounts()]);
   const hosts = {};
-  (slaves.slaves || []).forEach((s) => { hosts[s.id] = s.hostname; });
+  (view.agents || []).forEach((agent) => { hosts[agent.agent_id] = `${agent.hostname} (${agent.ip})`; });
   const mesosName = appId.replace(/^\//, "").split("/").reverse().join("-");
   const dns = await request(`/mesos_dns/v1/hosts/${encodeURIComponent(mesosName + ".marathon.mesos")}`).catch(() => []);
   return {app: app.app, tasks: tasks.tasks, hosts, vips: vips.filter((v) => (v.apps || []).includes(appId)),

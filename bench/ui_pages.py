@@ -1,0 +1,178 @@
+"""Web UI page loads with 100 apps: headless chromium opens each page fresh and the page's own
+Performance marks (``navstar:rendered``, set by ui/public/live.js when a load's data is on screen)
+say how long after navigation start its data was rendered; goal: every page under 1 s. Also saves
+the screenshots ui/README.md shows (docs/ui/*.png, 1280×800, and the Services page at 390×844).
+
+Builds its own lab (``navstar lab up --name uibench --agents 2 --public-agents 1``), 100 apps (one
+load-balanced), a package installed, and always takes the lab down; only one lab may exist on the
+machine: run it under ``flock /tmp/navstar-lab.lock``.
+
+Run: flock /tmp/navstar-lab.lock .venv/bin/python -m bench.ui_pages [--rounds 5] [--apps 100] [--no-screenshots]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from bench._results import quick, record
+
+LAB = "uibench"
+REPO = Path(__file__).resolve().parents[1]
+SHOTS = REPO / "docs" / "ui"
+GOAL_MS = 1000.0
+# page → (hash route, the element whose presence means its data is on screen)
+PAGES = {
+    "services": ("#/services", "#services-table tbody tr"),
+    "service-detail": ("#/services/web", "#tasks-table tbody tr"),
+    "nodes": ("#/nodes", "#private-agents tbody tr"),
+    "network": ("#/network", "#network-vips tbody tr"),
+    "packages": ("#/packages", "#installed-table tbody tr"),
+}
+
+
+def navstar(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", "navstar", *args], capture_output=True, text=True, timeout=timeout)
+    if check and done.returncode != 0:
+        raise SystemExit(f"navstar {' '.join(args)} failed: {done.stdout}\n{done.stderr}")
+    return done
+
+
+def chromium(width: int, height: int) -> WebDriver:
+    """Debian's headless chromium through its chromedriver (selenium-manager downloads nothing here);
+    the e2e test drives the same browser."""
+    options = Options()
+    options.binary_location = "/usr/bin/chromium"
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--window-size={width},{height}"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def poll(what: str, check, timeout: float = 120.0, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def log_in(driver: WebDriver, front: str, password: str) -> None:
+    driver.get(front + "/")
+    poll("the login form", lambda: driver.find_elements(By.ID, "login-uid"))
+    driver.find_element(By.ID, "login-uid").send_keys("admin")
+    driver.find_element(By.ID, "login-password").send_keys(password)
+    driver.find_element(By.ID, "login-submit").click()
+    poll("the services list", lambda: driver.find_elements(By.ID, "services-table"))
+
+
+def load_ms(driver: WebDriver, front: str, route: str, ready: str, nonce: int) -> float:
+    """One fresh load of the page (a new document: the query string differs each time): the last
+    ``navstar:rendered`` mark once the page's data is on screen and no load is in flight."""
+    driver.get(f"{front}/?load={nonce}{route}")
+    poll(ready, lambda: driver.find_elements(By.CSS_SELECTOR, ready))
+
+    def settled() -> float | None:
+        marks = driver.execute_script(
+            "return performance.getEntriesByName('navstar:rendered').map(m => m.startTime)")
+        pending = driver.execute_script(
+            "return performance.getEntriesByType('resource').filter(r => r.responseEnd === 0).length")
+        return max(marks) if marks and not pending else None
+    first = poll("the page's render marks", settled)
+    time.sleep(0.3)     # a load still to come (a page with several sources) would add a later mark
+    return max(first, poll("the page's render marks", settled))
+
+
+def populate(front: str, token: str, apps: int) -> None:
+    headers = {"Authorization": f"token={token}"}
+    with httpx.Client(base_url=front, headers=headers, timeout=30) as api:
+        web = {"id": "/web", "cmd": "echo web-$MESOS_TASK_ID > index.html && exec python3 -m http.server $PORT0",
+               "cpus": 0.05, "mem": 32, "instances": 2,
+               "portDefinitions": [{"port": 0, "name": "http", "labels": {"VIP_0": "/web:80"}}],
+               "healthChecks": [{"protocol": "HTTP", "path": "/", "portIndex": 0, "intervalSeconds": 2}]}
+        batch = [web] + [{"id": f"/bench/app-{n:03d}", "cmd": "sleep 100000", "cpus": 0.005, "mem": 4,
+                          "instances": 1} for n in range(apps - 1)]
+        for app in batch:
+            resp = api.post("/marathon/v2/apps", json=app)
+            if resp.status_code not in (200, 201):
+                raise SystemExit(f"POST /v2/apps {app['id']}: HTTP {resp.status_code} {resp.text[:200]}")
+        cosmos_type = "application/vnd.dcos.package.{}+json;charset=utf-8;version={}"
+        resp = api.post("/package/install", json={"packageName": "static-site", "options": {
+            "service": {"name": "site"}, "site": {"title": "navstar"}}}, headers={
+            "Content-Type": cosmos_type.format("install-request", "v1"),
+            "Accept": cosmos_type.format("install-response", "v2")})
+        if resp.status_code != 200:
+            raise SystemExit(f"install static-site: HTTP {resp.status_code} {resp.text[:200]}")
+
+        def all_running() -> bool:
+            listed = api.get("/marathon/v2/apps").json()["apps"]
+            return len(listed) == apps + 1 and all(a["tasksRunning"] >= a["instances"] for a in listed)
+        poll(f"{apps} apps running", all_running, timeout=300, every=1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3 if quick() else 5, help="fresh loads per page")
+    parser.add_argument("--apps", type=int, default=100)
+    parser.add_argument("--no-screenshots", action="store_true")
+    args = parser.parse_args()
+
+    from navstar.frontdoor import lab_token
+    from navstar.lab import LabState
+
+    navstar("lab", "down", "--name", LAB, check=False)
+    try:
+        navstar("lab", "up", "--name", LAB, "--agents", "2", "--public-agents", "1")
+        state = LabState.load(LAB)
+        assert state is not None
+        front = state.front_door
+        password = (state.directory / "admin-password").read_text().strip()
+        populate(front, lab_token(state), args.apps)
+
+        driver = chromium(1280, 800)
+        failed = []
+        try:
+            log_in(driver, front, password)
+            for page, (route, ready) in PAGES.items():
+                times = [load_ms(driver, front, route, ready, n) for n in range(args.rounds)]
+                median, worst = statistics.median(times), max(times)
+                met = worst < GOAL_MS
+                failed += [] if met else [page]
+                print(f"{page:15} median {median:6.0f} ms  max {worst:6.0f} ms  "
+                      f"({args.rounds} fresh loads, {args.apps} apps)  goal < {GOAL_MS:.0f} ms: {'met' if met else 'MISSED'}")
+                record("ui.page_load_ms", worst, "ms", goal=f"< {GOAL_MS:.0f}", met=met, page=page,
+                       median=round(median, 1), apps=args.apps)
+                if not args.no_screenshots:
+                    SHOTS.mkdir(parents=True, exist_ok=True)
+                    time.sleep(1)       # meters and live lists settle for the picture, not the timing
+                    driver.save_screenshot(str(SHOTS / f"{page}.png"))
+        finally:
+            driver.quit()
+        if not args.no_screenshots:
+            phone = chromium(390, 844)
+            try:
+                log_in(phone, front, password)
+                time.sleep(1)
+                phone.save_screenshot(str(SHOTS / "services-phone.png"))
+            finally:
+                phone.quit()
+        return 1 if failed else 0
+    finally:
+        navstar("lab", "down", "--name", LAB, check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
