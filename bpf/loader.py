@@ -185,6 +185,7 @@ def _libbpf() -> ctypes.CDLL:
         "bpf_map_lookup_batch": [i, p, p, p, p, u32p, p],
         "bpf_map_update_batch": [i, p, p, u32p, p],
         "bpf_map_delete_batch": [i, p, u32p, p],
+        "bpf_map_get_next_key": [i, p, p],
     }
     for name, argtypes in signatures.items():
         fn = getattr(lib, name)
@@ -302,15 +303,29 @@ class MapHandle:
         return True
 
     def update_batch(self, keys: Sequence[bytes], values: Sequence[bytes]) -> None:
-        """Write all pairs with ``BPF_MAP_UPDATE_BATCH``, CHUNK at a time; raises on a failure."""
-        for start in range(0, len(keys), self.CHUNK):
-            part = keys[start:start + self.CHUNK]
-            key_blob = self._blob(part, self.key_size, "key")
-            value_blob = self._blob(values[start:start + self.CHUNK], self.value_size, "value")
-            count = ctypes.c_uint32(len(part))
-            rc = libbpf().bpf_map_update_batch(self.fd, key_blob, value_blob, ctypes.byref(count), None)
+        """Write all pairs with ``BPF_MAP_UPDATE_BATCH``; raises on a failure."""
+        if len(keys) != len(values):
+            raise ValueError(f"{self.spec.name}: {len(keys)} keys but {len(values)} values")
+        self.update_packed(self._blob(keys, self.key_size, "key"), self._blob(values, self.value_size, "value"))
+
+    def update_packed(self, keys: bytes, values: bytes) -> None:
+        """``update_batch`` of keys and values already packed back to back (what a planner that
+        builds whole arrays hands over without splitting them), CHUNK pairs per system call.
+        The call releases the GIL, so another thread can plan while the kernel writes."""
+        count_all = len(keys) // self.key_size
+        if len(keys) != count_all * self.key_size or len(values) != count_all * self.value_size:
+            raise ValueError(f"{self.spec.name}: {len(keys)} key bytes and {len(values)} value bytes "
+                             f"are not whole pairs of {self.key_size} + {self.value_size}")
+        # Addresses into the two blobs (kept alive by the arguments), not slices: no copies.
+        key_base = ctypes.cast(ctypes.c_char_p(keys), ctypes.c_void_p).value or 0
+        value_base = ctypes.cast(ctypes.c_char_p(values), ctypes.c_void_p).value or 0
+        for start in range(0, count_all, self.CHUNK):
+            part = min(self.CHUNK, count_all - start)
+            count = ctypes.c_uint32(part)
+            rc = libbpf().bpf_map_update_batch(self.fd, key_base + start * self.key_size,
+                                               value_base + start * self.value_size, ctypes.byref(count), None)
             if rc < 0:
-                raise MapError(f"{self.spec.name} update batch ({count.value} of {len(part)} written)", _err(rc))
+                raise MapError(f"{self.spec.name} update batch ({count.value} of {part} written)", _err(rc))
 
     def delete_batch(self, keys: Sequence[bytes]) -> None:
         """Delete every key; keys already gone are not an error."""
@@ -326,8 +341,20 @@ class MapHandle:
                 for key in part[count.value:]:
                     self.delete(key)
 
+    def empty(self) -> bool:
+        """Whether the map holds nothing; for an empty hash map much cheaper than ``items()``
+        (``BPF_MAP_GET_NEXT_KEY`` walks the buckets without taking their locks)."""
+        key = ctypes.create_string_buffer(self.key_size)
+        rc = libbpf().bpf_map_get_next_key(self.fd, None, key)
+        if rc < 0 and _err(rc) != errno.ENOENT:
+            raise MapError(f"{self.spec.name} next key", _err(rc))
+        return rc < 0
+
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every (key, value) pair, read with ``BPF_MAP_LOOKUP_BATCH``."""
+        if self.spec.map_type != maps.BPF_MAP_TYPE_ARRAY and self.spec.map_type != maps.BPF_MAP_TYPE_PERCPU_ARRAY \
+                and self.empty():
+            return
         keys = ctypes.create_string_buffer(self.key_size * self.CHUNK)
         values = ctypes.create_string_buffer(self.value_size * self.CHUNK)
         token_in, token_out = ctypes.c_uint64(), ctypes.c_uint64()

@@ -1,14 +1,25 @@
 """The eBPF socket load balancer: the real ``Dataplane`` over ``bpf/`` (cgroup sock_addr programs).
 
     VipEntry table ──► map form (service, backends, table chunks) ──diff──► pinned maps ◄── programs
-                                                   ▲                              │
-                                                   └─── snapshot (batch read) ◄───┘
+                                                       ▲    (packed batch writes)    │
+                       what the last apply wrote ──────┤                             │
+                       or, when not trusted, snapshot ◄┴──────── batch read ◄────────┘
 
-``apply`` reads the maps back, compares byte for byte with the desired map form and writes only
-what differs, batched, in make-before-break order: counters and backends first, then table
-chunks, then services; deletions last. A VIP whose writes fail is reported in
-``ApplyResult.errors`` and the others go ahead; the failed VIP may then hold part of its new
-backends and table under its old service entry (drift, which the next apply or repair fixes).
+``apply`` compares the desired table with what the maps hold and writes only what differs, in
+make-before-break order per VIP: counters and backends first, then table chunks, then
+services; deletions last. What the maps hold is what the previous apply wrote (an unchanged
+entry then costs one comparison, no map read), except on the first apply of a process, after a
+failed write and after ``current()`` found the maps differing from it (the reconciler's drift
+check): then the maps are read back, byte for byte, and whatever no VIP owns is deleted. A VIP
+whose writes fail is reported in ``ApplyResult.errors`` and the others go ahead; the failed VIP
+may then hold part of its new backends and table under its old service entry (drift, which the
+next apply, reading the maps back, fixes).
+
+Planning works on whole arrays: a VIP's backends are packed in one pass, its table converted as
+bytes (not slot by slot), and writes are handed to the kernel as packed keys and values, one
+``BPF_MAP_UPDATE_BATCH`` per map and slice. A large apply plans the next slice of VIPs while a
+second thread writes the previous one (the system calls release the GIL), so planning and the
+kernel's map updates run on two CPUs.
 
 Tables: a VIP's Maglev ``lookup`` (indices into its ``backends``) is stored as is, whatever its
 length, in chunks of ``Features.chunk_slots`` u16 slots (2016: one 4 KiB kernel allocation; one
@@ -29,11 +40,14 @@ from __future__ import annotations
 
 import array
 import functools
+import queue
 import socket
 import struct
+import sys
+import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +66,9 @@ BACKEND_KEY = struct.Struct("=II")      # lb4_backend_key: service_id, index
 BACKEND = struct.Struct("=IHBBI")       # lb4_backend: address, port, flags, pad, counter_id
 MAGLEV_KEY = struct.Struct("=II")       # lb4_maglev_key: service_id, chunk
 COUNTER_ID = struct.Struct("=I")
+BACKEND_VALUE = struct.Struct("=4sHBBI")   # lb4_backend with the address as the 4 bytes inet_pton gives
+_UTF16 = "utf-16-le" if sys.byteorder == "little" else "utf-16-be"   # u16 in native order, no BOM
+_pton4 = functools.partial(socket.inet_pton, socket.AF_INET)
 OUTCOMES = struct.Struct("=QQ")         # lb4_outcomes: refused, unanswered
 
 # Seconds after which a connect that has not failed counts as established: the latest failure
@@ -87,6 +104,12 @@ def _backend_ident(backend: Backend) -> tuple[int, int]:
         return _address(backend.ip, what), _port(backend.port, what)
 
 
+@functools.cache
+def _indices(count: int) -> bytes:
+    """The valid slot values of a table over ``count`` (<= 256) backends, as bytes."""
+    return bytes(range(count))
+
+
 class _Ids:
     """Hands out ids not in ``used``, from 1 up to ``limit`` inclusive, going round from
     ``start``: a freed id comes back only after all the others (a program on another CPU, or a
@@ -109,6 +132,69 @@ class _Ids:
         self.used.add(taken)
         self.next_id = taken + 1 if taken < self.limit else 1
         return taken
+
+    def take_many(self, count: int) -> list[int]:
+        """``count`` ids, as ``take`` would hand them out one by one (all or none)."""
+        start, end = self.next_id, self.next_id + count
+        if end - 1 <= self.limit and self.used.isdisjoint(range(start, end)):
+            self.used.update(range(start, end))
+            self.next_id = end if end <= self.limit else 1
+            return list(range(start, end))
+        taken: list[int] = []
+        try:
+            for _n in range(count):
+                taken.append(self.take())
+        except ValueError:
+            self.used.difference_update(taken)
+            raise
+        return taken
+
+
+def table_chunks(lookup: Sequence[int], count: int, per_chunk: int) -> tuple[list[bytes], int]:
+    """The nv_maglev values of a lookup (implicit: one slot per backend) and its size, in
+    chunks of ``per_chunk`` u16 slots; the tail repeats the table from its start.
+    Up to 256 backends an index fits a byte: the tuple converts as bytes and is checked and
+    widened to u16 whole, several times faster than element by element."""
+    narrow = None
+    if count <= 256:
+        try:
+            narrow = bytes(lookup) if lookup else bytes(range(count))
+        except (ValueError, TypeError):
+            narrow = None   # the u16 path below names the problem
+    if narrow is not None:
+        size = len(narrow)
+        if size > MAX_TABLE_SIZE:
+            raise ValueError(f"lookup of {size} slots: at most {MAX_TABLE_SIZE}")
+        outside = narrow.translate(None, _indices(count))
+        if outside:
+            raise ValueError(f"lookup index {max(outside)} is outside the {count} backends")
+        if not size:
+            return [], 0
+        total = -(-size // per_chunk) * per_chunk
+        # Bytes to u16 in native order: latin-1 maps each byte to the character of that
+        # number, UTF-16 writes each character as that u16.
+        wide = (narrow * (total // size + 1))[:total].decode("latin-1").encode(_UTF16)
+        if total == per_chunk:
+            return [wide], size
+        step = 2 * per_chunk
+        return [wide[n:n + step] for n in range(0, 2 * total, step)], size
+    try:
+        slots = array.array("H", lookup if lookup else range(count))
+    except (OverflowError, TypeError):
+        raise ValueError(f"lookup holds an index outside the {count} backends") from None
+    if len(slots) > MAX_TABLE_SIZE:
+        raise ValueError(f"lookup of {len(slots)} slots: at most {MAX_TABLE_SIZE}")
+    if slots and max(slots) >= count:
+        raise ValueError(f"lookup index {max(slots)} is outside the {count} backends")
+    return (_chunks(slots.tobytes(), per_chunk) if slots else []), len(slots)
+
+
+def _chunks(table: bytes, per_chunk: int) -> list[bytes]:
+    """A u16 slot table cut into nv_maglev values; the tail repeats the table from its start."""
+    size = per_chunk * 2
+    count = -(-len(table) // size)
+    padded = (table * (count * size // len(table) + 1))[:count * size]
+    return [padded[n * size:(n + 1) * size] for n in range(count)]
 
 
 class PairOutcomes:
@@ -154,30 +240,113 @@ class _Snapshot:
         return members
 
 
-@dataclass
-class _Plan:
-    """One VIP in map form, as bytes ready to compare with a snapshot."""
+@dataclass(slots=True)
+class _Held:
+    """One VIP as the kernel holds it: what this process wrote (``entry`` is what it was
+    planned from), or what adoption read from the maps (``entry`` None: compared byte by byte
+    before anything of it is trusted)."""
 
-    new_counters: list[int] = field(default_factory=list)
-    counters: dict[int, Backend] = field(default_factory=dict)    # counter id → backend
-    backends: dict[tuple[int, int], bytes] = field(default_factory=dict)
-    chunks: list[bytes] = field(default_factory=list)
-    service: bytes = b""
+    entry: VipEntry | None
+    key: bytes                    # nv_services key
+    service_id: int
+    service: bytes                # nv_services value
+    indices: Sequence[int]        # its backends' indices, in the order of ``values``
+    values: list[bytes]           # nv_backends values
+    counters: list[int]           # their counter ids
+    chunks: dict[int, bytes]      # nv_maglev values by chunk number
+
+    def backend_keys(self) -> bytes:
+        return _backend_keys(self.service_id, self.indices)
+
+    def chunk_keys(self, numbers: Iterable[int] | None = None) -> list[bytes]:
+        return [MAGLEV_KEY.pack(self.service_id, n) for n in (self.chunks if numbers is None else numbers)]
+
+
+def _backend_keys(service_id: int, indices: Sequence[int]) -> bytes:
+    """nv_backends keys {service_id, index} for ``indices``, packed back to back."""
+    keys = array.array("I", [service_id]) * (2 * len(indices))
+    keys[1::2] = array.array("I", indices)
+    return keys.tobytes()
 
 
 @dataclass
 class _Writes:
-    """One map's planned writes, each tagged with the VIP it belongs to."""
+    """One map's planned writes: per VIP, its keys and values packed back to back."""
 
     handle: MapHandle
-    vips: list[VipKey] = field(default_factory=list)
-    keys: list[bytes] = field(default_factory=list)
-    values: list[bytes] = field(default_factory=list)
+    parts: list[tuple[VipKey, bytes, bytes]] = field(default_factory=list)
 
-    def add(self, vip: VipKey, key: bytes, value: bytes) -> None:
-        self.vips.append(vip)
-        self.keys.append(key)
-        self.values.append(value)
+    def add(self, vip: VipKey, keys: bytes, values: bytes) -> None:
+        self.parts.append((vip, keys, values))
+
+
+@dataclass
+class _Slice:
+    """The writes of some VIPs, in make-before-break order: counters (and their outcomes
+    cleared), backends, table chunks, services."""
+
+    counters: _Writes
+    backends: _Writes
+    tables: _Writes
+    services: _Writes
+
+
+class _Writer:
+    """Writes slices on a thread of its own while the caller plans the next slice: the batch
+    system calls release the GIL, so planning (Python) and writing (kernel) use two CPUs.
+    Started only once a table is big enough to fill a slice."""
+
+    def __init__(self, write: Callable[[_Slice], int]) -> None:
+        self.write = write
+        self.written = 0
+        self.failure: BaseException | None = None
+        self.queue: queue.SimpleQueue[_Slice | None] = queue.SimpleQueue()
+        self.thread: threading.Thread | None = None
+        self.switch_interval = 0.0
+
+    def submit(self, batch: _Slice, background: bool) -> None:
+        if background and self.thread is None:
+            # The writer needs the GIL back after each system call; at the default 5 ms
+            # switch interval it would mostly wait for the planner.
+            self.switch_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(self.switch_interval, 0.0002))
+            self.thread = threading.Thread(target=self._run, name="ebpf-apply-writer", daemon=True)
+            self.thread.start()
+        if self.thread is None:
+            self.written += self.write(batch)
+        else:
+            self.queue.put(batch)
+
+    def _run(self) -> None:
+        while (batch := self.queue.get()) is not None:
+            if self.failure is None:
+                try:
+                    self.written += self.write(batch)
+                except BaseException as exc:   # handed to the caller by finish()
+                    self.failure = exc
+
+    def finish(self) -> int:
+        if self.thread is not None:
+            self.queue.put(None)
+            self.thread.join()
+            self.thread = None
+            sys.setswitchinterval(self.switch_interval)
+        if self.failure is not None:
+            raise self.failure
+        return self.written
+
+
+@dataclass
+class _Stray:
+    """What adoption found that no VIP owns, to delete: services of a key no VIP maps to,
+    backends and chunks of a service id no service has (a failed write, a crash)."""
+
+    services: list[bytes] = field(default_factory=list)
+    service_ids: list[int] = field(default_factory=list)
+    backends: list[bytes] = field(default_factory=list)     # packed nv_backends keys
+    tables: list[bytes] = field(default_factory=list)
+    counters: list[int] = field(default_factory=list)
+    removed: set[VipKey] = field(default_factory=set)
 
 
 class EbpfDataplane:
@@ -189,6 +358,7 @@ class EbpfDataplane:
     """
 
     name = "ebpf"
+    SLICE = 256   # VIPs whose writes go to the writer thread at a time
 
     def __init__(self, cgroup_path: str | Path, pin_dir: str | Path, *, features: Features = Features(),
                  attach: bool = True, allow_root_cgroup: bool = False,
@@ -211,9 +381,12 @@ class EbpfDataplane:
         self._maps = self._lb.maps
         self._zero_count = bytes(self._maps["nv_conns"].value_size)
         self.last_writes = 0   # map elements written or deleted by the last apply
-        # The last plan per VIP, reused while its entry is unchanged and the kernel still holds
-        # its backends exactly: saves re-encoding 10,000 tables when one VIP changes.
-        self._plans: dict[VipKey, tuple[VipEntry, int, _Plan]] = {}
+        # What the maps hold per VIP, as the last apply wrote it; None until an apply has
+        # read the maps back (the first one, after a failed write, after drift). While set, an
+        # unchanged entry costs one comparison and the maps are not read.
+        self._held: dict[VipKey, _Held] | None = None
+        self._service_ids = _Ids((), 2**32 - 1, "service")
+        self._counter_ids = _Ids((), features.max_backends - 1, "backend counter")
         # Passive health: counter id → backend, the followed pairs, and what pairs that went away
         # had counted, so totals per backend stay monotonic when a pair's counter goes away or
         # its id is reused.
@@ -231,91 +404,106 @@ class EbpfDataplane:
 
     # -- Dataplane ------------------------------------------------------------------------------
     def apply(self, table: dict[VipKey, VipEntry]) -> ApplyResult:
-        """Make the maps hold exactly ``table``. Idempotent: a second call writes nothing."""
+        """Make the maps hold exactly ``table``. Idempotent: a second call writes nothing.
+
+        After an apply that wrote everything it planned, the next one trusts that the maps hold
+        what it wrote and compares entries only; the maps are read back (and compared byte for
+        byte) on the first apply, after a failed write, and after ``current()`` found them
+        different from what was written (the reconciler's drift check)."""
         result = ApplyResult()
-        snap = self._snapshot()
-        members = snap.by_service()
-        service_ids = _Ids((SERVICE.unpack(v)[0] for v in snap.services.values()), 2**32 - 1, "service",
-                           self._next_ids[0])
-        counter_ids = _Ids((BACKEND.unpack(v)[4] for v in snap.backends.values()),
-                           self.features.max_backends - 1, "backend counter", self._next_ids[1])
-
-        counters = _Writes(self._maps["nv_conns"])
-        backends = _Writes(self._maps["nv_backends"])
-        tables = _Writes(self._maps["nv_maglev"])
-        services = _Writes(self._maps["nv_services"])
-        keep_services: set[bytes] = set()
-        keep_backends: set[tuple[int, int]] = set()
-        keep_tables: set[tuple[int, int]] = set()
-        old_service_id: dict[VipKey, int] = {}
-
-        for key, entry in table.items():
-            try:
-                key_bytes = self._key(key)
-            except ValueError as exc:
-                result.errors[key] = str(exc)   # such a key cannot be in the maps either
-                continue
-            existing = snap.services.get(key_bytes)
-            try:
-                if existing:
-                    service_id = old_service_id[key] = SERVICE.unpack(existing)[0]
-                else:
-                    service_id = service_ids.take()
-                cached = self._plans.get(key)
-                if (cached and cached[1] == service_id and cached[0] == entry
-                        and all(snap.backends.get(k) == v for k, v in cached[2].backends.items())):
-                    plan, backends_match = cached[2], True
-                else:
-                    counters_known = {BACKEND.unpack(v)[:2]: BACKEND.unpack(v)[4]
-                                      for _i, v in members.get(service_id, ())}
-                    plan, backends_match = self._plan(entry, service_id, counters_known, counter_ids), False
-            except ValueError as exc:
-                result.errors[key] = str(exc)
-                continue
-            self._plans[key] = (entry, service_id, _Plan(counters=plan.counters, backends=plan.backends,
-                                                         chunks=plan.chunks, service=plan.service))
-            keep_services.add(key_bytes)
-            keep_backends.update(plan.backends)
-            for counter_id in plan.new_counters:
-                counters.add(key, COUNTER_ID.pack(counter_id), self._zero_count)
-                self._retire_outcomes(counter_id)
-            self._counter_backend.update(plan.counters)
-            self._unattributed.difference_update(plan.counters)
-            for backend_key, value in () if backends_match else plan.backends.items():
-                if snap.backends.get(backend_key) != value:
-                    backends.add(key, BACKEND_KEY.pack(*backend_key), value)
-            for chunk, value in enumerate(plan.chunks):
-                keep_tables.add((service_id, chunk))
-                if snap.tables.get((service_id, chunk)) != value:
-                    tables.add(key, MAGLEV_KEY.pack(service_id, chunk), value)
-            if existing != plan.service:
-                services.add(key, key_bytes, plan.service)
-
-        # A counter id handed out again starts from zero: new-connection count and outcomes.
-        writes = self._write(counters, result.errors)
+        errors = result.errors
+        if self._held is None:
+            snap = self._snapshot()
+            held, stray = self._adopt(snap)
+            service_ids = _Ids((SERVICE.unpack(v)[0] for v in snap.services.values()), 2**32 - 1, "service",
+                               self._next_ids[0])
+            counter_ids = _Ids((BACKEND.unpack(v)[4] for v in snap.backends.values()),
+                               self.features.max_backends - 1, "backend counter", self._next_ids[1])
+        else:
+            held, stray = self._held, _Stray()
+            service_ids, counter_ids = self._service_ids, self._counter_ids
         followed = {key for key, _value in self._maps["nv_outcomes"].items()}   # small: failing pairs only
-        writes += self._delete(self._maps["nv_outcomes"], [k for k in counters.keys if k in followed])
-        writes += sum(self._write(batch, result.errors) for batch in (backends, tables, services))
-        result.programmed = {key for key in table if key not in result.errors}
-        for key in result.errors:
-            if key in old_service_id:
-                # A VIP that failed keeps what the kernel had for it rather than being torn down.
-                sid = old_service_id[key]
-                keep_services.add(self._key(key))
-                keep_tables.update(k for k in snap.tables if k[0] == sid)
-                keep_backends.update((sid, index) for index, _v in members.get(sid, ()))
+        write_errors: dict[VipKey, str] = {}
+        writer = _Writer(functools.partial(self._write_slice, followed=followed, errors=write_errors))
+        now: dict[VipKey, _Held] = {}
+        # Per changed VIP: backend and chunk keys it no longer uses, counter ids it let go.
+        drops: list[tuple[VipKey, bytes, list[bytes], list[int]]] = []
+        zero_count, pack_chunk_key = self._zero_count, MAGLEV_KEY.pack
+        health_state = bool(self._pairs or self._failed_before_start or self._counter_backend or self._unattributed)
+        try:
+            batch, planned = self._new_slice(), 0
+            counters, backends = batch.counters.parts.append, batch.backends.parts.append
+            tables, services = batch.tables.parts.append, batch.services.parts.append
+            for key, entry in table.items():
+                old = held.get(key)
+                if old is not None and old.entry is not None and (old.entry is entry or old.entry == entry):
+                    now[key] = old
+                    continue
+                try:
+                    if old is None:
+                        key_bytes = self._key(key)
+                        service_id = service_ids.take()
+                        try:
+                            vip, fresh = self._encode(entry, key_bytes, service_id, None, counter_ids)
+                        except ValueError:
+                            service_ids.used.discard(service_id)
+                            raise
+                    else:
+                        known = {value[:6]: counter for value, counter in zip(old.values, old.counters, strict=True)}
+                        vip, fresh = self._encode(entry, old.key, old.service_id, known, counter_ids)
+                except ValueError as exc:
+                    errors[key] = str(exc)   # the kernel keeps what it had for this VIP
+                    if old is not None:
+                        now[key] = old
+                    continue
+                now[key] = vip
+                if fresh:
+                    # A counter id handed out again starts from zero: new connections and outcomes.
+                    counters((key, array.array("I", fresh).tobytes(), zero_count * len(fresh)))
+                    if health_state:
+                        self._forget_counters(fresh)
+                if old is None:
+                    backends((key, _backend_keys(vip.service_id, vip.indices), b"".join(vip.values)))
+                    if len(vip.chunks) == 1:
+                        tables((key, pack_chunk_key(vip.service_id, 0), vip.chunks[0]))
+                    elif vip.chunks:
+                        tables((key, b"".join(vip.chunk_keys()), b"".join(vip.chunks.values())))
+                    services((key, vip.key, vip.service))
+                else:
+                    self._diff(key, old, vip, batch, drops)
+                planned += 1
+                if planned == self.SLICE:
+                    writer.submit(batch, background=True)
+                    batch, planned = self._new_slice(), 0
+                    counters, backends = batch.counters.parts.append, batch.backends.parts.append
+                    tables, services = batch.tables.parts.append, batch.services.parts.append
+            writer.submit(batch, background=False)
+        finally:
+            writes = writer.finish()
+        errors.update(write_errors)
 
-        removed = [k for k in snap.services if k not in keep_services]
-        result.removed = {self._vip_key(k) for k in removed}
-        for key in set(self._plans) - result.programmed:
-            del self._plans[key]
-        writes += self._delete(self._maps["nv_services"], removed)
-        writes += self._delete(self._maps["nv_maglev"],
-                               [MAGLEV_KEY.pack(*k) for k in snap.tables if k not in keep_tables])
-        writes += self._delete(self._maps["nv_backends"],
-                               [BACKEND_KEY.pack(*k) for k in snap.backends if k not in keep_backends])
+        result.programmed = {key for key in table if key not in errors}
+        removed = [(key, old) for key, old in held.items() if key not in table]
+        result.removed = {key for key, _old in removed} | stray.removed
+        drops = [drop for drop in drops if drop[0] not in errors]
+        writes += self._delete(self._maps["nv_services"], [old.key for _key, old in removed] + stray.services)
+        writes += self._delete(self._maps["nv_maglev"], [k for _key, old in removed for k in old.chunk_keys()]
+                               + [k for drop in drops for k in drop[2]] + stray.tables)
+        writes += self._delete_packed(self._maps["nv_backends"], b"".join(
+            [old.backend_keys() for _key, old in removed] + [drop[1] for drop in drops] + stray.backends))
+        for _key, old in removed:
+            service_ids.used.discard(old.service_id)
+            counter_ids.used.difference_update(old.counters)
+        for drop in drops:
+            counter_ids.used.difference_update(drop[3])
+        counter_ids.used.difference_update(stray.counters)
+        service_ids.used.difference_update(stray.service_ids)
         self.last_writes = writes
         self._next_ids = (service_ids.next_id, counter_ids.next_id)
+        if write_errors:
+            self._held = None   # a write failed: the kernel may hold part of it; read back next time
+        else:
+            self._held, self._service_ids, self._counter_ids = now, service_ids, counter_ids
         return result
 
     def current(self) -> dict[VipKey, VipEntry]:
@@ -334,6 +522,10 @@ class EbpfDataplane:
             raw = b"".join(snap.tables.get((service_id, c), b"") for c in range(chunks))
             lookup = () if flags & maps.SERVICE_IMPLICIT_TABLE else tuple(array.array("H", raw[:table_size * 2]))
             out[key] = VipEntry(key=key, backends=tuple(active), lookup=lookup, draining=tuple(draining))
+        held = self._held
+        if held is not None and (len(held) != len(out) or any(
+                vip.entry != out.get(key) or snap.services.get(vip.key) != vip.service for key, vip in held.items())):
+            self._held = None   # drifted: the next apply reads the maps back and repairs
         return out
 
     def connection_counts(self) -> dict[tuple[VipKey, Backend], int]:
@@ -358,11 +550,15 @@ class EbpfDataplane:
         current = {COUNTER_ID.unpack(k)[0]: OUTCOMES.unpack(v) for k, v in self._maps["nv_outcomes"].items()}
         for counter_id in [c for c in self._pairs if c not in current]:
             self._retire_outcomes(counter_id)
-        if any(c not in self._counter_backend and c not in self._unattributed for c in current):
-            for value in self._maps["nv_backends"].items():
-                counter_id = BACKEND.unpack(value[1])[4]
-                self._counter_backend.setdefault(counter_id, self._public_backend(value[1]))
-            self._unattributed.update(c for c in current if c not in self._counter_backend)
+        unknown = {c for c in current if c not in self._counter_backend and c not in self._unattributed}
+        if unknown:
+            # Which backend a failing pair's counter belongs to is looked up when it first
+            # fails (apply does not keep it for 100,000 pairs); a reused id is forgotten by apply.
+            for value in self._backend_values():
+                counter_id = BACKEND.unpack(value)[4]
+                if counter_id in unknown:
+                    self._counter_backend[counter_id] = self._public_backend(value)
+            self._unattributed.update(c for c in unknown if c not in self._counter_backend)
         totals = dict(self._outcomes_retired)
         conns = self._maps["nv_conns"]
         for counter_id, (refused, unanswered) in current.items():
@@ -379,6 +575,20 @@ class EbpfDataplane:
             ok, bad = totals.get(backend, (0, 0))
             totals[backend] = (ok + established, bad + failed)
         return totals
+
+    def _forget_counters(self, counter_ids: list[int]) -> None:
+        """Counter ids handed out again: what they counted is retired, their backend forgotten."""
+        for counter_id in counter_ids:
+            if counter_id in self._pairs or counter_id in self._failed_before_start:
+                self._retire_outcomes(counter_id)
+            self._counter_backend.pop(counter_id, None)
+        self._unattributed.difference_update(counter_ids)
+
+    def _backend_values(self) -> Iterable[bytes]:
+        """Every nv_backends value: from what the last apply wrote, else read from the map."""
+        if self._held is not None:
+            return (value for vip in self._held.values() for value in vip.values)
+        return (value for _key, value in self._maps["nv_backends"].items())
 
     def _retire_outcomes(self, counter_id: int) -> None:
         """Fold what a counter id counted into its backend's base before the id goes or is reused."""
@@ -407,57 +617,114 @@ class EbpfDataplane:
                 + loader.attached_tracepoints(self.pin_dir))
 
     # -- map form ---------------------------------------------------------------------------------
-    def _plan(self, entry: VipEntry, service_id: int, counters: dict[tuple[int, int], int],
-              counter_ids: _Ids) -> _Plan:
-        """One VIP in map form; ``counters`` are the counter ids its (address, port) pairs already
-        have. Raises ValueError naming what is wrong with the entry."""
+    def _encode(self, entry: VipEntry, key: bytes, service_id: int, known: dict[bytes, int] | None,
+                counter_ids: _Ids) -> tuple[_Held, list[int]]:
+        """One VIP in map form, and the counter ids newly handed out for it. ``known``: counter
+        ids its backends (address and port, as stored) already have; None for a new VIP.
+        Raises ValueError naming what is wrong with the entry."""
         count = len(entry.backends)
         if count > MAX_BACKENDS_PER_VIP:
             raise ValueError(f"{count} backends: at most {MAX_BACKENDS_PER_VIP} per VIP")
-        implicit = not entry.lookup
+        chunks, slots = table_chunks(entry.lookup, count, self.features.chunk_slots)
+        members = entry.backends + entry.draining if entry.draining else entry.backends
         try:
-            slots = array.array("H", range(count) if implicit else entry.lookup)
-        except (OverflowError, TypeError):
-            raise ValueError(f"lookup holds an index outside the {count} backends") from None
-        if len(slots) > MAX_TABLE_SIZE:
-            raise ValueError(f"lookup of {len(slots)} slots: at most {MAX_TABLE_SIZE}")
-        if slots and max(slots) >= count:
-            raise ValueError(f"lookup index {max(slots)} is outside the {count} backends")
-        plan = _Plan()
-        members = list(enumerate(entry.backends))
-        members += [(maps.DRAINING_INDEX + n, b) for n, b in enumerate(entry.draining)]
-        seen: set[tuple[int, int]] = set()
-        for index, backend in members:
-            ident = _backend_ident(backend)
-            if ident in seen:
-                raise ValueError(f"backend {backend.ip}:{backend.port} is listed twice "
-                                 "(backends and draining must be disjoint)")
-            seen.add(ident)
-            counter_id = counters.get(ident)
-            if counter_id is None:
-                counter_id = counter_ids.take()
-                plan.new_counters.append(counter_id)
-            plan.counters[counter_id] = backend
-            flags = maps.BACKEND_DRAINING if index >= maps.DRAINING_INDEX else 0
-            plan.backends[(service_id, index)] = BACKEND.pack(*ident, flags, 0, counter_id)
-        if slots:
-            plan.chunks = self._chunks(slots.tobytes())
-        plan.service = SERVICE.pack(service_id, len(slots), count,
-                                    maps.SERVICE_IMPLICIT_TABLE if implicit and slots else 0)
-        return plan
+            ports = [b.port for b in members]
+            if ports and not 0 < min(ports) <= max(ports) < 65536:
+                raise ValueError("port")
+            addresses = list(map(_pton4, [b.ip for b in members]))
+        except (OSError, TypeError, ValueError, OverflowError):
+            for backend in members:
+                _backend_ident(backend)   # raises, naming the backend
+            raise
+        if len(set(zip(addresses, ports, strict=True))) != len(members):
+            seen: set[tuple[bytes, int]] = set()
+            for backend, ident in zip(members, zip(addresses, ports, strict=True), strict=True):
+                if ident in seen:
+                    raise ValueError(f"backend {backend.ip}:{backend.port} is listed twice "
+                                     "(backends and draining must be disjoint)")
+                seen.add(ident)
+        if known is None:
+            counters = fresh = counter_ids.take_many(len(members))
+        else:
+            counters, fresh = [], []
+            for address, port in zip(addresses, ports, strict=True):
+                counter_id = known.get(address + port.to_bytes(2, "big"))
+                if counter_id is None:
+                    counter_id = counter_ids.take()
+                    fresh.append(counter_id)
+                counters.append(counter_id)
+        pack, htons = BACKEND_VALUE.pack, socket.htons
+        values = [pack(a, htons(p), 0, 0, c) for a, p, c in zip(addresses, ports, counters, strict=True)]
+        indices: Sequence[int] = range(count)
+        if entry.draining:
+            values[count:] = [pack(a, htons(p), maps.BACKEND_DRAINING, 0, c) for a, p, c in
+                              zip(addresses[count:], ports[count:], counters[count:], strict=True)]
+            indices = [*indices, *range(maps.DRAINING_INDEX, maps.DRAINING_INDEX + len(entry.draining))]
+        flags = maps.SERVICE_IMPLICIT_TABLE if not entry.lookup and slots else 0
+        return _Held(entry, key, service_id, SERVICE.pack(service_id, slots, count, flags), indices, values,
+                     counters, dict(enumerate(chunks))), fresh
 
-    def _chunks(self, table: bytes) -> list[bytes]:
-        """A u16 slot table cut into nv_maglev values; the tail repeats the table from its start."""
-        size = self.features.chunk_slots * 2
-        count = -(-len(table) // size)
-        padded = (table * (count * size // len(table) + 1))[:count * size]
-        return [padded[n * size:(n + 1) * size] for n in range(count)]
+    def _diff(self, key: VipKey, old: _Held, vip: _Held, batch: _Slice,
+              drops: list[tuple[VipKey, bytes, list[bytes], list[int]]]) -> None:
+        """Writes for a VIP the kernel already holds: only the elements that differ."""
+        before = dict(zip(old.indices, old.values, strict=True))
+        changed = [(index, value) for index, value in zip(vip.indices, vip.values, strict=True)
+                   if before.pop(index, None) != value]
+        if changed:
+            batch.backends.add(key, _backend_keys(vip.service_id, [i for i, _v in changed]),
+                               b"".join(v for _i, v in changed))
+        chunks = [n for n, value in vip.chunks.items() if old.chunks.get(n) != value]
+        if chunks:
+            batch.tables.add(key, b"".join(vip.chunk_keys(chunks)), b"".join(vip.chunks[n] for n in chunks))
+        if old.service != vip.service:
+            batch.services.add(key, vip.key, vip.service)
+        drops.append((key, _backend_keys(old.service_id, list(before)),
+                      old.chunk_keys([n for n in old.chunks if n not in vip.chunks]),
+                      list(set(old.counters).difference(vip.counters))))
+
+    def _adopt(self, snap: _Snapshot) -> tuple[dict[VipKey, _Held], _Stray]:
+        """What the maps hold, per VIP, and what no VIP owns (left by a failed write or a crash)."""
+        members = snap.by_service()
+        tables: dict[int, dict[int, bytes]] = defaultdict(dict)
+        for (service_id, number), value in snap.tables.items():
+            tables[service_id][number] = value
+        held: dict[VipKey, _Held] = {}
+        stray = _Stray()
+        for key_bytes, value in snap.services.items():
+            service_id = SERVICE.unpack(value)[0]
+            vip = self._vip_key(key_bytes)
+            try:
+                canonical = self._key(vip) == key_bytes
+            except ValueError:
+                canonical = False
+            if not canonical or vip in held:
+                stray.services.append(key_bytes)
+                stray.service_ids.append(service_id)
+                stray.removed.add(vip)
+                continue
+            group = sorted(members.pop(service_id, ()))
+            held[vip] = _Held(None, key_bytes, service_id, value, [i for i, _v in group], [v for _i, v in group],
+                              [BACKEND.unpack(v)[4] for _i, v in group], tables.pop(service_id, {}))
+        for service_id, group in members.items():
+            stray.backends.append(_backend_keys(service_id, [i for i, _v in group]))
+            stray.counters += [BACKEND.unpack(v)[4] for _i, v in group]
+        stray.tables = [MAGLEV_KEY.pack(service_id, n) for service_id, chunks in tables.items() for n in chunks]
+        return held, stray
+
+    def _new_slice(self) -> _Slice:
+        return _Slice(_Writes(self._maps["nv_conns"]), _Writes(self._maps["nv_backends"]),
+                      _Writes(self._maps["nv_maglev"]), _Writes(self._maps["nv_services"]))
 
     @staticmethod
     def _key(key: VipKey) -> bytes:
         protocol = maps.PROTOCOLS.get(key.protocol)
         if protocol is None:
             raise ValueError(f"protocol {key.protocol!r}: use tcp or udp")
+        try:
+            if 0 < key.port < 65536:
+                return _pton4(key.address) + key.port.to_bytes(2, "big") + bytes((protocol, 0))
+        except (OSError, TypeError, AttributeError):
+            pass
         return bytes(maps.Lb4Key(_address(key.address, "VIP"), _port(key.port, "VIP"), protocol, 0))
 
     @staticmethod
@@ -483,26 +750,34 @@ class EbpfDataplane:
             tables={MAGLEV_KEY.unpack(k): v for k, v in self._maps["nv_maglev"].items()} if tables else {},
         )
 
+    def _write_slice(self, batch: _Slice, followed: set[bytes], errors: dict[VipKey, str]) -> int:
+        written = self._write(batch.counters, errors)
+        if followed:
+            reused = [keys[n:n + 4] for _vip, keys, _values in batch.counters.parts for n in range(0, len(keys), 4)]
+            written += self._delete(self._maps["nv_outcomes"], [k for k in reused if k in followed])
+        return written + sum(self._write(writes, errors) for writes in (batch.backends, batch.tables, batch.services))
+
     @staticmethod
     def _write(batch: _Writes, errors: dict[VipKey, str]) -> int:
-        live = [n for n, vip in enumerate(batch.vips) if vip not in errors] if errors else range(len(batch.vips))
+        live = [part for part in batch.parts if part[0] not in errors] if errors else batch.parts
         if not live:
             return 0
+        handle = batch.handle
+        keys = b"".join(part[1] for part in live)
         try:
-            batch.handle.update_batch([batch.keys[n] for n in live], [batch.values[n] for n in live])
-            return len(live)
+            handle.update_packed(keys, b"".join(part[2] for part in live))
+            return len(keys) // handle.key_size
         except MapError:
             pass
         written = 0
-        for n in live:   # find out which VIPs the failure belongs to
-            vip = batch.vips[n]
+        for vip, keys, values in live:   # find out which VIPs the failure belongs to
             if vip in errors:
                 continue
             try:
-                batch.handle.update(batch.keys[n], batch.values[n])
-                written += 1
+                handle.update_packed(keys, values)
+                written += len(keys) // handle.key_size
             except MapError as exc:
-                errors[vip] = f"{batch.handle.spec.name}: {exc}"
+                errors[vip] = f"{handle.spec.name}: {exc}"
         return written
 
     @staticmethod
@@ -510,3 +785,8 @@ class EbpfDataplane:
         if keys:
             handle.delete_batch(keys)
         return len(keys)
+
+    @staticmethod
+    def _delete_packed(handle: MapHandle, keys: bytes) -> int:
+        size = handle.key_size
+        return EbpfDataplane._delete(handle, [keys[n:n + size] for n in range(0, len(keys), size)])

@@ -503,3 +503,49 @@ def test_many_vips_round_trip_through_batched_maps(netns, pins):
         assert dp.apply(smaller).programmed == set(smaller) and dp.last_writes == 0
     finally:
         dp.close()
+
+
+def test_apply_trusts_what_it_wrote_until_current_sees_drift_then_repairs_it(netns, pins):
+    # An unchanged apply compares entries only (no map reads); current() — the reconciler's
+    # drift check — reads the maps, and the next apply reads them back and repairs, removing
+    # entries no VIP owns.
+    features = Features(udp=False, peername=False, outcomes=False)
+    dp = EbpfDataplane(netns.cgroup.unified_path, pins, features=features)
+    specs = maps.map_specs()
+    backend_map = loader.MapHandle.open(specs["nv_backends"], pins)
+    table_map = loader.MapHandle.open(specs["nv_maglev"], pins)
+    try:
+        table = {}
+        for n in range(3):
+            key = VipKey(f"11.2.0.{n + 1}", 80, "tcp")
+            members = tuple(Backend(f"10.2.{n}.{i}", 8000 + i) for i in range(4))
+            table[key] = VipEntry(key, members, lookup=tuple(i % 4 for i in range(1021)))
+        assert dp.apply(table).programmed == set(table)
+        lost = next(key for key, _value in backend_map.items())
+        backend_map.delete(lost)
+        stray_backend = struct.pack("=II", 999_999, 0)
+        backend_map.update(stray_backend, bytes(ctypes.sizeof(maps.Lb4Backend)))
+        stray_chunk = struct.pack("=II", 999_999, 0)
+        table_map.update(stray_chunk, bytes(ctypes.sizeof(maps.Lb4Maglev)))
+
+        assert dp.apply(table).programmed == set(table) and dp.last_writes == 0   # trusted, not read
+        assert dp.current() != table
+        assert dp.apply(table).programmed == set(table)
+        assert dp.last_writes == 4    # the lost backend again (with a fresh, zeroed counter), 2 strays deleted
+        assert dp.current() == table
+        assert backend_map.lookup(lost) is not None
+        assert backend_map.lookup(stray_backend) is None and table_map.lookup(stray_chunk) is None
+        assert dp.apply(table).programmed == set(table) and dp.last_writes == 0
+
+        # A change after the repair is written as a difference again: one backend swapped.
+        first = next(iter(table))
+        swapped = VipEntry(first, table[first].backends[:3] + (Backend("10.2.9.9", 8009),), table[first].lookup)
+        dp.apply({**table, first: swapped})
+        assert dp.last_writes == 2 and dp.current()[first] == swapped   # fresh counter and one backend
+        dp.apply({})
+        assert dp.current() == {} and not any(True for _ in backend_map.items())
+        assert not any(True for _ in table_map.items())
+    finally:
+        backend_map.close()
+        table_map.close()
+        dp.close()
