@@ -112,4 +112,7 @@ function App() {
                     onDone=${() => { setExpired(false); stopEvents(); startEvents(); }} /></div>`}`;
 }
 
+// A page being left closes its event stream at once, so its connection is not still held (the
+// browser allows six per host) when the next page loads.
+window.addEventListener("pagehide", stopEvents);
 render(html`<${App} />`, document.getElementById("app"));
