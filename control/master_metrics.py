@@ -3,7 +3,8 @@
 ``navstar_master_apps``, ``navstar_master_tasks{state}``, ``navstar_master_agents{state}``,
 ``navstar_master_offers_total{result}``, ``navstar_master_allocation_cycle_seconds`` (histogram),
 ``navstar_master_deployments``, ``navstar_master_queued_instances``,
-``navstar_master_rejected_agent_messages_total``, ``navstar_master_named_vips``; the v1 frameworks'
+``navstar_master_rejected_agent_messages_total``, ``navstar_master_named_vips``,
+``navstar_master_state_store_writable``; the v1 frameworks'
 (``control.frameworks.metric_families``): ``navstar_master_frameworks{state}``,
 ``navstar_master_framework_tasks{state}``, ``navstar_master_framework_unacknowledged_updates``,
 ``navstar_master_scheduler_calls_refused_total``, ``navstar_master_dominant_share{framework}``.
@@ -56,6 +57,10 @@ class _StateCollector:
                                   value=master.rejected_statuses)
         yield GaugeMetricFamily("navstar_master_named_vips", "Named VIP addresses allocated",
                                 value=len(master.vips.allocations))
+        # As of the last scheduler cycle (asking the store itself may probe the disk).
+        yield GaugeMetricFamily("navstar_master_state_store_writable",
+                                "1 while the state store takes writes; 0: writes answer 503",
+                                value=0 if scheduler.paused_by is not None else 1)
         yield from metric_families(master.frameworks, master.allocator, scheduler.frameworks)
 
 

@@ -14,6 +14,7 @@ restart and nothing was lost (apps, tasks, ``PRAGMA integrity_check``).
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -155,6 +156,12 @@ def snapshot(lab: LabHandle, leave_out: str = "") -> tuple[dict[str, str], dict[
     return apps, tasks
 
 
+def store_writable(lab: LabHandle) -> float | None:
+    with lab.mesos() as client:
+        found = re.search(r"^navstar_master_state_store_writable (\S+)$", client.get("/metrics").text, re.M)
+    return float(found.group(1)) if found else None
+
+
 def integrity(lab: LabHandle) -> list[tuple[str]]:
     database = lab.state.directory / "master" / "master.sqlite"
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
@@ -189,6 +196,7 @@ def test_a_read_only_state_directory_refuses_writes_with_503_serves_reads_and_lo
                 state = client.get("/master/state").json()
             assert sorted(a["id"] for a in state["slaves"]) == sorted(agents)
             assert all(reachable(lab).values())
+            wait_until(lambda: store_writable(lab) == 0, timeout=10, message="the store's gauge at 0")
             for node in agents:
                 answers = curl_answers(lab, node, 10)
                 assert len(answers) == 10 and set(answers) <= drill_tasks, answers
@@ -202,6 +210,7 @@ def test_a_read_only_state_directory_refuses_writes_with_503_serves_reads_and_lo
         lab.running("/drill-late", 1)
         assert snapshot(lab, leave_out="/drill-late") == (apps_before, tasks_before)
         assert integrity(lab) == [("ok",)]
+        wait_until(lambda: store_writable(lab) == 1, timeout=10, message="the store's gauge back at 1")
     finally:
         for app_id in ("/drill-late", "/drill"):
             lab.remove_app(app_id)
