@@ -48,16 +48,22 @@ class SqliteStore(StagedWrites):
             self.directory.mkdir(parents=True, exist_ok=True)
             self.path = str(self.directory / "master.sqlite")
         self.on_lost = on_lost or (lambda _why: None)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS state (kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
-            " PRIMARY KEY (kind, key))"
-        )
         self._lock = threading.Lock()       # one transaction at a time (flush runs on a worker thread)
         self.diverged: str | None = None    # a refused commit the master had already applied
         self._probed_at = 0.0
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS state (kind TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL,"
+                " PRIMARY KEY (kind, key))"
+            )
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            refusal = self.writable
+            raise StoreUnavailable(f"cannot open the state store {self.path}: {exc}"
+                                   + (f" ({refusal})" if refusal else "")) from exc
         self.refused = 0                    # commits the disk refused
 
     # ---- what is committed (control.staging gives the seam) -------------------------------

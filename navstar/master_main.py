@@ -15,6 +15,7 @@ from control.agent.images import ImageMap
 from control.auth import read_secret
 from control.http import master_apps
 from control.master import Master
+from control.state import StoreUnavailable
 from control.store import SqliteStore
 from navstar import logs
 from navstar.servers import Listen, serve
@@ -51,10 +52,13 @@ def run_master(marathon_listen: str, mesos_listen: str, state_dir: str | None,
     advertise = mesos.host if mesos.host not in ("0.0.0.0", "") else None
     # A commit the disk refused after the change was applied in memory: once the disk takes
     # writes again, this process starts again and loads what the file holds (control/store.py).
-    store = SqliteStore(state_dir, on_lost=restart)
-    master = Master(secret=read_secret(token_file), agent_timeout=agent_timeout, store=store,
-                    advertise_ip=advertise, mesos_port=mesos.port, marathon_port=marathon.port,
-                    image_map=ImageMap.load(image_map), overlay=overlay)
+    try:
+        store = SqliteStore(state_dir, on_lost=restart)
+        master = Master(secret=read_secret(token_file), agent_timeout=agent_timeout, store=store,
+                        advertise_ip=advertise, mesos_port=mesos.port, marathon_port=marathon.port,
+                        image_map=ImageMap.load(image_map), overlay=overlay)
+    except StoreUnavailable as exc:     # a start-up write (master id, view version) refused too
+        raise SystemExit(f"navstar master: the state store refuses writes: {exc}") from None
     log.info("master: Marathon API on %s:%d, Mesos API on %s:%d, Admin Router's backend on %s:%d",
              marathon.host, marathon.port, mesos.host, mesos.port, backend.host, backend.port)
     apps = master_apps(master)

@@ -70,6 +70,8 @@ def test_a_read_only_state_directory_refuses_writes_serves_reads_and_recovers(tm
         assert store.get("apps", "/new") == {"id": "/new"}
     finally:
         store.close()
+    with read_only(state), pytest.raises(StoreUnavailable, match="cannot open the state store .* is read-only"):
+        SqliteStore(state)                                      # a master cannot start on it: it says why
     reopened = SqliteStore(state)
     try:
         assert len(list(reopened.items("apps"))) == 21
