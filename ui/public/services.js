@@ -314,8 +314,8 @@ export function ServiceDetailPage({appId}) {
   return html`<section aria-labelledby="detail-title" class="detail">
     <p><a href="#/services">← Services</a></p>
     <h1 id="detail-title">${app.id}</h1>
-    <p class="meta">${status(app)} · ${app.tasksRunning}/${app.instances} running · ${app.tasksHealthy} healthy ·
-      ${(app.deployments || []).length} deployments · cpus ${app.cpus} · mem ${app.mem} MiB</p>
+    <p class="meta">${`${status(app)} · ${app.tasksRunning}/${app.instances} running · ${app.tasksHealthy} healthy · ` +
+      `${(app.deployments || []).length} deployments · cpus ${app.cpus} · mem ${app.mem} MiB`}</p>
     <h2>Tasks</h2>
     <div class="table-wrap"><table id="tasks-table"><thead><tr><th>Task</th><th>State</th><th>Agent</th>
       <th>Addresses</th><th>Ports</th><th>Health</th><th>Age</th></tr></thead><tbody>
