@@ -31,7 +31,7 @@ RESULTS = BENCH / "results"
 PLOTS = BENCH / "plots"
 LAB_LOCK = "/tmp/navstar-lab.lock"
 SERIES_LABELS = {"path", "vips", "source", "workload", "server"}   # a point in a series, not a ratio
-LAB_SCENARIOS = {"control_burst", "control_reach", "adminrouter", "master_failover"}   # build a lab: under the lock, left out of --quick
+LAB_SCENARIOS = {"control_burst", "control_reach", "adminrouter", "master_failover", "ui_pages"}   # build a lab: under the lock, left out of --quick
 # Issue 17's ratio keys and goals (navstar ÷ peer, or seconds where the key says _s). None: no goal yet.
 RATIO_GOALS: dict[str, tuple[str, float] | None] = {
     "lb.ebpf/direct": (">=", 0.98), "lb.nfqueue/direct": (">=", 0.8), "lb.ebpf/iptables": None,

@@ -1,13 +1,14 @@
 """Web UI page loads with 100 apps: headless chromium opens each page fresh and the page's own
 Performance marks (``navstar:rendered``, set by ui/public/live.js when a load's data is on screen)
-say how long after navigation start its data was rendered; goal: every page under 1 s. Also saves
-the screenshots ui/README.md shows (docs/ui/*.png, 1280×800, and the Services page at 390×844).
+say how long after navigation start its data was rendered; goal: every page under 1 s. With
+``--screenshots`` it also saves the pictures ui/README.md shows (docs/ui/*.png, 1280×800, and the
+Services page at 390×844).
 
 Builds its own lab (``navstar lab up --name uibench --agents 2 --public-agents 1 --prometheus``), 100 apps (one
 load-balanced), a package installed, and always takes the lab down; only one lab may exist on the
 machine: run it under ``flock /tmp/navstar-lab.lock``.
 
-Run: flock /tmp/navstar-lab.lock .venv/bin/python -m bench.ui_pages [--rounds 5] [--apps 100] [--no-screenshots]
+Run: flock /tmp/navstar-lab.lock .venv/bin/python -m bench.ui_pages [--rounds 5] [--apps 100] [--screenshots]
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3 if quick() else 5, help="fresh loads per page")
     parser.add_argument("--apps", type=int, default=100)
-    parser.add_argument("--no-screenshots", action="store_true")
+    parser.add_argument("--screenshots", action="store_true", help="write docs/ui/*.png (the README's pictures)")
     args = parser.parse_args()
 
     from navstar.frontdoor import lab_token
@@ -186,11 +187,11 @@ def main() -> int:
                       f"({args.rounds} fresh loads, {args.apps} apps)  goal < {GOAL_MS:.0f} ms: {'met' if met else 'MISSED'}")
                 record("ui.page_load_ms", worst, "ms", goal=f"< {GOAL_MS:.0f}", met=met, page=page,
                        median=round(median, 1), apps=args.apps)
-                if not args.no_screenshots:
+                if args.screenshots:
                     screenshots(driver, page)
         finally:
             driver.quit()
-        if not args.no_screenshots:
+        if args.screenshots:
             phone = chromium(390, 844)
             try:
                 log_in(phone, front, password)
