@@ -30,6 +30,7 @@ def test_the_deploy_bench_posts_a_valid_app_with_a_named_vip_and_curls_its_name(
     assert definition.port_labels()[0] == {"VIP_0": "/reach-07:80"}
     loop = control_reach.curl_loop("http://reach-07.marathon.l4lb.thisdcos.directory:80/", 30)
     assert "curl -sf" in loop and "date +%s.%N" in loop and "+ 30" in loop
+    assert "-ne 6" in loop          # curl's "could not resolve host": the name is not published yet
 
 
 def test_the_records_bench_view_has_the_tasks_apps_and_agents_asked_for() -> None:
@@ -48,3 +49,12 @@ def test_the_new_keys_are_judged_and_lab_scenarios_run_under_the_lock() -> None:
     assert _suite.judge("dns.records_100k_s", 60.0) is None
     assert _suite.judge("ha.failover_s", 3.3) is True
     assert {"control_reach", "master_failover", "control_burst", "adminrouter"} <= _suite.LAB_SCENARIOS
+
+
+def test_the_agents_apply_time_is_read_from_their_prometheus_histogram() -> None:
+    text = ("# HELP navstar_minuteman_reconcile_duration_seconds Time to apply\n"
+            "navstar_minuteman_reconcile_duration_seconds_bucket{le=\"0.1\"} 3.0\n"
+            "navstar_minuteman_reconcile_duration_seconds_count 4.0\n"
+            "navstar_minuteman_reconcile_duration_seconds_sum 1.25\n")
+    assert control_reach.lb_apply_seconds(text) == (1.25, 4)
+    assert control_reach.lb_apply_seconds("") == (0.0, 0)
