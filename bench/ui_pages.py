@@ -108,6 +108,14 @@ def load_ms(driver: WebDriver, front: str, route: str, ready: str, nonce: int) -
     return took
 
 
+def save(driver: WebDriver, path: Path) -> None:
+    """A screenshot as a small PNG (a 128-colour palette: the pages are flat colours and text)."""
+    from PIL import Image
+
+    driver.save_screenshot(str(path))
+    Image.open(path).convert("RGB").quantize(colors=128).save(path, optimize=True)
+
+
 def screenshots(driver: WebDriver, page: str) -> None:
     """The page as loaded; Services also with the create form filled in (a Load Balanced port),
     Packages with static-site's generated install form."""
@@ -116,7 +124,7 @@ def screenshots(driver: WebDriver, page: str) -> None:
         driver.find_element(By.CSS_SELECTOR, "#catalogue button[data-package='static-site']").click()
         poll("the install form", lambda: driver.find_elements(By.ID, "install-form"))
     time.sleep(1)       # meters and live lists settle for the picture, not for the timing
-    driver.save_screenshot(str(SHOTS / f"{page}.png"))
+    save(driver, SHOTS / f"{page}.png")
     if page == "services":
         driver.find_element(By.ID, "create-open").click()
         poll("the create form", lambda: driver.find_elements(By.ID, "create-id"))
@@ -124,7 +132,7 @@ def screenshots(driver: WebDriver, page: str) -> None:
         driver.find_element(By.ID, "create-cmd").send_keys("exec nginx -g 'daemon off;' -c $MESOS_SANDBOX/nginx.conf")
         driver.find_element(By.ID, "create-lb-0").click()
         time.sleep(0.5)
-        driver.save_screenshot(str(SHOTS / "create-service.png"))
+        save(driver, SHOTS / "create-service.png")
         driver.execute_script("sessionStorage.clear()")     # the draft stays out of the next loads
 
 
@@ -196,7 +204,7 @@ def main() -> int:
             try:
                 log_in(phone, front, password)
                 time.sleep(1)
-                phone.save_screenshot(str(SHOTS / "services-phone.png"))
+                save(phone, SHOTS / "services-phone.png")
             finally:
                 phone.quit()
         return 1 if failed else 0
