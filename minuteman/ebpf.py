@@ -40,7 +40,9 @@ from __future__ import annotations
 
 import array
 import functools
+import gc
 import queue
+import re
 import socket
 import struct
 import sys
@@ -68,6 +70,7 @@ MAGLEV_KEY = struct.Struct("=II")       # lb4_maglev_key: service_id, chunk
 COUNTER_ID = struct.Struct("=I")
 BACKEND_VALUE = struct.Struct("=4sHBBI")   # lb4_backend with the address as the 4 bytes inet_pton gives
 _UTF16 = "utf-16-le" if sys.byteorder == "little" else "utf-16-be"   # u16 in native order, no BOM
+_NON_ZERO = re.compile(rb"[^\x00]")
 _pton4 = functools.partial(socket.inet_pton, socket.AF_INET)
 OUTCOMES = struct.Struct("=QQ")         # lb4_outcomes: refused, unanswered
 
@@ -262,6 +265,24 @@ class _Held:
         return [MAGLEV_KEY.pack(self.service_id, n) for n in (self.chunks if numbers is None else numbers)]
 
 
+def _member_indices(entry: VipEntry) -> Sequence[int]:
+    """nv_backends indices of a VIP's backends: active ones by position, draining ones after
+    ``DRAINING_INDEX``."""
+    if not entry.draining:
+        return range(len(entry.backends))
+    return [*range(len(entry.backends)), *range(maps.DRAINING_INDEX, maps.DRAINING_INDEX + len(entry.draining))]
+
+
+def _duplicate(members: Sequence[Backend]) -> ValueError:
+    """The error for a VIP listing one backend twice, naming the first repeated one."""
+    seen: set[Backend] = set()
+    for backend in members:
+        if backend in seen:
+            break
+        seen.add(backend)
+    return ValueError(f"backend {backend.ip}:{backend.port} is listed twice (backends and draining must be disjoint)")
+
+
 def _backend_keys(service_id: int, indices: Sequence[int]) -> bytes:
     """nv_backends keys {service_id, index} for ``indices``, packed back to back."""
     keys = array.array("I", [service_id]) * (2 * len(indices))
@@ -289,6 +310,7 @@ class _Slice:
     backends: _Writes
     tables: _Writes
     services: _Writes
+    handed_out: list[int] = field(default_factory=list)   # counter ids newly handed out
 
 
 class _Writer:
@@ -380,6 +402,8 @@ class EbpfDataplane:
             self._lb = SocketLB.open(self.pin_dir, features)
         self._maps = self._lb.maps
         self._zero_count = bytes(self._maps["nv_conns"].value_size)
+        # Free counter ids that may hold counts (see _dirty); maps made just now hold none.
+        self._dirty_counters: set[int] | None = set() if self._lb.created else None
         self.last_writes = 0   # map elements written or deleted by the last apply
         # What the maps hold per VIP, as the last apply wrote it; None until an apply has
         # read the maps back (the first one, after a failed write, after drift). While set, an
@@ -428,57 +452,37 @@ class EbpfDataplane:
         now: dict[VipKey, _Held] = {}
         # Per changed VIP: backend and chunk keys it no longer uses, counter ids it let go.
         drops: list[tuple[VipKey, bytes, list[bytes], list[int]]] = []
-        zero_count, pack_chunk_key = self._zero_count, MAGLEV_KEY.pack
         health_state = bool(self._pairs or self._failed_before_start or self._counter_backend or self._unattributed)
+        # Planning allocates a few small containers per VIP and frees none: the collector would
+        # only walk the whole heap (every VipEntry and Backend of the table) several times over.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             batch, planned = self._new_slice(), 0
-            counters, backends = batch.counters.parts.append, batch.backends.parts.append
-            tables, services = batch.tables.parts.append, batch.services.parts.append
+            pending: list[tuple[VipKey, VipEntry]] = []   # new VIPs, planned a slice at a time
             for key, entry in table.items():
                 old = held.get(key)
-                if old is not None and old.entry is not None and (old.entry is entry or old.entry == entry):
+                if old is None:
+                    pending.append((key, entry))
+                    if len(pending) < self.SLICE:
+                        continue
+                    self._plan_new(pending, batch, now, errors, service_ids, counter_ids, health_state)
+                    pending = []
+                elif old.entry is not None and (old.entry is entry or old.entry == entry):
                     now[key] = old
                     continue
-                try:
-                    if old is None:
-                        key_bytes = self._key(key)
-                        service_id = service_ids.take()
-                        try:
-                            vip, fresh = self._encode(entry, key_bytes, service_id, None, counter_ids)
-                        except ValueError:
-                            service_ids.used.discard(service_id)
-                            raise
-                    else:
-                        known = {value[:6]: counter for value, counter in zip(old.values, old.counters, strict=True)}
-                        vip, fresh = self._encode(entry, old.key, old.service_id, known, counter_ids)
-                except ValueError as exc:
-                    errors[key] = str(exc)   # the kernel keeps what it had for this VIP
-                    if old is not None:
-                        now[key] = old
-                    continue
-                now[key] = vip
-                if fresh:
-                    # A counter id handed out again starts from zero: new connections and outcomes.
-                    counters((key, array.array("I", fresh).tobytes(), zero_count * len(fresh)))
-                    if health_state:
-                        self._forget_counters(fresh)
-                if old is None:
-                    backends((key, _backend_keys(vip.service_id, vip.indices), b"".join(vip.values)))
-                    if len(vip.chunks) == 1:
-                        tables((key, pack_chunk_key(vip.service_id, 0), vip.chunks[0]))
-                    elif vip.chunks:
-                        tables((key, b"".join(vip.chunk_keys()), b"".join(vip.chunks.values())))
-                    services((key, vip.key, vip.service))
                 else:
-                    self._diff(key, old, vip, batch, drops)
-                planned += 1
-                if planned == self.SLICE:
-                    writer.submit(batch, background=True)
-                    batch, planned = self._new_slice(), 0
-                    counters, backends = batch.counters.parts.append, batch.backends.parts.append
-                    tables, services = batch.tables.parts.append, batch.services.parts.append
+                    self._plan_changed(key, entry, old, batch, now, drops, errors, counter_ids, health_state)
+                    planned += 1
+                    if planned < self.SLICE:
+                        continue
+                writer.submit(batch, background=True)
+                batch, planned = self._new_slice(), 0
+            self._plan_new(pending, batch, now, errors, service_ids, counter_ids, health_state)
             writer.submit(batch, background=False)
         finally:
+            if collecting:
+                gc.enable()
             writes = writer.finish()
         errors.update(write_errors)
 
@@ -497,11 +501,18 @@ class EbpfDataplane:
         for drop in drops:
             counter_ids.used.difference_update(drop[3])
         counter_ids.used.difference_update(stray.counters)
+        if self._dirty_counters is not None:
+            for _key, old in removed:
+                self._dirty_counters.update(old.counters)
+            for drop in drops:
+                self._dirty_counters.update(drop[3])
+            self._dirty_counters.update(stray.counters)
         service_ids.used.difference_update(stray.service_ids)
         self.last_writes = writes
         self._next_ids = (service_ids.next_id, counter_ids.next_id)
         if write_errors:
-            self._held = None   # a write failed: the kernel may hold part of it; read back next time
+            self._held = None
+            self._dirty_counters = None   # a counter may not have been zeroed: read them again   # a write failed: the kernel may hold part of it; read back next time
         else:
             self._held, self._service_ids, self._counter_ids = now, service_ids, counter_ids
         return result
@@ -617,6 +628,154 @@ class EbpfDataplane:
                 + loader.attached_tracepoints(self.pin_dir))
 
     # -- map form ---------------------------------------------------------------------------------
+    def _plan_new(self, pending: list[tuple[VipKey, VipEntry]], batch: _Slice, now: dict[VipKey, _Held],
+                  errors: dict[VipKey, str], service_ids: _Ids, counter_ids: _Ids, health_state: bool) -> None:
+        """VIPs the maps hold nothing of, in map form and added to ``batch`` whole: their
+        backends packed in one pass over all of them (per-VIP work is the table and slicing)."""
+        per_chunk = self.features.chunk_slots
+        ready = []
+        for key, entry in pending:
+            try:
+                key_bytes = self._key(key)
+                count = len(entry.backends)
+                if count > MAX_BACKENDS_PER_VIP:
+                    raise ValueError(f"{count} backends: at most {MAX_BACKENDS_PER_VIP} per VIP")
+                chunks, slots = table_chunks(entry.lookup, count, per_chunk)
+            except ValueError as exc:
+                errors[key] = str(exc)
+                continue
+            ready.append((key, entry, key_bytes, chunks, slots,
+                          entry.backends + entry.draining if entry.draining else entry.backends))
+        if not ready:
+            return
+        flat = [b for vip in ready for b in vip[5]]
+        try:
+            ports = [b.port for b in flat]
+            if ports and not 0 < min(ports) <= max(ports) < 65536:
+                raise ValueError("port")
+            addresses = list(map(_pton4, [b.ip for b in flat]))
+            service_list = service_ids.take_many(len(ready))
+            try:
+                counters = counter_ids.take_many(len(flat))
+            except ValueError:
+                service_ids.used.difference_update(service_list)
+                raise
+        except (OSError, TypeError, ValueError, OverflowError):
+            for key, entry, key_bytes, _chunks, _slots, _members in ready:   # VIP by VIP: errors name their VIP
+                service_id = service_ids.take()
+                try:
+                    vip, fresh = self._encode(entry, key_bytes, service_id, None, counter_ids)
+                except ValueError as exc:
+                    service_ids.used.discard(service_id)
+                    errors[key] = str(exc)
+                    continue
+                now[key] = vip
+                batch.handed_out += fresh
+                self._from_zero(key, fresh, batch)
+                self._add_new(key, vip, batch)
+                if health_state:
+                    self._forget_counters(fresh)
+            return
+        pack, htons = BACKEND_VALUE.pack, socket.htons
+        values = [pack(a, htons(p), 0, 0, c) for a, p, c in zip(addresses, ports, counters, strict=True)]
+        value_blob = b"".join(values)
+        member_indices = [_member_indices(vip[1]) for vip in ready]
+        keys = array.array("I", bytes(8 * len(flat)))
+        keys[0::2] = array.array("I", [sid for sid, vip in zip(service_list, ready, strict=True) for _b in vip[5]])
+        keys[1::2] = array.array("I", [index for indices in member_indices for index in indices])
+        key_blob = keys.tobytes()
+        # No backend twice in the whole slice: none twice in a VIP (else each VIP is checked).
+        unique = len(set(zip(addresses, ports, strict=True))) == len(flat)
+        pack_service, pack_chunk_key = SERVICE.pack, MAGLEV_KEY.pack
+        batch.handed_out += counters
+        dirty = self._dirty()
+        add_backends = batch.backends.parts.append
+        add_tables, add_services = batch.tables.parts.append, batch.services.parts.append
+        start = 0
+        for (key, entry, key_bytes, chunks, slots, members), service_id, indices in zip(
+                ready, service_list, member_indices, strict=True):
+            end = start + len(members)
+            if not unique and len(set(zip(addresses[start:end], ports[start:end], strict=True))) != end - start:
+                service_ids.used.discard(service_id)
+                counter_ids.used.difference_update(counters[start:end])
+                errors[key] = str(_duplicate(members))
+                start = end
+                continue
+            count = len(entry.backends)
+            vip_values = values[start:end]
+            value_part = value_blob[12 * start:12 * end]
+            if entry.draining:
+                vip_values[count:] = [pack(a, htons(p), maps.BACKEND_DRAINING, 0, c) for a, p, c in zip(
+                    addresses[start + count:end], ports[start + count:end], counters[start + count:end], strict=True)]
+                value_part = b"".join(vip_values)
+            service = pack_service(service_id, slots, count, maps.SERVICE_IMPLICIT_TABLE if slots and not entry.lookup else 0)
+            now[key] = _Held(entry, key_bytes, service_id, service, indices, vip_values, counters[start:end],
+                             {0: chunks[0]} if len(chunks) == 1 else dict(enumerate(chunks)))
+            if end > start:
+                if dirty:
+                    self._from_zero(key, counters[start:end], batch)
+                add_backends((key, key_blob[8 * start:8 * end], value_part))
+            if len(chunks) == 1:
+                add_tables((key, pack_chunk_key(service_id, 0), chunks[0]))
+            elif chunks:
+                add_tables((key, b"".join(pack_chunk_key(service_id, n) for n in range(len(chunks))), b"".join(chunks)))
+            add_services((key, key_bytes, service))
+            start = end
+        if health_state:
+            self._forget_counters(counters)
+
+    def _add_new(self, key: VipKey, vip: _Held, batch: _Slice) -> None:
+        """The writes of a VIP the maps hold nothing of (its counters aside)."""
+        if vip.values:
+            batch.backends.parts.append((key, vip.backend_keys(), b"".join(vip.values)))
+        if len(vip.chunks) == 1:
+            batch.tables.parts.append((key, MAGLEV_KEY.pack(vip.service_id, 0), vip.chunks[0]))
+        elif vip.chunks:
+            batch.tables.parts.append((key, b"".join(vip.chunk_keys()), b"".join(vip.chunks.values())))
+        batch.services.parts.append((key, vip.key, vip.service))
+
+    def _from_zero(self, key: VipKey, counter_ids: list[int], batch: _Slice) -> None:
+        """Counter ids handed out to ``key`` start from zero (new connections, outcomes). Only
+        those that may have counted since the maps were made are written: most never have."""
+        dirty = self._dirty()
+        stale = [c for c in counter_ids if c in dirty] if dirty else ()
+        if stale:
+            batch.counters.parts.append((key, array.array("I", stale).tobytes(), self._zero_count * len(stale)))
+            dirty.difference_update(stale)
+
+    def _dirty(self) -> set[int]:
+        """Free counter ids whose counter may not be zero: non-zero when first needed (none if
+        this process made the maps), and every id given up since."""
+        if self._dirty_counters is None:
+            keys, values = self._maps["nv_conns"].read_packed()
+            size, dirty = len(self._zero_count), set()
+            found = _NON_ZERO.search(values)
+            while found:
+                record = found.start() // size
+                dirty.add(COUNTER_ID.unpack_from(keys, record * COUNTER_ID.size)[0])
+                found = _NON_ZERO.search(values, (record + 1) * size)
+            self._dirty_counters = dirty
+        return self._dirty_counters
+
+    def _plan_changed(self, key: VipKey, entry: VipEntry, old: _Held, batch: _Slice, now: dict[VipKey, _Held],
+                      drops: list[tuple[VipKey, bytes, list[bytes], list[int]]], errors: dict[VipKey, str],
+                      counter_ids: _Ids, health_state: bool) -> None:
+        """A VIP the maps hold (as written, or adopted): only what differs is written."""
+        known = {value[:6]: counter for value, counter in zip(old.values, old.counters, strict=True)}
+        try:
+            vip, fresh = self._encode(entry, old.key, old.service_id, known, counter_ids)
+        except ValueError as exc:
+            errors[key] = str(exc)   # the kernel keeps what it had for this VIP
+            now[key] = old
+            return
+        now[key] = vip
+        if fresh:
+            batch.handed_out += fresh
+            self._from_zero(key, fresh, batch)
+            if health_state:
+                self._forget_counters(fresh)
+        self._diff(key, old, vip, batch, drops)
+
     def _encode(self, entry: VipEntry, key: bytes, service_id: int, known: dict[bytes, int] | None,
                 counter_ids: _Ids) -> tuple[_Held, list[int]]:
         """One VIP in map form, and the counter ids newly handed out for it. ``known``: counter
@@ -637,12 +796,7 @@ class EbpfDataplane:
                 _backend_ident(backend)   # raises, naming the backend
             raise
         if len(set(zip(addresses, ports, strict=True))) != len(members):
-            seen: set[tuple[bytes, int]] = set()
-            for backend, ident in zip(members, zip(addresses, ports, strict=True), strict=True):
-                if ident in seen:
-                    raise ValueError(f"backend {backend.ip}:{backend.port} is listed twice "
-                                     "(backends and draining must be disjoint)")
-                seen.add(ident)
+            raise _duplicate(members)
         if known is None:
             counters = fresh = counter_ids.take_many(len(members))
         else:
@@ -655,13 +809,11 @@ class EbpfDataplane:
                 counters.append(counter_id)
         pack, htons = BACKEND_VALUE.pack, socket.htons
         values = [pack(a, htons(p), 0, 0, c) for a, p, c in zip(addresses, ports, counters, strict=True)]
-        indices: Sequence[int] = range(count)
         if entry.draining:
             values[count:] = [pack(a, htons(p), maps.BACKEND_DRAINING, 0, c) for a, p, c in
                               zip(addresses[count:], ports[count:], counters[count:], strict=True)]
-            indices = [*indices, *range(maps.DRAINING_INDEX, maps.DRAINING_INDEX + len(entry.draining))]
         flags = maps.SERVICE_IMPLICIT_TABLE if not entry.lookup and slots else 0
-        return _Held(entry, key, service_id, SERVICE.pack(service_id, slots, count, flags), indices, values,
+        return _Held(entry, key, service_id, SERVICE.pack(service_id, slots, count, flags), _member_indices(entry), values,
                      counters, dict(enumerate(chunks))), fresh
 
     def _diff(self, key: VipKey, old: _Held, vip: _Held, batch: _Slice,
@@ -753,8 +905,8 @@ class EbpfDataplane:
     def _write_slice(self, batch: _Slice, followed: set[bytes], errors: dict[VipKey, str]) -> int:
         written = self._write(batch.counters, errors)
         if followed:
-            reused = [keys[n:n + 4] for _vip, keys, _values in batch.counters.parts for n in range(0, len(keys), 4)]
-            written += self._delete(self._maps["nv_outcomes"], [k for k in reused if k in followed])
+            reused = [key for key in map(COUNTER_ID.pack, batch.handed_out) if key in followed]
+            written += self._delete(self._maps["nv_outcomes"], reused)
         return written + sum(self._write(writes, errors) for writes in (batch.backends, batch.tables, batch.services))
 
     @staticmethod

@@ -8,6 +8,7 @@ fixture removes the namespace and cgroup.
 
 from __future__ import annotations
 
+import array
 import ctypes
 import errno
 import json
@@ -352,11 +353,11 @@ def test_apply_is_idempotent_minimal_and_reports_bad_vips(dataplane, lab):
     dataplane.apply(good)
     assert dataplane.last_writes == 0
 
-    # One backend swapped in place: a fresh counter and that one backend entry; the table of
-    # indices is unchanged.
+    # One backend swapped in place: that one backend entry; the table of indices is unchanged,
+    # and its fresh counter id has never counted (these maps are new), so it is not written.
     swapped = backends(8080)[:2] + (Backend("10.77.0.1", 8081),)
     dataplane.apply({**good, VIP: VipEntry(VIP, swapped)})
-    assert dataplane.last_writes == 2   # its counter zeroed, its backend entry
+    assert dataplane.last_writes == 1
     assert dataplane.current()[VIP].backends == swapped
 
     result = dataplane.apply({UDP_VIP: good[UDP_VIP]})
@@ -531,7 +532,7 @@ def test_apply_trusts_what_it_wrote_until_current_sees_drift_then_repairs_it(net
         assert dp.apply(table).programmed == set(table) and dp.last_writes == 0   # trusted, not read
         assert dp.current() != table
         assert dp.apply(table).programmed == set(table)
-        assert dp.last_writes == 4    # the lost backend again (with a fresh, zeroed counter), 2 strays deleted
+        assert dp.last_writes == 3    # the lost backend again (a fresh counter id), 2 strays deleted
         assert dp.current() == table
         assert backend_map.lookup(lost) is not None
         assert backend_map.lookup(stray_backend) is None and table_map.lookup(stray_chunk) is None
@@ -541,11 +542,62 @@ def test_apply_trusts_what_it_wrote_until_current_sees_drift_then_repairs_it(net
         first = next(iter(table))
         swapped = VipEntry(first, table[first].backends[:3] + (Backend("10.2.9.9", 8009),), table[first].lookup)
         dp.apply({**table, first: swapped})
-        assert dp.last_writes == 2 and dp.current()[first] == swapped   # fresh counter and one backend
+        assert dp.last_writes == 1 and dp.current()[first] == swapped   # one backend (its counter is new)
         dp.apply({})
         assert dp.current() == {} and not any(True for _ in backend_map.items())
         assert not any(True for _ in table_map.items())
     finally:
         backend_map.close()
         table_map.close()
+        dp.close()
+
+
+def test_a_counter_id_handed_out_again_starts_from_zero(netns, pins):
+    # Counter ids that have never counted since the maps were made are not written; an id given
+    # up, or found counting by an agent that starts on existing maps, is zeroed when handed out
+    # again (and its failures forgotten), so each (VIP, backend) pair counts from zero.
+    features = Features(udp=False, peername=False, outcomes=False, max_backends=8)   # counter ids 1-7
+    conns_spec = features.map_specs()["nv_conns"]
+    dp = EbpfDataplane(netns.cgroup.unified_path, pins, features=features)
+    conns = loader.MapHandle.open(conns_spec, pins)
+    outcomes = loader.MapHandle.open(features.map_specs()["nv_outcomes"], pins)
+
+    def count(counter_id):
+        return sum(array.array("Q", conns.lookup(struct.pack("=I", counter_id))))
+
+    def vip(n, members):
+        key = VipKey(f"11.3.0.{n}", 80, "tcp")
+        return key, VipEntry(key, tuple(Backend(f"10.3.{n}.{i}", 8000) for i in range(members)))
+
+    def counted(counter_id, value):   # as the programs would have
+        conns.update(struct.pack("=I", counter_id), struct.pack("=Q", value) * (conns.value_size // 8))
+
+    try:
+        first = dict([vip(1, 3)])                                   # ids 1-3
+        dp.apply(first)
+        assert dp.last_writes == 5                                  # 3 backends, its table, its service
+        counted(2, 5)
+        outcomes.update(struct.pack("=I", 2), struct.pack("=QQ", 1, 0))
+        dp.apply({})                                                # 1-3 given up, 2 has counted
+        second = dict([vip(2, 4)])                                  # ids 4-7: never used
+        dp.apply(second)
+        assert dp.last_writes == 6
+        third = {**second, **dict([vip(3, 3)])}                     # ids come round again: 1-3
+        dp.apply(third)
+        assert dp.last_writes == 3 + 3 + 2 + 1                      # 3 zeroed, 3 backends, table, service, outcome
+        assert count(2) == 0 and outcomes.lookup(struct.pack("=I", 2)) is None
+        dp.close()
+
+        # An agent starting on these maps reads which free ids have counted: 1 has, 2 and 3 not.
+        dp = EbpfDataplane(netns.cgroup.unified_path, pins, features=features)
+        dp.apply(second)                                            # 1-3 given up again
+        counted(1, 9)
+        dp.close()
+        dp = EbpfDataplane(netns.cgroup.unified_path, pins, features=features)
+        dp.apply(third)
+        assert dp.last_writes == 1 + 3 + 2                          # only 1 zeroed
+        assert count(1) == 0
+    finally:
+        conns.close()
+        outcomes.close()
         dp.close()
