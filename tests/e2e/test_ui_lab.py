@@ -1,7 +1,7 @@
 """Issue 18 in a real browser: headless Debian chromium (Selenium 4, chromedriver) in the root
 namespace opens Admin Router's front door, logs in, creates an app with a Load Balanced port from
 the form (a bad id caught in the browser, Marathon's 422 shown in the form), sees it running and
-its VIP appear, curls the VIP name from an agent, scales it, reads Nodes and Network (DNS lookup),
+its VIP appear, curls the VIP name from an agent, scales and restarts it, reads Nodes and Network (DNS lookup),
 has its session cleared mid-form and continues after logging in again with what it typed, destroys
 the app, and installs and uninstalls a package from the form generated from its options schema.
 One lab (an agent and a public agent) for the module; the page is never reloaded after the
@@ -169,12 +169,20 @@ def test_create_a_load_balanced_app_from_the_form(browser: WebDriver, lab: LabHa
     assert task["id"] in wait_until(answered, 30, message=f"{VIP} answers from agent-1")
 
 
-def test_scale_then_nodes_and_network(browser: WebDriver, lab: LabHandle) -> None:
+def test_scale_restart_then_nodes_and_network(browser: WebDriver, lab: LabHandle) -> None:
     element(browser, "#nav-services").click()
     type_into(browser, 'tr[data-app-id="/ui-web"] .scale-input', "2")
     element(browser, 'tr[data-app-id="/ui-web"] button.scale').click()
     wait_until(lambda: cell(browser, APP, "running") == "2", 40, message=f"{APP} scaled to 2 in the list")
-    assert len(lab.running(APP, 2)) == 2
+    before = {task["id"] for task in lab.running(APP, 2)}
+    element(browser, 'tr[data-app-id="/ui-web"] button.restart').click()
+
+    def restarted() -> bool:
+        running = {task["id"] for task in lab.tasks(APP) if task.get("state") == "TASK_RUNNING"}
+        return len(running) == 2 and not running & before
+    wait_until(restarted, 60, message=f"{APP}'s two tasks replaced by the restart")
+    wait_until(lambda: cell(browser, APP, "deployments") == "0" and cell(browser, APP, "running") == "2", 30,
+               message=f"{APP} restarted in the list")
 
     element(browser, "#nav-nodes").click()
     private = element(browser, "#private-agents tr[data-agent-id='agent-1']")
