@@ -1,7 +1,8 @@
 """``SqliteStore``: the state store seam (``control.state``) as JSON rows in one SQLite file.
 
-One table ``state (kind, key, value)``. Writes are committed at once (WAL, ``synchronous=NORMAL``),
-so a master killed at any point restarts from what it last decided. Without a directory the
+One table ``state (kind, key, value)``. Writes are committed before the call (or the write
+request) returns (WAL, ``synchronous=NORMAL``), so a master killed at any point restarts from
+what it last decided. Without a directory the
 database lives in memory (tests, a master without ``--state-dir``).
 
 A disk that refuses writes (the directory mounted read-only, ``database or disk is full``, an I/O
@@ -51,6 +52,8 @@ class SqliteStore(StagedWrites):
         self._lock = threading.Lock()       # one transaction at a time (flush runs on a worker thread)
         self.diverged: str | None = None    # a refused commit the master had already applied
         self._probed_at = 0.0
+        self._told = False                  # on_lost was called
+        self._busy_timeout_ms = int(busy_timeout * 1000)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy_timeout)
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -64,7 +67,6 @@ class SqliteStore(StagedWrites):
             refusal = self.writable
             raise StoreUnavailable(f"cannot open the state store {self.path}: {exc}"
                                    + (f" ({refusal})" if refusal else "")) from exc
-        self.refused = 0                    # commits the disk refused
 
     # ---- what is committed (control.staging gives the seam) -------------------------------
     def _committed(self, kind: str, key: str) -> str | None:
@@ -110,7 +112,6 @@ class SqliteStore(StagedWrites):
                 self._db.execute("COMMIT")
             except sqlite3.OperationalError as exc:
                 self._rollback()
-                self.refused += 1
                 why = f"the state store refused the write: {exc}"
                 # The caller has applied the change in memory already: memory is ahead of the file.
                 self.diverged = why
@@ -129,10 +130,12 @@ class SqliteStore(StagedWrites):
         """After a refused commit: at most once a second, a write that changes nothing (a row
         added and removed in one transaction); once the disk takes it, ``on_lost`` is told."""
         now = time.monotonic()
-        if now - self._probed_at < PROBE_INTERVAL or not self._lock.acquire(blocking=False):
+        if self._told or now - self._probed_at < PROBE_INTERVAL or not self._lock.acquire(blocking=False):
             return
         self._probed_at = now
         try:
+            # Probes may run on the event loop: a lock held elsewhere fails it at once, not in 5 s.
+            self._db.execute("PRAGMA busy_timeout = 0")
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("INSERT OR REPLACE INTO state (kind, key, value) VALUES ('meta', 'write_probe', '0')")
             self._db.execute("DELETE FROM state WHERE kind = 'meta' AND key = 'write_probe'")
@@ -141,7 +144,9 @@ class SqliteStore(StagedWrites):
             self._rollback()
             return
         finally:
+            self._db.execute(f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
             self._lock.release()
+        self._told = True
         why = self.diverged or ""
         log.error("state store: the disk takes writes again; reloading what it holds (%s)", why)
         self.on_lost(f"{why}; the disk takes writes again")

@@ -119,6 +119,8 @@ def test_a_refused_write_raises_store_unavailable_with_the_reason_and_leaves_the
         store._probed_at = 0.0              # the next check probes at once (not a second later)
         assert store.writable is not None and len(lost) == 1 and "takes writes again" in lost[0]
         assert _rows(tmp_path) == before                        # the probe changed nothing
+        store._probed_at = 0.0
+        assert store.writable is not None and len(lost) == 1    # told once
     finally:
         store.close()
 
