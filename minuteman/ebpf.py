@@ -480,10 +480,17 @@ class EbpfDataplane:
                 batch, planned = self._new_slice(), 0
             self._plan_new(pending, batch, now, errors, service_ids, counter_ids, health_state)
             writer.submit(batch, background=False)
+        except BaseException:
+            self._held = self._dirty_counters = None   # part may be written: read the maps back next time
+            raise
         finally:
             if collecting:
                 gc.enable()
-            writes = writer.finish()
+            try:
+                writes = writer.finish()
+            except BaseException:
+                self._held = self._dirty_counters = None
+                raise
         errors.update(write_errors)
 
         result.programmed = {key for key in table if key not in errors}

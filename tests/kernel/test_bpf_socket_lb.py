@@ -601,3 +601,32 @@ def test_a_counter_id_handed_out_again_starts_from_zero(netns, pins):
         conns.close()
         outcomes.close()
         dp.close()
+
+
+def test_failed_writes_are_reported_per_vip_and_what_they_left_is_removed(netns, pins):
+    # More VIPs than nv_services holds, in more than one slice (the writer thread): the kernel
+    # refuses the services beyond its size; those VIPs come back as errors, the others are
+    # programmed, and the next apply reads the maps back and removes what the failed ones left.
+    features = Features(udp=False, peername=False, outcomes=False, max_services=300)
+    dp = EbpfDataplane(netns.cgroup.unified_path, pins, features=features)
+    backend_map = loader.MapHandle.open(features.map_specs()["nv_backends"], pins)
+    try:
+        table = {}
+        for n in range(320):
+            key = VipKey(f"11.4.{n // 200}.{n % 200 + 1}", 80, "tcp")
+            table[key] = VipEntry(key, (Backend(f"10.4.{n // 200}.{n % 200}", 8000), Backend("10.4.9.9", 8000 + n)))
+        result = dp.apply(table)
+        assert len(result.programmed) == 300 and len(result.errors) == 20
+        assert all(message.startswith("nv_services") for message in result.errors.values())
+        programmed = {key: table[key] for key in result.programmed}
+        assert dp.current() == programmed
+        assert sum(1 for _ in backend_map.items()) == 640        # the failed VIPs' backends too
+
+        result = dp.apply(programmed)
+        assert result.programmed == set(programmed) and not result.errors
+        assert dp.last_writes == 60                              # their 40 backends and 20 tables gone
+        assert sum(1 for _ in backend_map.items()) == 600 and dp.current() == programmed
+        assert dp.apply(programmed).programmed == set(programmed) and dp.last_writes == 0
+    finally:
+        backend_map.close()
+        dp.close()
