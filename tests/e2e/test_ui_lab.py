@@ -217,6 +217,14 @@ def test_an_expired_session_returns_to_login_keeping_the_form(browser: WebDriver
     gone(browser, "#create-form")               # the parked request went on after the login
     assert marathon_app(lab, KEPT) is not None
     element(browser, f'tr[data-app-id="{KEPT}"]')
+    # The same id again: Marathon's 409 goes next to the id.
+    element(browser, "#create-open").click()
+    type_into(browser, "#create-id", KEPT)
+    type_into(browser, "#create-instances", "0")
+    type_into(browser, "#create-cmd", "sleep 600")
+    element(browser, "#create-submit").click()
+    assert element(browser, "#create-id-error").text == f"An app with id [{KEPT}] already exists."
+    element(browser, "#create-open").click()
 
 
 def test_destroy_asks_first(browser: WebDriver, lab: LabHandle) -> None:

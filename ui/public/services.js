@@ -168,7 +168,7 @@ export function fieldErrorsOf(err) {
   for (const detail of details) {
     const path = detail.path || "";
     const message = (detail.errors || []).join("; ") || err.message;
-    let field = "extra";
+    let field = path === "/" || path === "" ? "whole" : "extra";     // about the app as a whole
     for (const [pattern, name] of FIELD_OF_PATH) {
       const match = pattern.exec(path);
       if (match) {
@@ -179,7 +179,8 @@ export function fieldErrorsOf(err) {
     errors[field] = errors[field] ? `${errors[field]}; ${path}: ${message}` : (field === "extra" ? `${path}: ${message}` : message);
   }
   if (err instanceof ApiError && err.status === 409 && /exist/i.test(err.message)) errors.id = err.message;
-  errors.form = `${err.status ? err.status + ": " : ""}${err.message}`;
+  errors.form = `${err.status ? err.status + ": " : ""}${err.message}${errors.whole ? ": " + errors.whole : ""}`;
+  delete errors.whole;
   return errors;
 }
 
