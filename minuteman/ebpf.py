@@ -641,13 +641,31 @@ class EbpfDataplane:
         backends packed in one pass over all of them (per-VIP work is the table and slicing)."""
         per_chunk = self.features.chunk_slots
         ready = []
+        # Tables of up to 256 backends that fit one chunk (Maglev's for up to 20 backends):
+        # indices as bytes, checked and repeated to a chunk here, widened to u16 for the whole
+        # slice at once; any other table goes through table_chunks.
+        narrow: list[bytes] = []
+        one_chunk: list[int] = []    # positions in ready of those tables
         for key, entry in pending:
             try:
                 key_bytes = self._key(key)
                 count = len(entry.backends)
                 if count > MAX_BACKENDS_PER_VIP:
                     raise ValueError(f"{count} backends: at most {MAX_BACKENDS_PER_VIP} per VIP")
-                chunks, slots = table_chunks(entry.lookup, count, per_chunk)
+                lookup = entry.lookup
+                try:
+                    table = bytes(lookup) if count <= 256 and 0 < len(lookup) <= per_chunk else None
+                except (ValueError, TypeError):
+                    table = None
+                if table is None:
+                    chunks, slots = table_chunks(lookup, count, per_chunk)
+                else:
+                    outside = table.translate(None, _indices(count))
+                    if outside:
+                        raise ValueError(f"lookup index {max(outside)} is outside the {count} backends")
+                    chunks, slots = [], len(table)
+                    one_chunk.append(len(ready))
+                    narrow.append((table * (per_chunk // slots + 1))[:per_chunk])
             except ValueError as exc:
                 errors[key] = str(exc)
                 continue
@@ -655,6 +673,11 @@ class EbpfDataplane:
                           entry.backends + entry.draining if entry.draining else entry.backends))
         if not ready:
             return
+        if narrow:
+            wide = b"".join(narrow).decode("latin-1").encode(_UTF16)
+            step = 2 * per_chunk
+            for n, position in enumerate(one_chunk):
+                ready[position][3].append(wide[n * step:(n + 1) * step])
         flat = [b for vip in ready for b in vip[5]]
         try:
             ports = [b.port for b in flat]
