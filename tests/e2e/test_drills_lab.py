@@ -7,14 +7,17 @@ is left twice.
 
 The master's state directory turned read-only (a read-only bind mount over it): writes are
 refused with a JSON 503 naming the reason, directly and through Admin Router, while reads, the
-agents, the VIPs and the DNS names keep working; writable again, writes succeed without a
-restart and nothing was lost (apps, tasks, ``PRAGMA integrity_check``).
+agents, the VIPs and the DNS names keep working; a task dying meanwhile is known to its agent,
+not yet to the master. Writable again, writes succeed without a restart, the dead task's status
+arrives and it is replaced, and nothing else changed (apps, tasks, ``PRAGMA integrity_check``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import sqlite3
 import subprocess
 from collections.abc import Iterator
@@ -156,6 +159,14 @@ def snapshot(lab: LabHandle, leave_out: str = "") -> tuple[dict[str, str], dict[
     return apps, tasks
 
 
+def agent_tasks(lab: LabHandle, agent: str) -> dict[str, str]:
+    """The tasks an agent runs, by id, with their states (``GET :5051/v1/tasks``: live ones)."""
+    out = lab.exec(agent, "curl", "-sf", "-H", f"Authorization: token={lab.state.secret()}",
+                   f"http://{lab.ip(agent)}:5051/v1/tasks")
+    assert out.returncode == 0, out.stderr
+    return {s["task_id"]: s["state"] for s in json.loads(out.stdout)}
+
+
 def store_writable(lab: LabHandle) -> float | None:
     with lab.mesos() as client:
         found = re.search(r"^navstar_master_state_store_writable (\S+)$", client.get("/metrics").text, re.M)
@@ -202,13 +213,30 @@ def test_a_read_only_state_directory_refuses_writes_with_503_serves_reads_and_lo
                 assert len(answers) == 10 and set(answers) <= drill_tasks, answers
                 dug = lab.exec(node, "dig", "+short", VIP, "@198.51.100.1").stdout.split()
                 assert len(dug) == 1 and dug[0].startswith("11."), dug
-        # Writable again, no restart: the write is taken, the app runs, nothing was lost.
+            # A task dies meanwhile: its agent knows at once, the master (its status refused) not yet.
+            victim = sorted(lab.tasks("/drill"), key=lambda t: t["id"])[0]
+            assert victim["id"] in agent_tasks(lab, victim["slaveId"])
+            pid = lab.listener_pid(victim["slaveId"], victim["ports"][0])
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: not pid_running(pid) and victim["id"] not in agent_tasks(lab, victim["slaveId"]),
+                       timeout=20, message=f"{victim['slaveId']} seeing {victim['id']} end")
+            assert snapshot(lab)[1][victim["id"]] == tasks_before[victim["id"]]
+        # Writable again, no restart: the write is taken, the app runs, the dead task's status
+        # arrives and it is replaced, nothing else changed.
         assert lab.state.master.pid == master_pid and pid_running(master_pid)
         with lab.marathon() as client:
             created = client.post("/v2/apps", json=late)
             assert created.status_code == 201, created.text
         lab.running("/drill-late", 1)
-        assert snapshot(lab, leave_out="/drill-late") == (apps_before, tasks_before)
+        replaced = wait_until(lambda: (r := running(lab)) and len(r) == 2 and victim["id"] not in {t["id"] for t in r}
+                              and r, timeout=30, message=f"{victim['id']} replaced")
+        apps_after, tasks_after = snapshot(lab, leave_out="/drill-late")
+        assert apps_after == apps_before
+        assert set(tasks_before) - set(tasks_after) == {victim["id"]}
+        assert set(tasks_after) - set(tasks_before) == {t["id"] for t in replaced} - drill_tasks
+        assert {k: v for k, v in tasks_after.items() if k in tasks_before} == {
+            k: v for k, v in tasks_before.items() if k != victim["id"]}
         assert integrity(lab) == [("ok",)]
         wait_until(lambda: store_writable(lab) == 1, timeout=10, message="the store's gauge back at 1")
     finally:
