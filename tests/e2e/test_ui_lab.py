@@ -3,7 +3,8 @@ namespace opens Admin Router's front door, logs in, creates an app with a Load B
 the form (a bad id caught in the browser, Marathon's 422 shown in the form), sees it running and
 its VIP appear, curls the VIP name from an agent, scales and restarts it, reads Nodes and Network (DNS lookup),
 has its session cleared mid-form and continues after logging in again with what it typed, destroys
-the app, and installs and uninstalls a package from the form generated from its options schema.
+the app, installs and uninstalls a package from the form generated from its options schema, and
+logs out.
 One lab (an agent and a public agent) for the module; the page is never reloaded after the
 login, so every list change below came through Marathon's event stream."""
 
@@ -259,3 +260,7 @@ def test_install_and_uninstall_a_package_from_its_options_form(browser: WebDrive
     gone(browser, "#installed-table tr[data-app-id='/ui-site']", timeout=30)
     assert marathon_app(lab, SITE) is None
     assert browser.execute_script("return window.navstarNotReloaded") is True
+
+    element(browser, "#logout").click()                  # the cookie cleared: back to the login page
+    element(browser, "#login-uid")
+    assert not [c for c in browser.get_cookies() if c["name"] == "dcos-acs-auth-cookie"]
