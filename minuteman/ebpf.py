@@ -449,7 +449,9 @@ class EbpfDataplane:
         followed = {key for key, _value in self._maps["nv_outcomes"].items()}   # small: failing pairs only
         write_errors: dict[VipKey, str] = {}
         writer = _Writer(functools.partial(self._write_slice, followed=followed, errors=write_errors))
-        now: dict[VipKey, _Held] = {}
+        # What the maps hold after this apply. Starts as a copy (which reuses the keys' hashes:
+        # VipKey's is Python code), so unchanged VIPs cost no dict writes.
+        now: dict[VipKey, _Held] = dict(held)
         # Per changed VIP: backend and chunk keys it no longer uses, counter ids it let go.
         drops: list[tuple[VipKey, bytes, list[bytes], list[int]]] = []
         health_state = bool(self._pairs or self._failed_before_start or self._counter_backend or self._unattributed)
@@ -461,7 +463,7 @@ class EbpfDataplane:
             batch, planned = self._new_slice(), 0
             pending: list[tuple[VipKey, VipEntry]] = []   # new VIPs, planned a slice at a time
             for key, entry in table.items():
-                old = held.get(key)
+                old = held.get(key) if held else None
                 if old is None:
                     pending.append((key, entry))
                     if len(pending) < self.SLICE:
@@ -469,7 +471,6 @@ class EbpfDataplane:
                     self._plan_new(pending, batch, now, errors, service_ids, counter_ids, health_state)
                     pending = []
                 elif old.entry is not None and (old.entry is entry or old.entry == entry):
-                    now[key] = old
                     continue
                 else:
                     self._plan_changed(key, entry, old, batch, now, drops, errors, counter_ids, health_state)
@@ -493,10 +494,13 @@ class EbpfDataplane:
                 raise
         errors.update(write_errors)
 
-        result.programmed = {key for key in table if key not in errors}
-        removed = [(key, old) for key, old in held.items() if key not in table]
+        result.programmed = set(table) - errors.keys() if errors else set(table)
+        removed = [(key, held[key]) for key in held.keys() - table.keys()]
         result.removed = {key for key, _old in removed} | stray.removed
-        drops = [drop for drop in drops if drop[0] not in errors]
+        for key, _old in removed:
+            del now[key]
+        if errors:
+            drops = [drop for drop in drops if drop[0] not in errors]
         writes += self._delete(self._maps["nv_services"], [old.key for _key, old in removed] + stray.services)
         writes += self._delete(self._maps["nv_maglev"], [k for _key, old in removed for k in old.chunk_keys()]
                                + [k for drop in drops for k in drop[2]] + stray.tables)
@@ -518,8 +522,8 @@ class EbpfDataplane:
         self.last_writes = writes
         self._next_ids = (service_ids.next_id, counter_ids.next_id)
         if write_errors:
-            self._held = None
-            self._dirty_counters = None   # a counter may not have been zeroed: read them again   # a write failed: the kernel may hold part of it; read back next time
+            # A write failed: the maps may hold part of it, a counter may not have been zeroed.
+            self._held = self._dirty_counters = None
         else:
             self._held, self._service_ids, self._counter_ids = now, service_ids, counter_ids
         return result
@@ -795,8 +799,7 @@ class EbpfDataplane:
         try:
             vip, fresh = self._encode(entry, old.key, old.service_id, known, counter_ids)
         except ValueError as exc:
-            errors[key] = str(exc)   # the kernel keeps what it had for this VIP
-            now[key] = old
+            errors[key] = str(exc)   # the kernel keeps what it had for this VIP (still in ``now``)
             return
         now[key] = vip
         if fresh:
