@@ -35,6 +35,10 @@ class StagedWrites:
     def _commit_many(self, writes: Writes) -> None:
         raise NotImplementedError
 
+    def _refused_midway(self, why: str) -> None:
+        """A write was refused after its caller may have changed memory (the store turned
+        unwritable after the request was let in). Stores that can reload say so here."""
+
     def _committed(self, kind: str, key: str) -> str | None:
         """The key's committed JSON text, or None."""
         raise NotImplementedError
@@ -93,6 +97,7 @@ class StagedWrites:
         if self._staging:
             why = self.writable
             if why is not None:
+                self._refused_midway(why)
                 raise StoreUnavailable(why)
             self._staged[(kind, key)] = text
             return

@@ -13,9 +13,12 @@ writes are refused before a request changes anything (``control.http.ha.StoreGua
 and a file opened before the directory was remounted read-only stays writable to the kernel.
 
 A write request's changes are staged and committed as one transaction before its answer leaves
-(``control.staging``, as ``ZkStore``). A commit refused after the master applied the
-change in memory leaves memory ahead of the file: the store then refuses every write until the
-disk takes one again, and tells ``on_lost`` so the master reloads what the file holds.
+(``control.staging``, as ``ZkStore``). A write refused after the master applied the change in
+memory (a commit the disk refused, or any write tried while the store refuses: the directory
+turned read-only after the request was let in, a background write) leaves memory ahead of the
+file: the store then refuses every write until the disk takes one again, and tells ``on_lost``
+so the master reloads what the file holds. Requests refused up front change nothing, so those
+need no reload.
 """
 
 from __future__ import annotations
@@ -95,10 +98,18 @@ class SqliteStore(StagedWrites):
             return self.diverged
         return None
 
+    def _refused_midway(self, why: str) -> None:
+        # The caller changed memory before this write: once the disk takes writes, reload.
+        if self.diverged is None:
+            self.diverged = f"a change was refused after the master applied it ({why})"
+            self._probed_at = time.monotonic()
+            log.error("state store: %s; the master reloads once the disk takes writes", self.diverged)
+
     def _commit_many(self, writes: Writes) -> None:
         with self._lock:
             why = self.writable
             if why is not None:
+                self._refused_midway(why)
                 raise StoreUnavailable(why)
             try:
                 self._db.execute("BEGIN IMMEDIATE")
@@ -114,9 +125,7 @@ class SqliteStore(StagedWrites):
                 self._rollback()
                 why = f"the state store refused the write: {exc}"
                 # The caller has applied the change in memory already: memory is ahead of the file.
-                self.diverged = why
-                self._probed_at = time.monotonic()
-                log.error("state store: %s; writes are refused until the disk takes one again", why)
+                self._refused_midway(why)
                 raise StoreUnavailable(why) from exc
 
     def _rollback(self) -> None:

@@ -238,6 +238,9 @@ def test_a_read_only_state_directory_refuses_writes_with_503_serves_reads_and_lo
         assert {k: v for k, v in tasks_after.items() if k in tasks_before} == {
             k: v for k, v in tasks_before.items() if k != victim["id"]}
         assert integrity(lab) == [("ok",)]
+        master_log = lab.log("master")
+        assert "scheduler paused: the state directory" in master_log and "scheduler resumed" in master_log
+        assert "restarting the master" not in master_log            # nothing was refused midway
         wait_until(lambda: store_writable(lab) == 1, timeout=10, message="the store's gauge back at 1")
     finally:
         for app_id in ("/drill-late", "/drill"):
