@@ -254,9 +254,12 @@ class _Held:
     service_id: int
     service: bytes                # nv_services value
     indices: Sequence[int]        # its backends' indices, in the order of ``values``
-    values: list[bytes]           # nv_backends values
+    values: bytes                 # nv_backends values, packed back to back
     counters: list[int]           # their counter ids
     chunks: dict[int, bytes]      # nv_maglev values by chunk number
+
+    def value_list(self) -> list[bytes]:
+        return [self.values[n:n + BACKEND_VALUE.size] for n in range(0, len(self.values), BACKEND_VALUE.size)]
 
     def backend_keys(self) -> bytes:
         return _backend_keys(self.service_id, self.indices)
@@ -281,6 +284,24 @@ def _duplicate(members: Sequence[Backend]) -> ValueError:
             break
         seen.add(backend)
     return ValueError(f"backend {backend.ip}:{backend.port} is listed twice (backends and draining must be disjoint)")
+
+
+def _backend_values(addresses: list[bytes], ports: list[int], counters: Sequence[int], active: int | None = None) -> bytes:
+    """lb4_backend values packed back to back, built a field at a time over all of them (no
+    object per backend); those from position ``active`` on are draining."""
+    record = BACKEND_VALUE.size // 4    # u32 words per value: address, port + flags + pad, counter id
+    packed = bytearray(BACKEND_VALUE.size * len(addresses))
+    words = memoryview(packed).cast("I")
+    words[0::record] = array.array("I", b"".join(addresses))
+    network_ports = array.array("H", ports)
+    if sys.byteorder == "little":
+        network_ports.byteswap()
+    memoryview(packed).cast("H")[2::2 * record] = network_ports
+    words[2::record] = array.array("I", counters)
+    if active is not None:
+        memoryview(packed)[BACKEND_VALUE.size * active + 6::BACKEND_VALUE.size] = bytes(
+            [maps.BACKEND_DRAINING]) * (len(addresses) - active)
+    return bytes(packed)
 
 
 def _backend_keys(service_id: int, indices: Sequence[int]) -> bytes:
@@ -609,7 +630,7 @@ class EbpfDataplane:
     def _backend_values(self) -> Iterable[bytes]:
         """Every nv_backends value: from what the last apply wrote, else read from the map."""
         if self._held is not None:
-            return (value for vip in self._held.values() for value in vip.values)
+            return (value for vip in self._held.values() for value in vip.value_list())
         return (value for _key, value in self._maps["nv_backends"].items())
 
     def _retire_outcomes(self, counter_id: int) -> None:
@@ -710,9 +731,7 @@ class EbpfDataplane:
                 if health_state:
                     self._forget_counters(fresh)
             return
-        pack, htons = BACKEND_VALUE.pack, socket.htons
-        values = [pack(a, htons(p), 0, 0, c) for a, p, c in zip(addresses, ports, counters, strict=True)]
-        value_blob = b"".join(values)
+        value_blob = _backend_values(addresses, ports, counters)
         member_indices = [_member_indices(vip[1]) for vip in ready]
         keys = array.array("I", bytes(8 * len(flat)))
         keys[0::2] = array.array("I", [sid for sid, vip in zip(service_list, ready, strict=True) for _b in vip[5]])
@@ -736,19 +755,16 @@ class EbpfDataplane:
                 start = end
                 continue
             count = len(entry.backends)
-            vip_values = values[start:end]
-            value_part = value_blob[12 * start:12 * end]
+            values = value_blob[12 * start:12 * end]
             if entry.draining:
-                vip_values[count:] = [pack(a, htons(p), maps.BACKEND_DRAINING, 0, c) for a, p, c in zip(
-                    addresses[start + count:end], ports[start + count:end], counters[start + count:end], strict=True)]
-                value_part = b"".join(vip_values)
+                values = _backend_values(addresses[start:end], ports[start:end], counters[start:end], count)
             service = pack_service(service_id, slots, count, maps.SERVICE_IMPLICIT_TABLE if slots and not entry.lookup else 0)
-            now[key] = _Held(entry, key_bytes, service_id, service, indices, vip_values, counters[start:end],
+            now[key] = _Held(entry, key_bytes, service_id, service, indices, values, counters[start:end],
                              {0: chunks[0]} if len(chunks) == 1 else dict(enumerate(chunks)))
             if end > start:
                 if dirty:
                     self._from_zero(key, counters[start:end], batch)
-                add_backends((key, key_blob[8 * start:8 * end], value_part))
+                add_backends((key, key_blob[8 * start:8 * end], values))
             if len(chunks) == 1:
                 add_tables((key, pack_chunk_key(service_id, 0), chunks[0]))
             elif chunks:
@@ -761,7 +777,7 @@ class EbpfDataplane:
     def _add_new(self, key: VipKey, vip: _Held, batch: _Slice) -> None:
         """The writes of a VIP the maps hold nothing of (its counters aside)."""
         if vip.values:
-            batch.backends.parts.append((key, vip.backend_keys(), b"".join(vip.values)))
+            batch.backends.parts.append((key, vip.backend_keys(), vip.values))
         if len(vip.chunks) == 1:
             batch.tables.parts.append((key, MAGLEV_KEY.pack(vip.service_id, 0), vip.chunks[0]))
         elif vip.chunks:
@@ -795,7 +811,7 @@ class EbpfDataplane:
                       drops: list[tuple[VipKey, bytes, list[bytes], list[int]]], errors: dict[VipKey, str],
                       counter_ids: _Ids, health_state: bool) -> None:
         """A VIP the maps hold (as written, or adopted): only what differs is written."""
-        known = {value[:6]: counter for value, counter in zip(old.values, old.counters, strict=True)}
+        known = {value[:6]: counter for value, counter in zip(old.value_list(), old.counters, strict=True)}
         try:
             vip, fresh = self._encode(entry, old.key, old.service_id, known, counter_ids)
         except ValueError as exc:
@@ -846,14 +862,14 @@ class EbpfDataplane:
             values[count:] = [pack(a, htons(p), maps.BACKEND_DRAINING, 0, c) for a, p, c in
                               zip(addresses[count:], ports[count:], counters[count:], strict=True)]
         flags = maps.SERVICE_IMPLICIT_TABLE if not entry.lookup and slots else 0
-        return _Held(entry, key, service_id, SERVICE.pack(service_id, slots, count, flags), _member_indices(entry), values,
-                     counters, dict(enumerate(chunks))), fresh
+        return _Held(entry, key, service_id, SERVICE.pack(service_id, slots, count, flags), _member_indices(entry),
+                     b"".join(values), counters, dict(enumerate(chunks))), fresh
 
     def _diff(self, key: VipKey, old: _Held, vip: _Held, batch: _Slice,
               drops: list[tuple[VipKey, bytes, list[bytes], list[int]]]) -> None:
         """Writes for a VIP the kernel already holds: only the elements that differ."""
-        before = dict(zip(old.indices, old.values, strict=True))
-        changed = [(index, value) for index, value in zip(vip.indices, vip.values, strict=True)
+        before = dict(zip(old.indices, old.value_list(), strict=True))
+        changed = [(index, value) for index, value in zip(vip.indices, vip.value_list(), strict=True)
                    if before.pop(index, None) != value]
         if changed:
             batch.backends.add(key, _backend_keys(vip.service_id, [i for i, _v in changed]),
@@ -888,7 +904,7 @@ class EbpfDataplane:
                 stray.removed.add(vip)
                 continue
             group = sorted(members.pop(service_id, ()))
-            held[vip] = _Held(None, key_bytes, service_id, value, [i for i, _v in group], [v for _i, v in group],
+            held[vip] = _Held(None, key_bytes, service_id, value, [i for i, _v in group], b"".join(v for _i, v in group),
                               [BACKEND.unpack(v)[4] for _i, v in group], tables.pop(service_id, {}))
         for service_id, group in members.items():
             stray.backends.append(_backend_keys(service_id, [i for i, _v in group]))

@@ -521,7 +521,11 @@ def test_apply_trusts_what_it_wrote_until_current_sees_drift_then_repairs_it(net
             key = VipKey(f"11.2.0.{n + 1}", 80, "tcp")
             members = tuple(Backend(f"10.2.{n}.{i}", 8000 + i) for i in range(4))
             table[key] = VipEntry(key, members, lookup=tuple(i % 4 for i in range(1021)))
+        draining = VipKey("11.2.0.9", 80, "tcp")   # new, with draining backends: the packed path
+        members = tuple(Backend(f"10.2.9.{i}", 8000) for i in range(4))
+        table[draining] = VipEntry(draining, members[:2], lookup=(0, 1, 1), draining=members[2:])
         assert dp.apply(table).programmed == set(table)
+        assert dp.current() == table
         lost = next(key for key, _value in backend_map.items())
         backend_map.delete(lost)
         stray_backend = struct.pack("=II", 999_999, 0)

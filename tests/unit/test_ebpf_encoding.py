@@ -68,3 +68,22 @@ def test_many_ids_at_once_are_the_ids_one_at_a_time_would_be():
                 break
             assert many.take_many(count) == [one.take() for _ in range(count)]
             assert many.used == one.used and many.next_id == one.next_id
+
+
+def test_backend_values_built_field_by_field_are_the_struct_packed_ones():
+    import socket
+    import struct
+
+    from bpf import maps
+    from minuteman.ebpf import _backend_values
+
+    addresses = [socket.inet_aton(f"10.{n}.0.{n + 1}") for n in range(5)]
+    ports = [1, 80, 8080, 65535, 256]
+    counters = [7, 1, 262143, 2**32 - 1, 12]
+    layout = struct.Struct("=4sHBBI")
+    for active in (None, 0, 3, 5):
+        expected = b"".join(
+            layout.pack(a, socket.htons(p), maps.BACKEND_DRAINING if active is not None and n >= active else 0, 0, c)
+            for n, (a, p, c) in enumerate(zip(addresses, ports, counters, strict=True)))
+        assert _backend_values(addresses, ports, counters, active) == expected
+    assert _backend_values([], [], []) == b""
