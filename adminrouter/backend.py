@@ -19,6 +19,7 @@ from starlette.routing import Route
 from adminrouter.acs import Acs, RateLimit
 from adminrouter.faces import ViewFaces
 from adminrouter.tokens import DEFAULT_EXPIRY, Tokens
+from control.http.ha import StoreGuard
 from control.master import Master
 from control.mesos_state import mesos_state, state_summary
 from control.state import StateStore
@@ -48,5 +49,7 @@ def backend_app(master: Master, token_expiry: float = DEFAULT_EXPIRY, limit: Rat
         return PlainTextResponse("pong")
 
     app = Starlette(routes=[Route("/ping", pong), *acs.routes(), *faces.routes()])
+    # The users API writes the master's store: refused with a JSON 503 while it cannot (login stays open).
+    app.add_middleware(StoreGuard, store=lambda: master.store)
     app.state.acs = acs
     return app

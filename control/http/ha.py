@@ -23,8 +23,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from control.state import StoreUnavailable, write_refusal
 
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
-# Writes that change no state: never refused (an agent refused its heartbeat would be unreachable).
-STATELESS_WRITES = ("/heartbeat",)
+# Writes that change no state: never refused (an agent refused its heartbeat would be
+# unreachable; Admin Router's login and logout only read users and sign tokens).
+STATELESS_WRITES = ("/heartbeat", "/acs/api/v1/auth/login", "/acs/api/v1/auth/logout")
 
 
 async def _json(send: Send, status: int, body: dict[str, str], headers: list[tuple[bytes, bytes]]) -> None:

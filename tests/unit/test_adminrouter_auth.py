@@ -225,3 +225,20 @@ async def test_users_api_needs_a_token_and_manages_users(master: Master, users: 
         assert (await http.delete("/acs/api/v1/users/bob", headers=admin)).status_code == 204
         assert (await http.get("/acs/api/v1/auth/validate", headers=bob)).status_code == 401
         assert (await http.delete("/acs/api/v1/users/bob", headers=admin)).status_code == 404
+
+
+async def test_users_api_answers_503_while_the_store_refuses_writes_and_login_still_works(
+        master: Master, users: Users) -> None:
+    async with client(master, users) as http:
+        admin = {"Authorization": f"token={SECRET}"}
+        master.store.writable = "the state directory /var/lib/navstar is read-only"  # type: ignore[attr-defined]
+        put = await http.put("/acs/api/v1/users/bob", json={"password": "builder"}, headers=admin)
+        assert put.status_code == 503 and "is read-only" in put.json()["reason"]
+        assert (await http.delete("/acs/api/v1/users/alice", headers=admin)).status_code == 503
+        login = await http.post("/acs/api/v1/auth/login", json={"uid": "alice", "password": "wonderland"})
+        assert login.status_code == 200
+        token = {"Authorization": f"token={login.json()['token']}"}
+        assert (await http.get("/acs/api/v1/auth/validate", headers=token)).status_code == 200
+        assert [u["uid"] for u in (await http.get("/acs/api/v1/users", headers=admin)).json()["array"]] == ["alice"]
+        master.store.writable = None  # type: ignore[attr-defined]
+        assert (await http.put("/acs/api/v1/users/bob", json={"password": "builder"}, headers=admin)).status_code == 201
