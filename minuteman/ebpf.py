@@ -70,6 +70,7 @@ MAGLEV_KEY = struct.Struct("=II")       # lb4_maglev_key: service_id, chunk
 COUNTER_ID = struct.Struct("=I")
 BACKEND_VALUE = struct.Struct("=4sHBBI")   # lb4_backend with the address as the 4 bytes inet_pton gives
 _UTF16 = "utf-16-le" if sys.byteorder == "little" else "utf-16-be"   # u16 in native order, no BOM
+_KEY_TAILS = {name: bytes((number, 0)) for name, number in maps.PROTOCOLS.items()}   # lb4_key protocol, pad
 _NON_ZERO = re.compile(rb"[^\x00]")
 _pton4 = functools.partial(socket.inet_pton, socket.AF_INET)
 OUTCOMES = struct.Struct("=QQ")         # lb4_outcomes: refused, unanswered
@@ -918,15 +919,15 @@ class EbpfDataplane:
 
     @staticmethod
     def _key(key: VipKey) -> bytes:
-        protocol = maps.PROTOCOLS.get(key.protocol)
-        if protocol is None:
+        tail = _KEY_TAILS.get(key.protocol)
+        if tail is None:
             raise ValueError(f"protocol {key.protocol!r}: use tcp or udp")
         try:
             if 0 < key.port < 65536:
-                return _pton4(key.address) + key.port.to_bytes(2, "big") + bytes((protocol, 0))
+                return _pton4(key.address) + key.port.to_bytes(2, "big") + tail
         except (OSError, TypeError, AttributeError):
             pass
-        return bytes(maps.Lb4Key(_address(key.address, "VIP"), _port(key.port, "VIP"), protocol, 0))
+        return bytes(maps.Lb4Key(_address(key.address, "VIP"), _port(key.port, "VIP"), maps.PROTOCOLS[key.protocol], 0))
 
     @staticmethod
     # Every repair (each 5 s) reads the whole table back: the same few thousand keys decode to
