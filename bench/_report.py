@@ -111,7 +111,9 @@ def render(summary: dict[str, Any]) -> None:
          f"only when named, and each scenario's row below says when it last ran) "
          f"on a shared {m['cpus']}-core machine, other jobs running beside it: read the ratios as indicative; "
          f"every peer still ran in the same invocation, interleaved with navstar." if quick else
-         f"A full run on a {m['cpus']}-core machine."),
+         f"A full run on a shared {m['cpus']}-core machine (other jobs may run beside it, and labs of other "
+         f"sessions between the lab scenarios: absolute rates vary from run to run; every peer ran in the same "
+         f"invocation, interleaved with navstar)."),
         "",
         f"- last run started {summary['started']} ({', '.join(summary.get('ran', [])) or 'nothing'}, "
         f"{summary['seconds']:.0f} s); commit `{summary['commit'][:12]}`"
