@@ -741,6 +741,7 @@ class EbpfDataplane:
         # No backend twice in the whole slice: none twice in a VIP (else each VIP is checked).
         unique = len(set(zip(addresses, ports, strict=True))) == len(flat)
         pack_service, pack_chunk_key = SERVICE.pack, MAGLEV_KEY.pack
+        key_size, value_size = BACKEND_KEY.size, BACKEND_VALUE.size
         batch.handed_out += counters
         dirty = self._dirty()
         add_backends = batch.backends.parts.append
@@ -756,7 +757,7 @@ class EbpfDataplane:
                 start = end
                 continue
             count = len(entry.backends)
-            values = value_blob[12 * start:12 * end]
+            values = value_blob[value_size * start:value_size * end]
             if entry.draining:
                 values = _backend_values(addresses[start:end], ports[start:end], counters[start:end], count)
             service = pack_service(service_id, slots, count, maps.SERVICE_IMPLICIT_TABLE if slots and not entry.lookup else 0)
@@ -765,7 +766,7 @@ class EbpfDataplane:
             if end > start:
                 if dirty:
                     self._from_zero(key, counters[start:end], batch)
-                add_backends((key, key_blob[8 * start:8 * end], values))
+                add_backends((key, key_blob[key_size * start:key_size * end], values))
             if len(chunks) == 1:
                 add_tables((key, pack_chunk_key(service_id, 0), chunks[0]))
             elif chunks:
