@@ -188,7 +188,7 @@ def agents_main(spec: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--agents", type=int, default=1000)
-    parser.add_argument("--changes", type=int, default=8 if quick() else 20)
+    parser.add_argument("--changes", type=int, default=5 if quick() else 20)
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between app changes")
     parser.add_argument("--processes", type=int, default=2, help="processes the simulated agents run in")
     parser.add_argument("--master", help=argparse.SUPPRESS)
