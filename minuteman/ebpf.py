@@ -51,6 +51,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import chain, repeat
 from pathlib import Path
 
 from bpf import loader, maps
@@ -735,8 +736,8 @@ class EbpfDataplane:
         value_blob = _backend_values(addresses, ports, counters)
         member_indices = [_member_indices(vip[1]) for vip in ready]
         keys = array.array("I", bytes(8 * len(flat)))
-        keys[0::2] = array.array("I", [sid for sid, vip in zip(service_list, ready, strict=True) for _b in vip[5]])
-        keys[1::2] = array.array("I", [index for indices in member_indices for index in indices])
+        keys[0::2] = array.array("I", chain.from_iterable(map(repeat, service_list, [len(vip[5]) for vip in ready])))
+        keys[1::2] = array.array("I", chain.from_iterable(member_indices))
         key_blob = keys.tobytes()
         # No backend twice in the whole slice: none twice in a VIP (else each VIP is checked).
         unique = len(set(zip(addresses, ports, strict=True))) == len(flat)
