@@ -556,19 +556,27 @@ class EbpfDataplane:
         snap = self._snapshot()
         members = snap.by_service()
         chunk_slots = self.features.chunk_slots
+        held = self._held or {}
         out: dict[VipKey, VipEntry] = {}
         for key_bytes, value in snap.services.items():
             key = self._vip_key(key_bytes)
             service_id, table_size, _count, flags = SERVICE.unpack(value)
+            group = sorted(members.get(service_id, ()))
+            vip = held.get(key)
+            if (vip is not None and vip.entry is not None and vip.service == value and vip.key == key_bytes
+                    and b"".join(v for _i, v in group) == vip.values and [i for i, _v in group] == list(vip.indices)
+                    and all(snap.tables.get((service_id, n)) == chunk for n, chunk in vip.chunks.items())):
+                # Byte for byte what the last apply wrote from this entry: it decodes to the entry.
+                out[key] = vip.entry
+                continue
             active, draining = [], []
-            for index, backend in sorted(members.get(service_id, ())):
+            for index, backend in group:
                 (draining if index >= maps.DRAINING_INDEX else active).append(self._public_backend(backend))
             chunks = -(-table_size // chunk_slots)
             raw = b"".join(snap.tables.get((service_id, c), b"") for c in range(chunks))
             lookup = () if flags & maps.SERVICE_IMPLICIT_TABLE else tuple(array.array("H", raw[:table_size * 2]))
             out[key] = VipEntry(key=key, backends=tuple(active), lookup=lookup, draining=tuple(draining))
-        held = self._held
-        if held is not None and (len(held) != len(out) or any(
+        if self._held is not None and (len(held) != len(out) or any(
                 vip.entry != out.get(key) or snap.services.get(vip.key) != vip.service for key, vip in held.items())):
             self._held = None   # drifted: the next apply reads the maps back and repairs
         return out

@@ -542,6 +542,13 @@ def test_apply_trusts_what_it_wrote_until_current_sees_drift_then_repairs_it(net
         assert backend_map.lookup(stray_backend) is None and table_map.lookup(stray_chunk) is None
         assert dp.apply(table).programmed == set(table) and dp.last_writes == 0
 
+        # A table chunk rewritten behind its back is drift too (current() compares bytes).
+        chunk_key, chunk = next(iter(table_map.items()))
+        table_map.update(chunk_key, bytes(len(chunk)))
+        assert dp.current() != table
+        dp.apply(table)
+        assert dp.last_writes == 1 and dp.current() == table and table_map.lookup(chunk_key) == chunk
+
         # A change after the repair is written as a difference again: one backend swapped.
         first = next(iter(table))
         swapped = VipEntry(first, table[first].backends[:3] + (Backend("10.2.9.9", 8009),), table[first].lookup)
