@@ -15,6 +15,9 @@ whose writes fail is reported in ``ApplyResult.errors`` and the others go ahead;
 may then hold part of its new backends and table under its old service entry (drift, which the
 next apply, reading the maps back, fixes).
 
+``current()`` always reads the maps; a VIP they hold byte for byte as the last apply wrote it
+is returned as that apply's entry instead of being decoded again.
+
 Planning works on whole arrays: a VIP's backends are packed in one pass, its table converted as
 bytes (not slot by slot), and writes are handed to the kernel as packed keys and values, one
 ``BPF_MAP_UPDATE_BATCH`` per map and slice. A large apply plans the next slice of VIPs while a
