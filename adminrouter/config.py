@@ -61,6 +61,7 @@ def _check(value: str, what: str) -> str:
 
 def render(settings: Settings, services: list[ServiceRoute]) -> str:
     upstreams, locations = [], []
+    any_down = False
     for route in services:
         name = _check(route.name, "service name")
         if route.servers:
@@ -69,11 +70,16 @@ def render(settings: Settings, services: list[ServiceRoute]) -> str:
             upstreams.append(f"    upstream {upstream} {{{servers} keepalive 8; keepalive_timeout 4s; }}")
             proxy = f"proxy_pass {route.scheme}://{upstream}/;"
         else:
-            proxy = ("return 503 '{\"title\":\"Service Unavailable\",\"description\":\"service "
-                     f"{name} ({_check(route.app_id, 'app id')}) has no running task\","
-                     "\"code\":\"ERR_SERVICE_UNAVAILABLE\"}\\n';")
+            # After auth_request, as /service/ in the template: try_files, not return.
+            proxy = (f"set $service_down \"service {name} ({_check(route.app_id, 'app id')}) has no running task\";\n"
+                     "            try_files /.navstar-no-such-file @service_down;")
+            any_down = True
         locations.append(f"        location /service/{name}/ {{\n            auth_request /internal/auth;\n"
                          f"            {proxy}\n        }}")
+    if any_down:
+        locations.append("        location @service_down {\n            add_header Retry-After 1 always;\n"
+                         "            return 503 '{\"title\":\"Service Unavailable\",\"description\":\"$service_down\","
+                         "\"code\":\"ERR_SERVICE_UNAVAILABLE\"}\\n';\n        }")
     return Template(TEMPLATE.read_text()).substitute(
         workers=settings.workers, run_dir=_check(settings.run_dir, "run directory"), user=settings.user,
         listen=_check(settings.listen, "listen"), backend=_check(settings.backend, "backend"),

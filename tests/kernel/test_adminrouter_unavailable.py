@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from adminrouter.config import Settings, render
+from adminrouter.routes import ServiceRoute
 from adminrouter.supervisor import Supervisor
 from tests.waiting import wait_until
 
@@ -45,7 +46,8 @@ def front(netns, tmp_path: Path) -> Iterator[subprocess.Popen]:
                         user="root", workers="1")
     supervisor = Supervisor(settings, master="http://127.0.0.1:5050")
     supervisor.prepare()
-    supervisor.conf.write_text(render(settings, []))
+    # /service/idle/: an app whose one task is not running yet.
+    supervisor.conf.write_text(render(settings, [ServiceRoute("idle", "http", (), "/idle")]))
     nginx = netns.popen("nginx", "-c", str(supervisor.conf), "-e", str(supervisor.run_dir / "error.log"),
                         stdin=subprocess.DEVNULL)
     try:
@@ -79,3 +81,16 @@ def test_an_unanswering_upstream_and_then_an_unanswering_validator_are_json_503s
     assert answer["code"] == "ERR_AUTH_UNAVAILABLE" and "token validator" in answer["description"]
     status, _headers, body = get(netns, "/mesos/master/state", "another-uncached-token")
     assert status == 503 and json.loads(body)["code"] == "ERR_AUTH_UNAVAILABLE"
+
+
+def test_a_service_without_a_task_or_without_a_route_asks_for_the_token_first(netns, front) -> None:
+    # nginx's ``return`` would answer before auth_request and tell a stranger what exists.
+    for path in ("/service/idle/", "/service/none/"):
+        status, headers, body = get(netns, path, "not-a-token")
+        assert status == 401 and json.loads(body)["code"] == "ERR_MISSING_AUTH_TOKEN", (path, status, body)
+    status, headers, body = get(netns, "/service/idle/index.html", SECRET)
+    assert status == 503 and headers["retry-after"] == "1", (status, body)
+    answer = json.loads(body)
+    assert answer["code"] == "ERR_SERVICE_UNAVAILABLE" and "/idle" in answer["description"]
+    status, _headers, body = get(netns, "/service/none/", SECRET)
+    assert status == 404 and json.loads(body)["code"] == "ERR_UNKNOWN_SERVICE", (status, body)
