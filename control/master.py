@@ -33,6 +33,7 @@ from control.registry import AgentRegistration, AgentRegistry
 from control.scheduler import Scheduler
 from control.state import StateStore, write_refusal
 from control.store import SqliteStore
+from control.view_pacing import ViewWakeups
 from control.vips import VipAllocator
 
 log = logging.getLogger("navstar.master")
@@ -40,9 +41,6 @@ log = logging.getLogger("navstar.master")
 LIVE_STATES = ("TASK_STAGING", "TASK_STARTING", "TASK_RUNNING", "TASK_KILLING", "TASK_UNREACHABLE")
 MAX_VIEW_WAIT = 60.0
 CLUSTER_SECRET_SOURCE = "navstar/cluster-secret"     # Marathon secret source naming the cluster secret
-# Long-polling agents are woken at most this often: a burst of changes (a thousand task statuses)
-# reaches them as a few views, not one view per change.
-VIEW_COALESCE_SECONDS = 1.0
 
 
 class Master:
@@ -93,8 +91,8 @@ class Master:
         self.view_version = int(self.store.get("meta", "view_version", 0)) + 1
         self._view_waiters: set[asyncio.Future] = set()
         self._vip_names: dict[str, set[str]] = {}      # app id → its named VIPs (sync_vips)
-        self._view_woken_at = float("-inf")
-        self._view_wake: asyncio.TimerHandle | None = None
+        # When the long-polls are woken: at once after a quiet spell, else folded (control/view_pacing.py).
+        self.view_wakeups = ViewWakeups(self._wake_view_waiters)
         self._view_cache: ClusterView | None = None
         self.rejected_statuses = 0
         self.versions = AppVersions(self.store)          # every stored app definition (issue 19)
@@ -130,21 +128,9 @@ class Master:
         self.view_version += 1
         self._view_cache = None
         self.store.put("meta", "view_version", self.view_version)
-        if self._view_wake is not None:
-            return      # the waiters are woken soon, with this change too
-        since = time.monotonic() - self._view_woken_at
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            loop = None
-        if loop is None or since >= VIEW_COALESCE_SECONDS:
-            self._wake_view_waiters()
-        else:
-            self._view_wake = loop.call_later(VIEW_COALESCE_SECONDS - since, self._wake_view_waiters)
+        self.view_wakeups.changed()
 
     def _wake_view_waiters(self) -> None:
-        self._view_wake = None
-        self._view_woken_at = time.monotonic()
         for waiter in list(self._view_waiters):
             if not waiter.done():
                 waiter.set_result(None)
@@ -265,16 +251,19 @@ class Master:
 
     async def wait_view(self, since: int, wait: float) -> ClusterView:
         """The view once its version differs from ``since`` (at most ``wait`` seconds, capped at
-        MAX_VIEW_WAIT); changes are handed out at most every VIEW_COALESCE_SECONDS."""
-        if wait > 0 and (self.view_version == since or self._view_wake is not None):
+        MAX_VIEW_WAIT); changes are handed out as ``view_wakeups`` paces them."""
+        if wait > 0 and (self.view_version == since or self.view_wakeups.pending):
             waiter = asyncio.get_running_loop().create_future()
             self._view_waiters.add(waiter)
             try:
                 await asyncio.wait_for(waiter, min(wait, MAX_VIEW_WAIT))
             except TimeoutError:
-                pass
+                return self.view()
             finally:
                 self._view_waiters.discard(waiter)
+            view = self.view()
+            self.view_wakeups.served()       # woken: this answer is part of the fan-out's cost
+            return view
         return self.view()
 
     # ---- agents --------------------------------------------------------------------------
@@ -379,6 +368,7 @@ class Master:
         return [self.scheduler.run(), self.watch_agents(), self.frameworks.run()]
 
     def close(self) -> None:
+        self.view_wakeups.cancel()
         self.store.close()
 
 
