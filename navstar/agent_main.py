@@ -64,7 +64,7 @@ from spartan_dns import api as dns_api
 from spartan_dns.host_resolv import HostResolvConf
 from spartan_dns.metrics import DnsMetrics
 from spartan_dns.records import MesosStateError, generate
-from spartan_dns.service import DnsService
+from spartan_dns.service import DnsService, MesosZones, collector_paused
 from spartan_dns.view_state import state_of_view
 
 log = logging.getLogger("navstar.agent")
@@ -285,17 +285,22 @@ class NodeAgent:
     async def _refresh_records(self, view: ClusterView) -> None:
         """Mesos-DNS records from the view itself (the agent's one source of cluster data),
         generated off the loop; a view older than the one already served is dropped."""
+        masters = [f"{ip}:{view.master_port}" for ip in self._master_ips(view)]
+
+        def build() -> MesosZones:
+            with collector_paused():
+                records = generate(state_of_view(view), masters=masters, listener=self.opts.ip)
+                return self.dns.build_mesos_zones(records)
         try:
-            records = await asyncio.to_thread(
-                generate, state_of_view(view), masters=[f"{ip}:{view.master_port}" for ip in self._master_ips(view)],
-                listener=self.opts.ip)
+            # Off the loop: at 10,000 tasks this is most of a second the resolver keeps answering.
+            built = await asyncio.to_thread(build)
         except (MesosStateError, ValueError) as exc:
             log.warning("cluster view %d gave no DNS records: %s", view.version, exc)
             return
         if view.version < self._records_version:
             return
         self._records_version = view.version
-        self.dns.set_mesos_records(records)
+        self.dns.install_mesos_zones(built)
 
     def _master_ips(self, view: ClusterView) -> list[str]:
         """Every master (``master.mesos``): the election's, or the view's one master."""

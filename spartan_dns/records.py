@@ -52,8 +52,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError, model_validator
@@ -280,14 +281,14 @@ class RecordSet:
     records: tuple[Record, ...]
     domain: str = "mesos"
     warnings: tuple[str, ...] = ()
-    _index: dict[str, dict[str, tuple[Record, ...]]] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
+    @cached_property
+    def _index(self) -> dict[str, dict[str, tuple[Record, ...]]]:
+        # Built on the first lookup: the agent only iterates the records into its zones.
         grouped: dict[str, dict[str, list[Record]]] = {}
         for record in self.records:
             grouped.setdefault(normalise_name(record.name), {}).setdefault(record.rtype, []).append(record)
-        index = {name: {rtype: tuple(rs) for rtype, rs in by_type.items()} for name, by_type in grouped.items()}
-        object.__setattr__(self, "_index", index)
+        return {name: {rtype: tuple(rs) for rtype, rs in by_type.items()} for name, by_type in grouped.items()}
 
     def by_name(self, name: str, rtype: str) -> list[Record]:
         """Records of ``rtype`` at ``name`` (any case, trailing dot optional); [] if none."""
@@ -329,8 +330,10 @@ def slave_id_tail(slave_id: str) -> str:
     return slave_id.split("-")[-1].lower()
 
 
+@lru_cache(maxsize=65536)
 def parse_ip(text: str) -> IPAddress | None:
-    """An IP as Go's net.ParseIP reads it (IPv4-mapped IPv6 counts as IPv4), else None."""
+    """An IP as Go's net.ParseIP reads it (IPv4-mapped IPv6 counts as IPv4), else None.
+    Remembered: an agent's address is parsed again for each of its tasks on every view."""
     if not text or "%" in text:
         return None
     try:
@@ -344,6 +347,16 @@ def parse_ip(text: str) -> IPAddress | None:
 
 def _address_type(address: IPAddress) -> RecordType:
     return "A" if address.version == 4 else "AAAA"
+
+
+@lru_cache(maxsize=65536)
+def _typed_text(address: IPAddress) -> tuple[RecordType, str]:
+    return _address_type(address), str(address)
+
+
+def _typed_texts(addresses: Iterable[IPAddress]) -> list[tuple[RecordType, str]]:
+    """(record type, text) per address; remembered, as agents' addresses repeat for each task."""
+    return [_typed_text(address) for address in addresses]
 
 
 def _wire_encodable(name: str) -> bool:
@@ -419,7 +432,14 @@ class _Generator:
     def __init__(self, domain: str, label: LabelFunc, ip_sources: Sequence[str],
                  resolve_hostname: HostnameResolver | None) -> None:
         self.domain = domain
-        self.label = label
+        labels: dict[str, str] = {}     # task, port and protocol names repeat across tasks
+
+        def cached_label(text: str) -> str:
+            found = labels.get(text)
+            if found is None:
+                found = labels[text] = label(text)
+            return found
+        self.label = cached_label
         self.ip_sources = ip_sources
         self.resolve_hostname = resolve_hostname
         self.records: list[Record] = []
@@ -566,13 +586,12 @@ class _Generator:
         tail = f".{self.domain}."
         canonical = f"{name}-{task_hash(task.id)}-{slave_id_tail(task.slave_id)}.{framework}"
         short = f"{name}.{framework}"
-        for ip in ips:
-            self.add(short + tail, _address_type(ip), str(ip))
-            self.add(canonical + tail, _address_type(ip), str(ip))
-        for agent_ip in map(parse_ip, agent_ips):
-            if agent_ip is not None:
-                self.add(f"{short}.slave{tail}", _address_type(agent_ip), str(agent_ip))
-                self.add(f"{canonical}.slave{tail}", _address_type(agent_ip), str(agent_ip))
+        for rtype, text in _typed_texts(ips):
+            self.add(short + tail, rtype, text)
+            self.add(canonical + tail, rtype, text)
+        for rtype, text in _typed_texts(ip for ip in map(parse_ip, agent_ips) if ip is not None):
+            self.add(f"{short}.slave{tail}", rtype, text)
+            self.add(f"{canonical}.slave{tail}", rtype, text)
 
         has_discovery = bool(task.discovery.name)
         # Resource ports: always under .slave; also without it when there is no DiscoveryInfo.

@@ -6,14 +6,19 @@ reply's RRs. A name that exists with other types (or only has names below it) is
 that does not exist is NXDOMAIN; both carry the zone's SOA in the authority section (RFC 2308).
 Mesos-DNS answers an absent name asked for SRV, SOA or NS with NOERROR (and the SOA), not
 NXDOMAIN; its zone is built with ``MESOS_DNS_NOERROR_TYPES`` to do the same.
+
+Records are kept as plain values (an address string, an :class:`Srv` tuple): a view of 10,000
+tasks gives 80,000 records three zones over, and dnslib objects compare and build slowly (their
+``__eq__`` walks every field). A value becomes a dnslib rdata the first time an answer needs it.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from dnslib import AAAA, NS, QTYPE, RR, SOA, SRV, A, DNSLabel
 
@@ -37,7 +42,50 @@ T_A, T_AAAA, T_NS, T_SOA, T_SRV, T_ANY = QTYPE.A, QTYPE.AAAA, QTYPE.NS, QTYPE.SO
 # Mesos-DNS's handleEmpty: an absent name asked for these types is NOERROR, for others NXDOMAIN.
 MESOS_DNS_NOERROR_TYPES = frozenset({T_SRV, T_SOA, T_NS})
 
-ZoneRecord = tuple[str, int, object]     # (name without trailing dot, QTYPE, dnslib rdata)
+
+
+class Srv(NamedTuple):
+    """An SRV record's data; ``target`` ends with a dot."""
+    priority: int
+    weight: int
+    port: int
+    target: str
+
+
+RData = str | Srv           # A/AAAA: the address in canonical text; SRV: Srv
+ZoneRecord = tuple[str, int, RData]     # (name without trailing dot, QTYPE, value)
+
+
+def to_dnslib(rtype: int, value: RData) -> object:
+    """The dnslib rdata an answer carries for a zone value."""
+    if rtype == T_A:
+        return A(value)
+    if rtype == T_AAAA:
+        return AAAA(value)
+    if rtype == T_SRV and isinstance(value, Srv):
+        return SRV(value.priority, value.weight, value.port, value.target)
+    raise ValueError(f"no rdata for type {QTYPE.get(rtype, rtype)} value {value!r}")
+
+
+_UNSEEN: dict = {}       # a marker: not the None that means "outside the zone"
+
+
+def _mover(old: str, new: str) -> Callable[[str], str]:
+    """A function moving a name (no trailing dot needed) from under ``old`` to under ``new``."""
+    cut = len(old)
+
+    def move(name: str) -> str:
+        bare = name.rstrip(".").lower()
+        if bare == old:
+            return new
+        if bare.endswith("." + old):
+            return bare[:-cut] + new
+        return bare
+    return move
+
+
+def _moved_srv(value: RData, move: Callable[[str], str]) -> RData:
+    return Srv(value.priority, value.weight, value.port, move(value.target) + ".") if isinstance(value, Srv) else value
 
 
 @dataclass(frozen=True)
@@ -53,54 +101,109 @@ class Zone:
                  serial: int, ns_in_authority: bool = False, noerror_types: frozenset[int] = frozenset()):
         """``noerror_types``: query types for which an absent name is NOERROR (no answer, the
         SOA in authority) rather than NXDOMAIN."""
-        self.origin = origin.rstrip(".").lower()
+        origin = origin.rstrip(".").lower()
+        # name → type → values, in the order first seen (a dict de-duplicates them by hash).
+        values: dict[str, dict[int, dict[RData, None]]] = {}
+        exists: set[str] = {origin}
+        suffix = "." + origin
+        by_raw_name: dict[str, dict[int, dict[RData, None]] | None] = {}    # names repeat: normalise each once
+        for raw, rtype, value in records:
+            types = by_raw_name.get(raw, _UNSEEN)
+            if types is _UNSEEN:
+                name = raw.rstrip(".").lower()
+                if name != origin and not name.endswith(suffix):
+                    log.warning("record %s outside zone %s dropped", name, origin)
+                    types = None
+                else:
+                    types = values.get(name)
+                    if types is None:
+                        types = values[name] = {}
+                        while name != origin and name not in exists:
+                            exists.add(name)
+                            name = name.partition(".")[2]
+                by_raw_name[raw] = types
+            if types is None:
+                continue
+            rrset = types.get(rtype)
+            if rrset is None:
+                rrset = types[rtype] = {}
+            rrset[value] = None
+        self._setup(origin, values, exists, ttl=ttl, soa=soa, serial=serial, ns_in_authority=ns_in_authority,
+                    noerror_types=noerror_types)
+
+    @classmethod
+    def mirror(cls, zone: Zone, origin: str, *, soa: SoaNames, serial: int, ns_in_authority: bool = False,
+               noerror_types: frozenset[int] = frozenset()) -> Zone:
+        """``zone``'s records under another origin (``mesos`` → ``mesos.thisdcos.directory``),
+        SRV targets inside it moved too; cheaper than building the records again."""
+        origin = origin.rstrip(".").lower()
+        old, cut = zone.origin, len(zone.origin)
+        move = _mover(old, origin)      # SRV targets may point anywhere
+
+        def inside(name: str) -> str:   # a normalised name of the zone: the origin or below it
+            return origin if name == old else name[:-cut] + origin
+        values = {inside(name): {rtype: ({_moved_srv(v, move): None for v in rrset} if rtype == T_SRV else rrset)
+                                 for rtype, rrset in types.items()}
+                  for name, types in zone._values.items()}
+        exists = {inside(name) for name in zone._exists}
+        mirrored = cls.__new__(cls)
+        mirrored._setup(origin, values, exists, ttl=zone.ttl, soa=soa, serial=serial,
+                        ns_in_authority=ns_in_authority, noerror_types=noerror_types)
+        return mirrored
+
+    def _setup(self, origin: str, values: dict[str, dict[int, dict[RData, None]]], exists: set[str], *,
+               ttl: int, soa: SoaNames, serial: int, ns_in_authority: bool, noerror_types: frozenset[int]) -> None:
+        self.origin = origin
         self.noerror_types = noerror_types
         self.ttl = ttl
         self.ns_in_authority = ns_in_authority
-        self._rrsets: dict[str, dict[int, list]] = {}
-        self._exists: set[str] = {self.origin}
-        self.record_count = 0
-        suffix = "." + self.origin
-        for name, rtype, rdata in records:
-            name = name.rstrip(".").lower()
-            if name != self.origin and not name.endswith(suffix):
-                log.warning("record %s outside zone %s dropped", name, self.origin)
-                continue
-            rdatas = self._rrsets.setdefault(name, {}).setdefault(rtype, [])
-            if rdata not in rdatas:
-                rdatas.append(rdata)
-                self.record_count += 1
-            while name != self.origin and name not in self._exists:
-                self._exists.add(name)
-                name = name.partition(".")[2]
-        apex = self._rrsets.setdefault(self.origin, {})
+        self._values = values
+        self._exists = exists
+        self.record_count = sum(len(rrset) for types in values.values() for rrset in types.values())
         self._soa_rdata = SOA(soa.mname, soa.rname, (serial, SOA_REFRESH, SOA_RETRY, SOA_EXPIRE, ttl))
-        apex[T_SOA] = [self._soa_rdata]
-        apex[T_NS] = [NS(soa.mname)]
-        self._soa_rr = RR(self.origin + ".", T_SOA, ttl=ttl, rdata=self._soa_rdata)
-        self._ns_rr = RR(self.origin + ".", T_NS, ttl=ttl, rdata=apex[T_NS][0])
+        self._ns_rdata = NS(soa.mname)
+        # An answer's dnslib rdata by (name, type), built when first asked for.
+        self._rdatas: dict[tuple[str, int], list] = {(origin, T_SOA): [self._soa_rdata],
+                                                     (origin, T_NS): [self._ns_rdata]}
+        values.setdefault(origin, {})
+        self._soa_rr = RR(origin + ".", T_SOA, ttl=ttl, rdata=self._soa_rdata)
+        self._ns_rr = RR(origin + ".", T_NS, ttl=ttl, rdata=self._ns_rdata)
 
-    def names(self) -> Iterator[tuple[str, int, object]]:
-        """Every record (name, QTYPE, rdata), apex SOA/NS excluded."""
-        for name, rrsets in self._rrsets.items():
-            for rtype, rdatas in rrsets.items():
-                if name == self.origin and rtype in (T_SOA, T_NS):
-                    continue
-                for rdata in rdatas:
-                    yield name, rtype, rdata
+    def names(self) -> Iterator[tuple[str, int, RData]]:
+        """Every record (name, QTYPE, value), apex SOA/NS excluded."""
+        for name, types in self._values.items():
+            for rtype, values in types.items():
+                for value in values:
+                    yield name, rtype, value
 
     def rdatas(self, name: str, rtype: int) -> list:
-        return self._rrsets.get(name, {}).get(rtype, [])
+        """The dnslib rdatas of one RRset (the apex's SOA and NS included)."""
+        key = (name, rtype)
+        found = self._rdatas.get(key)
+        if found is None:
+            values = self._values.get(name, {}).get(rtype)
+            if not values:
+                return []       # not remembered: asking every type of every name must not grow memory
+            found = self._rdatas[key] = [to_dnslib(rtype, value) for value in values]
+        return found
+
+    def _types(self, name: str) -> list[int] | None:
+        types = self._values.get(name)
+        if types is None:
+            return None
+        if name == self.origin:
+            return [*types, T_SOA, T_NS]
+        return list(types)
 
     def lookup(self, qname: DNSLabel, name: str, qtype: int) -> Reply:
         """Answers ``qtype`` for ``name`` (lowercase); owner names keep the case the client asked in."""
-        rrsets = self._rrsets.get(name)
-        if rrsets is None:
+        types = self._types(name)
+        if types is None:
             return self._negative(NOERROR if name in self._exists or qtype in self.noerror_types else NXDOMAIN)
         if qtype == T_ANY:
-            found = [(rtype, rdata) for rtype, rdatas in rrsets.items() for rdata in rdatas]
+            found = [(rtype, rdata) for rtype in types for rdata in self.rdatas(name, rtype)]
         else:
-            found = [(qtype, rdata) for rdata in rrsets.get(qtype, ())]
+            found = [(qtype, rdata) for rdata in self.rdatas(name, qtype)]
         if not found:
             return self._negative(NOERROR)
         answers = [RR(qname, rtype, ttl=self.ttl, rdata=rdata) for rtype, rdata in found]
@@ -154,12 +257,11 @@ class ZoneTable:
 
 
 # -- building records ------------------------------------------------------------------------
-def address_rdata(value: str) -> tuple[int, object]:
-    """``"10.0.0.1"`` → (A, rdata); ``"fd01::1"`` → (AAAA, rdata). Raises ValueError otherwise."""
+def address_rdata(value: str) -> tuple[int, str]:
+    """``"10.0.0.1"`` → (A, "10.0.0.1"); ``"fd01::1"`` → (AAAA, "fd01::1"), canonical text.
+    Raises ValueError otherwise."""
     address = ipaddress.ip_address(value.strip())
-    if address.version == 4:
-        return T_A, A(str(address))
-    return T_AAAA, AAAA(str(address))
+    return (T_A if address.version == 4 else T_AAAA), str(address)
 
 
 def _iter_generated(recordset) -> Iterator[tuple[str, str, str]]:
@@ -171,21 +273,29 @@ def _iter_generated(recordset) -> Iterator[tuple[str, str, str]]:
         yield record.name, record.rtype, record.value
 
 
+_ADDRESS_TYPES = {"A": T_A, "AAAA": T_AAAA}
+
+
 def mesos_records(recordset) -> list[ZoneRecord]:
     """The generator's records as zone records; a record that does not parse is logged and skipped."""
     out: list[ZoneRecord] = []
+    append = out.append
+    addresses: dict[str, tuple[int, str]] = {}     # agents' addresses repeat across their tasks
     for name, rtype, value in _iter_generated(recordset):
         try:
-            if rtype in ("A", "AAAA"):
-                kind, rdata = address_rdata(value)
-                if QTYPE[kind] != rtype:
+            wanted = _ADDRESS_TYPES.get(rtype)
+            if wanted is not None:
+                parsed = addresses.get(value)
+                if parsed is None:
+                    parsed = addresses[value] = address_rdata(value)
+                if parsed[0] != wanted:
                     raise ValueError(f"{rtype} record with address {value!r}")
-                out.append((name, kind, rdata))
+                append((name, wanted, parsed[1]))
             elif rtype == "SRV":
                 target, _, port = value.rpartition(":")
                 if not target or not port.isdigit() or not 0 <= int(port) < 65536:
                     raise ValueError(f"SRV value {value!r} is not target:port")
-                out.append((name, T_SRV, SRV(0, 0, int(port), target if target.endswith(".") else target + ".")))
+                append((name, T_SRV, Srv(0, 0, int(port), target if target.endswith(".") else target + ".")))
             else:
                 raise ValueError(f"unsupported record type {rtype!r}")
         except ValueError as exc:
@@ -195,20 +305,8 @@ def mesos_records(recordset) -> list[ZoneRecord]:
 
 def rebase(records: Iterable[ZoneRecord], old: str, new: str) -> list[ZoneRecord]:
     """The same records under another origin (``mesos`` → ``mesos.thisdcos.directory``); SRV targets too."""
-    def move(name: str) -> str:
-        bare = name.rstrip(".").lower()
-        if bare == old:
-            return new
-        if bare.endswith("." + old):
-            return bare[: -len(old)] + new
-        return bare
-
-    out: list[ZoneRecord] = []
-    for name, rtype, rdata in records:
-        if rtype == T_SRV:
-            rdata = SRV(rdata.priority, rdata.weight, rdata.port, move(str(rdata.target)) + ".")
-        out.append((move(name), rtype, rdata))
-    return out
+    move = _mover(old.rstrip(".").lower(), new.rstrip(".").lower())
+    return [(move(name), rtype, _moved_srv(value, move)) for name, rtype, value in records]
 
 
 def dcos_records(records: Iterable[ZoneRecord], mesos_domain: str, leader_ip: str | None,
@@ -221,10 +319,10 @@ def dcos_records(records: Iterable[ZoneRecord], mesos_domain: str, leader_ip: st
     """
     domain = mesos_domain.rstrip(".").lower()
     slave_suffix = ".slave." + domain
-    by_name: dict[str, list[tuple[int, object]]] = {}
-    for name, rtype, rdata in records:
+    by_name: dict[str, list[tuple[int, RData]]] = {}
+    for name, rtype, value in records:
         if rtype in (T_A, T_AAAA):
-            by_name.setdefault(name.rstrip(".").lower(), []).append((rtype, rdata))
+            by_name.setdefault(name.rstrip(".").lower(), []).append((rtype, value))
     out: list[ZoneRecord] = []
     for name, agent_addresses in by_name.items():
         if not name.endswith(slave_suffix):
@@ -233,10 +331,10 @@ def dcos_records(records: Iterable[ZoneRecord], mesos_domain: str, leader_ip: st
         if "." not in task:             # "<framework>.slave" is not a task name
             continue
         task_addresses = by_name.get(f"{task}.{domain}", [])
-        agent_set = {str(rdata) for _, rdata in agent_addresses}
+        agent_set = {value for _, value in agent_addresses}
         out += [(f"{task}.agentip.{DCOS}", t, r) for t, r in agent_addresses]
         out += [(f"{task}.autoip.{DCOS}", t, r) for t, r in (task_addresses or agent_addresses)]
-        out += [(f"{task}.containerip.{DCOS}", t, r) for t, r in task_addresses if str(r) not in agent_set]
+        out += [(f"{task}.containerip.{DCOS}", t, r) for t, r in task_addresses if r not in agent_set]
     for ip in master_ips:
         out.append((f"master.{DCOS}", *address_rdata(ip)))
     if leader_ip:

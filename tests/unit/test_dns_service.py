@@ -308,3 +308,14 @@ async def test_http_api_in_mesos_dns_shapes(service):
 def test_bad_configuration_is_a_clear_error(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DnsService(**{"upstreams": [], **kwargs})
+
+
+async def test_zones_built_off_the_loop_follow_masters_that_changed_meanwhile(service):
+    service.set_masters("198.18.0.2", ["198.18.0.2"])
+    built = await asyncio.to_thread(service.build_mesos_zones, RECORDS)
+    assert addresses(await ask(service, packet("web.marathon.mesos"))) == []     # nothing served yet
+    service.set_masters("198.18.0.3", ["198.18.0.3"])       # a new leader before the zones go in
+    service.install_mesos_zones(built)
+    assert addresses(await ask(service, packet("web.marathon.mesos"))) == ["9.0.1.5"]
+    assert addresses(await ask(service, packet("leader.dcos.thisdcos.directory"))) == ["198.18.0.3"]
+    assert addresses(await ask(service, packet("web.marathon.agentip.dcos.thisdcos.directory"))) == ["198.18.0.11"]

@@ -132,3 +132,29 @@ def test_vip_records_validate_name_and_address():
         vip_records({"web.marathon.mesos": "11.0.0.1"})
     with pytest.raises(ValueError, match="not an IP"):
         vip_records({"web.marathon.l4lb.thisdcos.directory": "eleven"})
+
+
+def test_a_mirror_answers_as_a_zone_built_from_rebased_records():
+    soa = SoaNames("ns1.mesos.thisdcos.directory", "root.ns1.mesos.thisdcos.directory")
+    origin = "mesos.thisdcos.directory"
+    built = Zone(origin, rebase(mesos_records(GENERATED), "mesos", origin), ttl=60, soa=soa, serial=7,
+                 ns_in_authority=True)
+    mirrored = Zone.mirror(mesos_zone(), origin, soa=soa, serial=7, ns_in_authority=True)
+    assert sorted(mirrored.names()) == sorted(built.names()) and mirrored.record_count == built.record_count
+    for name, qtype in [("web.marathon", "A"), ("_web._tcp.marathon", "SRV"), ("marathon", "A"),
+                        ("nope", "A"), ("", "SOA"), ("", "NS"), ("web.marathon", "ANY")]:
+        full = f"{name}.{origin}." if name else f"{origin}."
+        one, other = ask(mirrored, full, qtype), ask(built, full, qtype)
+        assert (one.rcode, [str(rr) for rr in one.answers + one.authority + one.additional]) == \
+            (other.rcode, [str(rr) for rr in other.answers + other.authority + other.additional]), (name, qtype)
+    srv = ask(mirrored, f"_web._tcp.marathon.{origin}.", "SRV")
+    assert str(srv.answers[0].rdata.target) == f"web-abcde-s1.marathon.{origin}."
+    assert [str(rr.rdata) for rr in srv.additional] == ["9.0.1.5"]      # glue found in the mirror
+
+
+def test_repeated_records_count_once_and_asking_absent_types_keeps_nothing():
+    zone = mesos_zone(GENERATED + GENERATED[:4])
+    assert zone.record_count == len(mesos_records(GENERATED)) and len(ask(zone, "web.marathon.mesos.").answers) == 2
+    for qtype in range(1, 300):
+        zone.lookup(DNSLabel("web.marathon.mesos."), "web.marathon.mesos", qtype)
+    assert set(zone._rdatas) == {("mesos", QTYPE.SOA), ("mesos", QTYPE.NS), ("web.marathon.mesos", QTYPE.A)}
