@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -112,9 +113,14 @@ def test_expired_tampered_and_alg_none_tokens_are_refused(lab: LabHandle) -> Non
 
 def test_thirty_wrong_passwords_in_a_second_meet_429(lab: LabHandle) -> None:
     url = f"{front(lab)}/acs/api/v1/auth/login"
-    with httpx.Client(timeout=10) as client:
-        codes = [client.post(url, json={"uid": "admin", "password": f"guess-{i}"}).status_code for i in range(30)]
-    assert set(codes) <= {401, 429} and codes.count(429) >= 10, codes
+    # All at once, as a guesser would: one after another, each wrong password's hashing time (longer
+    # on a loaded machine) would refill the bucket and make the count depend on the machine's speed.
+    with httpx.Client(timeout=30, limits=httpx.Limits(max_connections=30)) as client, \
+            ThreadPoolExecutor(max_workers=30) as pool:
+        codes = list(pool.map(lambda i: client.post(url, json={"uid": "admin", "password": f"guess-{i}"}).status_code,
+                              range(30)))
+    # A burst of 10, then 2 a second: at most 10 plus what refills while they arrive are let through.
+    assert set(codes) <= {401, 429} and codes.count(429) >= 15, codes
 
 
 def test_a_service_follows_its_task_to_another_agent(lab: LabHandle) -> None:
