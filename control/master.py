@@ -258,13 +258,15 @@ class Master:
             try:
                 await asyncio.wait_for(waiter, min(wait, MAX_VIEW_WAIT))
             except TimeoutError:
-                return self.view()
+                pass
             finally:
                 self._view_waiters.discard(waiter)
-            view = self.view()
-            self.view_wakeups.served()       # woken: this answer is part of the fan-out's cost
-            return view
-        return self.view()
+        view = self.view()
+        if wait > 0 and view.version != since:
+            # Woken, or back from the last view while the next was already out: either way this
+            # answer is part of handing the version out (the fan-out's cost).
+            self.view_wakeups.served()
+        return view
 
     # ---- agents --------------------------------------------------------------------------
     def register_agent(self, registration: AgentRegistration) -> None:

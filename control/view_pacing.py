@@ -6,18 +6,21 @@ view change ──► ViewWakeups.changed ──► quiet for a window since the
                                                ▼
                                   one timer at last wake-up + window ──► wake (the changes meanwhile ride
                                                ▲                          along; the window doubles)
-woken long-poll answered ──► served ──► fan-out cost = last answer − wake-up ──► window ≥ cost ÷ share
+woken long-poll answered ──► served ──► fan-out cost = the loop's CPU from the wake-up to the last
+                                         answer ──► window ≥ cost ÷ share
 ```
 
 - A change after a quiet spell reaches the agents at once; the changes that follow it (a task's
   launch and ``TASK_RUNNING`` tens of ms after its app's POST) wait at most ``min_window``.
 - Changes that keep coming (a burst's thousand statuses) double the window at each wake-up that
   had to wait, up to ``max_window``: a burst reaches the agents as a few views, not one per change.
-- Handing a view out costs the master a share of its loop per agent (1,000 agents: tenths of a
-  second). The window is never shorter than the last fan-out's cost ÷ ``fanout_share``, so views
-  take at most that share of the loop however many agents follow.
+- Handing a view out costs the master's loop CPU per agent (1,000 agents: about 0.3 s). The
+  window is never shorter than the last fan-out's cost ÷ ``fanout_share``, so views take at most
+  that share of the loop however many agents follow. The cost is the loop thread's CPU time, not
+  the wall clock: agents that share the machine's cores slow the fan-out down without costing
+  the master anything.
 
-Pure: the clock and the timer are injected (``schedule(delay, callback)`` returns a handle with
+Pure: the clocks and the timer are injected (``schedule(delay, callback)`` returns a handle with
 ``cancel()``, or None when there is no event loop — then every change wakes at once).
 """
 
@@ -53,17 +56,22 @@ def loop_call_later(delay: float, callback: Callable[[], None]) -> Cancellable |
 class ViewWakeups:
     def __init__(self, wake: Callable[[], None], clock: Callable[[], float] = time.monotonic,
                  schedule: Schedule = loop_call_later, min_window: float = MIN_WINDOW_SECONDS,
-                 max_window: float = MAX_WINDOW_SECONDS, fanout_share: float = FANOUT_SHARE) -> None:
-        """``wake()`` hands the current view to every waiting long-poll."""
+                 max_window: float = MAX_WINDOW_SECONDS, fanout_share: float = FANOUT_SHARE,
+                 cpu_clock: Callable[[], float] = time.thread_time) -> None:
+        """``wake()`` hands the current view to every waiting long-poll; ``cpu_clock`` is the CPU
+        time of the thread that runs the loop (the fan-out's cost)."""
         self._wake = wake
         self._clock = clock
+        self._cpu_clock = cpu_clock
         self._schedule = schedule
         self.min_window = min_window
         self.max_window = max_window
         self.fanout_share = fanout_share
         self.churn_window = min_window
         self.woken_at = float("-inf")
-        self.last_served_at = float("-inf")
+        self._woken_cpu = 0.0
+        self._served_cpu = 0.0
+        self._previous_cost = 0.0       # of the last fan-out that answered anyone
         self.wakeups = 0
         self._timer: Cancellable | None = None
 
@@ -74,12 +82,15 @@ class ViewWakeups:
 
     @property
     def fanout_cost(self) -> float:
-        """Seconds from the last wake-up until the last long-poll it woke was answered (so far)."""
-        return max(0.0, self.last_served_at - self.woken_at)
+        """The loop's CPU seconds from the last wake-up until the last long-poll it woke was
+        answered (so far)."""
+        return max(0.0, self._served_cpu - self._woken_cpu)
 
     def window(self) -> float:
-        """The least time between two wake-ups now."""
-        return max(self.churn_window, self.fanout_cost / self.fanout_share)
+        """The least time between two wake-ups now. The cost is the dearer of the fan-out in
+        progress (so far) and the last complete one: a timer may fire before the long-polls just
+        woken have resumed, when nothing of this fan-out is measured yet."""
+        return max(self.churn_window, max(self.fanout_cost, self._previous_cost) / self.fanout_share)
 
     def changed(self) -> None:
         """The view changed: wake now, or at the end of the window (one timer for any number of
@@ -97,7 +108,7 @@ class ViewWakeups:
 
     def served(self) -> None:
         """A long-poll woken by the last wake-up has its answer (the fan-out's cost so far)."""
-        self.last_served_at = self._clock()
+        self._served_cpu = self._cpu_clock()
 
     def cancel(self) -> None:
         """Drops a due wake-up (the master is closing). Idempotent."""
@@ -118,6 +129,9 @@ class ViewWakeups:
         self._wake_now()
 
     def _wake_now(self) -> None:
+        if self.fanout_cost > 0:
+            self._previous_cost = self.fanout_cost
         self.woken_at = self._clock()
+        self._woken_cpu = self._served_cpu = self._cpu_clock()
         self.wakeups += 1
         self._wake()
