@@ -8,12 +8,14 @@ Three processes on loopback, no kernel and no lab:
   (``FakeAgents``: launches run at once and report ``TASK_RUNNING``);
 - the simulated agents (``--agents-process``, two processes of 500): each one registers through
   ``POST /v1/agents`` like a real agent, then long-polls ``GET /v1/view?since=N&wait=30`` on
-  its own keep-alive connection, exactly the request ``control/agent/runtime.py`` makes, and
-  notes when a view first names each change's VIP (``"marathon:/fanout-NN"`` in
-  ``vip_addresses``) — a byte search, not a parse, so the clients stay light;
+  its own keep-alive connection, the request ``control/agent/runtime.py`` makes (httpx's
+  ``Accept-Encoding: gzip, deflate`` included: the master answers gzip, which the clients
+  decompress), and notes when a view first names each change's VIP (``"marathon:/fanout-NN"``
+  in ``vip_addresses``) — a byte search, not a parse, so the clients stay light;
 - this driver: ``POST /v2/apps`` of a one-task app with a named VIP, one change every
-  ``--interval`` seconds (beyond the master's 1 s coalescing of view wake-ups, so each change
-  is handed out on its own), reading the master's CPU time from ``/proc`` around the run.
+  ``--interval`` seconds (beyond the master's longest pacing of view wake-ups, 1 s in a burst,
+  so each change is handed out on its own), reading the master's CPU time from ``/proc``
+  around the run.
 
 Per change: the first and the last agent to hold it (seconds after the POST was sent). Reported:
 p50 and p99 over the changes of the last agent's time (every agent holds the new view), the
@@ -40,6 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import httpx
@@ -129,9 +132,11 @@ async def _agent(spec: dict, index: int, ready: asyncio.Event, started: set[int]
         async def exchange(request: bytes) -> bytes:
             writer.write(request)
             head = await reader.readuntil(b"\r\n\r\n")
-            length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))
+            lines = head.lower().split(b"\r\n")
+            length = next(int(line.split(b":", 1)[1]) for line in lines if line.startswith(b"content-length:"))
             payload = await reader.readexactly(length)
+            if b"content-encoding: gzip" in lines:
+                payload = zlib.decompress(payload, wbits=31)
             if head[9:12] != b"200":
                 raise SystemExit(f"HTTP {head[9:12].decode()} from the master: {payload[:300]!r}")
             return payload
@@ -140,7 +145,8 @@ async def _agent(spec: dict, index: int, ready: asyncio.Event, started: set[int]
                        f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         version, next_change, changes = 0, 0, spec["changes"]
         while not stop.is_set():
-            request = f"GET /v1/view?since={version}&wait=30 HTTP/1.1\r\nHost: {host}\r\n{auth}\r\n".encode()
+            request = (f"GET /v1/view?since={version}&wait=30 HTTP/1.1\r\nHost: {host}\r\n{auth}"
+                       "Accept-Encoding: gzip, deflate\r\n\r\n").encode()
             view = await exchange(request)
             arrived = time.monotonic()
             found = VERSION.search(view[:64])
