@@ -96,7 +96,11 @@ def agent_api(agent_id: str, executor: Executor, secret: str | None,
     async def tasks(request: Request) -> JSONResponse:
         if (denied := guard(request)) is not None:
             return denied
-        return JSONResponse([s.model_dump() for s in [*executor.statuses(), *launcher.statuses()]])
+        # The launcher first: a task moves from it to the executor, and is never in neither.
+        in_flight = launcher.statuses()
+        held = executor.statuses()
+        ids = {status.task_id for status in held}
+        return JSONResponse([s.model_dump() for s in [*held, *(s for s in in_flight if s.task_id not in ids)]])
 
     async def list_networks(request: Request) -> JSONResponse:
         if (denied := guard(request)) is not None:

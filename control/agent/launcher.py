@@ -12,6 +12,9 @@ POST /v1/tasks [launch…] ──► Launcher.submit ──► per task: accepte
 - Back-pressure: with ``capacity`` launches queued the rest is answered ``busy``; the master keeps
   those tasks staging and offers them again later. Nothing waits for a start to answer.
 - A queued task that is killed is dropped from the queue and reported ``TASK_KILLED``.
+- Reconciliation (``statuses``) sees a task from its launch until the executor holds it: queued,
+  then in a worker's hands while it starts (it leaves those only once the executor lists it), so
+  the master never finds an acknowledged launch missing and replaces it (a duplicate).
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Launcher:
         self.capacity = capacity
         self.workers = workers
         self._queued: OrderedDict[str, TaskLaunch] = OrderedDict()
+        self._in_hand: dict[str, TaskLaunch] = {}     # taken by a worker, being started
         # Worker threads of their own take from the queue: a busy event loop (a large view being
         # applied) never holds a start back, and starts never queue behind other off-loop work.
         self._lock = threading.Lock()
@@ -59,7 +63,7 @@ class Launcher:
         with self._lock:
             for launch in launches:
                 task_id = launch.task_id
-                if task_id in self._queued or self.executor.knows(task_id):
+                if task_id in self._queued or task_id in self._in_hand or self.executor.knows(task_id):
                     outcomes[task_id] = "known"
                 elif len(self._queued) >= self.capacity:
                     outcomes[task_id] = "busy"
@@ -79,10 +83,11 @@ class Launcher:
         return True
 
     def statuses(self) -> list[TaskStatus]:
-        """Queued tasks as TASK_STAGING (what reconciliation must know is in flight)."""
+        """Queued and starting tasks as TASK_STAGING (what reconciliation must know is in flight).
+        Read it before the executor's statuses: a task leaves it only once the executor has it."""
         now = time.time()
         with self._lock:
-            queued = list(self._queued.items())
+            queued = [*self._queued.items(), *self._in_hand.items()]
         return [TaskStatus(task_id=task_id, state="TASK_STAGING", timestamp=now, ports=launch.ports)
                 for task_id, launch in queued]
 
@@ -106,13 +111,17 @@ class Launcher:
                     self._ready.wait()
                 if self._closed:
                     return
-                _task_id, launch = self._queued.popitem(last=False)
+                task_id, launch = self._queued.popitem(last=False)
+                self._in_hand[task_id] = launch
             try:
                 self.executor.launch(launch)
                 self.started += 1
             except Exception:  # noqa: BLE001 — one bad launch never stops the queue
                 log.exception("launch of %s", launch.task_id)
                 continue
+            finally:
+                with self._lock:
+                    self._in_hand.pop(task_id, None)
             if self.on_started is not None and launch.task_id in self.executor.tasks and self._loop is not None:
                 try:
                     self._loop.call_soon_threadsafe(self.on_started, launch)

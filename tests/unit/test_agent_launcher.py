@@ -58,3 +58,44 @@ async def test_launches_are_answered_at_once_idempotent_and_busy_beyond_capacity
         assert executor.started.count("t1") == 1
     finally:
         await launcher.close()
+
+
+async def test_a_task_being_started_stays_visible_to_reconciliation_until_the_executor_lists_it():
+    # The duplicate launches of a burst: a worker had taken the task from the queue and the executor
+    # was still starting it (netns, cgroup, fork) when the master reconciled; GET /v1/tasks listed it
+    # nowhere, so the master, whose launch the agent had acknowledged, took it for lost and launched
+    # a second task for the app, while the first one started too.
+    import httpx
+
+    from control.agent.api import agent_api
+
+    class HeldExecutor(StubExecutor):
+        """Lists what it started, as the executor's ``statuses()`` does."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            del self.statuses           # the method below, not the stub's list of reports
+
+        def statuses(self) -> list[TaskStatus]:     # type: ignore[override]
+            return [TaskStatus(task_id=t, state="TASK_RUNNING", timestamp=0.0) for t in list(self.tasks)]
+
+    executor = HeldExecutor()
+    launcher = Launcher(executor, workers=1)  # type: ignore[arg-type]
+    api = agent_api("agent-1", executor, None, launcher=launcher)  # type: ignore[arg-type]
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(api), base_url="http://agent:5051")
+    try:
+        answer = await client.post("/v1/tasks", json={"launches": [launch("t1").model_dump()]})
+        assert answer.json()["results"] == {"t1": "accepted"}
+        await wait_until_async(lambda: launcher.queued == 0, message="a worker took t1")
+        # In the worker's hands, the executor still starting it: reconciliation sees it staging.
+        listed = {s["task_id"]: s["state"] for s in (await client.get("/v1/tasks")).json()}
+        assert listed == {"t1": "TASK_STAGING"}
+        assert launcher.submit([launch("t1")]) == {"t1": "known"}     # a resend is not queued again
+        executor.go.set()
+        await wait_until_async(lambda: executor.started == ["t1"], message="t1 started")
+        listed = {s["task_id"]: s["state"] for s in (await client.get("/v1/tasks")).json()}
+        assert listed == {"t1": "TASK_RUNNING"}
+    finally:
+        executor.go.set()
+        await client.aclose()
+        await launcher.close()
