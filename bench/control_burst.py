@@ -41,7 +41,13 @@ DOWN_GOAL_S = 10.0
 # Steady state after the burst: share of one core each node's processes use while nothing changes.
 STEADY_AGENT_GOAL, STEADY_MASTER_GOAL = 0.05, 0.02
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-UNKNOWN_KILL = "runs unknown task"
+# The master's line for a task killed as nobody's (an older wording too).
+UNKNOWN_KILL = re.compile(r"runs unknown task|belongs to no app or task the master knows")
+# What replaces a task before it ran its course (a duplicate launch, when the first one runs on):
+# its agent marked unreachable (nothing heard for --agent-timeout), or a reconciliation that did
+# not find an acknowledged launch on its agent.
+UNREACHABLE = re.compile(r"agent \S+ unreachable \(nothing heard")
+LOST_BY_RECONCILIATION = "does not list it (reconciliation)"
 LAUNCH_FAILURE = re.compile(r"launch of \S+ (failed|rejected)")
 KILL_FAILURE = re.compile(r"could not kill|kill of \S+: ")
 STARTED = re.compile(r"task (\S+) running as pid")
@@ -198,7 +204,9 @@ def main() -> int:
         if t["appId"].startswith("/burst-") and t.get("state") == "TASK_RUNNING":
             per_agent[t["host"]] += 1
     master_log = log_since(state.master.log, offsets["master"])
-    unknown = master_log.count(UNKNOWN_KILL)
+    unknown = len(UNKNOWN_KILL.findall(master_log))
+    unreachable = len(UNREACHABLE.findall(master_log))
+    lost = master_log.count(LOST_BY_RECONCILIATION)
     launch_failures = len(LAUNCH_FAILURE.findall(master_log))
     kill_failures = len(KILL_FAILURE.findall(master_log))
     started: dict[str, set[str]] = defaultdict(set)
@@ -212,8 +220,9 @@ def main() -> int:
     rate = args.apps / running_at if running_at else 0.0
     print(f"  tasks per agent: {dict(sorted(per_agent.items()))}")
     print(f"  unknown-task kills {unknown}, launch failures {launch_failures}, failed kills {kill_failures}, "
-          f"duplicate launches {duplicates}")
-    for pattern in (re.compile(re.escape(UNKNOWN_KILL)), LAUNCH_FAILURE, KILL_FAILURE):
+          f"duplicate launches {duplicates}; agents marked unreachable {unreachable}, tasks lost by "
+          f"reconciliation {lost}")
+    for pattern in (UNKNOWN_KILL, LAUNCH_FAILURE, KILL_FAILURE, UNREACHABLE, re.compile(LOST_BY_RECONCILIATION)):
         for line in [line for line in master_log.splitlines() if pattern.search(line)][:2]:
             print(f"    e.g. {line[:220]}")
     print(f"  all TASK_RUNNING after {running_at:.1f} s; launch rate {rate:.1f} tasks/s" if running_at

@@ -783,6 +783,8 @@ class Scheduler:
             if task.agent_id != agent_id or task.task_id in reported or task.terminal:
                 continue
             if task.launched_at is not None and task.launched_at <= asked_at:
+                log.warning("task %s lost: agent %s acknowledged its launch but does not list it (reconciliation)",
+                            task.task_id, agent_id)
                 self._set_state(task, "TASK_LOST", f"agent {agent_id} does not run it anymore", self.clock())
                 self._terminated(task, self.clock())
             elif task.launched_at is None and task.state == "TASK_STAGING":
