@@ -191,4 +191,4 @@ class Forward:
         if stale:
             return Reply(entry.rcode, answers, authority, additional, source="stale", zone=zone)
         return Reply(entry.rcode, answers, authority, additional, source="cache", zone=zone,
-                     replay_until=entry.next_tick(now))
+                     replay_until=entry.expires, ttl_origin=entry.stored_at, ttl_age=int(now - entry.stored_at))

@@ -79,6 +79,10 @@ class Reply:
     zone: str = "."
     rotate: bool = False
     replay_until: float = 0.0
+    # Answers from the cache: their TTLs count down a second at a time from this monotonic
+    # instant (the cache entry's), so a stored reply can have them rewritten rather than re-made.
+    ttl_origin: float | None = None
+    ttl_age: int = 0            # the whole seconds already counted down in these answers
 
 
 class Malformed(Exception):
@@ -178,6 +182,35 @@ def encode_reply(request: Request, reply: Reply, rotation: int = 0) -> bytes:
     truncated = DNSRecord(DNSHeader(id=header.id, qr=1, aa=header.aa, tc=1, rd=header.rd, ra=1,
                                     rcode=header.rcode), questions=[query.q], ar=[opt] if opt else [])
     return bytes(truncated.pack())
+
+
+def ttl_offsets(wire: bytes) -> list[tuple[int, int]]:
+    """(offset, TTL) of every resource record's TTL field in a packed message, OPT excluded (its
+    TTL field holds EDNS flags). dnslib packs messages but does not say where fields landed."""
+    _qid, _flags, qdcount, ancount, nscount, arcount = HEADER.unpack_from(wire)
+    offset = HEADER.size
+    for _ in range(qdcount):
+        offset = _skip_name(wire, offset) + 4
+    found = []
+    for _ in range(ancount + nscount + arcount):
+        offset = _skip_name(wire, offset)
+        rtype, _rclass, ttl, rdlength = struct.unpack_from("!HHIH", wire, offset)
+        if rtype != TYPE_OPT:
+            found.append((offset + 4, ttl))
+        offset += 10 + rdlength
+    if offset != len(wire):
+        raise ValueError(f"message is {len(wire)} bytes, its records end at {offset}")
+    return found
+
+
+def _skip_name(wire: bytes, offset: int) -> int:
+    while True:
+        length = wire[offset]
+        if length == 0:
+            return offset + 1
+        if length & 0xC0 == 0xC0:       # a compression pointer ends the name
+            return offset + 2
+        offset += 1 + length
 
 
 def rcode_name(rcode: int) -> str:

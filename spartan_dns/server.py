@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import math
 import socket
 import struct
 import time
@@ -32,6 +33,7 @@ from spartan_dns.message import (
     encode_reply,
     header_reply,
     rcode_name,
+    ttl_offsets,
     type_label,
 )
 from spartan_dns.stats import LATENCY_BUCKETS, DnsStats, Latency
@@ -78,7 +80,7 @@ class ClientFilter:
 
 
 class ReplayEntry:
-    __slots__ = ("tails", "turn", "until", "key", "latency")
+    __slots__ = ("tails", "turn", "until", "key", "latency", "next_tick", "_counted_down")
 
     def __init__(self, tails: list[bytes], until: float, key: tuple, latency: Latency):
         self.tails = tails          # reply bytes after the ID, one per answer rotation
@@ -86,6 +88,38 @@ class ReplayEntry:
         self.until = until          # monotonic deadline
         self.key = key              # stats key (zone, type, rcode, source)
         self.latency = latency
+        self.next_tick = math.inf   # when the TTLs in ``tails`` are a second too high
+        self._counted_down: CountedDown | None = None
+
+    def count_down(self, origin: float, age: int) -> None:
+        """The tails' TTLs, ``age`` seconds counted down already, count down a second at a time from
+        ``origin`` (a cache entry's), as the cache would encode them again: ``tick`` rewrites them."""
+        self._counted_down = CountedDown(self.tails, [ttl_offsets(b"\0\0" + tail) for tail in self.tails],
+                                         origin, age)
+        self.next_tick = origin + age + 1
+
+    def tick(self, now: float) -> None:
+        counted = self._counted_down
+        if counted is None:
+            return
+        age = int(now - counted.origin)
+        elapsed = age - counted.age
+        tails = []
+        for tail, offsets in zip(counted.tails, counted.offsets, strict=True):
+            patched = bytearray(tail)
+            for offset, ttl in offsets:
+                struct.pack_into("!I", patched, offset - 2, max(0, ttl - elapsed))
+            tails.append(bytes(patched))
+        self.tails = tails
+        self.next_tick = counted.origin + age + 1
+
+
+class CountedDown:
+    """A stored reply as first encoded: its tails, where their TTLs are, and the age they had."""
+    __slots__ = ("tails", "offsets", "origin", "age")
+
+    def __init__(self, tails: list[bytes], offsets: list[list[tuple[int, int]]], origin: float, age: int):
+        self.tails, self.offsets, self.origin, self.age = tails, offsets, origin, age
 
 
 class QueryServer:
@@ -156,8 +190,10 @@ class QueryServer:
             tails += [encode_reply(request, reply, rotation)[2:] for rotation in range(1, count)]
         if len(self.replay) >= self.replay_limit:
             self.replay = {}
-        self.replay[request.raw[2:]] = ReplayEntry(tails, reply.replay_until, key,
-                                                   self.stats.latency[key[3]])
+        entry = ReplayEntry(tails, reply.replay_until, key, self.stats.latency[key[3]])
+        if reply.ttl_origin is not None and not truncated:
+            entry.count_down(reply.ttl_origin, reply.ttl_age)
+        self.replay[request.raw[2:]] = entry
 
     def _count(self, key: tuple, started: float) -> None:
         self.stats.answered(key, time.monotonic() - started)
@@ -217,6 +253,8 @@ class UdpListener:
             started = monotonic()
             entry = replay.get(data[2:])
             if entry is not None and entry.until > started and addr[0] in allowed:
+                if started >= entry.next_tick:
+                    entry.tick(started)
                 tails = entry.tails
                 if len(tails) == 1:
                     tail = tails[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from dnslib import EDNS0, QTYPE, RR, A, DNSRecord
+from dnslib import EDNS0, NS, QTYPE, RR, SOA, SRV, A, DNSRecord
 
 from spartan_dns.message import (
     FORMERR,
@@ -16,6 +16,7 @@ from spartan_dns.message import (
     Reply,
     decode_query,
     encode_reply,
+    ttl_offsets,
 )
 
 CLIENT = ("127.0.0.1", 5353)
@@ -176,3 +177,19 @@ def test_a_label_holding_a_dot_does_not_pass_for_two_labels():
     request = decode_query(one_label, CLIENT, tcp=False)
     assert request.qname == "ready\\.spartan"
     assert decode_query(query("READY.spartan"), CLIENT, tcp=False).qname == "ready.spartan"
+
+
+def test_ttl_offsets_find_every_records_ttl_but_opts():
+    msg = DNSRecord.question("_web._tcp.marathon.mesos", "SRV").reply()
+    msg.add_answer(RR("_web._tcp.marathon.mesos", 33, ttl=60, rdata=SRV(0, 0, 80, "web-a.marathon.mesos")))
+    msg.add_answer(RR("_web._tcp.marathon.mesos", 33, ttl=61, rdata=SRV(0, 0, 81, "web-b.marathon.mesos")))
+    msg.add_auth(RR("mesos", 2, ttl=62, rdata=NS("ns1.mesos")))
+    msg.add_auth(RR("mesos", 6, ttl=63, rdata=SOA("ns1.mesos", "root.ns1.mesos", (1, 2, 3, 4, 5))))
+    msg.add_ar(RR("web-a.marathon.mesos", 1, ttl=64, rdata=A("9.0.1.5")))
+    msg.add_ar(EDNS0(udp_len=1232, flags="do"))
+    wire = bytes(msg.pack())
+    found = ttl_offsets(wire)
+    assert [ttl for _offset, ttl in found] == [60, 61, 62, 63, 64]       # names compressed, OPT left out
+    assert all(int.from_bytes(wire[o:o + 4], "big") == ttl for o, ttl in found)
+    with pytest.raises(ValueError):
+        ttl_offsets(wire + b"\0")

@@ -319,3 +319,25 @@ async def test_zones_built_off_the_loop_follow_masters_that_changed_meanwhile(se
     assert addresses(await ask(service, packet("web.marathon.mesos"))) == ["9.0.1.5"]
     assert addresses(await ask(service, packet("leader.dcos.thisdcos.directory"))) == ["198.18.0.3"]
     assert addresses(await ask(service, packet("web.marathon.agentip.dcos.thisdcos.directory"))) == ["198.18.0.11"]
+
+
+async def test_a_replayed_cached_answer_counts_its_ttl_down_without_being_made_again(service, upstream):
+    clock = Clock()
+    service.forward.clock = clock
+    query = packet("www.example.net", edns=1232)
+    await ask(service, query)                   # fetched upstream (TTL 60): not replayed
+    clock.now += 3.2
+    cached = await ask(service, query)          # from the cache, TTL 57: stored for replay
+    assert cached.rr[0].ttl == 57
+    entry = service.server.replay[query[2:]]
+    origin = clock.now - 3.2
+    assert entry.until == origin + 60 and entry.next_tick == origin + 4
+    entry.tick(origin + 10.5)                   # what the listener does on a hit past next_tick
+    replayed = DNSRecord.parse(query[:2] + entry.tails[0])
+    assert replayed.rr[0].ttl == 50 and str(replayed.rr[0].rdata) == "10.9.9.9"
+    assert replayed.ar[0].rtype == QTYPE.OPT and replayed.ar[0].edns_len == 1232     # EDNS flags untouched
+    assert entry.next_tick == origin + 11
+    clock.now = origin + 10.5                   # the same answer made again agrees byte for byte
+    service.server.forget()
+    assert (await ask(service, query)).pack() == replayed.pack()
+    assert upstream.asked == ["www.example.net."]
