@@ -89,7 +89,7 @@ class Master:
         self.ipam = OverlayIpam.restore(snapshot, self.overlay) if snapshot else OverlayIpam(self.overlay)
         # A restarted master serves a newer version, so every agent fetches the view again.
         self.view_version = int(self.store.get("meta", "view_version", 0)) + 1
-        self._view_waiters: set[asyncio.Future] = set()
+        self._view_waiters: dict[asyncio.Future, int] = {}     # long-poll → the version it holds
         self._vip_names: dict[str, set[str]] = {}      # app id → its named VIPs (sync_vips)
         # When the long-polls are woken: at once after a quiet spell, else folded (control/view_pacing.py).
         self.view_wakeups = ViewWakeups(self._wake_view_waiters)
@@ -130,10 +130,15 @@ class Master:
         self.store.put("meta", "view_version", self.view_version)
         self.view_wakeups.changed()
 
-    def _wake_view_waiters(self) -> None:
-        for waiter in list(self._view_waiters):
-            if not waiter.done():
+    def _wake_view_waiters(self) -> int:
+        """Answers the long-polls that hold an older view than this one; says how many. One that
+        already holds it (it was answered after the change that set the wake-up) waits on."""
+        woken = 0
+        for waiter, since in list(self._view_waiters.items()):
+            if since != self.view_version and not waiter.done():
                 waiter.set_result(None)
+                woken += 1
+        return woken
 
     def sync_vips(self, app_id: str | None = None) -> None:
         """Named VIPs of every app get one address each; unused ones are freed. With ``app_id``
@@ -252,20 +257,22 @@ class Master:
     async def wait_view(self, since: int, wait: float) -> ClusterView:
         """The view once its version differs from ``since`` (at most ``wait`` seconds, capped at
         MAX_VIEW_WAIT); changes are handed out as ``view_wakeups`` paces them."""
+        woken = False
         if wait > 0 and (self.view_version == since or self.view_wakeups.pending):
             waiter = asyncio.get_running_loop().create_future()
-            self._view_waiters.add(waiter)
+            self._view_waiters[waiter] = since
             try:
                 await asyncio.wait_for(waiter, min(wait, MAX_VIEW_WAIT))
+                woken = True
             except TimeoutError:
                 pass
             finally:
-                self._view_waiters.discard(waiter)
+                self._view_waiters.pop(waiter, None)
         view = self.view()
         if wait > 0 and view.version != since:
             # Woken, or back from the last view while the next was already out: either way this
             # answer is part of handing the version out (the fan-out's cost).
-            self.view_wakeups.served()
+            self.view_wakeups.served(woken=woken)
         return view
 
     # ---- agents --------------------------------------------------------------------------

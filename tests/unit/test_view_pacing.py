@@ -56,9 +56,8 @@ class FakeTimers:
 
 
 def pacer(timers: FakeTimers, wakes: list[float], **kwargs) -> ViewWakeups:
-    # The loop's CPU clock runs with the wall clock here: a loop doing nothing but the fan-out.
     return ViewWakeups(lambda: wakes.append(round(timers.now, 6)), clock=timers.clock, schedule=timers.schedule,
-                       cpu_clock=timers.clock, **kwargs)
+                       **kwargs)
 
 
 def test_a_change_after_quiet_wakes_at_once_and_its_followers_within_the_minimum_window():
@@ -155,6 +154,37 @@ def test_a_timer_that_fires_before_the_woken_long_polls_resume_goes_by_the_last_
     assert wakes == [1.0, 2.0, 2.4]
 
 
+def test_a_wakeup_waits_until_the_long_polls_the_last_one_woke_are_answered():
+    timers, wakes = FakeTimers(), []
+
+    def wake() -> int:
+        wakes.append(round(timers.now, 6))
+        return 3                    # three long-polls woken
+
+    w = ViewWakeups(wake, clock=timers.clock, schedule=timers.schedule, min_window=0.1, fanout_timeout=10.0,
+                    fanout_share=100.0)
+    timers.run_until(1.0)
+    w.changed()
+    w.served(woken=True)            # the first answer goes out at once, two wait for the machine
+    timers.run_until(1.05)
+    w.changed()
+    timers.run_until(1.5)           # the window passed, the fan-out has not: the next one waits
+    assert wakes == [1.0] and w.pending
+    w.served(woken=True)
+    w.served(woken=False)           # a long-poll back from the view before: not one of the three
+    assert wakes == [1.0]
+    timers.run_until(1.6)
+    w.served(woken=True)            # the last of the three: the change goes out now
+    assert wakes == [1.0, 1.6] and not w.pending
+    # Woken long-polls that never answer (cancelled) hold the next wake-up at most fanout_timeout.
+    timers.run_until(1.7)
+    w.changed()
+    timers.run_until(11.5)
+    assert wakes == [1.0, 1.6]
+    timers.run_until(11.7)
+    assert wakes == [1.0, 1.6, 11.6]
+
+
 def test_changes_while_a_wakeup_is_due_set_one_timer_and_cancel_drops_it():
     timers, wakes = FakeTimers(), []
     w = pacer(timers, wakes)
@@ -220,5 +250,35 @@ async def test_a_woken_long_poll_counts_towards_the_fanout_cost():
         view = (await asyncio.wait_for(waiting, 5)).json()
         assert view["version"] > version and wakeups.wakeups > wakeups_before
         assert wakeups.fanout_cost > 0      # the loop's CPU from the wake-up to the answer
+    finally:
+        await c.close()
+
+
+async def test_a_long_poll_already_holding_the_newest_view_is_not_answered_again():
+    # An agent answered after the change that set a wake-up already holds what the wake-up hands
+    # out: answering it again would send a thousand agents the same version for nothing.
+    c = Cluster()
+    timers = FakeTimers()
+    c.master.view_wakeups = ViewWakeups(c.master._wake_view_waiters, clock=timers.clock, schedule=timers.schedule)
+    try:
+        timers.run_until(10.0)
+        c.master.view_changed()         # at once (nobody waits)
+        timers.run_until(10.01)
+        c.master.view_changed()         # within the window: a wake-up is due
+        assert c.master.view_wakeups.pending
+        version = c.master.view_version
+        holding = asyncio.ensure_future(c.mesos.get("/v1/view", params={"since": version, "wait": 5}))
+        behind = asyncio.ensure_future(c.mesos.get("/v1/view", params={"since": version - 1, "wait": 5}))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not behind.done()        # waits for the wake-up, as the change is paced
+        timers.run_until(10.2)
+        assert (await asyncio.wait_for(behind, 5)).json()["version"] == version
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert not holding.done()
+        timers.run_until(12.0)
+        c.master.view_changed()
+        assert (await asyncio.wait_for(holding, 5)).json()["version"] == version + 1
     finally:
         await c.close()
