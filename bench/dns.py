@@ -9,6 +9,11 @@ Two workloads, each measured with dnsperf against the three servers in alternati
   (one thread, like the others) all forward to it, and every cache is warmed before timing, so
   this measures cache hits.
 
+navstar runs as the agent runs it: with its kernel replay table on ``lo`` (``--kernel-replay``,
+``bpf/dns_replay.c``: own-zone answers the resolver has given once are given again at tc ingress)
+when eBPF is available; a second instance without it is measured beside it and reported as
+``dns.<workload>.userspace/dnsmasq``.
+
 Goals (issue 5): own zone ≥ 0.5× dnsmasq, cached forwarded ≥ 0.3×; exits 1 when one is missed.
 The ratios to unbound are reported (issue 17's ``dns.cached/unbound``) without a goal.
 Throughput counts correct answers only (NOERROR: every name asked exists), so a server answering
@@ -39,7 +44,8 @@ from rich.table import Table
 from bench._results import quick, record
 
 NAMES = 1000
-NAVSTAR_IP = "198.51.100.1"
+NAVSTAR_IP = "198.51.100.1"     # as the agent runs it: own-zone answers also from the kernel (tc on lo)
+USERSPACE_IP = "198.51.100.2"   # the same resolver without the kernel replay table
 PEER_IP = "127.0.0.2"          # dnsmasq answering the own-zone names / forwarding with its cache
 UPSTREAM_IP = "127.0.0.3"      # dnsmasq every server forwards to
 UNBOUND_IP = "127.0.0.4"       # Debian's unbound: the same names as local-data, and a forward zone
@@ -56,7 +62,7 @@ class Namespace:
     def __enter__(self) -> Namespace:
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         self.run("ip", "link", "set", "lo", "up")
-        for address in (NAVSTAR_IP, PEER_IP, UPSTREAM_IP, UNBOUND_IP):
+        for address in (NAVSTAR_IP, USERSPACE_IP, PEER_IP, UPSTREAM_IP, UNBOUND_IP):
             self.run("ip", "addr", "add", f"{address}/32", "dev", "lo")
         return self
 
@@ -150,12 +156,23 @@ class Run:
     wrong: float
 
 
+def _kernel_replay_available() -> bool:
+    """Whether ``--kernel-replay`` can load here (the agent turns it on under the same test)."""
+    try:
+        from bpf.dns_replay import KernelDnsReplay
+        KernelDnsReplay().close()
+    except Exception:  # noqa: BLE001 - no bcc, no headers, no BPF: the resolver alone is measured
+        return False
+    return True
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0 if quick() else 8.0, help="length of each dnsperf run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs per server and workload")
     args = parser.parse_args()
     console = Console(width=150)
+    kernel_replay = _kernel_replay_available()
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-dns-")))
         own = {f"app{i}.marathon.l4lb.thisdcos.directory": f"11.0.{i // 250}.{i % 250 + 1}" for i in range(NAMES)}
@@ -168,14 +185,15 @@ def main() -> int:
 
         ns = stack.enter_context(Namespace())
         ns.dnsmasq(UPSTREAM_IP, f"--addn-hosts={tmp / 'upstream.hosts'}", "--local-ttl=3600")
-        ns.start(sys.executable, "-m", "spartan_dns", "--listen", NAVSTAR_IP, "--port", "53",
-                 "--vips", str(tmp / "vips.json"), "--upstream", UPSTREAM_IP, ready="ready")
+        for address, extra in ((NAVSTAR_IP, ["--kernel-replay", "lo"] if kernel_replay else []), (USERSPACE_IP, [])):
+            ns.start(sys.executable, "-m", "spartan_dns", "--listen", address, "--port", "53",
+                     "--vips", str(tmp / "vips.json"), "--upstream", UPSTREAM_IP, *extra, ready="ready")
         ns.unbound(unbound_config(tmp, own))
         results: dict[tuple[str, str], list[Run]] = {}
 
         def measure(workload: str, queries: Path) -> None:
             for _ in range(args.rounds):
-                for server, address in (*PEERS.items(), ("navstar", NAVSTAR_IP)):
+                for server, address in (*PEERS.items(), ("navstar", NAVSTAR_IP), ("navstar-userspace", USERSPACE_IP)):
                     results.setdefault((workload, server), []).append(ns.dnsperf(address, queries, args.seconds))
 
         # Own zone: the peer serves the same names from a hosts file, with the same TTL.
@@ -187,7 +205,7 @@ def main() -> int:
 
         # Cached forwarded: the peer is a caching forwarder to the same upstream; warm both caches.
         ns.dnsmasq(PEER_IP, f"--server={UPSTREAM_IP}", "--cache-size=10000")
-        for address in (*PEERS.values(), NAVSTAR_IP):
+        for address in (*PEERS.values(), NAVSTAR_IP, USERSPACE_IP):
             ns.dnsperf(address, tmp / "forwarded.queries")
         measure("cached forwarded", tmp / "forwarded.queries")
 
@@ -199,7 +217,7 @@ def main() -> int:
     verdict = 0
     short = {"own zone": "local", "cached forwarded": "cached"}
     for workload in GOALS:
-        for server in (*PEERS, "navstar"):
+        for server in (*PEERS, "navstar", "navstar-userspace"):
             record(f"dns.{server}.qps", statistics.median(r.correct_qps for r in results[(workload, server)]), "qps",
                    workload=workload, server=server)
         ours_runs = results[(workload, "navstar")]
@@ -219,7 +237,15 @@ def main() -> int:
                           f"[{'green' if met else 'red'}]{ratio:.2f}×", f"≥ {goal}×" if goal else "—",
                           f"{max(r.lost for r in peer_runs):.2%}", f"{max(r.lost for r in ours_runs):.2%}",
                           f"{max(r.wrong for r in peer_runs):.2%}", f"{max(r.wrong for r in ours_runs):.2%}")
+        # The resolver alone, without the kernel's help: reported, no goal.
+        alone = statistics.median(r.correct_qps for r in results[(workload, "navstar-userspace")])
+        peer = statistics.median(r.correct_qps for r in results[(workload, "dnsmasq")])
+        record(f"dns.{short[workload]}.userspace/dnsmasq", alone / peer if peer else 0.0, "x")
+        table.add_row(workload, "dnsmasq", f"{peer:,.0f}", f"{alone:,.0f} (process only)",
+                      f"{alone / peer if peer else 0.0:.2f}×", "—", "", "", "", "")
     console.print(table)
+    if not kernel_replay:
+        console.print("eBPF (bcc) is not available here: navstar ran without its kernel replay table")
     return int(verdict)
 
 

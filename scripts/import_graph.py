@@ -36,6 +36,7 @@ KERNEL_LIBRARIES = ("bcc", "pyroute2", "netfilterqueue", "nftables")
 KERNEL_LAYER = (
     "kernel",                          # the shared kernel layer (netlink engine, nftables, off-loop)
     "bpf.loader",                      # bcc: compiles and attaches the socket-LB programs
+    "bpf.dns_replay",                  # bcc + pyroute2: the DNS replay table's tc program
     "minuteman.netfilter_kernel",      # the NFQUEUE dataplane's real netfilter seam
     "minuteman.nfqueue_worker",        # netfilterqueue: the queue reader process
     "overlay.netlink_kernel",          # the overlay's real netlink seam

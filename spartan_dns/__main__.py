@@ -45,6 +45,8 @@ def serve(
     max_inflight: Annotated[int, typer.Option(help="forwarded queries in flight at most")] = 1000,
     tcp_idle_timeout: Annotated[float, typer.Option(help="seconds an idle TCP connection stays open")] = 10.0,
     metrics_listen: Annotated[str | None, typer.Option(help="host:port for /metrics and the /v1 API")] = None,
+    kernel_replay: Annotated[list[str] | None, typer.Option(
+        help="interface (repeat, e.g. lo) where the kernel answers own-zone queries it has seen answered (tc BPF)")] = None,
 ) -> None:
     """Serve DNS until SIGTERM/SIGINT."""
     from spartan_dns.service import DnsService
@@ -55,7 +57,7 @@ def serve(
                              dict(parse_forward_zone(z) for z in forward_zone or []), node_ip, domain,
                              allowed_clients=allow or None, upstream_timeout=upstream_timeout,
                              overall_timeout=overall_timeout, max_inflight=max_inflight,
-                             tcp_idle_timeout=tcp_idle_timeout)
+                             tcp_idle_timeout=tcp_idle_timeout, **_offload(kernel_replay))
         if vips is not None:
             service.set_vips(json.loads(vips.read_text()))
         if mesos_state is not None:
@@ -67,6 +69,19 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     asyncio.run(_run(service, metrics_listen))
+
+
+def _offload(interfaces: list[str] | None) -> dict:
+    """The kernel replay table for ``--kernel-replay`` (compiled here: a failure names the cause)."""
+    if not interfaces:
+        return {}
+    from bpf.dns_replay import KernelDnsReplay
+    from bpf.loader import LoaderError
+
+    try:
+        return {"replay_offload": KernelDnsReplay(), "offload_interfaces": interfaces}
+    except (LoaderError, ImportError) as exc:
+        raise ValueError(f"--kernel-replay: {exc}") from None
 
 
 async def _run(service, metrics_listen: str | None) -> None:

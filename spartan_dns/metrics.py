@@ -53,6 +53,11 @@ class DnsMetrics(Collector):
             latency.add_metric([source], buckets, hist.total)
         yield latency
 
+        kernel = CounterMetricFamily("navstar_dns_kernel_answers",
+                                     "Own-zone answers given in the kernel before reaching the resolver (counted each second)")
+        kernel.add_metric([], stats.kernel_answers)
+        yield kernel
+
         hits = CounterMetricFamily("navstar_dns_cache_hits", "Forwarded questions answered from the cache")
         hits.add_metric([], cache_hits)
         yield hits

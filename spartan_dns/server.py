@@ -36,6 +36,7 @@ from spartan_dns.message import (
     ttl_offsets,
     type_label,
 )
+from spartan_dns.offload import ReplayOffload
 from spartan_dns.stats import LATENCY_BUCKETS, DnsStats, Latency
 
 log = logging.getLogger("navstar.dns.server")
@@ -44,6 +45,7 @@ UDP_BURST = 64              # datagrams handled per wake-up before yielding to t
 UDP_RECV_SIZE = 4096        # queries are small; anything longer is cut and then fails to parse
 UDP_RCVBUF = 4 << 20
 MAX_ROTATIONS = 8           # distinct orders stored for a multi-record answer
+OFFLOAD_STATS = 256         # stats keys the offload can count (bpf/lib/dns_replay.h DNS_REPLAY_STATS)
 
 
 class ClientFilter:
@@ -131,10 +133,43 @@ class QueryServer:
         self.clients = clients
         self.replay: dict[bytes, ReplayEntry] = {}
         self.replay_limit = replay_limit
+        # Own-zone answers copied to a replay table in the kernel (spartan_dns.offload), if any;
+        # its hits are counted per stats key, which it knows by a small id.
+        self.offload: ReplayOffload | None = None
+        self._stat_ids: dict[tuple, int] = {}
+        self._stat_keys: list[tuple] = []
+        self._offload_counted: dict[int, int] = {}
 
     def forget(self) -> None:
         """Drops every stored reply: call after the zones changed."""
         self.replay = {}
+        if self.offload is not None:
+            self.offload.forget()
+
+    def count_offloaded(self) -> None:
+        """Adds the answers the offload gave since the last call to the request counters
+        (source ``kernel``; they are counted, not timed)."""
+        if self.offload is None:
+            return
+        for stat, total in self.offload.hits().items():
+            new = total - self._offload_counted.get(stat, 0)
+            if new <= 0 or stat >= len(self._stat_keys):
+                continue
+            self._offload_counted[stat] = total
+            zone, qtype, rcode, _source = self._stat_keys[stat]
+            key = (zone, qtype, rcode, "kernel")
+            self.stats.requests[key] = self.stats.requests.get(key, 0) + new
+            self.stats.kernel_answers += new
+
+    def _offload(self, query_tail: bytes, reply_tail: bytes, key: tuple) -> None:
+        stat = self._stat_ids.get(key)
+        if stat is None:
+            if len(self._stat_keys) >= OFFLOAD_STATS:
+                return
+            stat = self._stat_ids[key] = len(self._stat_keys)
+            self._stat_keys.append(key)
+        assert self.offload is not None
+        self.offload.put(query_tail, reply_tail, stat)
 
     def process(self, data: bytes, client: tuple, tcp: bool,
                 started: float) -> bytes | Awaitable[bytes | None] | None:
@@ -194,6 +229,8 @@ class QueryServer:
         if reply.ttl_origin is not None and not truncated:
             entry.count_down(reply.ttl_origin, reply.ttl_age)
         self.replay[request.raw[2:]] = entry
+        if self.offload is not None and len(tails) == 1 and reply.replay_until == math.inf:
+            self._offload(request.raw[2:], tails[0], key)
 
     def _count(self, key: tuple, started: float) -> None:
         self.stats.answered(key, time.monotonic() - started)

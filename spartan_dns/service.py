@@ -8,6 +8,7 @@ device (the agent puts them on ``lo``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import ipaddress
@@ -20,6 +21,7 @@ from cluster.addresses import OVERLAY_SUBNET, RESOLVER_ADDRESSES
 from spartan_dns.cache import ResponseCache
 from spartan_dns.handlers import Chain, Forward, Guard, LocalZones
 from spartan_dns.message import Reply
+from spartan_dns.offload import ReplayOffload
 from spartan_dns.server import ClientFilter, QueryServer, TcpListener, UdpListener
 from spartan_dns.stats import DnsStats
 from spartan_dns.upstream import (
@@ -77,7 +79,10 @@ class DnsService:
                  max_stale: float = 86_400.0, tcp_idle_timeout: float = 10.0,
                  max_tcp_connections: int = 256, mesos_ttl: int = MESOS_TTL,
                  resolv_conf: str = "/etc/resolv.conf",
-                 transport: UpstreamTransport | None = None):
+                 transport: UpstreamTransport | None = None,
+                 replay_offload: ReplayOffload | None = None, offload_interfaces: Iterable[str] = ("lo",)):
+        """``replay_offload``: a replay table outside the process (``bpf.dns_replay``) that answers
+        own-zone queries arriving on ``offload_interfaces`` before they reach the sockets."""
         self.listen = [_ip("listen", a) for a in listen]
         if not self.listen:
             raise ValueError("listen: at least one address is needed")
@@ -117,6 +122,9 @@ class DnsService:
                                max_inflight=max_inflight)
         self.chain = Chain([Guard(), LocalZones(self.zones, self.forward_zones), self.forward])
         self.server = QueryServer(self.chain, self.stats, self.clients)
+        self.replay_offload = replay_offload
+        self.offload_interfaces = list(offload_interfaces)
+        self._offload_beat: asyncio.Task | None = None
         self.tcp_idle_timeout = tcp_idle_timeout
         self.max_tcp_connections = max_tcp_connections
         self._udp: list[UdpListener] = []
@@ -147,14 +155,42 @@ class DnsService:
                     self._tcp.append(tcp)
                 except OSError as exc:
                     raise OSError(exc.errno, f"cannot listen on {address} port {self.port}: {exc.strerror}") from exc
+            if self.replay_offload is not None:
+                self._start_offload(self.replay_offload)
         except BaseException:
             await self.stop()
             raise
-        log.info("DNS on %s port %d (UDP+TCP), upstreams %s", ", ".join(self.listen), self.port,
-                 ", ".join(map(str, self.upstreams)) or "none")
+        log.info("DNS on %s port %d (UDP+TCP), upstreams %s%s", ", ".join(self.listen), self.port,
+                 ", ".join(map(str, self.upstreams)) or "none",
+                 f"; own-zone answers also from the kernel on {', '.join(self.offload_interfaces)}"
+                 if self.replay_offload is not None else "")
+
+    def _start_offload(self, offload: ReplayOffload) -> None:
+        offload.listen([udp.address for udp in self._udp])
+        offload.clients([str(network) for network in self.clients.networks])
+        offload.heartbeat()
+        self.server.offload = offload           # set first: stop() detaches whatever attach did
+        offload.attach(self.offload_interfaces)
+        self._offload_beat = asyncio.get_running_loop().create_task(self._beat(offload))
+
+    async def _beat(self, offload: ReplayOffload) -> None:
+        """Keeps the offload answering while this loop runs, and counts what it answered."""
+        while True:
+            offload.heartbeat()
+            self.server.count_offloaded()
+            await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         """Closes every listener; safe to call twice."""
+        if self._offload_beat is not None:
+            self._offload_beat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._offload_beat
+            self._offload_beat = None
+        if self.server.offload is not None:
+            self.server.count_offloaded()
+            self.server.offload.close()
+            self.server.offload = None
         for listener in self._udp + self._tcp:
             await listener.close()
         self._udp, self._tcp = [], []

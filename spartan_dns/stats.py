@@ -42,6 +42,7 @@ class DnsStats:
         self.upstream_failures: dict[tuple[str, str], int] = {}
         self.cache_misses = 0
         self.zone_records: dict[str, int] = {}
+        self.kernel_answers = 0         # own-zone answers the kernel gave (spartan_dns.offload)
 
     # -- recording (the hot path inlines the first two) ---------------------------------------
     def answered(self, key: tuple[str, str, str, str], seconds: float) -> None:

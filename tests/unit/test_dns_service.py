@@ -341,3 +341,32 @@ async def test_a_replayed_cached_answer_counts_its_ttl_down_without_being_made_a
     service.server.forget()
     assert (await ask(service, query)).pack() == replayed.pack()
     assert upstream.asked == ["www.example.net."]
+
+
+async def test_own_zone_answers_go_to_the_offload_and_its_answers_are_counted(upstream):
+    from spartan_dns.offload import FakeReplayOffload
+
+    offload = FakeReplayOffload()
+    svc = DnsService(listen=["127.0.0.1"], port=0, upstreams=["10.0.0.53"], node_ip="198.18.0.11",
+                     transport=upstream, replay_offload=offload, offload_interfaces=["lo"])
+    svc.set_vips({VIP: "11.0.0.1"})
+    await svc.start()
+    try:
+        assert offload.interfaces == ["lo"] and offload.addresses == svc.addresses and offload.heartbeats >= 1
+        assert "127.0.0.0/8" in offload.networks
+        query = packet(VIP)
+        assert addresses(await ask(svc, query)) == ["11.0.0.1"]
+        answered = offload.answer(packet(VIP, qid=77))
+        assert answered is not None and addresses(DNSRecord.parse(answered)) == ["11.0.0.1"]
+        assert DNSRecord.parse(answered).header.id == 77
+        await ask(svc, packet("www.example.net"))          # forwarded: TTLs count down, not offloaded
+        await ask(svc, packet("www.example.net"))
+        assert offload.answer(packet("www.example.net")) is None
+        svc.server.count_offloaded()
+        assert svc.stats.kernel_answers == 1
+        assert svc.stats.requests[("l4lb.thisdcos.directory", "A", "NOERROR", "kernel")] == 1
+        svc.set_vips({VIP: "11.0.0.2"})                      # zones change: the offload forgets
+        assert offload.answer(query) is None
+    finally:
+        await svc.stop()
+    assert offload.closed and svc.server.offload is None

@@ -1,0 +1,41 @@
+/* Layouts of the DNS replay maps (bpf/dns_replay.c), mirrored in bpf/dns_replay.py. */
+#ifndef NAVSTAR_DNS_REPLAY_H
+#define NAVSTAR_DNS_REPLAY_H
+
+#define DNS_REPLAY_KEY_MAX 252          /* query bytes after the ID */
+#define DNS_REPLAY_REPLY_MAX 1024       /* reply bytes after the ID; a power of two (see the mask) */
+#define DNS_REPLAY_ENTRIES 65536
+#define DNS_REPLAY_STATS 256
+#define DNS_REPLAY_CLIENTS 256
+#define DNS_REPLAY_LISTEN 16
+
+struct dns_replay_key {
+    __u32 len;
+    __u8 data[DNS_REPLAY_KEY_MAX];      /* zero after len */
+};
+
+struct dns_replay_value {
+    __u32 generation;                   /* answers only while it equals the control's */
+    __u16 len;
+    __u16 stat;                         /* index into nv_dns_hits: the resolver's stats key */
+    __u8 data[DNS_REPLAY_REPLY_MAX];
+};
+
+struct dns_replay_control {
+    __u32 generation;                   /* bumped when the zones change: every entry is stale */
+    __u32 pad;
+    __u64 alive_until_ns;               /* CLOCK_MONOTONIC; the resolver's heartbeat pushes it on */
+};
+
+struct dns_replay_client {              /* LPM trie key: allowed client networks */
+    __u32 prefixlen;
+    __u32 addr;                         /* network byte order */
+};
+
+struct dns_replay_listen {
+    __u32 addr;                         /* network byte order */
+    __u16 port;                         /* network byte order */
+    __u16 pad;
+};
+
+#endif
