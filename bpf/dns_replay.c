@@ -2,7 +2,9 @@
  * equal a query the resolver answered from its own zones is answered here, at tc ingress, with
  * the stored reply (the query's ID kept) — the resolver process never sees it. Anything else
  * (a miss, another generation, a client outside the allowed networks, the resolver silent past
- * its heartbeat, IP options or fragments, a reply over REPLY_MAX) passes on unchanged.
+ * its heartbeat, IP options or fragments, a reply over REPLY_MAX) passes on unchanged. A cached
+ * forwarded answer carries where its TTLs are: they are written counted down, as the resolver
+ * would, until the answer expires.
  *
  * The packet becomes its own reply: addresses and ports swapped, the payload resized to the
  * reply, the IP checksum recomputed and the UDP checksum left 0 (allowed for IPv4).
@@ -55,8 +57,9 @@ int nv_dns_answer(struct __sk_buff *skb) {
     if (!nv_dns_clients.lookup(&client))
         return TC_ACT_OK;               /* the resolver drops it and counts the drop */
     u32 zero = 0;
+    u64 now = bpf_ktime_get_ns();
     struct dns_replay_control *control = nv_dns_control.lookup(&zero);
-    if (!control || bpf_ktime_get_ns() > control->alive_until_ns)
+    if (!control || now > control->alive_until_ns)
         return TC_ACT_OK;               /* the resolver stopped: it answers (or not) itself */
     u32 len = ntohs(udp->len);
     if (len < 8 + 12 || len - 10 > DNS_REPLAY_KEY_MAX)
@@ -70,7 +73,7 @@ int nv_dns_answer(struct __sk_buff *skb) {
     if (len < 1 || len > DNS_REPLAY_KEY_MAX || bpf_skb_load_bytes(skb, HEADERS + 2, key->data, len) < 0)
         return TC_ACT_OK;
     struct dns_replay_value *value = nv_dns_replay.lookup(key);
-    if (!value || value->generation != control->generation)
+    if (!value || value->generation != control->generation || (value->until_ns && now >= value->until_ns))
         return TC_ACT_OK;
     u32 reply_len = value->len;
     if (reply_len < 1 || reply_len > DNS_REPLAY_REPLY_MAX)
@@ -85,6 +88,20 @@ int nv_dns_answer(struct __sk_buff *skb) {
     u32 n = ((reply_len - 1) & (DNS_REPLAY_REPLY_MAX - 1)) + 1;
     if (bpf_skb_store_bytes(skb, HEADERS + 2, value->data, n, 0))
         return TC_ACT_SHOT;
+    if (value->origin_ns && now > value->origin_ns) {
+        /* A cached answer: its TTLs, as the resolver would count them down by whole seconds. */
+        u32 age = (now - value->origin_ns) / 1000000000ULL;
+#pragma unroll
+        for (int i = 0; i < DNS_REPLAY_TTLS; i++) {
+            if (i >= value->ttls)
+                break;
+            u32 base = value->ttl_base[i];
+            u32 ttl = htonl(base > age ? base - age : 0);
+            u32 offset = value->ttl_offset[i];
+            if (offset < 12 || offset + 4 > 2 + n || bpf_skb_store_bytes(skb, HEADERS + offset, &ttl, 4, 0))
+                return TC_ACT_SHOT;
+        }
+    }
     struct iphdr reply_ip = {.version = 4, .ihl = 5, .ttl = 64, .protocol = IPPROTO_UDP,
                              .tot_len = htons(20 + 8 + 2 + n), .frag_off = htons(0x4000),
                              .saddr = daddr, .daddr = saddr};

@@ -30,11 +30,13 @@ from collections.abc import Iterable
 
 from bpf.loader import BPF_DIR, LoaderError, translation_unit
 from kernel.offloop import KernelThread, on_kernel_thread
+from spartan_dns.offload import Countdown
 
 log = logging.getLogger("navstar.dns.kernel")
 
 KEY_MAX = 252           # lib/dns_replay.h
 REPLY_MAX = 1024
+TTLS = 8
 STATS = 256
 FILTER_PRIORITY = 0xD53          # ours among the interface's ingress filters
 FILTER_HANDLE = 0xD53
@@ -104,14 +106,20 @@ class KernelDnsReplay:
                 continue
             self._clients[self._clients.Key(net.prefixlen, _be32(str(net.network_address)))] = ctypes.c_uint8(1)
 
-    def put(self, query_tail: bytes, reply_tail: bytes, stat: int) -> bool:
-        if not 0 < len(query_tail) <= KEY_MAX or not 0 < len(reply_tail) <= REPLY_MAX or not 0 <= stat < STATS:
+    def put(self, query_tail: bytes, reply_tail: bytes, stat: int, countdown: Countdown | None = None) -> bool:
+        if (not 0 < len(query_tail) <= KEY_MAX or not 0 < len(reply_tail) <= REPLY_MAX or not 0 <= stat < STATS
+                or (countdown is not None and len(countdown.ttls) > TTLS)):
             return False
         key = self._replay.Key()
         key.len = len(query_tail)
         ctypes.memmove(key.data, query_tail, len(query_tail))
         value = self._replay.Leaf()
         value.generation, value.len, value.stat = self._generation, len(reply_tail), stat
+        if countdown is not None:
+            value.origin_ns, value.until_ns = int(countdown.origin * 1e9), int(countdown.until * 1e9)
+            value.ttls = len(countdown.ttls)
+            for i, (offset, ttl) in enumerate(countdown.ttls):
+                value.ttl_offset[i], value.ttl_base[i] = offset, ttl
         ctypes.memmove(value.data, reply_tail, len(reply_tail))
         self._replay[key] = value
         return True

@@ -7,15 +7,34 @@ QueryServer.forget() (zones changed)               ──forget()─────
 DnsService, every second ──heartbeat(); hits() ──► stats.requests[(zone, type, rcode, "kernel")]
 ```
 
-Only answers valid until the zones change go there: cached forwarded answers count their TTLs
-down and rotated answers change order, which the resolver does itself. Client filtering is the
+Own-zone answers go there (valid until the zones change), and cached forwarded answers with a
+``Countdown``: where their TTLs sit and when they were whole, so the offload writes them counted
+down by whole seconds until the answer expires, as the resolver would. Rotated answers change
+order on every reply and stay with the resolver. Client filtering is the
 offload's too (``clients``): a query it may not answer reaches the resolver, which drops it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Countdown:
+    """A cached answer's TTLs: (offset in the DNS message, TTL at ``origin``) each; they lose a
+    second per whole second since ``origin`` (monotonic seconds); the answer ends at ``until``."""
+    ttls: tuple[tuple[int, int], ...]
+    origin: float
+    until: float
+
+    def patched(self, reply: bytes, now: float) -> bytes:
+        age = int(now - self.origin)
+        out = bytearray(reply)
+        for offset, ttl in self.ttls:
+            out[offset:offset + 4] = max(0, ttl - age).to_bytes(4, "big")
+        return bytes(out)
 
 
 class ReplayOffload(Protocol):
@@ -28,7 +47,7 @@ class ReplayOffload(Protocol):
     def clients(self, networks: Iterable[str]) -> None:
         """Source networks it may answer (the resolver's ``ClientFilter``)."""
 
-    def put(self, query_tail: bytes, reply_tail: bytes, stat: int) -> bool:
+    def put(self, query_tail: bytes, reply_tail: bytes, stat: int, countdown: Countdown | None = None) -> bool:
         """Answer ``query_tail`` (bytes after the ID) with ``reply_tail``; False: too big, not stored."""
 
     def forget(self) -> None:
@@ -49,7 +68,8 @@ class FakeReplayOffload:
 
     def __init__(self, key_max: int = 252, reply_max: int = 1024) -> None:
         self.key_max, self.reply_max = key_max, reply_max
-        self.entries: dict[bytes, tuple[bytes, int, int]] = {}     # query tail → reply tail, stat, generation
+        # query tail → reply tail, stat, generation, countdown
+        self.entries: dict[bytes, tuple[bytes, int, int, Countdown | None]] = {}
         self.generation = 1
         self.interfaces: list[str] = []
         self.addresses: list[tuple[str, int]] = []
@@ -67,10 +87,10 @@ class FakeReplayOffload:
     def clients(self, networks: Iterable[str]) -> None:
         self.networks = list(networks)
 
-    def put(self, query_tail: bytes, reply_tail: bytes, stat: int) -> bool:
+    def put(self, query_tail: bytes, reply_tail: bytes, stat: int, countdown: Countdown | None = None) -> bool:
         if len(query_tail) > self.key_max or len(reply_tail) > self.reply_max:
             return False
-        self.entries[query_tail] = (reply_tail, stat, self.generation)
+        self.entries[query_tail] = (reply_tail, stat, self.generation, countdown)
         return True
 
     def forget(self) -> None:
@@ -85,10 +105,16 @@ class FakeReplayOffload:
     def close(self) -> None:
         self.closed = True
 
-    def answer(self, query: bytes) -> bytes | None:
-        """The reply the kernel would send for ``query``, or None (it would pass it on)."""
+    def answer(self, query: bytes, now: float = 0.0) -> bytes | None:
+        """The reply the kernel would send for ``query`` at ``now`` (monotonic), or None (it
+        would pass it on)."""
         found = self.entries.get(query[2:])
         if found is None or found[2] != self.generation or self.closed:
             return None
-        self.counts[found[1]] = self.counts.get(found[1], 0) + 1
-        return query[:2] + found[0]
+        reply, stat, _generation, countdown = found
+        if countdown is not None:
+            if now >= countdown.until:
+                return None
+            reply = countdown.patched(b"\0\0" + reply, now)[2:]
+        self.counts[stat] = self.counts.get(stat, 0) + 1
+        return query[:2] + reply

@@ -36,7 +36,7 @@ from spartan_dns.message import (
     ttl_offsets,
     type_label,
 )
-from spartan_dns.offload import ReplayOffload
+from spartan_dns.offload import Countdown, ReplayOffload
 from spartan_dns.stats import LATENCY_BUCKETS, DnsStats, Latency
 
 log = logging.getLogger("navstar.dns.server")
@@ -100,6 +100,9 @@ class ReplayEntry:
                                          origin, age)
         self.next_tick = origin + age + 1
 
+    def counted_down(self) -> CountedDown | None:
+        return self._counted_down
+
     def tick(self, now: float) -> None:
         counted = self._counted_down
         if counted is None:
@@ -161,7 +164,7 @@ class QueryServer:
             self.stats.requests[key] = self.stats.requests.get(key, 0) + new
             self.stats.kernel_answers += new
 
-    def _offload(self, query_tail: bytes, reply_tail: bytes, key: tuple) -> None:
+    def _offload(self, query_tail: bytes, reply_tail: bytes, key: tuple, countdown: Countdown | None) -> None:
         stat = self._stat_ids.get(key)
         if stat is None:
             if len(self._stat_keys) >= OFFLOAD_STATS:
@@ -169,7 +172,7 @@ class QueryServer:
             stat = self._stat_ids[key] = len(self._stat_keys)
             self._stat_keys.append(key)
         assert self.offload is not None
-        self.offload.put(query_tail, reply_tail, stat)
+        self.offload.put(query_tail, reply_tail, stat, countdown)
 
     def process(self, data: bytes, client: tuple, tcp: bool,
                 started: float) -> bytes | Awaitable[bytes | None] | None:
@@ -229,8 +232,14 @@ class QueryServer:
         if reply.ttl_origin is not None and not truncated:
             entry.count_down(reply.ttl_origin, reply.ttl_age)
         self.replay[request.raw[2:]] = entry
-        if self.offload is not None and len(tails) == 1 and reply.replay_until == math.inf:
-            self._offload(request.raw[2:], tails[0], key)
+        if self.offload is not None and len(tails) == 1:
+            counted = entry.counted_down()
+            if reply.replay_until == math.inf:
+                self._offload(request.raw[2:], tails[0], key, None)
+            elif counted is not None and reply.ttl_origin is not None:
+                self._offload(request.raw[2:], tails[0], key, Countdown(
+                    tuple((offset, ttl + counted.age) for offset, ttl in counted.offsets[0]),
+                    reply.ttl_origin, reply.replay_until))
 
     def _count(self, key: tuple, started: float) -> None:
         self.stats.answered(key, time.monotonic() - started)

@@ -14,10 +14,18 @@ struct dns_replay_key {
     __u8 data[DNS_REPLAY_KEY_MAX];      /* zero after len */
 };
 
+#define DNS_REPLAY_TTLS 8                /* records whose TTLs a cached answer counts down */
+
 struct dns_replay_value {
     __u32 generation;                   /* answers only while it equals the control's */
     __u16 len;
     __u16 stat;                         /* index into nv_dns_hits: the resolver's stats key */
+    __u64 origin_ns;                    /* 0: TTLs as stored; else they count down from here */
+    __u64 until_ns;                     /* 0: until the zones change; else the answer's expiry */
+    __u32 ttl_base[DNS_REPLAY_TTLS];    /* each TTL at origin_ns */
+    __u16 ttl_offset[DNS_REPLAY_TTLS];  /* where it sits, from the start of the DNS message */
+    __u8 ttls;
+    __u8 pad[7];
     __u8 data[DNS_REPLAY_REPLY_MAX];
 };
 

@@ -359,12 +359,20 @@ async def test_own_zone_answers_go_to_the_offload_and_its_answers_are_counted(up
         answered = offload.answer(packet(VIP, qid=77))
         assert answered is not None and addresses(DNSRecord.parse(answered)) == ["11.0.0.1"]
         assert DNSRecord.parse(answered).header.id == 77
-        await ask(svc, packet("www.example.net"))          # forwarded: TTLs count down, not offloaded
-        await ask(svc, packet("www.example.net"))
-        assert offload.answer(packet("www.example.net")) is None
+        clock = Clock()
+        svc.forward.clock = clock
+        forwarded = packet("www.example.net")
+        await ask(svc, forwarded)                          # fetched upstream (TTL 60): not stored
+        assert offload.answer(forwarded, clock.now) is None
+        clock.now += 2.5
+        assert (await ask(svc, forwarded)).rr[0].ttl == 58  # from the cache: offloaded, counting down
+        later = offload.answer(forwarded, clock.now - 2.5 + 10.2)
+        assert later is not None and DNSRecord.parse(later).rr[0].ttl == 50
+        assert offload.answer(forwarded, clock.now - 2.5 + 60) is None     # expired: the resolver's again
         svc.server.count_offloaded()
-        assert svc.stats.kernel_answers == 1
+        assert svc.stats.kernel_answers == 2
         assert svc.stats.requests[("l4lb.thisdcos.directory", "A", "NOERROR", "kernel")] == 1
+        assert svc.stats.requests[(".", "A", "NOERROR", "kernel")] == 1
         svc.set_vips({VIP: "11.0.0.2"})                      # zones change: the offload forgets
         assert offload.answer(query) is None
     finally:
