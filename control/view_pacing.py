@@ -1,8 +1,9 @@
 """When the agents long-polling the cluster view are woken (``Master.wait_view``).
 
 ```
-view change ──► ViewWakeups.changed ──► quiet for a window since the last wake-up? ──yes──► wake now
-                                               │ no                                  (window back to the minimum)
+view change ──► ViewWakeups.changed ──► no change for a window, or ──yes──► wake now (once the last
+                                        a window since the last wake-up?    fan-out is answered)
+                                               │ no
                                                ▼
                                   one timer at last wake-up + window ──► wake (the changes meanwhile ride
                                                ▲                          along; the window doubles)
@@ -14,7 +15,8 @@ woken long-poll answered ──► served ──► fan-out time = from the wake
   launch and ``TASK_RUNNING`` tens of ms after its app's POST) wait at most ``min_window``.
 - Changes that keep coming (a burst's thousand statuses) double the window at each wake-up that
   had to wait, up to ``max_window``: a burst reaches the agents as a few views, not one per change.
-  A change after a quiet spell (none for a window) starts again from ``min_window``.
+  A change after a quiet spell (none for a window) goes out at once and starts again from
+  ``min_window``.
 - A wake-up never starts while the long-polls the last one woke are still being answered (with
   1,000 agents on a loaded machine that takes longer than its CPU): the two would share the
   loop and both reach their last agent late. (At most ``fanout_timeout`` after a wake-up the
@@ -103,13 +105,16 @@ class ViewWakeups:
         """The view changed: wake now, or at the end of the window (one timer for any number of
         changes). Idempotent while a wake-up is due."""
         now = self._clock()
-        quiet = now - self.last_change_at >= self.churn_window
+        quiet = now - self.last_change_at >= self.window()
         self.last_change_at = now
         if self.pending:
             return
         if quiet:
-            self.churn_window = self.min_window     # nothing changed for a window: this is news
-        if now - self.woken_at >= self.window():
+            # Nothing changed for a whole window: this is news, handed out at once (once the last
+            # fan-out is answered). Changes spaced so still leave the loop the window's share.
+            self.churn_window = self.min_window
+            self._go(now)
+        elif now - self.woken_at >= self.window():
             self._go(now)
         else:
             self._arm(self.woken_at + self.window() - now, self._due)

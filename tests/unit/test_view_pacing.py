@@ -118,6 +118,23 @@ def test_the_window_is_never_shorter_than_the_last_fanout_allows():
     assert wakes == [1.0, 1.6] and timers.pending_at() == [pytest.approx(4.2)]
 
 
+def test_news_after_a_quiet_spell_goes_out_at_once_even_soon_after_a_wakeup():
+    timers, wakes = FakeTimers(), []
+    w = pacer(timers, wakes, min_window=0.1, fanout_share=0.5)
+    timers.run_until(1.0)
+    w.changed()                     # an app's VIP, to 1,000 agents
+    timers.busy_until(1.3)
+    w.served()
+    timers.run_until(1.35)
+    w.changed()                     # its task, held back by that fan-out: folded until 1.6
+    timers.run_until(1.9)
+    w.served()
+    assert wakes == [1.0, 1.6]
+    timers.run_until(2.0)           # the next app: nothing changed for 0.65 s (> the 0.6 s window)
+    w.changed()
+    assert wakes == [1.0, 1.6, 2.0]
+
+
 def test_a_fanout_that_turns_out_dearer_than_when_the_timer_was_set_postpones_it():
     timers, wakes = FakeTimers(), []
     w = pacer(timers, wakes, min_window=0.1, fanout_share=0.5)
