@@ -9,8 +9,8 @@ Three processes on loopback, no kernel and no lab:
 - the simulated agents (``--agents-process``, two processes of 500): each one registers through
   ``POST /v1/agents`` like a real agent, then long-polls ``GET /v1/view?since=N&wait=30`` on
   its own keep-alive connection, the request ``control/agent/runtime.py`` makes (httpx's
-  ``Accept-Encoding: gzip, deflate`` included: the master answers gzip, which the clients
-  decompress), and notes when a view first names each change's VIP (``"marathon:/fanout-NN"``
+  ``Accept-Encoding: gzip, deflate`` included; a gzip answer would be decompressed — the master
+  answers plain JSON, bench/README says why), and notes when a view first names each change's VIP (``"marathon:/fanout-NN"``
   in ``vip_addresses``) — a byte search, not a parse, so the clients stay light;
 - this driver: ``POST /v2/apps`` of a one-task app with a named VIP, one change every
   ``--interval`` seconds (beyond the master's longest pacing of view wake-ups, 1 s in a burst,

@@ -7,7 +7,6 @@ unknown agent → 404 (the agent re-registers), an overlay pool with no room →
 
 from __future__ import annotations
 
-import gzip
 import logging
 
 from pydantic import ValidationError
@@ -32,7 +31,7 @@ log = logging.getLogger("navstar.master")
 class MesosApi:
     def __init__(self, master: Master) -> None:
         self.master = master
-        self._view_body: EncodedView | None = None
+        self._view_json: tuple[ClusterView, bytes] | None = None
 
     async def register(self, request: Request) -> JSONResponse:
         try:
@@ -125,52 +124,15 @@ class MesosApi:
             return JSONResponse({"message": "since: expected an integer version, wait: expected seconds"},
                                 status_code=400)
         view = await self.master.wait_view(since, wait)
-        if self._view_body is None or self._view_body.view is not view:
-            self._view_body = EncodedView(view)
-        if accepts_gzip(request.headers.get("accept-encoding", "")):
-            return Response(self._view_body.gzipped(), media_type="application/json",
-                            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
-        return Response(self._view_body.raw, media_type="application/json", headers={"Vary": "Accept-Encoding"})
+        if self._view_json is None or self._view_json[0] is not view:
+            # Every agent fetches each version: render it once. (Not gzipped: at 1,000 simulated
+            # agents on loopback it saved no master CPU and their decompressing lengthened the
+            # fan-out; bench/README.)
+            self._view_json = (view, view.model_dump_json().encode())
+        return Response(self._view_json[1], media_type="application/json")
 
     async def state(self, _request: Request) -> JSONResponse:
         return JSONResponse(mesos_state(self.master))
-
-
-class EncodedView:
-    """One view version as JSON, and gzip-compressed on first demand: every agent fetches each
-    version, so each is rendered (and compressed) once. At 1,000 agents the view is ~243 KiB of
-    JSON, ~24 KiB gzipped, and writing it to every long-poll is most of a fan-out's cost."""
-
-    def __init__(self, view: ClusterView) -> None:
-        self.view = view
-        self.raw = view.model_dump_json().encode()
-        self._gzipped: bytes | None = None
-
-    def gzipped(self) -> bytes:
-        if self._gzipped is None:
-            self._gzipped = gzip.compress(self.raw, compresslevel=6, mtime=0)
-        return self._gzipped
-
-
-def accepts_gzip(accept_encoding: str) -> bool:
-    """Whether an ``Accept-Encoding`` value takes gzip (RFC 9110: ``gzip``, ``x-gzip`` or ``*``,
-    not with ``q=0``; a name listed with ``q=0`` is refused even when ``*`` is allowed)."""
-    allowed: dict[str, bool] = {}
-    for item in accept_encoding.lower().split(","):
-        name, _, params = item.strip().partition(";")
-        quality = 1.0
-        for param in params.split(";"):
-            key, _, value = param.strip().partition("=")
-            if key == "q":
-                try:
-                    quality = float(value)
-                except ValueError:
-                    quality = 0.0
-        if name.strip():
-            allowed[name.strip()] = quality > 0
-    if "gzip" in allowed or "x-gzip" in allowed:
-        return allowed.get("gzip", False) or allowed.get("x-gzip", False)
-    return allowed.get("*", False)
 
 
 def mesos_app(master: Master, metrics: MasterMetrics) -> Starlette:

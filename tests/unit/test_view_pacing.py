@@ -1,15 +1,13 @@
-"""How the master paces view wake-ups (control/view_pacing.py) and hands the view out
-(gzip once per version, control/http/mesos.py): a fake clock and a fake timer, nothing timed."""
+"""How the master paces the view's long-polls (control/view_pacing.py, Master.wait_view): a fake
+clock and a fake timer, nothing timed."""
 
 from __future__ import annotations
 
 import asyncio
-import gzip
 from collections.abc import Callable
 
 import pytest
 
-from control.http.mesos import accepts_gzip
 from control.view_pacing import ViewWakeups
 from tests.unit.master_harness import Cluster
 
@@ -225,33 +223,6 @@ def test_without_an_event_loop_every_change_wakes_at_once():
     timers.run_until(1.01)
     w.changed()
     assert wakes == [1.0, 1.01]
-
-
-@pytest.mark.parametrize(("header", "gzip_ok"), [
-    ("gzip, deflate", True), ("deflate, gzip;q=0.5", True), ("*", True), ("x-gzip", True),
-    ("GZIP", True), ("", False), ("identity", False), ("gzip;q=0", False), ("*, gzip;q=0", False),
-    ("br;q=1, *;q=0", False), ("gzip;q=bad", False),
-])
-def test_accept_encoding(header: str, gzip_ok: bool):
-    assert accepts_gzip(header) is gzip_ok
-
-
-async def test_the_view_is_served_gzipped_to_clients_that_accept_it_and_plain_to_others():
-    c = Cluster()
-    try:
-        await c.register(1)
-        plain = await c.mesos.get("/v1/view", headers={"Accept-Encoding": "identity"})
-        assert "content-encoding" not in plain.headers and plain.json()["agents"][0]["agent_id"] == "agent-1"
-        # httpx (the agents' client) asks for gzip and decodes it.
-        zipped = await c.mesos.get("/v1/view")
-        assert zipped.headers["content-encoding"] == "gzip" and zipped.headers["vary"] == "Accept-Encoding"
-        assert zipped.json() == plain.json()
-        raw = await c.mesos.get("/v1/view", headers={"Accept-Encoding": "gzip"})
-        async with c.mesos.stream("GET", "/v1/view", headers={"Accept-Encoding": "gzip"}) as stream:
-            body = b"".join([chunk async for chunk in stream.aiter_raw()])
-        assert gzip.decompress(body) == plain.content and raw.content == plain.content
-    finally:
-        await c.close()
 
 
 async def test_a_woken_long_poll_counts_towards_the_fanout_cost():
