@@ -28,7 +28,7 @@ import socket
 import time
 from collections.abc import Iterable
 
-from bpf.loader import BPF_DIR, LoaderError, translation_unit
+from bpf.loader import BPF_DIR, COMPILE_LOCK, LoaderError, translation_unit
 from kernel.offloop import KernelThread, on_kernel_thread
 from spartan_dns.offload import Countdown
 
@@ -56,7 +56,8 @@ class KernelDnsReplay:
         from bcc import BPF  # the kernel layer's import: the resolver works without bcc
 
         try:
-            self._bpf = BPF(text=translation_unit(BPF_DIR / "dns_replay.c").encode())
+            with COMPILE_LOCK:
+                self._bpf = BPF(text=translation_unit(BPF_DIR / "dns_replay.c").encode())
             self._program = self._bpf.load_func(PROGRAM, BPF.SCHED_CLS)
         except Exception as exc:  # bcc raises bare Exception for compile and verifier errors
             raise LoaderError(f"dns_replay.c: {exc}") from exc
@@ -121,7 +122,10 @@ class KernelDnsReplay:
             for i, (offset, ttl) in enumerate(countdown.ttls):
                 value.ttl_offset[i], value.ttl_base[i] = offset, ttl
         ctypes.memmove(value.data, reply_tail, len(reply_tail))
-        self._replay[key] = value
+        try:
+            self._replay[key] = value
+        except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception with the errno text
+            raise OSError(f"dns replay map update: {exc}") from None
         return True
 
     def forget(self) -> None:
@@ -133,8 +137,10 @@ class KernelDnsReplay:
         self._write_control()
 
     def hits(self) -> dict[int, int]:
-        return {int(index.value): total for index, per_cpu in self._hits.items()
-                if (total := sum(per_cpu))}
+        try:
+            return {int(index.value): total for index, per_cpu in self._hits.items() if (total := sum(per_cpu))}
+        except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception with the errno text
+            raise OSError(f"dns replay hits: {exc}") from None
 
     def close(self) -> None:
         """Detaches from every interface (the clsact qdisc stays: other filters may use it)."""
@@ -159,7 +165,10 @@ class KernelDnsReplay:
     def _write_control(self) -> None:
         control = self._control.Leaf()
         control.generation, control.alive_until_ns = self._generation, self._alive_until
-        self._control[ctypes.c_int(0)] = control
+        try:
+            self._control[ctypes.c_int(0)] = control
+        except Exception as exc:  # noqa: BLE001 - bcc raises bare Exception with the errno text
+            raise OSError(f"dns replay control update: {exc}") from None
 
     @staticmethod
     def _remove_filter(ipr, index: int) -> None:

@@ -22,6 +22,7 @@ import errno
 import os
 import re
 import shutil
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,9 @@ PROG_PIN_PREFIX = "prog_"
 LINK_PIN_PREFIX = "link_"
 _PIN_DIR_OK = re.compile(r"^/[A-Za-z0-9_./-]+$")
 _INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"\s*$')
+# bcc's compiler (clang in-process) is not safe to run from two threads at once: the agent builds
+# the socket LB and the DNS replay program on worker threads; one compiles at a time.
+COMPILE_LOCK = threading.Lock()
 
 
 class LoaderError(Exception):
@@ -593,7 +597,8 @@ class SocketLB:
             seen: set[Path] = set()
             text = "".join(translation_unit(BPF_DIR / source, seen) for source in sources)
             try:
-                module = BPF(text=text.encode(), cflags=features.cflags(pin_dir))
+                with COMPILE_LOCK:
+                    module = BPF(text=text.encode(), cflags=features.cflags(pin_dir))
             except Exception as exc:  # bcc raises bare Exception for compile errors
                 raise LoaderError(f"{', '.join(sources)}: {exc}") from exc
             lb._modules.append(module)
@@ -708,7 +713,8 @@ def probe() -> tuple[bool, str]:
     except ImportError as exc:
         return False, f"bcc is not importable ({exc}); install python3-bpfcc"
     try:
-        module = BPF(text=(BPF_DIR / "probe_connect4.c").read_bytes())
+        with COMPILE_LOCK:
+            module = BPF(text=(BPF_DIR / "probe_connect4.c").read_bytes())
         module.load_func(b"nv_probe", BPF_PROG_TYPE_CGROUP_SOCK_ADDR, attach_type=ATTACH_POINTS["connect4"].attach_type)
         module.cleanup()
     except Exception as exc:  # bcc raises bare Exception

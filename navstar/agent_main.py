@@ -63,6 +63,7 @@ from overlay.netlink_kernel import PyRoute2Netlink
 from spartan_dns import api as dns_api
 from spartan_dns.host_resolv import HostResolvConf
 from spartan_dns.metrics import DnsMetrics
+from spartan_dns.offload import ReplayOffload
 from spartan_dns.records import MesosStateError, generate
 from spartan_dns.service import DnsService, MesosZones, collector_paused
 from spartan_dns.view_state import state_of_view
@@ -110,6 +111,7 @@ class AgentOptions:
     cni_plugin_dirs: tuple[str, ...] = tuple(str(p) for p in DEFAULT_PLUGIN_DIRS)
     cni_timeout: float = 10.0                   # seconds a plugin may take before the task fails
     cni_scan_interval: float = 2.0              # seconds between looks at the CNI directory
+    dns_kernel_replay: str = "auto"             # on | off | auto: the kernel answers repeated queries on lo
 
 
 class OverlayNetworks:
@@ -282,6 +284,26 @@ class NodeAgent:
             self._lb_applied = view.version
             self.dns.set_vips(self.lb.programmed_names())
 
+    async def _dns_kernel_replay(self) -> ReplayOffload:
+        """Own-zone and cached answers repeated from the kernel (bpf/dns_replay.c on the node's
+        ``lo``), compiled off the loop (about a second). SystemExit naming the cause if it cannot."""
+        from bpf.loader import LoaderError
+
+        try:
+            from bpf.dns_replay import KernelDnsReplay
+
+            return await asyncio.to_thread(KernelDnsReplay)
+        except (ImportError, LoaderError, OSError) as exc:
+            raise SystemExit(f"--dns-kernel-replay on: {exc}") from None
+
+    async def _dns_kernel_replay_if_possible(self) -> None:
+        try:
+            self.dns.use_offload(await self._dns_kernel_replay())
+        except (SystemExit, OSError, ValueError) as exc:
+            log.warning("DNS kernel replay unavailable (%s): the resolver answers every query itself", exc)
+            return
+        log.info("DNS: repeated own-zone and cached answers now come from the kernel on lo")
+
     async def _refresh_records(self, view: ClusterView) -> None:
         """Mesos-DNS records from the view itself (the agent's one source of cluster data),
         generated off the loop; a view older than the one already served is dropped."""
@@ -386,7 +408,11 @@ class NodeAgent:
             self.link.send_status(status)
         # pyroute2's synchronous API refuses to run inside an event loop.
         await add_loopback_addresses(list(self.opts.dns_listen))
+        if self.opts.dns_kernel_replay == "on":         # required: the agent does not start without it
+            self.dns.use_offload(await self._dns_kernel_replay())
         await self.dns.start()
+        if self.opts.dns_kernel_replay == "auto":        # wanted: the resolver serves while it builds
+            self._spawn(self._dns_kernel_replay_if_possible())
         if self.host_resolv is not None:
             # Only once the resolver answers: the host's lookups go to it from here on.
             self.host_resolv.install()

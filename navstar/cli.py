@@ -233,6 +233,7 @@ def agent(
     cni_config_dir: Annotated[str, typer.Option(help="CNI network configurations (the agent writes dcos and dcos-docker here)")] = "/etc/navstar/cni",
     cni_plugin_dir: Annotated[list[str] | None, typer.Option(help="where CNI plugins are (repeat; default /usr/lib/cni)")] = None,
     cni_timeout: Annotated[float, typer.Option(help="seconds a CNI plugin may take before its task fails")] = 10.0,
+    dns_kernel_replay: Annotated[str, typer.Option(help="on, off or auto: answers the resolver has given (own zones, cache) repeated by a tc BPF program on lo, before the process")] = "auto",
 ) -> None:
     """Run the node agent (executor, overlay, load balancer, DNS)."""
     from navstar.agent_main import AgentOptions, run_agent
@@ -254,6 +255,9 @@ def agent(
         except ValueError as exc:
             err.print(f"{option}: {exc}")
             raise typer.Exit(2) from None
+    if dns_kernel_replay not in ("on", "off", "auto"):
+        err.print(f"--dns-kernel-replay: expected on, off or auto, got {dns_kernel_replay!r}")
+        raise typer.Exit(2)
     if container_networks not in ("cni", "netlink"):
         err.print(f"--container-networks: expected cni or netlink, got {container_networks!r}")
         raise typer.Exit(2)
@@ -276,6 +280,7 @@ def agent(
         role=default_role, attributes=parse_attributes(attributes),
         container_networks=container_networks, cni_config_dir=cni_config_dir,
         cni_plugin_dirs=tuple(cni_plugin_dir or ["/usr/lib/cni"]), cni_timeout=cni_timeout,
+        dns_kernel_replay=dns_kernel_replay,
     ))
 
 

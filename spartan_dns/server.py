@@ -147,7 +147,10 @@ class QueryServer:
         """Drops every stored reply: call after the zones changed."""
         self.replay = {}
         if self.offload is not None:
-            self.offload.forget()
+            try:
+                self.offload.forget()
+            except OSError as exc:
+                self.drop_offload(f"it could not forget: {exc}")
 
     def count_offloaded(self) -> None:
         """Adds the answers the offload gave since the last call to the request counters
@@ -172,7 +175,22 @@ class QueryServer:
             stat = self._stat_ids[key] = len(self._stat_keys)
             self._stat_keys.append(key)
         assert self.offload is not None
-        self.offload.put(query_tail, reply_tail, stat, countdown)
+        try:
+            self.offload.put(query_tail, reply_tail, stat, countdown)
+        except OSError as exc:
+            self.drop_offload(f"it refused an answer: {exc}")
+
+    def drop_offload(self, why: str) -> None:
+        """Stops using the offload (closed, so nothing it holds answers any more); this process
+        answers every query from here on."""
+        offload, self.offload = self.offload, None
+        if offload is None:
+            return
+        log.error("DNS kernel replay table dropped (%s): the resolver answers every query itself", why)
+        try:
+            offload.close()
+        except Exception:  # noqa: BLE001 - it is being dropped; a failing close must not stop answers
+            log.exception("closing the DNS kernel replay table failed")
 
     def process(self, data: bytes, client: tuple, tcp: bool,
                 started: float) -> bytes | Awaitable[bytes | None] | None:

@@ -125,6 +125,7 @@ class DnsService:
         self.replay_offload = replay_offload
         self.offload_interfaces = list(offload_interfaces)
         self._offload_beat: asyncio.Task | None = None
+        self._stopped = False
         self.tcp_idle_timeout = tcp_idle_timeout
         self.max_tcp_connections = max_tcp_connections
         self._udp: list[UdpListener] = []
@@ -165,6 +166,25 @@ class DnsService:
                  f"; own-zone answers also from the kernel on {', '.join(self.offload_interfaces)}"
                  if self.replay_offload is not None else "")
 
+    def use_offload(self, offload: ReplayOffload) -> None:
+        """Starts answering through ``offload`` now (it may take a while to build: the service
+        serves meanwhile). Before ``start``: from ``start`` on; after ``stop``: closed at once."""
+        if self.server.offload is not None:
+            offload.close()
+            raise ValueError("replay_offload: the service already has one")
+        if not self._udp:
+            if self._stopped:
+                offload.close()
+            else:
+                self.replay_offload = offload
+            return
+        try:
+            self._start_offload(offload)
+        except BaseException:
+            self.server.offload = None
+            offload.close()
+            raise
+
     def _start_offload(self, offload: ReplayOffload) -> None:
         offload.listen([udp.address for udp in self._udp])
         offload.clients([str(network) for network in self.clients.networks])
@@ -175,13 +195,18 @@ class DnsService:
 
     async def _beat(self, offload: ReplayOffload) -> None:
         """Keeps the offload answering while this loop runs, and counts what it answered."""
-        while True:
-            offload.heartbeat()
-            self.server.count_offloaded()
+        while self.server.offload is offload:
+            try:
+                offload.heartbeat()
+                self.server.count_offloaded()
+            except OSError as exc:
+                self.server.drop_offload(f"heartbeat: {exc}")
+                return
             await asyncio.sleep(1.0)
 
     async def stop(self) -> None:
         """Closes every listener; safe to call twice."""
+        self._stopped = True
         if self._offload_beat is not None:
             self._offload_beat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

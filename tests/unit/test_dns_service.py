@@ -378,3 +378,17 @@ async def test_own_zone_answers_go_to_the_offload_and_its_answers_are_counted(up
     finally:
         await svc.stop()
     assert offload.closed and svc.server.offload is None
+
+
+async def test_an_offload_that_fails_is_dropped_and_every_query_is_still_answered(service):
+    from spartan_dns.offload import FakeReplayOffload
+
+    class Refusing(FakeReplayOffload):
+        def put(self, query_tail, reply_tail, stat, countdown=None) -> bool:
+            raise OSError("dns replay map update: Cannot allocate memory")
+
+    offload = Refusing()
+    service.server.offload = offload
+    assert addresses(await ask(service, packet(VIP))) == ["11.0.0.1"]      # answered all the same
+    assert service.server.offload is None and offload.closed
+    assert addresses(await ask(service, packet(VIP))) == ["11.0.0.1"]
