@@ -4,7 +4,7 @@
 
 #define DNS_REPLAY_KEY_MAX 252          /* query bytes after the ID */
 #define DNS_REPLAY_REPLY_MAX 1024       /* reply bytes after the ID; a power of two (see the mask) */
-#define DNS_REPLAY_ENTRIES 65536
+#define DNS_REPLAY_ENTRIES 16384        /* ≈ 22 MiB preallocated: the hot answers, not every one */
 #define DNS_REPLAY_STATS 256
 #define DNS_REPLAY_CLIENTS 256
 #define DNS_REPLAY_LISTEN 16
