@@ -30,7 +30,7 @@ REPO = BENCH.parent
 RESULTS = BENCH / "results"
 PLOTS = BENCH / "plots"
 LAB_LOCK = "/tmp/navstar-lab.lock"
-SERIES_LABELS = {"path", "vips", "source", "workload", "server"}   # a point in a series, not a ratio
+SERIES_LABELS = {"path", "vips", "source", "workload", "server", "page"}   # a point in a series, not a ratio
 LAB_SCENARIOS = {"control_burst", "control_reach", "adminrouter", "master_failover", "ui_pages"}   # build a lab: under the lock, left out of --quick
 # Issue 17's ratio keys and goals (navstar ÷ peer, or seconds where the key says _s). None: no goal yet.
 RATIO_GOALS: dict[str, tuple[str, float] | None] = {
@@ -43,6 +43,8 @@ RATIO_GOALS: dict[str, tuple[str, float] | None] = {
     "drf.cycle_10k_s": ("<", 0.15), "cni.launch/netlink": (">=", 0.7), "cni.tcp/netlink": None, "edge/direct": (">=", 0.8),
     "edge.new_connections/direct": (">=", 0.7), "edge.scaling_failed_requests": ("<", 1), "edge.apply_1k_s": ("<", 1.0), "adminrouter/direct": None, "ha.failover_s": ("<", 5.0),
     "dns.records_10k_s": ("<", 1.0), "dns.records_100k_s": None,
+    "dns.local.userspace/dnsmasq": None, "dns.cached.userspace/dnsmasq": None,
+    "ui.page_load_ms": ("<", 1000.0),       # issue 18: every page under 1 s with 100 apps
 }
 
 

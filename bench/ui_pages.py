@@ -183,7 +183,7 @@ def main() -> int:
         populate(front, lab_token(state), args.apps)
 
         driver = chromium(1280, 800)
-        failed = []
+        failed, worst_of_all = [], 0.0
         try:
             log_in(driver, front, password)
             for page, (route, ready) in PAGES.items():
@@ -193,12 +193,15 @@ def main() -> int:
                 failed += [] if met else [page]
                 print(f"{page:15} median {median:6.0f} ms  max {worst:6.0f} ms  "
                       f"({args.rounds} fresh loads, {args.apps} apps)  goal < {GOAL_MS:.0f} ms: {'met' if met else 'MISSED'}")
-                record("ui.page_load_ms", worst, "ms", goal=f"< {GOAL_MS:.0f}", met=met, page=page,
+                record("ui.page_ms", worst, "ms", goal=f"< {GOAL_MS:.0f}", met=met, page=page,
                        median=round(median, 1), apps=args.apps)
+                worst_of_all = max(worst_of_all, worst)
                 if args.screenshots:
                     screenshots(driver, page)
         finally:
             driver.quit()
+        # The suite's key: the slowest load of any page.
+        record("ui.page_load_ms", worst_of_all, "ms", goal=f"< {GOAL_MS:.0f}", met=not failed, apps=args.apps)
         if args.screenshots:
             phone = chromium(390, 844)
             try:
