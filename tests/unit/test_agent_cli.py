@@ -28,6 +28,13 @@ def test_health_and_balancing_options_reach_the_agent(started):
 def test_defaults_are_dcos_minuteman_s(started):
     assert CliRunner().invoke(app, ["agent"]).exit_code == 0
     assert started[0].health == HealthConfig(reply_timeout=0.4, failures=5, quarantine=30, probe_interval=None)
+    assert started[0].dns_kernel_replay == "auto"
+
+
+def test_the_dns_kernel_replay_can_be_required_or_turned_off(started):
+    for choice in ("on", "off"):
+        assert CliRunner().invoke(app, ["agent", "--dns-kernel-replay", choice]).exit_code == 0
+    assert [opts.dns_kernel_replay for opts in started] == ["on", "off"]
 
 
 @pytest.mark.parametrize(("argv", "named"), [
@@ -37,6 +44,7 @@ def test_defaults_are_dcos_minuteman_s(started):
     (["--lb-probe-interval", "0"], "--lb-probe-interval"),
     (["--lb-balancing", "round-robin"], "--lb-balancing"),
     (["--lb", "ipvs"], "--lb"),
+    (["--dns-kernel-replay", "yes"], "--dns-kernel-replay"),
 ])
 def test_bad_options_are_refused_naming_the_option(started, argv, named):
     result = CliRunner().invoke(app, ["agent", *argv])
