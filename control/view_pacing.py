@@ -92,7 +92,10 @@ class ViewWakeups:
 
     @property
     def fanout_cost(self) -> float:
-        """Seconds from the last wake-up until the last long-poll it woke was answered (so far)."""
+        """Seconds from the last wake-up until the last long-poll it woke was answered (so far);
+        0 before the first wake-up (an answer then belongs to no fan-out)."""
+        if self.wakeups == 0:
+            return 0.0
         return max(0.0, self.last_served_at - self.woken_at)
 
     def window(self) -> float:

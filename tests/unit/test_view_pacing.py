@@ -73,6 +73,21 @@ def test_a_change_after_quiet_wakes_at_once_and_its_followers_within_the_minimum
     assert wakes == [10.0, 10.1]
 
 
+def test_answers_before_the_first_wakeup_belong_to_no_fanout():
+    # An agent's first long-poll (since=0) is answered at once, before any wake-up: taking that as
+    # a fan-out since the beginning of time made the window infinite (every later change waited for
+    # the long-polls' own timeouts; found on the lab).
+    timers, wakes = FakeTimers(), []
+    w = pacer(timers, wakes)
+    timers.run_until(5.0)
+    w.served()
+    w.changed()
+    timers.run_until(5.05)
+    w.changed()
+    timers.run_until(6.0)
+    assert wakes == [5.0, 5.1] and w.fanout_cost < 1
+
+
 def test_a_burst_doubles_the_window_up_to_the_maximum_and_quiet_resets_it():
     timers, wakes = FakeTimers(), []
     w = pacer(timers, wakes, min_window=0.1, max_window=1.0)
