@@ -69,7 +69,9 @@ class Tokens:
             raise InvalidToken("no 'Authorization: token=<jwt>' or bearer token")
         now = self.clock()
         cached = self._cache.get(token)
-        if cached is not None and cached[1] > now and self._still_valid(cached[0]):
+        # An entry with under a second left is checked again: nginx caches the verdict for the
+        # whole seconds left (X-Accel-Expires), and 0 would mean not at all.
+        if cached is not None and cached[1] - now >= 1.0 and self._still_valid(cached[0]):
             self.hits += 1
             return cached[0]
         self.misses += 1
