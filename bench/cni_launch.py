@@ -105,8 +105,12 @@ def inner(args: argparse.Namespace, prefix: str, ip: str, state_root: str) -> in
                                        cmd="exec sleep 600", network="container", network_name="dcos",
                                        container_type="MESOS", cpus=0.01, mem=16) for i in range(args.tasks)]
                 started = time.perf_counter()
-                with ThreadPoolExecutor(2) as pool:       # the agent's launcher: two start threads
-                    list(pool.map(executor.launch, launches))
+                try:
+                    with ThreadPoolExecutor(2) as pool:       # the agent's launcher: two start threads
+                        list(pool.map(executor.launch, launches))
+                except BaseException:
+                    executor.shutdown_all()     # the tasks' namespaces and processes, even on a failed start
+                    raise
                 seconds = time.perf_counter() - started
                 running = sum(1 for s in statuses if s.state == "TASK_RUNNING")
                 if running != args.tasks:
