@@ -91,40 +91,25 @@ class ReplayEntry:
         self.key = key              # stats key (zone, type, rcode, source)
         self.latency = latency
         self.next_tick = math.inf   # when the TTLs in ``tails`` are a second too high
-        self._counted_down: CountedDown | None = None
+        self._counted_down: list[tuple[bytes, Countdown]] | None = None    # tails as first encoded
 
     def count_down(self, origin: float, age: int) -> None:
         """The tails' TTLs, ``age`` seconds counted down already, count down a second at a time from
         ``origin`` (a cache entry's), as the cache would encode them again: ``tick`` rewrites them."""
-        self._counted_down = CountedDown(self.tails, [ttl_offsets(b"\0\0" + tail) for tail in self.tails],
-                                         origin, age)
+        self._counted_down = [(tail, Countdown(tuple((offset, ttl + age) for offset, ttl in ttl_offsets(b"\0\0" + tail)),
+                                               origin, self.until)) for tail in self.tails]
         self.next_tick = origin + age + 1
 
-    def counted_down(self) -> CountedDown | None:
-        return self._counted_down
+    def countdown(self) -> Countdown | None:
+        """The first tail's TTLs (the one an offload may carry), if they count down."""
+        return self._counted_down[0][1] if self._counted_down else None
 
     def tick(self, now: float) -> None:
-        counted = self._counted_down
-        if counted is None:
+        if not self._counted_down:
             return
-        age = int(now - counted.origin)
-        elapsed = age - counted.age
-        tails = []
-        for tail, offsets in zip(counted.tails, counted.offsets, strict=True):
-            patched = bytearray(tail)
-            for offset, ttl in offsets:
-                struct.pack_into("!I", patched, offset - 2, max(0, ttl - elapsed))
-            tails.append(bytes(patched))
-        self.tails = tails
-        self.next_tick = counted.origin + age + 1
-
-
-class CountedDown:
-    """A stored reply as first encoded: its tails, where their TTLs are, and the age they had."""
-    __slots__ = ("tails", "offsets", "origin", "age")
-
-    def __init__(self, tails: list[bytes], offsets: list[list[tuple[int, int]]], origin: float, age: int):
-        self.tails, self.offsets, self.origin, self.age = tails, offsets, origin, age
+        self.tails = [countdown.patched(b"\0\0" + tail, now)[2:] for tail, countdown in self._counted_down]
+        origin = self._counted_down[0][1].origin
+        self.next_tick = origin + int(now - origin) + 1
 
 
 class QueryServer:
@@ -251,13 +236,9 @@ class QueryServer:
             entry.count_down(reply.ttl_origin, reply.ttl_age)
         self.replay[request.raw[2:]] = entry
         if self.offload is not None and len(tails) == 1:
-            counted = entry.counted_down()
-            if reply.replay_until == math.inf:
-                self._offload(request.raw[2:], tails[0], key, None)
-            elif counted is not None and reply.ttl_origin is not None:
-                self._offload(request.raw[2:], tails[0], key, Countdown(
-                    tuple((offset, ttl + counted.age) for offset, ttl in counted.offsets[0]),
-                    reply.ttl_origin, reply.replay_until))
+            countdown = entry.countdown()
+            if reply.replay_until == math.inf or countdown is not None:
+                self._offload(request.raw[2:], tails[0], key, countdown)
 
     def _count(self, key: tuple, started: float) -> None:
         self.stats.answered(key, time.monotonic() - started)
