@@ -155,8 +155,11 @@ class UpgradeStrategy(_Model):
 
 
 class UnreachableStrategy(_Model):
-    inactive_after_seconds: int = Field(default=0, ge=0)
-    expunge_after_seconds: int = Field(default=0, ge=0)
+    """How long a task whose agent went quiet is waited for: replaced after ``inactiveAfterSeconds``,
+    forgotten (and killed should it return) after ``expungeAfterSeconds``. Marathon's defaults,
+    so an agent restarted within five minutes keeps its tasks."""
+    inactive_after_seconds: int = Field(default=300, ge=0)
+    expunge_after_seconds: int = Field(default=600, ge=0)
 
 
 class VersionInfo(_Model):
@@ -404,6 +407,10 @@ def _semantic_errors(app: AppDefinition) -> list[dict[str, Any]]:
     problem = _accepted_roles_error(app)
     if problem:
         add("/acceptedResourceRoles", problem)
+    unreachable = app.unreachable_strategy
+    if unreachable.expunge_after_seconds < unreachable.inactive_after_seconds:
+        add("/unreachableStrategy/expungeAfterSeconds",
+            f"must be greater than or equal to inactiveAfterSeconds ({unreachable.inactive_after_seconds})")
     for i, constraint in enumerate(app.constraints):
         message = _constraint_error(constraint)
         if message:

@@ -127,7 +127,9 @@ def test_a_service_follows_its_task_to_another_agent(lab: LabHandle) -> None:
     app = {"id": "/hello", "instances": 1, "cpus": 0.05, "mem": 32,
            "cmd": "echo hello-$MESOS_TASK_ID > index.html && exec python3 -m http.server $PORT0",
            "portDefinitions": [{"port": 0, "protocol": "tcp", "name": "http"}],
-           "labels": {"DCOS_SERVICE_NAME": "hello", "DCOS_SERVICE_PORT_INDEX": "0", "DCOS_SERVICE_SCHEME": "http"}}
+           "labels": {"DCOS_SERVICE_NAME": "hello", "DCOS_SERVICE_PORT_INDEX": "0", "DCOS_SERVICE_SCHEME": "http"},
+           # Replaced as soon as its agent is unreachable (Marathon's default waits 300 s).
+           "unreachableStrategy": {"inactiveAfterSeconds": 0, "expungeAfterSeconds": 0}}
     headers = {"Authorization": f"token={login(lab)}"}
     # Requests run all along: every route change below reloads nginx, and none may fail.
     stop, outcomes = threading.Event(), collections.Counter()

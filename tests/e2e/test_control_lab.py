@@ -215,7 +215,9 @@ def test_master_killed_mid_deployment_completes_it_after_restart(lab):
 def test_unreachable_agent_loses_its_task_and_it_is_replaced_elsewhere(lab):
     stream = EventStream(lab)
     with removed_afterwards(lab, "/solo"):
-        lab.add_app({"id": "/solo", "cmd": HTTP_SERVER, "instances": 1, "cpus": 0.1, "mem": 64})
+        lab.add_app({"id": "/solo", "cmd": HTTP_SERVER, "instances": 1, "cpus": 0.1, "mem": 64,
+                     # Replaced as soon as its agent is unreachable (Marathon's default waits 300 s).
+                     "unreachableStrategy": {"inactiveAfterSeconds": 0, "expungeAfterSeconds": 0}})
         (task,) = lab.running("/solo", 1)
         killed, (port,) = task["slaveId"], task["ports"]
         survivor = next(a for a in lab.agents if a != killed)

@@ -47,7 +47,9 @@ def lab(shared_lab: LabHandle) -> Iterator[LabHandle]:
 def drill_app(instances: int) -> dict:
     """The seed ``/web`` app (answers with its task id) as ``/drill`` on VIP ``/drill:80``."""
     app = json.loads((EXAMPLES / "web-vip.json").read_text())
-    app.update(id="/drill", instances=instances)
+    # Replaced as soon as its agent is unreachable (Marathon's default waits 300 s).
+    app.update(id="/drill", instances=instances,
+               unreachableStrategy={"inactiveAfterSeconds": 0, "expungeAfterSeconds": 0})
     app["portDefinitions"][0]["labels"] = {"VIP_0": "/drill:80"}
     return app
 

@@ -30,6 +30,7 @@ async def test_create_fills_marathon_defaults_and_runs(cluster):
     assert (app["instances"], app["cpus"], app["mem"], app["disk"]) == (1, 1.0, 128.0, 0.0)
     assert app["backoffSeconds"] == 1 and app["backoffFactor"] == 1.15
     assert app["upgradeStrategy"] == {"minimumHealthCapacity": 1.0, "maximumOverCapacity": 1.0}
+    assert app["unreachableStrategy"] == {"inactiveAfterSeconds": 300, "expungeAfterSeconds": 600}
     assert app["portDefinitions"][0]["port"] >= 10000   # service port assigned
     assert app["version"] == app["versionInfo"]["lastConfigChangeAt"]
     got = (await cluster.marathon.get("/v2/apps/web")).json()["app"]
@@ -74,6 +75,10 @@ async def test_error_shapes_400_404_409_422(cluster):
     assert nothing.status_code == 422 and "cmd" in nothing.json()["details"][0]["errors"][0]
     typo = await cluster.marathon.post("/v2/apps", json={"id": "/t", "cmd": "true", "instnaces": 2})
     assert typo.status_code == 422 and typo.json()["details"][0]["path"] == "/instnaces"
+    early = await cluster.marathon.post("/v2/apps", json={
+        "id": "/u", "cmd": "true", "unreachableStrategy": {"inactiveAfterSeconds": 60, "expungeAfterSeconds": 30}})
+    assert early.status_code == 422
+    assert early.json()["details"][0]["path"] == "/unreachableStrategy/expungeAfterSeconds"
     assert (await cluster.post_app({"id": "/dup", "cmd": "true"})).status_code == 201
     again = await cluster.marathon.post("/v2/apps", json={"id": "/dup", "cmd": "true"})
     assert again.status_code == 409 and "already exists" in again.json()["message"]

@@ -146,7 +146,8 @@ async def test_rolling_upgrade_keeps_health_capacity(cluster):
 
 async def test_unreachable_agent_tasks_are_replaced_and_returning_tasks_killed(cluster):
     await cluster.post_app({"id": "/ha", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 2,
-                            "constraints": [["hostname", "UNIQUE"]]})
+                            "constraints": [["hostname", "UNIQUE"]],
+                            "unreachableStrategy": {"inactiveAfterSeconds": 0, "expungeAfterSeconds": 0}})
     victim = cluster.running("/ha")[0]
     cluster.fake.agent(victim.agent_id).up = False
     cluster.clock.advance(10)
@@ -281,6 +282,24 @@ async def test_unreachable_within_inactive_after_keeps_the_task(cluster):
     assert [t.task_id for t in cluster.running("/patient")] == [task.task_id]
     assert cluster.fake.kills == []
     assert cluster.master.allocator.allocation("marathon")["cpus"] == pytest.approx(0.1)
+
+
+async def test_by_default_an_unreachable_task_is_replaced_after_five_minutes_as_marathon_does(cluster):
+    await cluster.post_app({"id": "/default", "cmd": "true", "cpus": 0.1, "mem": 16})
+    (task,) = cluster.running("/default")
+    cluster.fake.agent(task.agent_id).up = False
+    cluster.clock.advance(10)
+    await cluster.master.ping_agents()
+    cluster.master.check_agents()
+    await cluster.settle()
+    assert task.state == "TASK_UNREACHABLE" and len(cluster.scheduler.app_tasks("/default")) == 1
+    cluster.clock.advance(299)
+    await cluster.settle()
+    assert len(cluster.scheduler.app_tasks("/default")) == 1          # 299 s since it was marked: waited for
+    cluster.clock.advance(2)
+    await cluster.settle()
+    (replacement,) = cluster.running("/default")
+    assert replacement.task_id != task.task_id and replacement.agent_id != task.agent_id
 
 
 # -- container networks (issue 23): tasks go only where their CNI network is -----------------
