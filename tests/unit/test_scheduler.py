@@ -144,16 +144,21 @@ async def test_rolling_upgrade_keeps_health_capacity(cluster):
     assert cluster.scheduler.deployments.all() == []
 
 
+async def agent_goes_quiet(cluster, agent_id: str) -> None:
+    """The agent stops answering and its timeout passes: the master marks it unreachable."""
+    cluster.fake.agent(agent_id).up = False
+    cluster.clock.advance(10)
+    await cluster.master.ping_agents()
+    assert agent_id in cluster.master.check_agents()
+    await cluster.settle()
+
+
 async def test_unreachable_agent_tasks_are_replaced_and_returning_tasks_killed(cluster):
     await cluster.post_app({"id": "/ha", "cmd": "true", "cpus": 0.1, "mem": 16, "instances": 2,
                             "constraints": [["hostname", "UNIQUE"]],
                             "unreachableStrategy": {"inactiveAfterSeconds": 0, "expungeAfterSeconds": 0}})
     victim = cluster.running("/ha")[0]
-    cluster.fake.agent(victim.agent_id).up = False
-    cluster.clock.advance(10)
-    await cluster.master.ping_agents()
-    assert victim.agent_id in cluster.master.check_agents()
-    await cluster.settle()
+    await agent_goes_quiet(cluster, victim.agent_id)
     running = cluster.running("/ha")
     assert len(running) == 2 and victim.agent_id not in {t.agent_id for t in running}
     view = (await cluster.mesos.get("/v1/view")).json()
@@ -269,11 +274,7 @@ async def test_unreachable_within_inactive_after_keeps_the_task(cluster):
     await cluster.post_app({"id": "/patient", "cmd": "true", "cpus": 0.1, "mem": 16,
                             "unreachableStrategy": {"inactiveAfterSeconds": 60, "expungeAfterSeconds": 120}})
     (task,) = cluster.running("/patient")
-    cluster.fake.agent(task.agent_id).up = False
-    cluster.clock.advance(10)
-    await cluster.master.ping_agents()
-    cluster.master.check_agents()
-    await cluster.settle()
+    await agent_goes_quiet(cluster, task.agent_id)
     assert task.state == "TASK_UNREACHABLE" and cluster.running("/patient") == []
     assert len(cluster.scheduler.app_tasks("/patient")) == 1          # not replaced yet
     cluster.fake.agent(task.agent_id).up = True
@@ -287,11 +288,7 @@ async def test_unreachable_within_inactive_after_keeps_the_task(cluster):
 async def test_by_default_an_unreachable_task_is_replaced_after_five_minutes_as_marathon_does(cluster):
     await cluster.post_app({"id": "/default", "cmd": "true", "cpus": 0.1, "mem": 16})
     (task,) = cluster.running("/default")
-    cluster.fake.agent(task.agent_id).up = False
-    cluster.clock.advance(10)
-    await cluster.master.ping_agents()
-    cluster.master.check_agents()
-    await cluster.settle()
+    await agent_goes_quiet(cluster, task.agent_id)
     assert task.state == "TASK_UNREACHABLE" and len(cluster.scheduler.app_tasks("/default")) == 1
     cluster.clock.advance(299)
     await cluster.settle()
