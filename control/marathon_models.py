@@ -11,10 +11,20 @@ Both generations of Marathon's networking JSON are accepted as users post them: 
 
 from __future__ import annotations
 
+import math
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from cluster.view import protocols_of
@@ -162,6 +172,16 @@ class UnreachableStrategy(_Model):
     expunge_after_seconds: int = Field(default=600, ge=0)
 
 
+# An object, or "disabled": never replaced nor expunged (Marathon's UnreachableDisabled). The
+# discriminator tries one branch only, so an error names the field, not both alternatives (the
+# tags carry "[" so _details_from leaves them out of the path, as pydantic's own union labels).
+UnreachableChoice = Annotated[
+    Annotated[UnreachableStrategy, Tag("object[UnreachableEnabled]")]
+    | Annotated[Literal["disabled"], Tag("string[UnreachableDisabled]")],
+    Discriminator(lambda value: "string[UnreachableDisabled]" if isinstance(value, str) else "object[UnreachableEnabled]"),
+]
+
+
 class VersionInfo(_Model):
     last_scaling_at: str
     last_config_change_at: str
@@ -203,7 +223,7 @@ class AppDefinition(_Model):
     residency: dict[str, Any] | None = None
     secrets: dict[str, Any] = Field(default_factory=dict)
     task_kill_grace_period_seconds: float | None = Field(default=None, ge=0)
-    unreachable_strategy: UnreachableStrategy = Field(default_factory=UnreachableStrategy)
+    unreachable_strategy: UnreachableChoice = Field(default_factory=UnreachableStrategy)
     kill_selection: Literal["YOUNGEST_FIRST", "OLDEST_FIRST"] = "YOUNGEST_FIRST"
     ports: list[int] | None = None
     port_definitions: list[PortDefinition] | None = None
@@ -276,6 +296,15 @@ class AppDefinition(_Model):
     def accepted_roles(self) -> list[str]:
         """Resource roles the app's tasks may use; Marathon's default: unreserved (``*``) only."""
         return self.accepted_resource_roles or [UNRESERVED]
+
+    @property
+    def unreachable_waits(self) -> tuple[float, float]:
+        """Seconds a task of an unreachable agent is waited for before it is replaced, and before
+        it is expunged; forever when the strategy is ``disabled``."""
+        strategy = self.unreachable_strategy
+        if strategy == "disabled":
+            return math.inf, math.inf
+        return strategy.inactive_after_seconds, strategy.expunge_after_seconds
 
     @property
     def image(self) -> str | None:
@@ -407,10 +436,10 @@ def _semantic_errors(app: AppDefinition) -> list[dict[str, Any]]:
     problem = _accepted_roles_error(app)
     if problem:
         add("/acceptedResourceRoles", problem)
-    unreachable = app.unreachable_strategy
-    if unreachable.expunge_after_seconds < unreachable.inactive_after_seconds:
+    inactive, expunge = app.unreachable_waits
+    if expunge < inactive:
         add("/unreachableStrategy/expungeAfterSeconds",
-            f"must be greater than or equal to inactiveAfterSeconds ({unreachable.inactive_after_seconds})")
+            f"must be greater than or equal to inactiveAfterSeconds ({inactive:g})")
     for i, constraint in enumerate(app.constraints):
         message = _constraint_error(constraint)
         if message:

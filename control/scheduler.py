@@ -248,7 +248,7 @@ class Scheduler:
         if task.state != "TASK_UNREACHABLE" or task.unreachable_since is None:
             return False
         app = self.apps.get(task.app_id)
-        after = app.unreachable_strategy.inactive_after_seconds if app else 0
+        after = app.unreachable_waits[0] if app else 0
         return self.clock() - task.unreachable_since >= after
 
     # ---- the cycle -----------------------------------------------------------------------
@@ -355,8 +355,7 @@ class Scheduler:
             if task.state != "TASK_UNREACHABLE" or task.unreachable_since is None:
                 continue
             app = self.apps.get(task.app_id)
-            expunge = app.unreachable_strategy.expunge_after_seconds if app else 0
-            inactive = app.unreachable_strategy.inactive_after_seconds if app else 0
+            inactive, expunge = app.unreachable_waits if app else (0, 0)
             if now - task.unreachable_since >= max(expunge, inactive):
                 self._set_state(task, "TASK_LOST", "agent unreachable; task expunged", now)
                 self._terminated(task, now)

@@ -79,6 +79,8 @@ async def test_error_shapes_400_404_409_422(cluster):
         "id": "/u", "cmd": "true", "unreachableStrategy": {"inactiveAfterSeconds": 60, "expungeAfterSeconds": 30}})
     assert early.status_code == 422
     assert early.json()["details"][0]["path"] == "/unreachableStrategy/expungeAfterSeconds"
+    unknown = await cluster.marathon.post("/v2/apps", json={"id": "/u", "cmd": "true", "unreachableStrategy": "later"})
+    assert unknown.status_code == 422 and unknown.json()["details"][0]["path"].startswith("/unreachableStrategy")
     assert (await cluster.post_app({"id": "/dup", "cmd": "true"})).status_code == 201
     again = await cluster.marathon.post("/v2/apps", json={"id": "/dup", "cmd": "true"})
     assert again.status_code == 409 and "already exists" in again.json()["message"]

@@ -299,6 +299,18 @@ async def test_by_default_an_unreachable_task_is_replaced_after_five_minutes_as_
     assert replacement.task_id != task.task_id and replacement.agent_id != task.agent_id
 
 
+async def test_a_disabled_unreachable_strategy_waits_for_the_agent_forever(cluster):
+    created = await cluster.post_app({"id": "/resident", "cmd": "true", "cpus": 0.1, "mem": 16,
+                                      "unreachableStrategy": "disabled"})
+    assert created.json()["unreachableStrategy"] == "disabled"
+    (task,) = cluster.running("/resident")
+    await agent_goes_quiet(cluster, task.agent_id)
+    cluster.clock.advance(3600)
+    await cluster.settle()
+    assert [t.task_id for t in cluster.scheduler.app_tasks("/resident")] == [task.task_id]
+    assert task.state == "TASK_UNREACHABLE"
+
+
 # -- container networks (issue 23): tasks go only where their CNI network is -----------------
 async def register_with_networks(cluster: Cluster, index: int, networks: list[str] | None) -> None:
     resp = await cluster.mesos.post("/v1/agents", json={**registration(index), "networks": networks})
