@@ -4,7 +4,7 @@ kernel before a query reaches the socket (``bpf/dns_replay.py``), or by a fake i
 ```
 QueryServer._remember(own-zone reply, one rotation) ──put(query tail, reply tail, stat id)──► offload
 QueryServer.forget() (zones changed)               ──forget()──────────────────────────────► offload
-DnsService, every second ──heartbeat(); hits() ──► stats.requests[(zone, type, rcode, "kernel")]
+DnsService, every second ──heartbeat(); hits(n) ──► stats.requests[(zone, type, rcode, "kernel")]
 ```
 
 Own-zone answers go there (valid until the zones change), and cached forwarded answers with a
@@ -56,8 +56,8 @@ class ReplayOffload(Protocol):
     def heartbeat(self) -> None:
         """The resolver is alive: keep answering for a few more seconds."""
 
-    def hits(self) -> dict[int, int]:
-        """Answers given so far, by stat id (totals since start)."""
+    def hits(self, stats: int) -> dict[int, int]:
+        """Answers given so far, by stat id below ``stats`` (totals since start)."""
 
     def close(self) -> None:
         """Stops answering and detaches."""
@@ -99,8 +99,8 @@ class FakeReplayOffload:
     def heartbeat(self) -> None:
         self.heartbeats += 1
 
-    def hits(self) -> dict[int, int]:
-        return dict(self.counts)
+    def hits(self, stats: int) -> dict[int, int]:
+        return {stat: total for stat, total in self.counts.items() if stat < stats}
 
     def close(self) -> None:
         self.closed = True

@@ -142,9 +142,9 @@ class QueryServer:
         (source ``kernel``; they are counted, not timed)."""
         if self.offload is None:
             return
-        for stat, total in self.offload.hits().items():
+        for stat, total in self.offload.hits(len(self._stat_keys)).items():
             new = total - self._offload_counted.get(stat, 0)
-            if new <= 0 or stat >= len(self._stat_keys):
+            if new <= 0:
                 continue
             self._offload_counted[stat] = total
             zone, qtype, rcode, _source = self._stat_keys[stat]
