@@ -411,14 +411,17 @@ class NodeAgent:
         if self.opts.dns_kernel_replay == "on":         # required: the agent does not start without it
             self.dns.use_offload(await self._dns_kernel_replay())
         await self.dns.start()
-        if self.opts.dns_kernel_replay == "auto":        # wanted: the resolver serves while it builds
-            self._spawn(self._dns_kernel_replay_if_possible())
         if self.host_resolv is not None:
             # Only once the resolver answers: the host's lookups go to it from here on.
             self.host_resolv.install()
         dns_metrics = DnsMetrics(self.dns)
         REGISTRY.register(dns_metrics)
         await self._start_dataplane()
+        if self.opts.dns_kernel_replay == "auto":
+            # Wanted, not needed: the resolver serves while it builds. Started after the socket LB,
+            # whose compile it would otherwise hold up (one compile at a time), and with it the
+            # agent's registration: a restart then stays within the master's agent timeout.
+            self._spawn(self._dns_kernel_replay_if_possible())
         metrics = Listen.parse(self.opts.metrics_listen or f"{self.opts.ip}:61091")
         try:
             await serve(
