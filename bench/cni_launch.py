@@ -19,6 +19,7 @@ Goal (issue 23): CNI launches/s ÷ netlink launches/s ≥ 0.7. Exits 1 when miss
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import shutil
@@ -139,8 +140,12 @@ def inner(args: argparse.Namespace, prefix: str, ip: str, state_root: str) -> in
                 cni.detach("tput-cni") if path == "cni" else overlay.detach_container("tput-netlink")
                 subprocess.run(["ip", "netns", "del", task_ns], check=False)
     finally:
-        for leftover in [*scope.paths(), *Cgroup("navstar-bench").paths()]:
-            subprocess.run(["find", str(leftover), "-depth", "-type", "d", "-empty", "-delete"], check=False)
+        # Its tasks are gone (shutdown_all): the group and the ones below it, then the shared
+        # parent unless another run still has a group there.
+        scope.remove()
+        for parent in Cgroup("navstar-bench").paths():
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         overlay.netlink.close()
 
     netlink, via_cni = statistics.median(rates["netlink"]), statistics.median(rates["cni"])
